@@ -1,0 +1,30 @@
+"""cbbench: class-balanced losses (Cui et al., CVPR 2019) — fused CPU/CUDA kernels, a pure-PyTorch
+reference, and a benchmark suite for speed and long-tail accuracy.
+
+Importing cbbench never initialises CUDA and never fails because a compiled kernel is missing.
+"""
+from . import functional, nn, ops, reference
+from .nn import (BalancedSoftmaxLoss, ClassBalancedLoss, LDAMLoss, LogitAdjustedLoss, SigmoidCrossEntropyLoss,
+                 SigmoidFocalLoss, SoftmaxCrossEntropyLoss)
+from .weights import class_balanced_weights, class_weights, effective_number, ldam_margins, log_prior
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "functional",
+    "nn",
+    "ops",
+    "reference",
+    "effective_number",
+    "class_balanced_weights",
+    "class_weights",
+    "log_prior",
+    "ldam_margins",
+    "ClassBalancedLoss",
+    "SoftmaxCrossEntropyLoss",
+    "SigmoidCrossEntropyLoss",
+    "SigmoidFocalLoss",
+    "BalancedSoftmaxLoss",
+    "LogitAdjustedLoss",
+    "LDAMLoss",
+]

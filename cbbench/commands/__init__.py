@@ -1,0 +1,1 @@
+"""Sub-commands of the ``cbbench`` CLI (see :mod:`cbbench.cli`)."""

@@ -1,0 +1,222 @@
+"""Public loss functions: argument checking, then the reference or a fused kernel.
+
+``backend="auto"`` runs the CUDA kernel on CUDA tensors and the Cython kernel on CPU tensors when they
+were built, and the pure-PyTorch reference otherwise; the environment variable ``CBBENCH_BACKEND``
+overrides ``"auto"``. All backends compute the same numbers (see :mod:`cbbench.reference` for the
+formulas and the conventions of each reduction).
+
+Target range is checked on the host for CPU tensors. For CUDA tensors the check would synchronise the
+device, so it is left to the kernels: a target outside ``[0, C)`` that is not ``ignore_index`` makes the
+loss NaN instead of reading out of bounds.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from . import ops, reference
+from .reference import REDUCTIONS
+
+Tensor = torch.Tensor
+
+__all__ = ["softmax_cross_entropy", "sigmoid_cross_entropy", "sigmoid_focal_loss"]
+
+
+# ----------------------------------------------------------------------------------------------
+# argument checks
+# ----------------------------------------------------------------------------------------------
+def _check_logits(logits, fn: str) -> None:
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"{fn}: logits must be a torch.Tensor, got {type(logits).__name__}")
+    if not logits.is_floating_point():
+        raise TypeError(f"{fn}: logits must be a floating-point tensor, got dtype {logits.dtype}")
+    if logits.dim() < 2:
+        raise ValueError(f"{fn}: logits must have shape (N, C) or (N, C, d1, ...), got {tuple(logits.shape)}")
+    if logits.shape[1] == 0:
+        raise ValueError(f"{fn}: logits must have at least one class (C >= 1), got shape {tuple(logits.shape)}")
+
+
+def _sample_shape(logits: Tensor) -> tuple:
+    return (logits.shape[0],) + tuple(logits.shape[2:])
+
+
+def _check_class_indices(logits: Tensor, target, ignore_index: int, fn: str) -> Tensor:
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"{fn}: target must be a torch.Tensor, got {type(target).__name__}")
+    if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
+        raise TypeError(f"{fn}: target must hold integer class indices, got dtype {target.dtype}")
+    if tuple(target.shape) != _sample_shape(logits):
+        raise ValueError(f"{fn}: target shape {tuple(target.shape)} does not match logits shape "
+                         f"{tuple(logits.shape)}; expected {_sample_shape(logits)}")
+    if target.device != logits.device:
+        raise ValueError(f"{fn}: target is on {target.device} but logits are on {logits.device}")
+    target = target.long()
+    if target.device.type == "cpu" and target.numel() > 0:
+        num_classes = logits.shape[1]
+        bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
+        if bad.any():
+            value = target[bad][0].item()
+            raise ValueError(f"{fn}: target value {value} is out of range for {num_classes} classes "
+                             f"(valid: 0..{num_classes - 1} or ignore_index={ignore_index})")
+    return target
+
+
+def _check_class_vector(vec, name: str, logits: Tensor, fn: str) -> Optional[Tensor]:
+    """A per-class vector (weight, logit_offset, target_margin): (C,) float on the logits' device."""
+    if vec is None:
+        return None
+    if not isinstance(vec, torch.Tensor):
+        vec = torch.as_tensor(vec, dtype=torch.float32)
+    if not vec.is_floating_point():
+        vec = vec.float()
+    num_classes = logits.shape[1]
+    if vec.dim() != 1 or vec.shape[0] != num_classes:
+        raise ValueError(f"{fn}: {name} must have shape ({num_classes},) (one value per class), "
+                         f"got {tuple(vec.shape)}")
+    if vec.device != logits.device:
+        raise ValueError(f"{fn}: {name} is on {vec.device} but logits are on {logits.device}")
+    return vec
+
+
+def _check_reduction(reduction, fn: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{fn}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def _check_int(value, name: str, fn: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{fn}: {name} must be an int, got {value!r}")
+    return value
+
+
+def _check_real(value, name: str, fn: str, *, low: float = -math.inf, high: float = math.inf,
+                low_open: bool = False, high_open: bool = False) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{fn}: {name} must be a real number, got {value!r}") from exc
+    ok = math.isfinite(value) and (value > low if low_open else value >= low) and (
+        value < high if high_open else value <= high)
+    if not ok:
+        lb = "(" if low_open else "["
+        hb = ")" if high_open else "]"
+        raise ValueError(f"{fn}: {name} must be a finite number in {lb}{low}, {high}{hb}, got {value!r}")
+    return value
+
+
+def _fused_inputs_ok(fn: str, *vectors: Optional[Tensor]) -> None:
+    if any(v is not None and v.requires_grad for v in vectors):
+        raise ValueError(f"{fn}: the fused kernels give no gradient for weight/logit_offset/target_margin; "
+                         "detach them or use backend='reference'")
+
+
+def _fused_vector(vec: Optional[Tensor]) -> Optional[Tensor]:
+    return None if vec is None else vec.detach().float().contiguous()
+
+
+def _need_grad(logits: Tensor) -> bool:
+    return logits.requires_grad and torch.is_grad_enabled()
+
+
+def _finish(loss: Tensor, logits: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        return loss.reshape(_sample_shape(logits))
+    return loss
+
+
+# ----------------------------------------------------------------------------------------------
+# public losses
+# ----------------------------------------------------------------------------------------------
+def softmax_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, *,
+                          reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0,
+                          logit_offset: Optional[Tensor] = None, target_margin: Optional[Tensor] = None,
+                          scale: float = 1.0, backend: str = "auto") -> Tensor:
+    """Class-weighted softmax cross-entropy (and Balanced Softmax / logit adjustment / LDAM via options).
+
+    Per sample: ``w_y * CE(z', y)`` with adjusted logits
+    ``z'_j = scale * (z_j + logit_offset_j - [j == y] * target_margin_y)`` and, with label smoothing
+    ``eps``, the target distribution ``(1 - eps) onehot(y) + eps / C``. ``w_y`` multiplies the whole
+    smoothed loss (``nn.CrossEntropyLoss`` instead weights the smoothing term per class).
+
+    ``reduction="mean"`` divides by the number of non-ignored samples (the paper's convention);
+    ``"weighted_mean"`` divides by the sum of their weights, like ``nn.CrossEntropyLoss(weight=w)``.
+    The loss is float32 for float16/bfloat16/float32 logits (float64 for float64).
+    """
+    fn = "softmax_cross_entropy"
+    _check_logits(logits, fn)
+    _check_reduction(reduction, fn)
+    ignore_index = _check_int(ignore_index, "ignore_index", fn)
+    label_smoothing = _check_real(label_smoothing, "label_smoothing", fn, low=0.0, high=1.0)
+    scale = _check_real(scale, "scale", fn, low=0.0, low_open=True)
+    target = _check_class_indices(logits, target, ignore_index, fn)
+    weight = _check_class_vector(weight, "weight", logits, fn)
+    logit_offset = _check_class_vector(logit_offset, "logit_offset", logits, fn)
+    target_margin = _check_class_vector(target_margin, "target_margin", logits, fn)
+
+    if ops.resolve_backend(backend, logits.device) == "reference":
+        return reference.softmax_cross_entropy(logits, target, weight, reduction=reduction, ignore_index=ignore_index,
+                                               label_smoothing=label_smoothing, logit_offset=logit_offset,
+                                               target_margin=target_margin, scale=scale)
+    _fused_inputs_ok(fn, weight, logit_offset, target_margin)
+    loss, _ = torch.ops.cbbench.softmax_cross_entropy(
+        reference.rows(logits), target.reshape(-1), _fused_vector(weight), _fused_vector(logit_offset),
+        _fused_vector(target_margin), scale, label_smoothing, ignore_index, reduction, _need_grad(logits))
+    return _finish(loss, logits, reduction)
+
+
+def _sigmoid_family(fn: str, logits: Tensor, target: Tensor, weight: Optional[Tensor], *, gamma: Optional[float],
+                    alpha: Optional[float], reduction: str, ignore_index: int, backend: str) -> Tensor:
+    _check_logits(logits, fn)
+    _check_reduction(reduction, fn)
+    ignore_index = _check_int(ignore_index, "ignore_index", fn)
+    if gamma is not None:
+        gamma = _check_real(gamma, "gamma", fn, low=0.0)
+    if alpha is not None:
+        alpha = _check_real(alpha, "alpha", fn, low=0.0, high=1.0)
+    if isinstance(target, torch.Tensor) and target.is_floating_point():
+        if tuple(target.shape) != tuple(logits.shape):
+            raise ValueError(f"{fn}: a floating-point (multi-hot) target must have the logits' shape "
+                             f"{tuple(logits.shape)}, got {tuple(target.shape)}; integer targets are class indices")
+        if target.device != logits.device:
+            raise ValueError(f"{fn}: target is on {target.device} but logits are on {logits.device}")
+    else:
+        target = _check_class_indices(logits, target, ignore_index, fn)
+    weight = _check_class_vector(weight, "weight", logits, fn)
+
+    if ops.resolve_backend(backend, logits.device) == "reference":
+        return reference.sigmoid_focal_loss(logits, target, weight, gamma=gamma or 0.0, alpha=alpha,
+                                            reduction=reduction, ignore_index=ignore_index)
+    _fused_inputs_ok(fn, weight)
+    flat_target = reference.rows(target) if target.is_floating_point() else target.reshape(-1)
+    loss, _ = torch.ops.cbbench.sigmoid_focal(
+        reference.rows(logits), flat_target.detach(), _fused_vector(weight), gamma or 0.0,
+        -1.0 if alpha is None else alpha, ignore_index, gamma is not None, reduction, _need_grad(logits))
+    return _finish(loss, logits, reduction)
+
+
+def sigmoid_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, *,
+                          reduction: str = "mean", ignore_index: int = -100, backend: str = "auto") -> Tensor:
+    """Sigmoid (one-vs-all) cross-entropy, ``w_y * sum_j BCE(z_j, onehot(y)_j)`` per sample.
+
+    Integer targets are class indices and ``w_y`` multiplies all C binary terms of the sample (the
+    paper's convention); a float target of the logits' shape is multi-hot and ``weight`` then weights
+    columns. ``reduction="mean"`` divides by the number of positives (at least 1).
+    """
+    return _sigmoid_family("sigmoid_cross_entropy", logits, target, weight, gamma=None, alpha=None,
+                           reduction=reduction, ignore_index=ignore_index, backend=backend)
+
+
+def sigmoid_focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, *, gamma: float = 2.0,
+                       alpha: Optional[float] = None, reduction: str = "mean", ignore_index: int = -100,
+                       backend: str = "auto") -> Tensor:
+    """Sigmoid focal loss ``w_y * sum_j alpha_t (1 - p_t)^gamma BCE(z_j, t_j)``.
+
+    The modulator is computed in log space, ``exp(-gamma * (t z + softplus(-z)))``, so it never
+    overflows (the official TensorFlow form gives the hardest positives a modulator of 0 below
+    z = -88.7 in float32). ``gamma=0`` equals :func:`sigmoid_cross_entropy`; ``alpha`` is RetinaNet's
+    optional positive/negative balance (``None``: off).
+    """
+    return _sigmoid_family("sigmoid_focal_loss", logits, target, weight, gamma=gamma, alpha=alpha,
+                           reduction=reduction, ignore_index=ignore_index, backend=backend)

@@ -1,0 +1,172 @@
+"""Loss modules. Per-class weights, offsets and margins are buffers, so ``.to(device)`` moves them."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from . import functional as F
+from .weights import CountsLike, class_balanced_weights, ldam_margins, log_prior
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "SoftmaxCrossEntropyLoss",
+    "SigmoidCrossEntropyLoss",
+    "SigmoidFocalLoss",
+    "ClassBalancedLoss",
+    "BalancedSoftmaxLoss",
+    "LogitAdjustedLoss",
+    "LDAMLoss",
+    "LOSS_TYPES",
+]
+
+LOSS_TYPES = ("softmax", "sigmoid", "focal")
+
+
+def _optional_buffer(module: nn.Module, name: str, value) -> None:
+    module.register_buffer(name, None if value is None else torch.as_tensor(value, dtype=torch.float32).clone())
+
+
+def _check_num_classes(buffer_name: str, buffer: Optional[Tensor], logits: Tensor, source: str) -> None:
+    if buffer is not None and logits.dim() >= 2 and logits.shape[1] != buffer.shape[0]:
+        raise ValueError(f"{source} has {buffer.shape[0]} classes but logits have C = {logits.shape[1]} "
+                         f"(shape {tuple(logits.shape)})")
+
+
+class _WeightedLoss(nn.Module):
+    def __init__(self, weight=None, reduction: str = "mean", ignore_index: int = -100, backend: str = "auto"):
+        super().__init__()
+        _optional_buffer(self, "weight", weight)
+        self.reduction = reduction
+        self.ignore_index = ignore_index
+        self.backend = backend
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}, backend={self.backend!r}"
+
+
+class SoftmaxCrossEntropyLoss(_WeightedLoss):
+    """Module form of :func:`cbbench.functional.softmax_cross_entropy`."""
+
+    def __init__(self, weight=None, *, reduction: str = "mean", ignore_index: int = -100,
+                 label_smoothing: float = 0.0, logit_offset=None, target_margin=None, scale: float = 1.0,
+                 backend: str = "auto"):
+        super().__init__(weight, reduction, ignore_index, backend)
+        _optional_buffer(self, "logit_offset", logit_offset)
+        _optional_buffer(self, "target_margin", target_margin)
+        self.label_smoothing = label_smoothing
+        self.scale = scale
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return F.softmax_cross_entropy(logits, target, self.weight, reduction=self.reduction,
+                                       ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
+                                       logit_offset=self.logit_offset, target_margin=self.target_margin,
+                                       scale=self.scale, backend=self.backend)
+
+
+class SigmoidCrossEntropyLoss(_WeightedLoss):
+    """Module form of :func:`cbbench.functional.sigmoid_cross_entropy`."""
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return F.sigmoid_cross_entropy(logits, target, self.weight, reduction=self.reduction,
+                                       ignore_index=self.ignore_index, backend=self.backend)
+
+
+class SigmoidFocalLoss(_WeightedLoss):
+    """Module form of :func:`cbbench.functional.sigmoid_focal_loss`."""
+
+    def __init__(self, weight=None, *, gamma: float = 2.0, alpha: Optional[float] = None, reduction: str = "mean",
+                 ignore_index: int = -100, backend: str = "auto"):
+        super().__init__(weight, reduction, ignore_index, backend)
+        self.gamma = gamma
+        self.alpha = alpha
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return F.sigmoid_focal_loss(logits, target, self.weight, gamma=self.gamma, alpha=self.alpha,
+                                    reduction=self.reduction, ignore_index=self.ignore_index, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, alpha={self.alpha}, " + super().extra_repr()
+
+
+class ClassBalancedLoss(nn.Module):
+    """Class-balanced loss (Cui et al., CVPR 2019) from whole-training-set class counts.
+
+    ``loss_type`` is ``"softmax"``, ``"sigmoid"`` or ``"focal"`` (sigmoid focal with ``gamma``). The
+    per-class weights ``(1 - beta) / (1 - beta^n_c)``, normalised to sum to C, are the buffer ``weight``.
+    """
+
+    def __init__(self, samples_per_class: CountsLike, beta: float = 0.9999, loss_type: str = "softmax",
+                 gamma: float = 2.0, reduction: str = "mean", empty: str = "raise", backend: str = "auto"):
+        super().__init__()
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+        gamma = float(gamma)
+        if not math.isfinite(gamma) or gamma < 0:
+            raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
+        self.register_buffer("weight", class_balanced_weights(samples_per_class, beta, empty=empty))
+        self.beta = float(beta)
+        self.loss_type = loss_type
+        self.gamma = gamma
+        self.reduction = reduction
+        self.backend = backend
+
+    def set_weight(self, weight: Tensor) -> None:
+        """Replace the class weights in place (e.g. deferred re-weighting switches them on mid-training)."""
+        self.weight.copy_(torch.as_tensor(weight, dtype=self.weight.dtype, device=self.weight.device))
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        _check_num_classes("weight", self.weight, logits, "samples_per_class")
+        if self.loss_type == "softmax":
+            return F.softmax_cross_entropy(logits, target, self.weight, reduction=self.reduction, backend=self.backend)
+        if self.loss_type == "sigmoid":
+            return F.sigmoid_cross_entropy(logits, target, self.weight, reduction=self.reduction, backend=self.backend)
+        return F.sigmoid_focal_loss(logits, target, self.weight, gamma=self.gamma, reduction=self.reduction,
+                                    backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"num_classes={self.weight.numel()}, beta={self.beta}, loss_type={self.loss_type!r}, "
+                f"gamma={self.gamma}, reduction={self.reduction!r}")
+
+
+class _CountsSoftmaxLoss(SoftmaxCrossEntropyLoss):
+    """A softmax loss whose adjustments come from class counts; checks C against them."""
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        vec = self.logit_offset if self.logit_offset is not None else self.target_margin
+        _check_num_classes("counts", vec, logits, "samples_per_class")
+        return super().forward(logits, target)
+
+
+class BalancedSoftmaxLoss(_CountsSoftmaxLoss):
+    """Balanced Softmax (Ren et al. 2020): ``CE(z + log n, y)``, held as ``log pi`` (the same softmax)."""
+
+    def __init__(self, samples_per_class: CountsLike, weight=None, *, reduction: str = "mean",
+                 ignore_index: int = -100, backend: str = "auto"):
+        super().__init__(weight, reduction=reduction, ignore_index=ignore_index,
+                         logit_offset=log_prior(samples_per_class), backend=backend)
+
+
+class LogitAdjustedLoss(_CountsSoftmaxLoss):
+    """Logit-adjusted loss (Menon et al. 2021): ``CE(z + tau * log pi, y)``."""
+
+    def __init__(self, samples_per_class: CountsLike, tau: float = 1.0, weight=None, *, reduction: str = "mean",
+                 ignore_index: int = -100, backend: str = "auto"):
+        tau = float(tau)
+        if not math.isfinite(tau):
+            raise ValueError(f"tau must be finite, got {tau!r}")
+        super().__init__(weight, reduction=reduction, ignore_index=ignore_index,
+                         logit_offset=tau * log_prior(samples_per_class), backend=backend)
+        self.tau = tau
+
+
+class LDAMLoss(_CountsSoftmaxLoss):
+    """LDAM (Cao et al. 2019): ``CE(s * (z - Delta_y e_y), y)``, ``Delta_c ~ n_c^(-1/4)``, largest ``max_margin``."""
+
+    def __init__(self, samples_per_class: CountsLike, max_margin: float = 0.5, scale: float = 30.0, weight=None, *,
+                 reduction: str = "mean", ignore_index: int = -100, backend: str = "auto"):
+        super().__init__(weight, reduction=reduction, ignore_index=ignore_index,
+                         target_margin=ldam_margins(samples_per_class, max_margin), scale=scale, backend=backend)

@@ -1,0 +1,232 @@
+"""torch.library ops over the fused kernels, and the choice of backend.
+
+Two ops, ``cbbench::softmax_cross_entropy`` and ``cbbench::sigmoid_focal`` (sigmoid cross-entropy is
+the focal op with ``focal=False``), each returning ``(loss, grad_logits)``: the kernels compute the loss
+and the gradient of the *reduced* loss in one pass over each row, the gradient is saved, and backward
+only rescales it by ``grad_output`` (and not at all when that is 1 on the CPU). Both ops have fake
+kernels and autograd, so they run under ``torch.compile(fullgraph=True)``.
+
+Kernel contract (implemented by ``cbbench._cpu`` — Cython — and ``cbbench._cuda`` — CUDA)::
+
+    softmax_ce_fwd(logits, target, weight, logit_offset, target_margin, scale, label_smoothing,
+                   ignore_index, grad_scale, loss_rows, grad)
+    sigmoid_focal_fwd(logits, target, weight, gamma, alpha, ignore_index, focal, grad_scale,
+                      loss_rows, grad)
+
+``logits`` (M, C) contiguous; ``target`` (M,) int64 contiguous, or for ``sigmoid_focal_fwd`` a (M, C)
+multi-hot tensor of the logits' dtype; ``weight`` / ``logit_offset`` / ``target_margin``: (C,) float32
+contiguous or ``None``; ``alpha < 0`` means no alpha; ``grad_scale``: 0-dim float32 tensor on the
+logits' device (read by the kernel, so no host synchronisation); ``loss_rows``: (M,) float32 output,
+the weighted per-row loss (0 for ignored rows); ``grad``: (M, C) output in the logits' dtype, or
+``None`` for forward only; it receives ``grad_scale * d loss_rows[i] / d logits[i, :]``. A target
+outside ``[0, C)`` that is not ``ignore_index`` makes its row's loss and gradient NaN (never an
+out-of-bounds read). The CPU module handles float32/float64 (other dtypes are upcast here); the CUDA
+module float32/float16/bfloat16/float64.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Optional, Tuple
+
+import torch
+
+from . import reference
+
+Tensor = torch.Tensor
+
+BACKENDS = ("auto", "reference", "cpu", "cuda")
+_KERNEL_MODULES = {"cpu": "cbbench._cpu", "cuda": "cbbench._cuda"}
+_loaded: dict = {}
+
+
+def kernel_module(device_type: str):
+    """The compiled kernel module for ``"cpu"`` or ``"cuda"``, or ``None`` when it was not built."""
+    if device_type not in _loaded:
+        try:
+            _loaded[device_type] = (importlib.import_module(_KERNEL_MODULES[device_type]), None)
+        except ImportError as exc:  # not built, or built against another torch
+            _loaded[device_type] = (None, f"{type(exc).__name__}: {exc}")
+    return _loaded[device_type][0]
+
+
+def kernel_status(device_type: str) -> str:
+    """``"available"`` or why the kernel module for ``device_type`` could not be imported."""
+    return "available" if kernel_module(device_type) is not None else _loaded[device_type][1]
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map a requested backend (and ``CBBENCH_BACKEND`` for ``"auto"``) to ``reference``/``cpu``/``cuda``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        env = os.environ.get("CBBENCH_BACKEND", "").strip().lower()
+        if env and env != "auto":
+            if env not in BACKENDS:
+                raise ValueError(f"environment variable CBBENCH_BACKEND must be one of {BACKENDS}, got {env!r}")
+            backend = env
+    if backend == "auto":
+        kind = device.type
+        return kind if kind in _KERNEL_MODULES and kernel_module(kind) is not None else "reference"
+    if backend in _KERNEL_MODULES:
+        if device.type != backend:
+            raise ValueError(f"backend={backend!r} needs {backend} tensors, got tensors on {device}")
+        if kernel_module(backend) is None:
+            raise RuntimeError(
+                f"backend={backend!r}: the {backend} kernels of cbbench are not built "
+                f"({kernel_status(backend)}); reinstall cbbench"
+                + (" with CBBENCH_CUDA=1 and `pip install --no-build-isolation`" if backend == "cuda" else "")
+                + ", or use backend='reference'"
+            )
+    return backend
+
+
+# ----------------------------------------------------------------------------------------------
+# shared pieces of the two ops
+# ----------------------------------------------------------------------------------------------
+_UPCAST_ON_CPU = (torch.float16, torch.bfloat16)
+
+
+def _kernel_io(logits: Tensor) -> Tuple[object, Tensor]:
+    kern = kernel_module(logits.device.type)
+    if kern is None:
+        raise RuntimeError(f"cbbench has no fused kernel for {logits.device.type} tensors ({kernel_status(logits.device.type)})")
+    if logits.device.type == "cpu" and logits.dtype in _UPCAST_ON_CPU:
+        logits = logits.float()
+    return kern, logits.contiguous()
+
+
+def _grad_scale(denominator: Optional[Tensor], device: torch.device) -> Tensor:
+    if denominator is None:
+        return torch.ones((), dtype=torch.float32, device=device)
+    return (1.0 / denominator).float()
+
+
+def _outputs(loss_rows: Tensor, grad: Optional[Tensor], logits: Tensor, reduction: str,
+             denominator: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    if reduction == "none":
+        loss = loss_rows
+    else:
+        loss = loss_rows.sum()
+        if denominator is not None:
+            loss = loss / denominator.to(loss.dtype)
+    if grad is None:
+        grad = logits.new_empty((0,))
+    return loss, grad.to(logits.dtype)
+
+
+def _loss_rows(z: Tensor) -> Tensor:
+    return torch.empty(z.shape[0], dtype=_loss_dtype(z), device=z.device)
+
+
+def _loss_dtype(logits: Tensor) -> torch.dtype:
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def _fake_outputs(logits: Tensor, reduction: str, need_grad: bool) -> Tuple[Tensor, Tensor]:
+    shape = (logits.shape[0],) if reduction == "none" else ()
+    loss = logits.new_empty(shape, dtype=_loss_dtype(logits))
+    grad = torch.empty_like(logits) if need_grad else logits.new_empty((0,))
+    return loss, grad
+
+
+def _class_index_denominator(target: Tensor, weight: Optional[Tensor], ignore_index: int,
+                             reduction: str) -> Optional[Tensor]:
+    valid = target != ignore_index
+    row_weight = None
+    if weight is not None and reduction == "weighted_mean":
+        # clamp: a bad target must not index out of bounds here (its row is NaN from the kernel)
+        safe = torch.where(valid, target, torch.zeros_like(target)).clamp(0, weight.numel() - 1)
+        row_weight = weight[safe]
+    return reference.reduction_denominator(reduction, valid=valid, row_weight=row_weight)
+
+
+def _scale_saved_grad(grad: Tensor, grad_output: Tensor, reduction: str) -> Tensor:
+    """d loss / d logits from the saved gradient of the reduced loss and the incoming grad_output."""
+    if grad.numel() == 0 and grad_output.numel() != 0:
+        raise RuntimeError("cbbench: this loss was computed without a gradient (need_grad=False); "
+                           "call it with logits that require grad")
+    if reduction == "none":
+        return (grad * grad_output.unsqueeze(1)).to(grad.dtype)
+    if grad.device.type == "cuda":
+        kern = kernel_module("cuda")
+        if kern is not None and hasattr(kern, "scaled_grad") and not torch.compiler.is_compiling():
+            return kern.scaled_grad(grad, grad_output)
+    elif not torch.compiler.is_compiling() and grad_output.item() == 1.0:
+        return grad
+    return (grad * grad_output).to(grad.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# softmax cross-entropy
+# ----------------------------------------------------------------------------------------------
+@torch.library.custom_op("cbbench::softmax_cross_entropy", mutates_args=())
+def softmax_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tensor], logit_offset: Optional[Tensor],
+                          target_margin: Optional[Tensor], scale: float, label_smoothing: float,
+                          ignore_index: int, reduction: str, need_grad: bool) -> Tuple[Tensor, Tensor]:
+    """Fused softmax cross-entropy on (M, C) logits: ``(loss, d reduced loss / d logits)``."""
+    kern, z = _kernel_io(logits)
+    denom = _class_index_denominator(target, weight, ignore_index, reduction)
+    loss_rows = _loss_rows(z)
+    grad = torch.empty_like(z) if need_grad else None
+    kern.softmax_ce_fwd(z, target.contiguous(), weight, logit_offset, target_margin, float(scale),
+                        float(label_smoothing), int(ignore_index), _grad_scale(denom, z.device), loss_rows, grad)
+    return _outputs(loss_rows, grad, logits, reduction, denom)
+
+
+@softmax_cross_entropy.register_fake
+def _(logits, target, weight, logit_offset, target_margin, scale, label_smoothing, ignore_index, reduction, need_grad):
+    return _fake_outputs(logits, reduction, need_grad)
+
+
+def _softmax_setup(ctx, inputs, output):
+    ctx.reduction = inputs[8]
+    ctx.save_for_backward(output[1])
+
+
+def _softmax_backward(ctx, grad_loss, _grad_of_grad):
+    (grad,) = ctx.saved_tensors
+    return _scale_saved_grad(grad, grad_loss, ctx.reduction), None, None, None, None, None, None, None, None, None
+
+
+softmax_cross_entropy.register_autograd(_softmax_backward, setup_context=_softmax_setup)
+
+
+# ----------------------------------------------------------------------------------------------
+# sigmoid cross-entropy and sigmoid focal loss
+# ----------------------------------------------------------------------------------------------
+@torch.library.custom_op("cbbench::sigmoid_focal", mutates_args=())
+def sigmoid_focal(logits: Tensor, target: Tensor, weight: Optional[Tensor], gamma: float, alpha: float,
+                  ignore_index: int, focal: bool, reduction: str, need_grad: bool) -> Tuple[Tensor, Tensor]:
+    """Fused sigmoid cross-entropy (``focal=False``) or focal loss on (M, C) logits; ``alpha < 0``: none."""
+    kern, z = _kernel_io(logits)
+    if target.is_floating_point():
+        target = target.to(z.dtype).contiguous()
+        denom = reference.reduction_denominator(reduction, multi_hot_target=target, column_weight=weight,
+                                                num_rows=z.shape[0])
+    else:
+        target = target.contiguous()
+        denom = _class_index_denominator(target, weight, ignore_index, reduction)
+    loss_rows = _loss_rows(z)
+    grad = torch.empty_like(z) if need_grad else None
+    kern.sigmoid_focal_fwd(z, target, weight, float(gamma), float(alpha), int(ignore_index), bool(focal),
+                           _grad_scale(denom, z.device), loss_rows, grad)
+    return _outputs(loss_rows, grad, logits, reduction, denom)
+
+
+@sigmoid_focal.register_fake
+def _(logits, target, weight, gamma, alpha, ignore_index, focal, reduction, need_grad):
+    return _fake_outputs(logits, reduction, need_grad)
+
+
+def _sigmoid_setup(ctx, inputs, output):
+    ctx.reduction = inputs[7]
+    ctx.save_for_backward(output[1])
+
+
+def _sigmoid_backward(ctx, grad_loss, _grad_of_grad):
+    (grad,) = ctx.saved_tensors
+    return _scale_saved_grad(grad, grad_loss, ctx.reduction), None, None, None, None, None, None, None, None
+
+
+sigmoid_focal.register_autograd(_sigmoid_backward, setup_context=_sigmoid_setup)

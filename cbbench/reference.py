@@ -1,0 +1,207 @@
+"""The oracle: every cbbench loss in plain, readable PyTorch.
+
+Each function takes already-validated arguments (see :mod:`cbbench.functional`), computes in at least
+float32 (float64 stays float64, where it is exact to rounding) and gets its gradient from autograd.
+Every fused kernel is tested against this file, and this file against ``torch.nn.functional`` and the
+paper's formulas.
+
+Conventions (DESIGN §2-§3):
+
+* ``logits`` is (N, C) or (N, C, d1, ...); integer ``target`` is (N,) or (N, d1, ...).
+* softmax: ``loss_i = w_{y_i} * [(1 - eps) * (lse(z') - z'_{y_i}) + eps * mean_j (lse(z') - z'_j)]`` with
+  ``z'_j = scale * (z_j + logit_offset_j - [j == y_i] * target_margin_{y_i})``.
+* sigmoid: ``loss_i = w_{y_i} * sum_j BCE(z_ij, t_ij)``; focal multiplies each term by
+  ``(1 - p_t)^gamma = exp(-gamma * (t z + softplus(-z)))`` and optionally by RetinaNet's ``alpha_t``.
+  With multi-hot float targets (same shape as logits) ``weight`` is per column instead.
+* reductions: ``"mean"`` (softmax: / non-ignored samples; sigmoid/focal: / positives, at least 1),
+  ``"weighted_mean"`` (/ sum of applied sample weights, as ``nn.CrossEntropyLoss(weight=...)``),
+  ``"sum"``, ``"none"`` (per-sample loss with the class terms summed).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "softplus",
+    "binary_cross_entropy",
+    "focal_modulator",
+    "softmax_cross_entropy",
+    "sigmoid_cross_entropy",
+    "sigmoid_focal_loss",
+    "reduction_denominator",
+    "REDUCTIONS",
+]
+
+REDUCTIONS = ("mean", "weighted_mean", "sum", "none")
+
+
+# ----------------------------------------------------------------------------------------------
+# scalar math (the float64-exact definitions the C header mirrors)
+# ----------------------------------------------------------------------------------------------
+def softplus(x: Tensor) -> Tensor:
+    """``log(1 + exp(x))`` in the stable form ``max(x, 0) + log1p(exp(-|x|))`` (no threshold cut-off)."""
+    return x.clamp_min(0) + torch.log1p(torch.exp(-x.abs()))
+
+
+def binary_cross_entropy(z: Tensor, t: Tensor) -> Tensor:
+    """``softplus(z) - t z`` written as ``max(z, 0) - t z + log1p(exp(-|z|))`` (no cancellation for t in {0, 1})."""
+    return z.clamp_min(0) - t * z + torch.log1p(torch.exp(-z.abs()))
+
+
+def focal_modulator(z: Tensor, t: Tensor, gamma: float) -> Tensor:
+    """``(1 - p_t)^gamma`` in log space: ``exp(-gamma * (t z + softplus(-z)))``; never overflows."""
+    return torch.exp(-gamma * (t * z + softplus(-z)))
+
+
+# ----------------------------------------------------------------------------------------------
+# shape helpers
+# ----------------------------------------------------------------------------------------------
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def rows(logits: Tensor) -> Tensor:
+    """(N, C, d1, ...) -> (N * d1 * ..., C), class dimension last (a view when possible)."""
+    if logits.dim() > 2:
+        logits = logits.movedim(1, -1)
+    return logits.reshape(-1, logits.shape[-1])
+
+
+def _unflatten(per_row: Tensor, logits: Tensor) -> Tensor:
+    """Per-row values back to the sample shape (N, d1, ...)."""
+    if logits.dim() > 2:
+        return per_row.reshape((logits.shape[0],) + tuple(logits.shape[2:]))
+    return per_row
+
+
+def reduction_denominator(reduction: str, *, valid: Optional[Tensor] = None, row_weight: Optional[Tensor] = None,
+                          multi_hot_target: Optional[Tensor] = None, column_weight: Optional[Tensor] = None,
+                          num_rows: int = 0) -> Optional[Tensor]:
+    """The divisor of a reduction as a 0-dim float tensor (``None`` for ``"sum"`` and ``"none"``).
+
+    Integer targets: pass ``valid`` (bool (M,), non-ignored rows) and ``row_weight`` (w_{y_i} of each
+    row, or ``None``). Multi-hot targets: pass ``multi_hot_target`` (M, C), ``column_weight`` and
+    ``num_rows``. ``"mean"`` divides by the number of positives (= non-ignored samples for integer
+    targets, the sum of the targets for multi-hot ones, at least 1); a divisor of 0 (nothing to
+    average) is replaced by 1 so the loss is 0, not NaN. For multi-hot targets each
+    sample's applied weight in ``"weighted_mean"`` is the mean of the column weights.
+    """
+    if reduction in ("sum", "none"):
+        return None
+    if multi_hot_target is not None:
+        if reduction == "mean":
+            d = multi_hot_target.sum(dtype=torch.float32)
+            return d.clamp_min(1.0)
+        if column_weight is None:
+            d = torch.tensor(float(num_rows), device=multi_hot_target.device)
+        else:
+            d = column_weight.float().mean() * num_rows
+    else:
+        if reduction == "mean" or row_weight is None:
+            d = valid.sum(dtype=torch.float32)
+        else:
+            d = torch.where(valid, row_weight.float(), torch.zeros((), device=valid.device)).sum()
+    return torch.where(d > 0, d, torch.ones_like(d)).float()
+
+
+def _reduce(per_row: Tensor, logits: Tensor, reduction: str, denominator: Optional[Tensor]) -> Tensor:
+    if reduction == "none":
+        return _unflatten(per_row, logits)
+    total = per_row.sum()
+    if denominator is None:
+        return total
+    return total / denominator.to(total.dtype)
+
+
+def _row_weights(target: Tensor, weight: Optional[Tensor], valid: Tensor, dtype: torch.dtype) -> Tensor:
+    safe = torch.where(valid, target, torch.zeros_like(target))
+    w = torch.ones(target.shape, dtype=dtype, device=target.device) if weight is None else weight.to(dtype)[safe]
+    return torch.where(valid, w, torch.zeros_like(w))
+
+
+# ----------------------------------------------------------------------------------------------
+# losses
+# ----------------------------------------------------------------------------------------------
+def softmax_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, *,
+                          reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0,
+                          logit_offset: Optional[Tensor] = None, target_margin: Optional[Tensor] = None,
+                          scale: float = 1.0) -> Tensor:
+    """Class-weighted softmax cross-entropy with the logit-adjustment family's options."""
+    dtype = _compute_dtype(logits)
+    z = rows(logits).to(dtype)
+    y = target.reshape(-1)
+    num_classes = z.shape[1]
+    valid = y != ignore_index
+    safe_y = torch.where(valid, y, torch.zeros_like(y))
+    onehot = torch.nn.functional.one_hot(safe_y, num_classes).to(dtype)
+
+    if logit_offset is not None:
+        z = z + logit_offset.to(dtype)
+    if target_margin is not None:
+        z = z - onehot * target_margin.to(dtype)[safe_y].unsqueeze(1)
+    z = z * scale
+
+    log_prob = z - torch.logsumexp(z, dim=1, keepdim=True)
+    nll = -(log_prob * onehot).sum(dim=1)
+    if label_smoothing > 0:
+        nll = (1.0 - label_smoothing) * nll - label_smoothing * log_prob.mean(dim=1)
+
+    row_weight = _row_weights(y, weight, valid, dtype)
+    per_row = torch.where(valid, row_weight * nll, torch.zeros_like(nll))
+    denom = reduction_denominator(reduction, valid=valid, row_weight=None if weight is None else row_weight)
+    return _reduce(per_row, logits, reduction, denom)
+
+
+def _sigmoid_family(logits: Tensor, target: Tensor, weight: Optional[Tensor], *, gamma: Optional[float],
+                    alpha: Optional[float], reduction: str, ignore_index: int) -> Tensor:
+    dtype = _compute_dtype(logits)
+    z = rows(logits).to(dtype)
+    num_classes = z.shape[1]
+    multi_hot = target.is_floating_point()
+
+    if multi_hot:
+        t = rows(target).to(dtype)
+        valid = None
+        element_weight = None if weight is None else weight.to(dtype).unsqueeze(0)
+    else:
+        y = target.reshape(-1)
+        valid = y != ignore_index
+        safe_y = torch.where(valid, y, torch.zeros_like(y))
+        t = torch.nn.functional.one_hot(safe_y, num_classes).to(dtype)
+        element_weight = _row_weights(y, weight, valid, dtype).unsqueeze(1)
+
+    terms = binary_cross_entropy(z, t)
+    if gamma is not None and gamma != 0:
+        terms = terms * focal_modulator(z, t, gamma)
+    if alpha is not None:
+        terms = terms * (alpha * t + (1.0 - alpha) * (1.0 - t))
+    if element_weight is not None:
+        terms = terms * element_weight
+    per_row = terms.sum(dim=1)
+    if valid is not None:
+        per_row = torch.where(valid, per_row, torch.zeros_like(per_row))
+
+    if multi_hot:
+        denom = reduction_denominator(reduction, multi_hot_target=t, column_weight=weight, num_rows=z.shape[0])
+    else:
+        denom = reduction_denominator(reduction, valid=valid,
+                                      row_weight=None if weight is None else element_weight.squeeze(1))
+    return _reduce(per_row, logits, reduction, denom)
+
+
+def sigmoid_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, *,
+                          reduction: str = "mean", ignore_index: int = -100) -> Tensor:
+    """Sigmoid (one-vs-all) cross-entropy: ``w_y * sum_j BCE(z_j, t_j)`` per sample."""
+    return _sigmoid_family(logits, target, weight, gamma=None, alpha=None, reduction=reduction,
+                           ignore_index=ignore_index)
+
+
+def sigmoid_focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, *, gamma: float = 2.0,
+                       alpha: Optional[float] = None, reduction: str = "mean", ignore_index: int = -100) -> Tensor:
+    """Sigmoid focal loss ``w_y * sum_j alpha_t (1 - p_t)^gamma BCE(z_j, t_j)`` (modulator in log space)."""
+    return _sigmoid_family(logits, target, weight, gamma=gamma, alpha=alpha, reduction=reduction,
+                           ignore_index=ignore_index)

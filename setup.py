@@ -1,0 +1,101 @@
+"""Build cbbench's compiled kernels.
+
+* ``cbbench._cpu`` — Cython kernels (kernels/cpu), always built; OpenMP when the compiler has it.
+* ``cbbench._cuda`` — CUDA kernels (kernels/cuda) with a thin torch binding; built when torch has CUDA
+  and nvcc is found, or when ``CBBENCH_CUDA=1``; ``CBBENCH_CUDA=0`` turns it off. Needs torch at build
+  time: ``pip install --no-build-isolation -e .``.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+from setuptools import Extension, setup
+
+ROOT = Path(__file__).resolve().parent
+INCLUDE = str(ROOT / "kernels" / "include")
+
+
+def _compiler_has_openmp() -> bool:
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    cc = cc.split()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "omp.c"
+        src.write_text("#include <omp.h>\nint main(void){return omp_get_max_threads() > 0 ? 0 : 1;}\n")
+        try:
+            res = subprocess.run([cc, "-fopenmp", str(src), "-o", str(Path(tmp) / "omp")],
+                                 capture_output=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return res.returncode == 0
+
+
+def cpu_extensions():
+    from Cython.Build import cythonize
+
+    openmp = os.environ.get("CBBENCH_OPENMP", "1") != "0" and _compiler_has_openmp()
+    compile_args = ["-O3", "-fno-math-errno", "-std=c++17"]
+    link_args = []
+    if openmp:
+        compile_args.append("-fopenmp")
+        link_args.append("-fopenmp")
+    ext = Extension(
+        "cbbench._cpu",
+        sources=[str(Path("kernels") / "cpu" / "_cpu.pyx")],
+        include_dirs=[INCLUDE],
+        language="c++",
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+    )
+    print(f"cbbench build: Cython CPU kernels, OpenMP={'on' if openmp else 'off'}, flags={compile_args}")
+    return cythonize([ext], language_level=3, compiler_directives={"boundscheck": False, "wraparound": False})
+
+
+def _want_cuda():
+    flag = os.environ.get("CBBENCH_CUDA", "").strip()
+    if flag == "0":
+        return False, "off (CBBENCH_CUDA=0)"
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME
+    except ImportError:
+        if flag == "1":
+            sys.exit("CBBENCH_CUDA=1 but torch is not importable in the build environment; "
+                     "use `pip install --no-build-isolation`")
+        return False, "off (torch not importable at build time: use --no-build-isolation)"
+    nvcc = shutil.which("nvcc") or (CUDA_HOME and os.path.join(CUDA_HOME, "bin", "nvcc"))
+    if flag == "1":
+        return True, "on (CBBENCH_CUDA=1)"
+    if torch.version.cuda and torch.cuda.is_available() and nvcc and os.path.exists(nvcc):
+        return True, f"on (torch {torch.__version__}, CUDA {torch.version.cuda}, nvcc {nvcc})"
+    return False, f"off (torch CUDA={torch.version.cuda}, GPU={torch.cuda.is_available()}, nvcc={nvcc})"
+
+
+def cuda_extensions():
+    want, why = _want_cuda()
+    print(f"cbbench build: CUDA kernels {why}")
+    if not want:
+        return [], {}
+    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+
+    sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "kernels" / "cuda").glob("*.cu"))
+    sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "kernels" / "cuda").glob("*.cpp"))
+    arch = os.environ.get("CBBENCH_CUDA_ARCH")
+    nvcc_flags = ["-O3", "-std=c++17", "-lineinfo"]
+    if arch:
+        nvcc_flags += [f"-gencode=arch=compute_{arch},code=sm_{arch}"]
+    ext = CUDAExtension(
+        "cbbench._cuda",
+        sources=sources,
+        include_dirs=[INCLUDE, str(ROOT / "kernels" / "cuda")],
+        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": nvcc_flags},
+    )
+    return [ext], {"build_ext": BuildExtension}
+
+
+exts = cpu_extensions()
+cuda_exts, cmdclass = cuda_extensions()
+setup(ext_modules=exts + cuda_exts, cmdclass=cmdclass)
