@@ -1,0 +1,240 @@
+"""Public API: argument checking, backend choice, modules."""
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import cbbench
+from cbbench import functional as F
+from cbbench import ops
+from cbbench import reference as R
+
+LOSSES = {
+    "softmax": F.softmax_cross_entropy,
+    "sigmoid": F.sigmoid_cross_entropy,
+    "focal": F.sigmoid_focal_loss,
+}
+
+
+def _inputs(n=8, c=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, c, generator=g), torch.randint(0, c, (n,), generator=g), torch.rand(c, generator=g)
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_reference_backend_equals_reference_module(name):
+    z, y, w = _inputs()
+    fn = LOSSES[name]
+    ref = {"softmax": R.softmax_cross_entropy, "sigmoid": R.sigmoid_cross_entropy,
+           "focal": R.sigmoid_focal_loss}[name]
+    for reduction in ("mean", "weighted_mean", "sum", "none"):
+        torch.testing.assert_close(fn(z, y, w, reduction=reduction, backend="reference"),
+                                   ref(z, y, w, reduction=reduction))
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_logits_with_fp32_weight(name, dtype):
+    z, y, w = _inputs(n=64, c=10)
+    zh = z.to(dtype).requires_grad_(True)
+    loss = LOSSES[name](zh, y, w)
+    assert loss.dtype == torch.float32
+    want = LOSSES[name](zh.detach().float(), y, w, backend="reference")
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-5)
+    loss.backward()
+    assert zh.grad.dtype == dtype and torch.isfinite(zh.grad.float()).all()
+
+
+def test_weight_of_other_float_dtype_and_list():
+    z, y, w = _inputs()
+    a = F.softmax_cross_entropy(z, y, w.double())
+    b = F.softmax_cross_entropy(z, y, w.tolist())
+    torch.testing.assert_close(a.float(), b)
+
+
+def test_integer_target_dtypes_accepted():
+    z, y, w = _inputs()
+    base = F.softmax_cross_entropy(z, y, w)
+    for dt in (torch.int32, torch.int16, torch.uint8):
+        torch.testing.assert_close(F.softmax_cross_entropy(z, y.to(dt), w), base)
+
+
+# ---------------------------------------------------------------- bad input: clear errors
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_errors_name_the_argument(name):
+    fn = LOSSES[name]
+    z, y, w = _inputs()
+    with pytest.raises(ValueError, match=r"target value 4 is out of range for 4 classes"):
+        fn(z, torch.tensor([0, 1, 2, 4, 0, 0, 0, 0]))
+    with pytest.raises(ValueError, match="target value -3 is out of range"):
+        fn(z, torch.tensor([0, 1, 2, -3, 0, 0, 0, 0]))
+    with pytest.raises(ValueError, match="target shape"):
+        fn(z, y[:5])
+    with pytest.raises(ValueError, match=r"weight must have shape \(4,\)"):
+        fn(z, y, torch.ones(3))
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        fn(z, y, reduction="avg")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fn(z, y, backend="triton")
+    with pytest.raises(TypeError, match="logits must be a floating-point"):
+        fn(z.long(), y)
+    with pytest.raises(ValueError, match="logits must have shape"):
+        fn(z[0], y[0])
+    with pytest.raises(TypeError, match="ignore_index must be an int"):
+        fn(z, y, ignore_index=1.5)
+    with pytest.raises(TypeError, match="target must hold integer class indices"):
+        fn(z, y.bool())
+    with pytest.raises(TypeError, match="target must be a torch.Tensor"):
+        fn(z, y.tolist())
+
+
+def test_softmax_specific_errors():
+    z, y, _ = _inputs()
+    with pytest.raises(TypeError, match="target must hold integer class indices"):
+        F.softmax_cross_entropy(z, TF.one_hot(y, 4).float())
+    with pytest.raises(ValueError, match=r"label_smoothing must be a finite number in \[0.0, 1.0\]"):
+        F.softmax_cross_entropy(z, y, label_smoothing=1.5)
+    with pytest.raises(ValueError, match="scale must be a finite number"):
+        F.softmax_cross_entropy(z, y, scale=0.0)
+    with pytest.raises(ValueError, match=r"logit_offset must have shape \(4,\)"):
+        F.softmax_cross_entropy(z, y, logit_offset=torch.zeros(5))
+    with pytest.raises(ValueError, match=r"target_margin must have shape \(4,\)"):
+        F.softmax_cross_entropy(z, y, target_margin=torch.zeros(4, 1))
+
+
+def test_sigmoid_specific_errors():
+    z, y, _ = _inputs()
+    with pytest.raises(ValueError, match="multi-hot"):
+        F.sigmoid_cross_entropy(z, torch.zeros(8, 3))
+    with pytest.raises(ValueError, match="gamma must be a finite number"):
+        F.sigmoid_focal_loss(z, y, gamma=-1.0)
+    with pytest.raises(ValueError, match="alpha must be a finite number"):
+        F.sigmoid_focal_loss(z, y, alpha=1.5)
+    with pytest.raises(ValueError, match="gamma"):
+        F.sigmoid_focal_loss(z, y, gamma=float("nan"))
+
+
+def test_ignore_index_is_not_out_of_range():
+    z, y, w = _inputs()
+    y[0] = -100
+    y[1] = 7
+    with pytest.raises(ValueError, match="target value 7"):
+        F.softmax_cross_entropy(z, y)
+    y[1] = 0
+    assert torch.isfinite(F.softmax_cross_entropy(z, y, w))
+    y[0] = 0
+    y[2] = 9
+    assert torch.isfinite(F.softmax_cross_entropy(z, y, w, ignore_index=9))
+
+
+# ---------------------------------------------------------------- backend choice
+def test_backend_env_override(monkeypatch):
+    dev = torch.device("cpu")
+    monkeypatch.setenv("CBBENCH_BACKEND", "reference")
+    assert ops.resolve_backend("auto", dev) == "reference"
+    monkeypatch.setenv("CBBENCH_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="CBBENCH_BACKEND"):
+        ops.resolve_backend("auto", dev)
+    monkeypatch.delenv("CBBENCH_BACKEND")
+    expected = "cpu" if ops.kernel_module("cpu") is not None else "reference"
+    assert ops.resolve_backend("auto", dev) == expected
+
+
+def test_cuda_backend_on_cpu_tensors_is_an_error():
+    z, y, _ = _inputs()
+    with pytest.raises(ValueError, match="backend='cuda' needs cuda tensors"):
+        F.softmax_cross_entropy(z, y, backend="cuda")
+
+
+def test_missing_kernel_module_gives_clear_error(monkeypatch):
+    monkeypatch.setitem(ops._loaded, "cpu", (None, "ModuleNotFoundError: No module named 'cbbench._cpu'"))
+    z, y, _ = _inputs()
+    with pytest.raises(RuntimeError, match="cpu kernels of cbbench are not built"):
+        F.softmax_cross_entropy(z, y, backend="cpu")
+    assert ops.resolve_backend("auto", torch.device("cpu")) == "reference"
+
+
+def test_fused_backend_rejects_weight_requiring_grad():
+    if ops.kernel_module("cpu") is None:
+        pytest.skip("CPU kernels not built")
+    z, y, w = _inputs()
+    with pytest.raises(ValueError, match="no gradient for weight"):
+        F.softmax_cross_entropy(z, y, w.requires_grad_(True), backend="cpu")
+
+
+# ---------------------------------------------------------------- modules
+def test_class_balanced_loss_module():
+    counts = [100, 30, 10, 1]
+    z, y, _ = _inputs()
+    w = cbbench.class_balanced_weights(counts, 0.999)
+    for loss_type, fn in (("softmax", F.softmax_cross_entropy), ("sigmoid", F.sigmoid_cross_entropy)):
+        m = cbbench.ClassBalancedLoss(counts, beta=0.999, loss_type=loss_type)
+        torch.testing.assert_close(m(z, y), fn(z, y, w))
+    m = cbbench.ClassBalancedLoss(counts, beta=0.999, loss_type="focal", gamma=0.5)
+    torch.testing.assert_close(m(z, y), F.sigmoid_focal_loss(z, y, w, gamma=0.5))
+    assert "weight" in dict(m.named_buffers())
+    m64 = m.to(torch.float64)
+    assert m64.weight.dtype == torch.float64
+    with pytest.raises(ValueError, match="samples_per_class has 4 classes but logits have C = 5"):
+        m(torch.randn(2, 5), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="loss_type must be one of"):
+        cbbench.ClassBalancedLoss(counts, loss_type="hinge")
+    with pytest.raises(ValueError, match="zero training samples"):
+        cbbench.ClassBalancedLoss([3, 0, 1])
+    with pytest.raises(ValueError, match="beta"):
+        cbbench.ClassBalancedLoss(counts, beta=1.0)
+
+
+def test_class_balanced_loss_state_dict_roundtrip_and_drw_switch():
+    m = cbbench.ClassBalancedLoss([10, 5, 1], beta=0.99)
+    m2 = cbbench.ClassBalancedLoss([1, 1, 1], beta=0.99)
+    m2.load_state_dict(m.state_dict())
+    torch.testing.assert_close(m2.weight, m.weight)
+    m2.set_weight(torch.ones(3))
+    torch.testing.assert_close(m2.weight, torch.ones(3))
+
+
+def test_logit_adjustment_family_modules():
+    counts = [50, 20, 10, 1]
+    z, y, _ = _inputs()
+    prior = torch.tensor(counts, dtype=torch.float32) / sum(counts)
+    torch.testing.assert_close(cbbench.BalancedSoftmaxLoss(counts)(z, y),
+                               TF.cross_entropy(z + torch.log(torch.tensor(counts, dtype=torch.float32)), y))
+    torch.testing.assert_close(cbbench.LogitAdjustedLoss(counts, tau=2.0)(z, y),
+                               TF.cross_entropy(z + 2.0 * torch.log(prior), y))
+    m = torch.tensor(counts, dtype=torch.float32).pow(-0.25)
+    m = m * (0.5 / m.max())
+    torch.testing.assert_close(cbbench.LDAMLoss(counts)(z, y),
+                               TF.cross_entropy(30.0 * (z - TF.one_hot(y, 4) * m[y].unsqueeze(1)), y))
+    with pytest.raises(ValueError, match="samples_per_class has 4 classes"):
+        cbbench.LDAMLoss(counts)(torch.randn(2, 3), torch.tensor([0, 1]))
+    assert {"logit_offset"} <= set(dict(cbbench.BalancedSoftmaxLoss(counts).named_buffers()))
+
+
+def test_plain_modules_match_functional():
+    z, y, w = _inputs()
+    torch.testing.assert_close(cbbench.SoftmaxCrossEntropyLoss(w, label_smoothing=0.1)(z, y),
+                               F.softmax_cross_entropy(z, y, w, label_smoothing=0.1))
+    torch.testing.assert_close(cbbench.SigmoidCrossEntropyLoss(w, reduction="sum")(z, y),
+                               F.sigmoid_cross_entropy(z, y, w, reduction="sum"))
+    torch.testing.assert_close(cbbench.SigmoidFocalLoss(w, gamma=1.0, alpha=0.25)(z, y),
+                               F.sigmoid_focal_loss(z, y, w, gamma=1.0, alpha=0.25))
+
+
+def test_training_step_reduces_loss():
+    torch.manual_seed(0)
+    x = torch.randn(256, 5)
+    y = (x[:, 0] > 1.0).long() + (x[:, 1] > 1.5).long()
+    counts = torch.bincount(y, minlength=3)
+    model = torch.nn.Linear(5, 3)
+    crit = cbbench.ClassBalancedLoss(counts, beta=0.999, loss_type="softmax")
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    first = crit(model(x), y).item()
+    for _ in range(100):
+        opt.zero_grad()
+        loss = crit(model(x), y)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.8 * first
+    pred = model(x).argmax(1)
+    recall = [(pred[y == c] == c).float().mean().item() for c in range(3)]
+    assert min(recall) > 0.5, recall
