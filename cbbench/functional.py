@@ -5,9 +5,10 @@ were built, and the pure-PyTorch reference otherwise; the environment variable `
 overrides ``"auto"``. All backends compute the same numbers (see :mod:`cbbench.reference` for the
 formulas and the conventions of each reduction).
 
-Target range is checked on the host for CPU tensors. For CUDA tensors the check would synchronise the
-device, so it is left to the kernels: a target outside ``[0, C)`` that is not ``ignore_index`` makes the
-loss NaN instead of reading out of bounds.
+Target range is checked on the host for CPU tensors in eager mode. For CUDA tensors (and under
+``torch.compile``) the check would synchronise the device or break the graph, so it is left to the
+kernels: a target outside ``[0, C)`` that is not ``ignore_index`` makes the loss NaN instead of
+reading out of bounds.
 """
 from __future__ import annotations
 
@@ -53,7 +54,9 @@ def _check_class_indices(logits: Tensor, target, ignore_index: int, fn: str) -> 
     if target.device != logits.device:
         raise ValueError(f"{fn}: target is on {target.device} but logits are on {logits.device}")
     target = target.long()
-    if target.device.type == "cpu" and target.numel() > 0:
+    # host-side range check: CPU only (on CUDA it would synchronise) and not while tracing for
+    # torch.compile (data-dependent); the kernels turn a bad target into NaN instead.
+    if target.device.type == "cpu" and target.numel() > 0 and not torch.compiler.is_compiling():
         num_classes = logits.shape[1]
         bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
         if bad.any():
