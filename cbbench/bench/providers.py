@@ -1,0 +1,184 @@
+"""Implementations of each benchmarked loss ("providers"), all computing the same number per case.
+
+* ``reference`` — :mod:`cbbench.reference` through ``cbbench.functional(..., backend="reference")``;
+* ``cpu`` / ``cuda`` — cbbench's fused Cython / CUDA kernels (skipped when not built);
+* ``eager`` — what people write in plain PyTorch: ``F.cross_entropy(weight=w)``; the class-balanced
+  sigmoid loss as ``F.binary_cross_entropy_with_logits`` on one-hot targets with the per-row weight
+  ``w[y]``; the focal loss in torchvision's formula (``p_t``, ``(1 - p_t) ** gamma``);
+* ``compile`` — ``torch.compile`` of the eager functions (a fresh compilation per case);
+* ``liger`` — Liger-Kernel's ``LigerCrossEntropyLoss(weight=w)`` (softmax on CUDA, when installed).
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .. import functional as cbf
+from .. import ops
+from .cases import FOCAL_GAMMA, REDUCTION, Case, Inputs
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+IMPLEMENTATIONS = ("reference", "cpu", "cuda", "eager", "compile", "liger")
+PEERS = ("eager", "compile", "liger")
+
+
+# ----------------------------------------------------------------------------------------------
+# the losses, per implementation
+# ----------------------------------------------------------------------------------------------
+def cbbench_loss(loss: str, backend: str) -> LossFn:
+    reduction = REDUCTION[loss]
+    if loss == "softmax":
+        return lambda z, y, w: cbf.softmax_cross_entropy(z, y, w, reduction=reduction, backend=backend)
+    if loss == "sigmoid":
+        return lambda z, y, w: cbf.sigmoid_cross_entropy(z, y, w, reduction=reduction, backend=backend)
+    return lambda z, y, w: cbf.sigmoid_focal_loss(z, y, w, gamma=FOCAL_GAMMA, reduction=reduction, backend=backend)
+
+
+def eager_softmax(z, y, w):
+    return F.cross_entropy(z, y, weight=w)
+
+
+def eager_sigmoid(z, y, w):
+    t = F.one_hot(y, z.shape[1]).to(z.dtype)
+    return F.binary_cross_entropy_with_logits(z, t, weight=w[y].unsqueeze(1), reduction="sum") / z.shape[0]
+
+
+def eager_focal(z, y, w):
+    t = F.one_hot(y, z.shape[1]).to(z.dtype)
+    p = torch.sigmoid(z)
+    ce = F.binary_cross_entropy_with_logits(z, t, reduction="none")
+    p_t = p * t + (1 - p) * (1 - t)
+    loss = ce * (1 - p_t) ** FOCAL_GAMMA
+    return (loss * w[y].unsqueeze(1)).sum() / z.shape[0]
+
+
+EAGER: Dict[str, LossFn] = {"softmax": eager_softmax, "sigmoid": eager_sigmoid, "focal": eager_focal}
+
+
+def _liger_available() -> bool:
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def _compile(fn: LossFn) -> LossFn:
+    # A fresh Dynamo state per case: the cache of one code object is shared by every shape, and past
+    # the recompile limit Dynamo silently falls back to eager, which would be reported as "compile".
+    torch._dynamo.reset()
+    return torch.compile(fn, dynamic=False)
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    description: str
+
+    def unavailable(self, case: Case) -> Optional[str]:
+        """Why this implementation cannot run ``case`` here, or ``None`` when it can."""
+        device = torch.device(case.device)
+        if device.type == "cuda" and not (torch.version.cuda and torch.cuda.is_available()):
+            return "no CUDA device"
+        if self.name in ("cpu", "cuda"):
+            if device.type != self.name:
+                return f"the {self.name} kernels run on {self.name} tensors only"
+            if ops.kernel_module(self.name) is None:
+                return f"cbbench {self.name} kernels not built ({ops.kernel_status(self.name)})"
+        if self.name == "liger":
+            if case.loss != "softmax":
+                return "Liger-Kernel has no class-weighted sigmoid/focal loss"
+            if device.type != "cuda":
+                return "Liger-Kernel runs on CUDA only"
+            if not _liger_available():
+                return "liger-kernel not installed"
+        return None
+
+    def build(self, case: Case, inputs: Optional[Inputs] = None) -> LossFn:
+        """A callable ``(logits, target, weight) -> scalar loss`` for ``case``."""
+        reason = self.unavailable(case)
+        if reason is not None:
+            raise RuntimeError(f"{self.name} cannot run {case.label()}: {reason}")
+        if self.name in ("reference", "cpu", "cuda"):
+            return cbbench_loss(case.loss, self.name)
+        if self.name == "eager":
+            return EAGER[case.loss]
+        if self.name == "compile":
+            return _compile(EAGER[case.loss])
+        from liger_kernel.transformers import LigerCrossEntropyLoss
+
+        if inputs is None:
+            raise ValueError("the liger provider needs the case's inputs (its weight is a module buffer)")
+        module = LigerCrossEntropyLoss(weight=inputs.weight, reduction="mean")
+        return lambda z, y, w: module(z, y)
+
+
+PROVIDERS: Dict[str, Provider] = {p.name: p for p in (
+    Provider("reference", "cbbench reference (plain PyTorch, autograd)"),
+    Provider("cpu", "cbbench fused Cython kernel"),
+    Provider("cuda", "cbbench fused CUDA kernel"),
+    Provider("eager", "torch eager: F.cross_entropy(weight=) / BCE-with-logits / torchvision focal"),
+    Provider("compile", "torch.compile of the eager version"),
+    Provider("liger", "Liger-Kernel LigerCrossEntropyLoss(weight=)"),
+)}
+
+
+# ----------------------------------------------------------------------------------------------
+# the timed callables and the correctness check
+# ----------------------------------------------------------------------------------------------
+MODES = ("fwd_bwd", "fwd")
+
+
+def step(fn: LossFn, inputs: Inputs, mode: str) -> Callable[[], object]:
+    """The work timed for ``mode``: ``"fwd_bwd"`` = loss and d loss / d logits (``autograd.grad``, so
+    no accumulation into ``.grad``); ``"fwd"`` = the loss under ``no_grad``."""
+    z, y, w = inputs.logits, inputs.target, inputs.weight
+    if mode == "fwd_bwd":
+        def run():
+            return torch.autograd.grad(fn(z, y, w), z)[0]
+    elif mode == "fwd":
+        def run():
+            with torch.no_grad():
+                return fn(z, y, w)
+    else:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return run
+
+
+# normwise tolerance max|a - b| <= atol + rtol * max|b| per logits dtype
+TOLERANCE = {"float64": (1e-10, 1e-12), "float32": (2e-4, 1e-7), "float16": (2e-2, 1e-4),
+             "bfloat16": (4e-2, 1e-3)}
+
+
+def reference_values(case: Case, inputs: Inputs):
+    """The reference loss and gradient for ``case``, computed at float32 (float64 for float64) from the
+    same logits values."""
+    compute = torch.float64 if case.dtype == "float64" else torch.float32
+    z = inputs.logits.detach().to(compute).requires_grad_(True)
+    loss = cbbench_loss(case.loss, "reference")(z, inputs.target, inputs.weight)
+    (grad,) = torch.autograd.grad(loss, z)
+    return loss.detach(), grad
+
+
+def check(fn: LossFn, case: Case, inputs: Inputs, expected=None) -> float:
+    """Largest normwise error of loss and gradient of ``fn`` against the reference, relative to the
+    tolerance of the case's dtype (<= 1 passes). Raises AssertionError on a mismatch."""
+    exp_loss, exp_grad = expected if expected is not None else reference_values(case, inputs)
+    z = inputs.logits
+    loss = fn(z, inputs.target, inputs.weight)
+    (grad,) = torch.autograd.grad(loss, z)
+    rtol, atol = TOLERANCE[case.dtype]
+    worst = 0.0
+    for name, got, want in (("loss", loss.detach(), exp_loss), ("grad", grad, exp_grad)):
+        got = got.to(want.dtype)
+        if not torch.isfinite(got).all():
+            raise AssertionError(f"{case.label()}: non-finite {name}")
+        err = (got - want).abs().max().item()
+        bound = atol + rtol * want.abs().max().item()
+        ratio = err / bound
+        if ratio > 1.0:
+            raise AssertionError(f"{case.label()}: {name} differs from the reference by {err:.3g} "
+                                 f"(allowed {bound:.3g})")
+        worst = max(worst, ratio)
+    return worst

@@ -1,0 +1,129 @@
+"""The one timing core shared by ``python -m cbbench.bench.speed``, the asv suite and pytest-benchmark.
+
+CPU work is timed with the host's monotonic clock (the call returns when the work is done). CUDA work is
+timed with CUDA events around each call, and the device is synchronised after every sample, so a sample
+is the end-to-end time of one call including its launch overhead; before each sample the L2 cache is
+flushed by writing a buffer larger than it, so no sample reads its inputs from a warm cache.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+import torch
+
+# Larger than the L2 of any current GPU (H100: 50 MiB, H200: 60 MiB, B200: 126 MiB).
+_L2_FLUSH_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TimingPolicy:
+    """How many calls to make: ``warmup`` untimed, then at least ``min_repeat`` timed samples and more
+    until ``budget_s`` seconds of timing have passed (at most ``max_repeat``)."""
+
+    warmup: int = 3
+    min_repeat: int = 10
+    max_repeat: int = 2000
+    budget_s: float = 1.0
+
+
+FULL = TimingPolicy()
+QUICK = TimingPolicy(warmup=2, min_repeat=5, max_repeat=500, budget_s=0.25)
+
+
+@dataclass
+class Measurement:
+    """Timed samples of one callable, in milliseconds, and the clock that took them."""
+
+    samples_ms: List[float] = field(default_factory=list)
+    clock: str = "host"
+
+    @property
+    def n(self) -> int:
+        return len(self.samples_ms)
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.samples_ms)
+
+    @property
+    def min_ms(self) -> float:
+        return min(self.samples_ms)
+
+    def quantile_ms(self, q: float) -> float:
+        """Linear-interpolated quantile ``q`` in [0, 1] of the samples."""
+        xs = sorted(self.samples_ms)
+        pos = q * (len(xs) - 1)
+        lo = int(pos)
+        hi = min(lo + 1, len(xs) - 1)
+        return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+    @property
+    def iqr_ms(self) -> float:
+        return self.quantile_ms(0.75) - self.quantile_ms(0.25)
+
+    def summary(self) -> dict:
+        return {"median_ms": self.median_ms, "min_ms": self.min_ms, "iqr_ms": self.iqr_ms,
+                "samples": self.n, "clock": self.clock}
+
+
+def synchronize(device) -> None:
+    """Wait for all work queued on ``device`` (a no-op on the CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class HostTimer:
+    """Host wall clock around one call; right for CPU tensors, whose ops return when they are done."""
+
+    clock = "host"
+
+    def __call__(self, fn: Callable[[], object]) -> float:
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1e3
+
+
+class CudaEventTimer:
+    """CUDA events around one call on the current stream, with the L2 flushed before and the device
+    synchronised after (so samples never overlap)."""
+
+    clock = "cuda-events"
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self._flush = torch.empty(_L2_FLUSH_BYTES, dtype=torch.uint8, device=self.device)
+        self._start = torch.cuda.Event(enable_timing=True)
+        self._end = torch.cuda.Event(enable_timing=True)
+
+    def __call__(self, fn: Callable[[], object]) -> float:
+        self._flush.zero_()
+        self._start.record()
+        fn()
+        self._end.record()
+        self._end.synchronize()
+        return self._start.elapsed_time(self._end)
+
+
+def timer_for(device):
+    device = torch.device(device)
+    return CudaEventTimer(device) if device.type == "cuda" else HostTimer()
+
+
+def measure(fn: Callable[[], object], device="cpu", policy: Optional[TimingPolicy] = None) -> Measurement:
+    """Time ``fn`` on ``device`` under ``policy`` (default :data:`FULL`); returns every sample."""
+    policy = policy or FULL
+    device = torch.device(device)
+    timer = timer_for(device)
+    for _ in range(policy.warmup):
+        fn()
+    synchronize(device)
+    result = Measurement(clock=timer.clock)
+    began = time.perf_counter()
+    while result.n < policy.max_repeat and (
+            result.n < policy.min_repeat or time.perf_counter() - began < policy.budget_s):
+        result.samples_ms.append(timer(fn))
+    return result
