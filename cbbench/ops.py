@@ -141,6 +141,11 @@ def _class_index_denominator(target: Tensor, weight: Optional[Tensor], ignore_in
     return reference.reduction_denominator(reduction, valid=valid, row_weight=row_weight)
 
 
+def _is_eager(t: Tensor) -> bool:
+    """A real tensor outside any tracing (dynamo, AOTAutograd/make_fx hand us tensor subclasses)."""
+    return type(t) is torch.Tensor and not torch.compiler.is_compiling()
+
+
 def _scale_saved_grad(grad: Tensor, grad_output: Tensor, reduction: str) -> Tensor:
     """d loss / d logits from the saved gradient of the reduced loss and the incoming grad_output."""
     if grad.numel() == 0 and grad_output.numel() != 0:
@@ -148,12 +153,13 @@ def _scale_saved_grad(grad: Tensor, grad_output: Tensor, reduction: str) -> Tens
                            "call it with logits that require grad")
     if reduction == "none":
         return (grad * grad_output.unsqueeze(1)).to(grad.dtype)
-    if grad.device.type == "cuda":
-        kern = kernel_module("cuda")
-        if kern is not None and hasattr(kern, "scaled_grad") and not torch.compiler.is_compiling():
-            return kern.scaled_grad(grad, grad_output)
-    elif not torch.compiler.is_compiling() and grad_output.item() == 1.0:
-        return grad
+    if _is_eager(grad_output):
+        if grad.device.type == "cuda":
+            kern = kernel_module("cuda")
+            if kern is not None and hasattr(kern, "scaled_grad"):
+                return kern.scaled_grad(grad, grad_output)
+        elif grad_output.item() == 1.0:  # a host read is free on the CPU
+            return grad
     return (grad * grad_output).to(grad.dtype)
 
 

@@ -1,0 +1,181 @@
+"""The op layer (cbbench/ops.py) against a kernel module written in plain PyTorch.
+
+The stand-in module implements the kernel contract of ops.py with the reference and autograd, so
+these tests check the ops' reductions, gradient scaling, fake kernels and autograd independently of
+the compiled kernels (which have their own parity tests).
+"""
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from cbbench import functional as F
+from cbbench import ops
+from cbbench import reference as R
+
+
+def _on_fresh_thread(fn):
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(fn).result()
+
+
+class ContractKernels:
+    """The contract of ops.py, computed by the reference in float64.
+
+    A custom op runs its kernel below the autograd dispatch key (thread-local), so the stand-in
+    differentiates the reference on a fresh thread, where autograd is on.
+    """
+
+    @staticmethod
+    def _write(per_row, z, grad_scale, loss_rows, grad):
+        loss_rows.copy_(per_row.detach())
+        if grad is not None:
+            g = torch.autograd.grad(per_row.sum(), z)[0] if z.numel() else torch.zeros_like(z)
+            grad.copy_(g * grad_scale.double())
+
+    @classmethod
+    def softmax_ce_fwd(cls, logits, target, weight, logit_offset, target_margin, scale, label_smoothing,
+                       ignore_index, grad_scale, loss_rows, grad):
+        def run():
+            z = logits.detach().double().requires_grad_(True)
+            per = R.softmax_cross_entropy(z, target, weight, reduction="none", ignore_index=ignore_index,
+                                          label_smoothing=label_smoothing, logit_offset=logit_offset,
+                                          target_margin=target_margin, scale=scale)
+            cls._write(per, z, grad_scale, loss_rows, grad)
+
+        _on_fresh_thread(run)
+
+    @classmethod
+    def sigmoid_focal_fwd(cls, logits, target, weight, gamma, alpha, ignore_index, focal, grad_scale, loss_rows, grad):
+        def run():
+            z = logits.detach().double().requires_grad_(True)
+            t = target.double() if target.is_floating_point() else target
+            per = R.sigmoid_focal_loss(z, t, weight, gamma=gamma if focal else 0.0,
+                                       alpha=None if alpha < 0 else alpha, reduction="none", ignore_index=ignore_index)
+            cls._write(per, z, grad_scale, loss_rows, grad)
+
+        _on_fresh_thread(run)
+
+
+@pytest.fixture
+def contract_cpu(monkeypatch):
+    monkeypatch.setitem(ops._loaded, "cpu", (ContractKernels, None))
+    return ContractKernels
+
+
+def _case(seed=0, n=9, c=5, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, c, generator=g).to(dtype) * 2
+    y = torch.randint(0, c, (n,), generator=g)
+    y[1] = -100
+    w = torch.rand(c, generator=g) + 0.2
+    return z, y, w
+
+
+CALLS = [
+    ("softmax", lambda z, y, w, red, be: F.softmax_cross_entropy(z, y, w, reduction=red, backend=be,
+                                                                  label_smoothing=0.1, scale=2.0,
+                                                                  logit_offset=torch.linspace(-1, 1, z.shape[1]),
+                                                                  target_margin=torch.full((z.shape[1],), 0.3))),
+    ("sigmoid", lambda z, y, w, red, be: F.sigmoid_cross_entropy(z, y, w, reduction=red, backend=be)),
+    ("focal", lambda z, y, w, red, be: F.sigmoid_focal_loss(z, y, w, gamma=1.5, alpha=0.25, reduction=red, backend=be)),
+    ("multi-hot focal", lambda z, y, w, red, be: F.sigmoid_focal_loss(
+        z, (torch.arange(z.numel()).reshape(z.shape) % 3 == 0).to(z.dtype), w, gamma=0.5, reduction=red, backend=be)),
+]
+
+
+@pytest.mark.parametrize("name, call", CALLS, ids=[c[0] for c in CALLS])
+@pytest.mark.parametrize("reduction", ["mean", "weighted_mean", "sum", "none"])
+def test_fused_path_matches_reference(contract_cpu, name, call, reduction):
+    z, y, w = _case()
+    z1 = z.clone().requires_grad_(True)
+    z2 = z.clone().requires_grad_(True)
+    got = call(z1, y, w, reduction, "cpu")
+    want = call(z2, y, w, reduction, "reference")
+    torch.testing.assert_close(got, want)
+    # a grad_output that is not 1 (and a per-sample one for "none") exercises the rescaling
+    g_out = torch.linspace(0.5, 2.0, got.numel()).reshape(got.shape) if reduction == "none" else torch.tensor(3.0)
+    got.backward(g_out)
+    want.backward(g_out)
+    torch.testing.assert_close(z1.grad, z2.grad)
+
+
+def test_backward_with_grad_output_one_returns_the_fused_gradient(contract_cpu):
+    z, y, w = _case()
+    z.requires_grad_(True)
+    F.softmax_cross_entropy(z, y, w, backend="cpu").backward()
+    ref = z.detach().clone().requires_grad_(True)
+    R.softmax_cross_entropy(ref, y, w).backward()
+    torch.testing.assert_close(z.grad, ref.grad)
+
+
+def test_spatial_and_noncontiguous_inputs(contract_cpu):
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(3, 4, 5, 2, generator=g).transpose(2, 3)  # (N, C, d1, d2), not contiguous
+    y = torch.randint(0, 4, (3, 2, 5), generator=g)
+    for fn in (F.softmax_cross_entropy, F.sigmoid_focal_loss):
+        a = z.clone().requires_grad_(True)
+        b = z.clone().requires_grad_(True)
+        la, lb = fn(a, y, reduction="none", backend="cpu"), fn(b, y, reduction="none", backend="reference")
+        assert la.shape == (3, 2, 5)
+        torch.testing.assert_close(la, lb)
+        la.sum().backward()
+        lb.sum().backward()
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_no_gradient_computed_without_grad(contract_cpu):
+    z, y, w = _case()
+    calls = []
+    orig = ContractKernels.softmax_ce_fwd
+
+    def spy(*args):
+        calls.append(args[-1])
+        return orig(*args)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ContractKernels, "softmax_ce_fwd", spy)
+        F.softmax_cross_entropy(z, y, w, backend="cpu")
+        with torch.no_grad():
+            F.softmax_cross_entropy(z.requires_grad_(True), y, w, backend="cpu")
+        F.softmax_cross_entropy(z, y, w, backend="cpu")
+    assert calls == [None, None, calls[2]] and calls[2] is not None
+
+
+def test_half_logits_are_upcast_for_cpu_kernels(contract_cpu):
+    z, y, w = _case(dtype=torch.bfloat16)
+    z.requires_grad_(True)
+    loss = F.sigmoid_focal_loss(z, y, w, backend="cpu")
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert z.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(loss, F.sigmoid_focal_loss(z.detach().float(), y, w, backend="reference"))
+
+
+def test_opcheck_with_contract_kernels(contract_cpu):
+    z, y, w = _case()
+    t = (torch.rand(z.shape) < 0.3).float()
+    for reduction in ("mean", "none"):
+        torch.library.opcheck(torch.ops.cbbench.softmax_cross_entropy.default,
+                              (z.clone().requires_grad_(True), y, w, None, None, 1.0, 0.0, -100, reduction, True))
+        torch.library.opcheck(torch.ops.cbbench.sigmoid_focal.default,
+                              (z.clone().requires_grad_(True), y, w, 2.0, -1.0, -100, True, reduction, True))
+        torch.library.opcheck(torch.ops.cbbench.sigmoid_focal.default,
+                              (z.clone().requires_grad_(True), t, None, 0.0, 0.25, -100, False, reduction, True))
+
+
+def test_torch_compile_fullgraph_with_contract_kernels(contract_cpu):
+    z, y, w = _case()
+
+    def step(logits):
+        return F.sigmoid_focal_loss(logits, y, w, gamma=2.0, backend="cpu") + F.softmax_cross_entropy(
+            logits, y, w, backend="cpu", reduction="weighted_mean")
+
+    a = z.clone().requires_grad_(True)
+    b = z.clone().requires_grad_(True)
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    la, lb = compiled(a), step(b)
+    torch.testing.assert_close(la, lb)
+    la.backward()
+    lb.backward()
+    torch.testing.assert_close(a.grad, b.grad)
