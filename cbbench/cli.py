@@ -8,6 +8,8 @@ import sys
 # module path of each sub-command, imported only when the parser is built
 COMMAND_MODULES = [
     "cbbench.commands.weights",
+    "cbbench.commands.train",
+    "cbbench.commands.compare",
 ]
 
 

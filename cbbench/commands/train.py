@@ -1,0 +1,78 @@
+"""``cbbench train``: train one long-tail method on one dataset and write DIR/result.json."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from ..harness.datasets import DATASETS, DEFAULT_IMBALANCE
+from ..harness.methods import METHODS
+from ..harness.models import MODELS
+from ..harness.train import ACCELS
+
+_DATASET_HELP = ("digits-lt: scikit-learn's bundled digits, long-tailed train split (default imbalance "
+                 f"{DEFAULT_IMBALANCE['digits-lt']:g}, so every class keeps >= 2 images), balanced test split; "
+                 "synthetic-lt: overlapping Gaussians; cifar10-lt / cifar100-lt: need --data-dir with the "
+                 "python pickles (cifar-10-batches-py / cifar-100-python), default imbalance 100")
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``train`` and ``compare``; None means the dataset's recipe default."""
+    parser.add_argument("--dataset", required=True, choices=DATASETS, help=_DATASET_HELP)
+    parser.add_argument("--data-dir", default=None, help="folder holding the CIFAR python pickles")
+    parser.add_argument("--imbalance", type=float, default=None,
+                        help="imbalance factor n_max / n_min (default: " + ", ".join(
+                            f"{k} {v:g}" for k, v in DEFAULT_IMBALANCE.items()) + ")")
+    parser.add_argument("--beta", type=float, default=0.9999, help="class-balanced beta (default 0.9999)")
+    parser.add_argument("--gamma", type=float, default=1.0, help="focal gamma (default 1.0)")
+    parser.add_argument("--tau", type=float, default=1.0, help="logit-adjustment tau (default 1.0)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs (default: the recipe's; CIFAR 200); warm-up, lr decays and the DRW/DRS "
+                             "switch scale with it")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the recipe's)")
+    parser.add_argument("--lr", type=float, default=None, help="base learning rate (default: the recipe's)")
+    parser.add_argument("--weight-decay", type=float, default=None, help="weight decay (default: the recipe's)")
+    parser.add_argument("--model", choices=MODELS, default=None,
+                        help="model (default: mlp for digits, logistic for synthetic, resnet32 for CIFAR)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    parser.add_argument("--accel", choices=ACCELS, default="auto",
+                        help="auto: whole-step CUDA graph on CUDA, plain eager on CPU; compile: torch.compile")
+    parser.add_argument("--backend", choices=("auto", "reference", "cpu", "cuda"), default="auto",
+                        help="loss backend (default auto: the fused kernels where built)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def training_overrides(args) -> dict:
+    overrides = {"beta": args.beta, "gamma": args.gamma, "tau": args.tau, "accel": args.accel,
+                 "backend": args.backend}
+    for name in ("data_dir", "batch_size", "lr", "weight_decay", "model"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    return overrides
+
+
+def run(args) -> int:
+    from ..harness.train import TrainConfig, train_run
+
+    config = TrainConfig(args.dataset, args.method, seed=args.seed, imbalance=args.imbalance, epochs=args.epochs,
+                         device=args.device, **training_overrides(args))
+    result = train_run(config, progress=not args.no_progress)
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "result.json")
+    with open(path, "w") as fh:
+        json.dump(result, fh, indent=1)
+    print(f"{args.dataset} {args.method} seed {args.seed}: top-1 error {result['top1_error']:.2f}%, balanced "
+          f"accuracy {result['balanced_accuracy']:.2f}%, {result['train_time_s']:.1f} s -> {path}")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train one long-tail method, write OUT/result.json",
+                                   description=__doc__)
+    add_training_arguments(parser)
+    parser.add_argument("--method", required=True, choices=METHODS, metavar="METHOD",
+                        help="one of: " + ", ".join(METHODS))
+    parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    parser.set_defaults(func=run)

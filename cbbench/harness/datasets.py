@@ -1,0 +1,265 @@
+"""Long-tailed datasets: digits-LT, synthetic-LT, CIFAR-10-LT and CIFAR-100-LT.
+
+Every dataset has a long-tailed training split and a balanced (or untouched) test split. The training
+subset follows the rule of the class-balanced (Cui et al. 2019) and LDAM (Cao et al. 2019) code: class
+``i`` keeps ``n_i = int(n_max * (1/IF)^(i/(C-1)))`` examples, chosen by shuffling that class's indices
+with numpy's legacy RNG seeded once with 0 and keeping the first ``n_i`` (classes in label order, one
+RNG stream, exactly as ``IMBALANCECIFAR10.gen_imbalanced_data``). CIFAR-10-LT at IF 100 has 12,406
+training images.
+
+Images are kept as uint8 ``(N, 3, 32, 32)``; tabular features as float32 ``(N, D)``, standardised with
+the training split's statistics.
+"""
+from __future__ import annotations
+
+import math
+import os
+import pickle
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["DATASETS", "DEFAULT_IMBALANCE", "LongTailedData", "long_tailed_counts", "long_tailed_indices",
+           "load_dataset", "load_digits_lt", "make_synthetic_lt", "load_cifar_lt", "CIFAR_MEAN", "CIFAR_STD"]
+
+DATASETS = ("digits-lt", "synthetic-lt", "cifar10-lt", "cifar100-lt")
+PROFILES = ("exp", "step")
+
+# digits: 50 test images per class leave >= 124 per class for training; n_max = 120 with IF 50 keeps
+# 120, 77, 50, 32, 21, 13, 8, 5, 3, 2 images (331), so every class survives (IF 100 would leave 1,
+# IF > 120 would leave 0 and make class-balanced weights infinite).
+DEFAULT_IMBALANCE = {"digits-lt": 50.0, "synthetic-lt": 100.0, "cifar10-lt": 100.0, "cifar100-lt": 100.0}
+DIGITS_TEST_PER_CLASS = 50
+DIGITS_N_MAX = 120
+
+# per-channel statistics of the CIFAR training sets (0..1 scale), as in the LDAM / CB PyTorch code
+CIFAR_MEAN = {10: (0.4914, 0.4822, 0.4465), 100: (0.5071, 0.4865, 0.4409)}
+CIFAR_STD = {10: (0.2023, 0.1994, 0.2010), 100: (0.2673, 0.2564, 0.2762)}
+
+CIFAR_LAYOUT = {
+    10: ("cifar-10-batches-py", ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"],
+         "test_batch", b"labels"),
+    100: ("cifar-100-python", ["train"], "test", b"fine_labels"),
+}
+
+
+@dataclass
+class LongTailedData:
+    """A long-tailed training split and its test split, as numpy arrays."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    kind: str  # "tabular" or "image"
+    imbalance: float
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        return np.bincount(self.y_train, minlength=self.num_classes)
+
+    @property
+    def test_counts(self) -> np.ndarray:
+        return np.bincount(self.y_test, minlength=self.num_classes)
+
+
+def _check_imbalance(imbalance) -> float:
+    try:
+        value = float(imbalance)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"imbalance must be a number >= 1, got {imbalance!r}") from exc
+    if not math.isfinite(value) or value < 1.0:
+        raise ValueError(f"imbalance (n_max / n_min) must be a finite number >= 1, got {imbalance!r}")
+    return value
+
+
+def long_tailed_counts(n_max: int, num_classes: int, imbalance: float, profile: str = "exp") -> list:
+    """Images kept per class for an imbalance factor IF = n_max / n_min (the LDAM/CB rule).
+
+    ``"exp"``: ``int(n_max * (1/IF)^(i/(C-1)))`` for class i; ``"step"``: the first ``C // 2`` classes
+    keep ``n_max``, the rest ``int(n_max / IF)``. Raises if a class would end up with no example.
+    """
+    if isinstance(n_max, bool) or int(n_max) != n_max or n_max < 1:
+        raise ValueError(f"n_max must be a whole number >= 1, got {n_max!r}")
+    if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1:
+        raise ValueError(f"num_classes must be a whole number >= 1, got {num_classes!r}")
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    n_max, num_classes = int(n_max), int(num_classes)
+    imb_factor = 1.0 / _check_imbalance(imbalance)
+    if num_classes == 1:
+        counts = [n_max]
+    elif profile == "exp":
+        counts = [int(n_max * (imb_factor ** (i / (num_classes - 1.0)))) for i in range(num_classes)]
+    else:
+        half = num_classes // 2
+        counts = [n_max] * half + [int(n_max * imb_factor)] * (num_classes - half)
+    if min(counts) < 1:
+        raise ValueError(f"imbalance {imbalance} with n_max {n_max} leaves class(es) with no example "
+                         f"(counts {counts}); use an imbalance <= {n_max}")
+    return counts
+
+
+def long_tailed_indices(labels: np.ndarray, counts, seed: int = 0) -> np.ndarray:
+    """Indices of the long-tailed subset: per class (label order), shuffle that class's indices with one
+    ``np.random.RandomState(seed)`` stream and keep the first ``counts[c]``; returned in class order."""
+    labels = np.asarray(labels, dtype=np.int64)
+    rng = np.random.RandomState(seed)
+    keep = []
+    for cls, n in enumerate(counts):
+        idx = np.where(labels == cls)[0]
+        if len(idx) < n:
+            raise ValueError(f"class {cls} has {len(idx)} examples, fewer than the {n} requested")
+        rng.shuffle(idx)
+        keep.append(idx[:n])
+    return np.concatenate(keep)
+
+
+def _standardise(x_train: np.ndarray, x_test: np.ndarray):
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x_train)
+    return scaler.transform(x_train).astype(np.float32), scaler.transform(x_test).astype(np.float32)
+
+
+def load_digits_lt(imbalance: Optional[float] = None, *, n_max: int = DIGITS_N_MAX,
+                   test_per_class: int = DIGITS_TEST_PER_CLASS, profile: str = "exp") -> LongTailedData:
+    """scikit-learn's bundled 8x8 digits (1,797 images, no download), made long-tailed.
+
+    Per class (seed 0) ``test_per_class`` images form a balanced test split; the training split keeps
+    ``long_tailed_counts(n_max, 10, imbalance)`` of the rest. The default imbalance 50 keeps at least 2
+    images in every class (IF above ``n_max`` would empty the rarest class).
+    """
+    from sklearn.datasets import load_digits
+
+    imbalance = DEFAULT_IMBALANCE["digits-lt"] if imbalance is None else _check_imbalance(imbalance)
+    digits = load_digits()
+    x, y = digits.data.astype(np.float32), digits.target.astype(np.int64)
+    rng = np.random.RandomState(0)
+    test_idx, pool_idx = [], []
+    for cls in range(10):
+        idx = np.where(y == cls)[0]
+        rng.shuffle(idx)
+        if len(idx) < test_per_class + n_max:
+            raise ValueError(f"digits class {cls} has {len(idx)} images; test_per_class + n_max = "
+                             f"{test_per_class + n_max} is too many")
+        test_idx.append(idx[:test_per_class])
+        pool_idx.append(idx[test_per_class:])
+    pool_idx = np.concatenate(pool_idx)
+    counts = long_tailed_counts(n_max, 10, imbalance, profile)
+    train_idx = pool_idx[long_tailed_indices(y[pool_idx], counts, seed=0)]
+    test_idx = np.concatenate(test_idx)
+    x_train, x_test = _standardise(x[train_idx], x[test_idx])
+    return LongTailedData("digits-lt", x_train, y[train_idx], x_test, y[test_idx], 10, "tabular", imbalance,
+                          {"n_max": n_max, "test_per_class": test_per_class, "profile": profile})
+
+
+def make_synthetic_lt(imbalance: Optional[float] = None, *, num_classes: int = 10, dim: int = 16,
+                      n_max: int = 500, test_per_class: int = 200, separation: float = 2.5,
+                      profile: str = "exp", data_seed: int = 0) -> LongTailedData:
+    """Overlapping isotropic Gaussian classes: unit covariance, means at distance ``separation`` from the
+    origin in random directions (``data_seed``). Smaller ``separation`` means more overlap: the tail
+    classes' few samples then cover little new ground, the regime where effective numbers matter.
+    Training counts follow ``long_tailed_counts``; the test split has ``test_per_class`` per class.
+    """
+    imbalance = DEFAULT_IMBALANCE["synthetic-lt"] if imbalance is None else _check_imbalance(imbalance)
+    separation = float(separation)
+    if not math.isfinite(separation) or separation < 0:
+        raise ValueError(f"separation must be a finite number >= 0, got {separation!r}")
+    if int(dim) != dim or dim < 1:
+        raise ValueError(f"dim must be a whole number >= 1, got {dim!r}")
+    if int(test_per_class) != test_per_class or test_per_class < 1:
+        raise ValueError(f"test_per_class must be a whole number >= 1, got {test_per_class!r}")
+    counts = long_tailed_counts(n_max, num_classes, imbalance, profile)
+    rng = np.random.RandomState(data_seed)
+    directions = rng.normal(size=(num_classes, int(dim)))
+    means = separation * directions / np.linalg.norm(directions, axis=1, keepdims=True)
+
+    def draw(per_class):
+        xs = [rng.normal(size=(n, int(dim))) + means[c] for c, n in enumerate(per_class)]
+        ys = [np.full(n, c, dtype=np.int64) for c, n in enumerate(per_class)]
+        return np.concatenate(xs).astype(np.float32), np.concatenate(ys)
+
+    x_train, y_train = draw(counts)
+    x_test, y_test = draw([int(test_per_class)] * num_classes)
+    return LongTailedData("synthetic-lt", x_train, y_train, x_test, y_test, int(num_classes), "tabular", imbalance,
+                          {"n_max": n_max, "dim": int(dim), "separation": separation, "profile": profile,
+                           "test_per_class": int(test_per_class), "data_seed": data_seed})
+
+
+def _cifar_folder(data_dir, num_classes: int) -> str:
+    folder, train_files, test_file, _ = CIFAR_LAYOUT[num_classes]
+    expected = (f"expected the python version of CIFAR-{num_classes} (https://www.cs.toronto.edu/~kriz/cifar.html): "
+                f"DIR/{folder}/{{{', '.join(train_files + [test_file])}}}, pickles with keys b'data' "
+                f"(N x 3072 uint8) and {CIFAR_LAYOUT[num_classes][3]!r}; pass --data-dir DIR (or the {folder} "
+                "folder itself)")
+    if data_dir is None:
+        raise FileNotFoundError(f"cifar{num_classes}-lt needs a data directory; {expected}")
+    data_dir = os.fspath(data_dir)
+    for candidate in (os.path.join(data_dir, folder), data_dir):
+        if all(os.path.isfile(os.path.join(candidate, f)) for f in train_files + [test_file]):
+            return candidate
+    raise FileNotFoundError(f"no CIFAR-{num_classes} data under {data_dir!r}; {expected}")
+
+
+def _read_cifar_pickle(path: str, label_key: bytes):
+    with open(path, "rb") as fh:
+        entry = pickle.load(fh, encoding="bytes")
+    try:
+        data = np.asarray(entry[b"data"], dtype=np.uint8)
+        labels = np.asarray(entry[label_key], dtype=np.int64)
+    except KeyError as exc:
+        raise ValueError(f"{path}: not a CIFAR python pickle (missing key {exc.args[0]!r})") from exc
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise ValueError(f"{path}: expected b'data' of shape (N, 3072) and N labels, got {data.shape} and "
+                         f"{len(labels)} labels")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def load_cifar_lt(num_classes: int, data_dir, imbalance: Optional[float] = None, *,
+                  profile: str = "exp") -> LongTailedData:
+    """CIFAR-10-LT / CIFAR-100-LT from the python pickles: long-tailed training split (n_max = 500 * 10 / C
+    per class, i.e. 5,000 or 500), untouched test split."""
+    if num_classes not in CIFAR_LAYOUT:
+        raise ValueError(f"num_classes must be 10 or 100, got {num_classes!r}")
+    name = f"cifar{num_classes}-lt"
+    imbalance = DEFAULT_IMBALANCE[name] if imbalance is None else _check_imbalance(imbalance)
+    folder = _cifar_folder(data_dir, num_classes)
+    _, train_files, test_file, label_key = CIFAR_LAYOUT[num_classes]
+    parts = [_read_cifar_pickle(os.path.join(folder, f), label_key) for f in train_files]
+    x_all = np.concatenate([p[0] for p in parts])
+    y_all = np.concatenate([p[1] for p in parts])
+    x_test, y_test = _read_cifar_pickle(os.path.join(folder, test_file), label_key)
+    for split, y in (("training", y_all), ("test", y_test)):
+        if y.min() < 0 or y.max() >= num_classes:
+            raise ValueError(f"{folder}: {split} labels outside 0..{num_classes - 1}")
+    per_class = np.bincount(y_all, minlength=num_classes)
+    n_max = int(per_class.min())
+    counts = long_tailed_counts(n_max, num_classes, imbalance, profile)
+    keep = long_tailed_indices(y_all, counts, seed=0)
+    return LongTailedData(name, x_all[keep], y_all[keep], x_test, y_test, num_classes, "image", imbalance,
+                          {"n_max": n_max, "profile": profile, "data_dir": folder,
+                           "mean": CIFAR_MEAN[num_classes], "std": CIFAR_STD[num_classes]})
+
+
+def load_dataset(name: str, *, data_dir=None, imbalance: Optional[float] = None, **options) -> LongTailedData:
+    """Load a dataset of :data:`DATASETS` by name; ``options`` go to its loader (e.g. ``n_max``,
+    ``separation`` for synthetic-lt, ``profile``)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    try:
+        if name == "digits-lt":
+            return load_digits_lt(imbalance, **options)
+        if name == "synthetic-lt":
+            return make_synthetic_lt(imbalance, **options)
+    except TypeError as exc:
+        if "unexpected keyword" in str(exc):
+            raise ValueError(f"{name}: {exc}") from exc
+        raise
+    if options.keys() - {"profile"}:
+        raise ValueError(f"{name} takes no options {sorted(options.keys() - {'profile'})} (only 'profile')")
+    return load_cifar_lt(10 if name == "cifar10-lt" else 100, data_dir, imbalance, **options)

@@ -1,0 +1,127 @@
+"""Long-tail methods by name: a loss from :mod:`cbbench.nn` (so the fused kernels train), a sampling
+schedule, optional deferred re-weighting, and an optional post-hoc logit adjustment.
+
+All per-class quantities come from the whole training set's class counts. Deferred re-weighting (DRW,
+Cao et al. 2019) and deferred re-sampling (DRS) switch at ``switch_epoch``, the epoch of the last big
+learning-rate decay (160 of 200 in the paper recipe); DRW switches to class-balanced weights with
+``beta`` (0.9999 by default, as in the LDAM code).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import nn as cbnn
+from ..weights import class_balanced_weights, class_weights, log_prior
+
+__all__ = ["MethodSpec", "METHOD_SPECS", "METHODS", "Method", "get_spec"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    description: str
+    loss: str = "softmax"  # softmax | sigmoid | focal | balanced_softmax | logit_adjustment | ldam
+    weighting: str = "none"  # class_weights scheme applied from the start: none | inverse | sqrt_inverse | cb
+    deferred_weighting: bool = False  # DRW: no weights until switch_epoch, then CB weights
+    sampling: str = "instance"  # see cbbench.harness.samplers.SAMPLINGS
+    posthoc_adjustment: bool = False  # predict argmax(z - tau * log pi)
+
+    @property
+    def normed_classifier(self) -> bool:
+        return self.loss == "ldam"
+
+    @property
+    def sigmoid_family(self) -> bool:
+        return self.loss in ("sigmoid", "focal")
+
+    @property
+    def switches(self) -> bool:
+        return self.deferred_weighting or self.sampling == "deferred"
+
+
+METHOD_SPECS = {s.name: s for s in (
+    MethodSpec("softmax", "softmax cross-entropy"),
+    MethodSpec("sigmoid", "sigmoid cross-entropy", loss="sigmoid"),
+    MethodSpec("focal", "sigmoid focal loss", loss="focal"),
+    MethodSpec("cb_softmax", "class-balanced softmax CE (Cui et al.)", weighting="cb"),
+    MethodSpec("cb_sigmoid", "class-balanced sigmoid CE (Cui et al.)", loss="sigmoid", weighting="cb"),
+    MethodSpec("cb_focal", "class-balanced focal loss (Cui et al.)", loss="focal", weighting="cb"),
+    MethodSpec("inverse_freq", "softmax CE weighted by 1/n", weighting="inverse"),
+    MethodSpec("sqrt_inverse", "softmax CE weighted by 1/sqrt(n)", weighting="sqrt_inverse"),
+    MethodSpec("class_balanced_sampling", "softmax CE, class-balanced sampling (q=0)", sampling="class_balanced"),
+    MethodSpec("sqrt_sampling", "softmax CE, square-root sampling (q=1/2)", sampling="sqrt"),
+    MethodSpec("progressive_sampling", "softmax CE, progressively balanced sampling", sampling="progressive"),
+    MethodSpec("cb_sampling", "softmax CE, sampling by class-balanced weight", sampling="cb"),
+    MethodSpec("balanced_softmax", "Balanced Softmax, CE(z + log n)", loss="balanced_softmax"),
+    MethodSpec("logit_adjustment", "logit-adjusted loss, CE(z + tau log pi)", loss="logit_adjustment"),
+    MethodSpec("logit_adjustment_posthoc", "softmax CE, predict argmax(z - tau log pi)", posthoc_adjustment=True),
+    MethodSpec("ldam", "LDAM margin loss, cosine classifier, s=30", loss="ldam"),
+    MethodSpec("ldam_drw", "LDAM + deferred CB re-weighting", loss="ldam", deferred_weighting=True),
+    MethodSpec("cb_drw", "softmax CE + deferred CB re-weighting", deferred_weighting=True),
+    MethodSpec("drs", "softmax CE + deferred class-balanced re-sampling", sampling="deferred"),
+)}
+
+METHODS = tuple(METHOD_SPECS)
+
+
+def get_spec(name: str) -> MethodSpec:
+    try:
+        return METHOD_SPECS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
+
+
+class Method:
+    """A method bound to a training set's class counts: its loss module and per-epoch switches."""
+
+    def __init__(self, name: str, counts, *, beta: float = 0.9999, gamma: float = 1.0, tau: float = 1.0,
+                 ldam_max_margin: float = 0.5, ldam_scale: float = 30.0, switch_epoch: Optional[int] = None,
+                 backend: str = "auto"):
+        self.spec = get_spec(name)
+        self.counts = torch.as_tensor(counts, dtype=torch.float64)
+        if (self.counts <= 0).any():
+            empty = torch.nonzero(self.counts <= 0).flatten().tolist()
+            raise ValueError(f"method {name!r}: class(es) {empty} have no training example; every class needs "
+                             "at least one (lower the imbalance)")
+        if self.spec.switches and switch_epoch is None:
+            raise ValueError(f"method {name!r} needs switch_epoch")
+        self.beta, self.gamma, self.tau = beta, gamma, tau
+        self.switch_epoch = switch_epoch
+        num_classes = self.counts.numel()
+        spec = self.spec
+        weight = None
+        if spec.deferred_weighting:
+            weight = torch.ones(num_classes)
+        elif spec.weighting != "none":
+            weight = class_weights(self.counts, spec.weighting, beta=beta)
+        if spec.loss == "softmax":
+            self.loss: nn.Module = cbnn.SoftmaxCrossEntropyLoss(weight, backend=backend)
+        elif spec.loss == "sigmoid":
+            self.loss = cbnn.SigmoidCrossEntropyLoss(weight, backend=backend)
+        elif spec.loss == "focal":
+            self.loss = cbnn.SigmoidFocalLoss(weight, gamma=gamma, backend=backend)
+        elif spec.loss == "balanced_softmax":
+            self.loss = cbnn.BalancedSoftmaxLoss(self.counts, weight, backend=backend)
+        elif spec.loss == "logit_adjustment":
+            self.loss = cbnn.LogitAdjustedLoss(self.counts, tau, weight, backend=backend)
+        else:
+            self.loss = cbnn.LDAMLoss(self.counts, ldam_max_margin, ldam_scale, weight, backend=backend)
+        self._drw_weight = class_balanced_weights(self.counts, beta) if spec.deferred_weighting else None
+        self.prediction_offset = -tau * log_prior(self.counts) if spec.posthoc_adjustment else None
+
+    def start_epoch(self, epoch: int) -> None:
+        """Apply the epoch's loss switches in place (the loss buffers keep their storage, so a captured
+        CUDA graph sees the new weights)."""
+        if self._drw_weight is not None:
+            new = self._drw_weight if epoch >= self.switch_epoch else torch.ones_like(self._drw_weight)
+            self.loss.weight.copy_(new)
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        """Predicted classes (post-hoc logit adjustment where the method asks for it)."""
+        if self.prediction_offset is not None:
+            logits = logits + self.prediction_offset.to(logits.device, logits.dtype)
+        return logits.argmax(dim=1)

@@ -1,0 +1,384 @@
+"""Train one method on one long-tailed dataset and evaluate it.
+
+The CIFAR default is the recipe of Cui et al. (2019): ResNet-32, batch 128, 200 epochs, SGD momentum 0.9,
+lr 0.1 with a 5-epoch linear warm-up, x0.01 from epoch 160 and x0.0001 from epoch 180, weight decay 2e-4,
+pad-4 random crop and horizontal flip. The tabular datasets use the same schedule shape (warm-up for the
+first 2.5% of epochs, decays at 80% and 90%). Changing ``epochs`` scales warm-up, decays and the
+DRW/DRS switch epoch (= the first decay) proportionally.
+
+All data live on the training device as tensors: mini-batches are gathered by index from the epoch's
+sampler, and crop/flip run batched on the device. On CUDA (``accel="auto"``) the whole training step —
+forward, the fused loss, backward and a fused SGD step with a device-resident learning rate — is
+captured once into a CUDA graph and replayed (static batch shape, so the last partial batch of each
+epoch is dropped there); ``accel="compile"`` runs ``torch.compile(model)`` in an eager loop instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .datasets import DATASETS, LongTailedData, load_dataset
+from .methods import Method, get_spec
+from .metrics import evaluate
+from .models import MODELS, build_model, init_sigmoid_bias
+from .samplers import SamplingSchedule
+
+__all__ = ["TrainConfig", "RECIPES", "ACCELS", "resolve_config", "lr_at_epoch", "random_crop_flip", "train_run"]
+
+ACCELS = ("auto", "none", "compile", "cuda_graph")
+
+# per-dataset defaults; "paper" schedule: milestones/epochs = 0.8, 0.9, warm-up 5 of 200
+RECIPES = {
+    "cifar10-lt": dict(model="resnet32", epochs=200, batch_size=128, lr=0.1, weight_decay=2e-4, warmup_epochs=5,
+                       milestones=(160, 180), augment=True),
+    "cifar100-lt": dict(model="resnet32", epochs=200, batch_size=128, lr=0.1, weight_decay=2e-4, warmup_epochs=5,
+                        milestones=(160, 180), augment=True),
+    "digits-lt": dict(model="mlp", epochs=40, batch_size=32, lr=0.05, weight_decay=5e-4, warmup_epochs=1,
+                      milestones=(32, 36), augment=False),
+    "synthetic-lt": dict(model="logistic", epochs=20, batch_size=64, lr=0.05, weight_decay=1e-4, warmup_epochs=1,
+                         milestones=(16, 18), augment=False),
+}
+LR_FACTORS = (0.01, 0.0001)
+
+
+@dataclass
+class TrainConfig:
+    """One training run. ``None`` fields take the dataset's recipe value (see :data:`RECIPES`)."""
+
+    dataset: str
+    method: str
+    seed: int = 0
+    imbalance: Optional[float] = None
+    data_dir: Optional[str] = None
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
+    momentum: float = 0.9
+    weight_decay: Optional[float] = None
+    warmup_epochs: Optional[int] = None
+    milestones: Optional[tuple] = None
+    model: Optional[str] = None
+    hidden: int = 128
+    augment: Optional[bool] = None
+    beta: float = 0.9999
+    gamma: float = 1.0
+    tau: float = 1.0
+    ldam_max_margin: float = 0.5
+    ldam_scale: float = 30.0
+    device: str = "cpu"
+    accel: str = "auto"
+    backend: str = "auto"
+    eval_batch_size: int = 1000
+    dataset_options: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["milestones"] = None if self.milestones is None else list(self.milestones)
+        return d
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def _real(value, name, low=-math.inf, high=math.inf, high_open=False):
+    try:
+        value = float(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be a number, got {value!r}") from exc
+    if not math.isfinite(value) or value < low or (value >= high if high_open else value > high):
+        raise ValueError(f"{name} must be a finite number in [{low}, {high}{')' if high_open else ']'}, got {value!r}")
+    return value
+
+
+def resolve_device(device) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"bad device {device!r}: {exc}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu, cuda[:i] or auto, got {device!r}")
+    return dev
+
+
+def resolve_config(config: TrainConfig) -> TrainConfig:
+    """Fill recipe defaults, scale the schedule to ``epochs`` and validate every field."""
+    if config.dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
+    get_spec(config.method)
+    recipe = RECIPES[config.dataset]
+    c = dataclasses.replace(config, dataset_options=dict(config.dataset_options))
+    epochs = recipe["epochs"] if c.epochs is None else _positive_int(c.epochs, "epochs")
+    scale = epochs / recipe["epochs"]
+    if c.warmup_epochs is None:
+        c.warmup_epochs = int(round(recipe["warmup_epochs"] * scale))
+    if c.milestones is None:
+        c.milestones = tuple(int(m * scale) for m in recipe["milestones"])
+        if epochs >= 2:  # both phases of DRW / DRS happen, whatever the epoch count
+            c.milestones = tuple(min(epochs - 1, max(1, m)) for m in c.milestones)
+    c.epochs = epochs
+    c.milestones = tuple(int(m) for m in c.milestones)
+    if len(c.milestones) != len(LR_FACTORS) or list(c.milestones) != sorted(c.milestones) or c.milestones[0] < 0:
+        raise ValueError(f"milestones must be {len(LR_FACTORS)} increasing epochs, got {c.milestones!r}")
+    if isinstance(c.warmup_epochs, bool) or int(c.warmup_epochs) != c.warmup_epochs or c.warmup_epochs < 0:
+        raise ValueError(f"warmup_epochs must be a whole number >= 0, got {c.warmup_epochs!r}")
+    for name in ("batch_size", "lr", "weight_decay", "model", "augment"):
+        if getattr(c, name) is None:
+            setattr(c, name, recipe[name])
+    c.batch_size = _positive_int(c.batch_size, "batch_size")
+    c.eval_batch_size = _positive_int(c.eval_batch_size, "eval_batch_size")
+    c.hidden = _positive_int(c.hidden, "hidden")
+    c.seed = int(_real(c.seed, "seed", 0, 2 ** 63 - 1))
+    c.lr = _real(c.lr, "lr", 0.0)
+    c.momentum = _real(c.momentum, "momentum", 0.0, 1.0, high_open=True)
+    c.weight_decay = _real(c.weight_decay, "weight_decay", 0.0)
+    c.beta = _real(c.beta, "beta", 0.0, 1.0, high_open=True)
+    c.gamma = _real(c.gamma, "gamma", 0.0)
+    c.tau = _real(c.tau, "tau")
+    c.ldam_max_margin = _real(c.ldam_max_margin, "ldam_max_margin", 0.0)
+    c.ldam_scale = _real(c.ldam_scale, "ldam_scale", 0.0)
+    if c.ldam_scale == 0:
+        raise ValueError("ldam_scale must be > 0")
+    if c.imbalance is not None:
+        c.imbalance = _real(c.imbalance, "imbalance", 1.0)
+    if c.model not in MODELS:
+        raise ValueError(f"unknown model {c.model!r}; choose one of {', '.join(MODELS)}")
+    image = c.dataset.startswith("cifar")
+    if image != (c.model == "resnet32"):
+        raise ValueError(f"model {c.model!r} does not fit dataset {c.dataset!r} "
+                         f"({'resnet32' if image else 'logistic or mlp'})")
+    if c.augment and not image:
+        raise ValueError("augment (crop + flip) applies to image datasets only")
+    if c.accel not in ACCELS:
+        raise ValueError(f"accel must be one of {ACCELS}, got {c.accel!r}")
+    device = resolve_device(c.device)
+    c.device = str(device)
+    if c.accel == "auto":
+        c.accel = "cuda_graph" if device.type == "cuda" else "none"
+    if c.accel == "cuda_graph" and device.type != "cuda":
+        raise ValueError("accel='cuda_graph' needs a CUDA device")
+    return c
+
+
+def lr_at_epoch(config: TrainConfig, epoch: int) -> float:
+    """Learning rate of 0-based ``epoch``: linear warm-up ``lr * (epoch+1) / warmup`` over the first
+    ``warmup_epochs``, then ``lr``, x0.01 from ``milestones[0]``, x0.0001 from ``milestones[1]``."""
+    if epoch < config.warmup_epochs:
+        return config.lr * (epoch + 1) / config.warmup_epochs
+    factor = 1.0
+    for milestone, f in zip(config.milestones, LR_FACTORS):
+        if epoch >= milestone:
+            factor = f
+    return config.lr * factor
+
+
+def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Batched pad-``padding`` random crop and horizontal flip of (B, C, H, W) images, on their device,
+    with one gather; padding is zeros (black), as ``transforms.RandomCrop(32, padding=4)``."""
+    b, _, h, w = images.shape
+    dev = images.device
+    padded = F.pad(images, (padding, padding, padding, padding))
+    oy = torch.randint(0, 2 * padding + 1, (b, 1), device=dev, generator=generator)
+    ox = torch.randint(0, 2 * padding + 1, (b, 1), device=dev, generator=generator)
+    rows = oy + torch.arange(h, device=dev)
+    cols = ox + torch.arange(w, device=dev)
+    flip = torch.rand((b, 1), device=dev, generator=generator) < 0.5
+    cols = torch.where(flip, cols.flip(1), cols)
+    batch = torch.arange(b, device=dev)[:, None, None, None]
+    chan = torch.arange(images.shape[1], device=dev)[None, :, None, None]
+    return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class _Inputs:
+    """Training and test tensors on the device, and the batch transform (normalise, augment)."""
+
+    def __init__(self, data: LongTailedData, config: TrainConfig, device: torch.device):
+        self.image = data.kind == "image"
+        self.x_train = torch.as_tensor(data.x_train).to(device)
+        self.y_train = torch.as_tensor(data.y_train, dtype=torch.int64).to(device)
+        self.x_test = torch.as_tensor(data.x_test).to(device)
+        self.y_test = data.y_test
+        self.augment = bool(config.augment)
+        self.channels_last = self.image and device.type == "cuda"
+        if self.image:
+            self.mean = torch.tensor(data.meta["mean"], device=device).view(1, -1, 1, 1) * 255.0
+            self.std = torch.tensor(data.meta["std"], device=device).view(1, -1, 1, 1) * 255.0
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.image:
+            return x
+        x = (x.float() - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def train_batch(self, idx: torch.Tensor, generator: torch.Generator):
+        x = self.x_train[idx]
+        if self.augment:
+            # crop before normalising, so the padding is black as in torchvision
+            x = random_crop_flip(x, generator)
+        return self._prepare(x), self.y_train[idx]
+
+    def test_batches(self, batch_size: int):
+        for start in range(0, len(self.x_test), batch_size):
+            yield self._prepare(self.x_test[start:start + batch_size])
+
+
+def _optimizer(model, config: TrainConfig, no_decay, device):
+    no_decay_ids = {id(p) for p in no_decay}
+    decay = [p for p in model.parameters() if id(p) not in no_decay_ids]
+    groups = [{"params": decay}]
+    if no_decay:
+        groups.append({"params": list(no_decay), "weight_decay": 0.0})
+    # a tensor learning rate on the device, changed in place each epoch: a captured step reads it. The
+    # fused kernel is one launch on CUDA; on the CPU it is far slower than foreach for small models.
+    lr = torch.tensor(lr_at_epoch(config, 0), device=device)
+    return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                           fused=device.type == "cuda" or None)
+
+
+class _GraphStep:
+    """The whole training step (forward, loss, backward, SGD) captured in one CUDA graph."""
+
+    def __init__(self, model, loss_fn, optimizer, warmup_batches):
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.static_x = torch.empty_like(warmup_batches[0][0])
+        self.static_y = torch.empty_like(warmup_batches[0][1])
+        # a few real steps on a side stream allocate the momentum buffers and pick the cuDNN algorithms
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for x, y in warmup_batches:
+                self.static_x.copy_(x)
+                self.static_y.copy_(y)
+                self.optimizer.zero_grad(set_to_none=True)
+                self._step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(self.graph):
+            self.static_loss = self._step()
+
+    def _step(self):
+        loss = self.loss_fn(self.model(self.static_x), self.static_y)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def __call__(self, x, y):
+        self.static_x.copy_(x)
+        self.static_y.copy_(y)
+        self.graph.replay()
+        return self.static_loss
+
+
+def _eager_step(model, loss_fn, optimizer):
+    def step(x, y):
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+    return step
+
+
+def train_run(config: TrainConfig, data: Optional[LongTailedData] = None, *, progress: bool = True) -> dict:
+    """Train ``config.method`` on ``config.dataset`` and return the result dict (the keys of
+    ``result.json``: top1_error, balanced_accuracy, per_class_accuracy, many_shot, medium_shot, few_shot,
+    train_counts, method, dataset, config, plus seed and train_time_s). ``data`` skips loading."""
+    config = resolve_config(config)
+    if data is None:
+        data = load_dataset(config.dataset, data_dir=config.data_dir, imbalance=config.imbalance,
+                            **config.dataset_options)
+    elif data.name != config.dataset:
+        raise ValueError(f"data is {data.name!r} but config.dataset is {config.dataset!r}")
+    device = torch.device(config.device)
+    counts = data.train_counts
+    switch_epoch = config.milestones[0]
+    spec = get_spec(config.method)
+    torch.manual_seed(config.seed)
+    method = Method(config.method, counts, beta=config.beta, gamma=config.gamma, tau=config.tau,
+                    ldam_max_margin=config.ldam_max_margin, ldam_scale=config.ldam_scale,
+                    switch_epoch=switch_epoch, backend=config.backend)
+    schedule = SamplingSchedule(spec.sampling, data.y_train, data.num_classes, config.epochs, beta=config.beta,
+                                switch_epoch=switch_epoch)
+    in_features = int(np.prod(data.x_train.shape[1:]))
+    model = build_model(config.model, in_features, data.num_classes, hidden=config.hidden,
+                        normed=spec.normed_classifier)
+    no_decay = [init_sigmoid_bias(model, data.num_classes)] if spec.sigmoid_family else []
+    inputs = _Inputs(data, config, device)
+    model.to(device)
+    if inputs.channels_last:
+        model.to(memory_format=torch.channels_last)
+    method.loss.to(device)
+    optimizer = _optimizer(model, config, no_decay, device)
+    lr_tensors = [g["lr"] for g in optimizer.param_groups]
+
+    sample_gen = torch.Generator().manual_seed(config.seed)
+    aug_gen = torch.Generator(device=device).manual_seed(config.seed)
+    use_graph = config.accel == "cuda_graph"
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    train_model = torch.compile(model) if config.accel == "compile" else model
+    step = None if use_graph else _eager_step(train_model, method.loss, optimizer)
+    n_train, bs = len(data.y_train), config.batch_size
+    if use_graph and n_train < bs:
+        raise ValueError(f"accel='cuda_graph' drops partial batches; batch_size {bs} exceeds the {n_train} "
+                         "training examples")
+
+    start = time.perf_counter()
+    model.train()
+    bar = tqdm(range(config.epochs), desc=f"{config.dataset} {config.method} seed {config.seed}",
+               disable=not progress, leave=False, unit="epoch")
+    for epoch in bar:
+        for lr in lr_tensors:
+            lr.fill_(lr_at_epoch(config, epoch))
+        method.start_epoch(epoch)
+        idx = schedule.epoch_indices(epoch, sample_gen).to(device, non_blocking=True)
+        stop = n_train - n_train % bs if use_graph else n_train
+        batches = [idx[i:i + bs] for i in range(0, stop, bs)]
+        loss_sum = torch.zeros((), device=device)
+        first = 0
+        if step is None:  # CUDA graph: the first batches are real warm-up steps, then the step is captured
+            warm = [inputs.train_batch(batch, aug_gen) for batch in batches[:3]]
+            step = _GraphStep(model, method.loss, optimizer, warm)
+            first = len(warm)
+        for batch in batches[first:]:
+            loss_sum += step(*inputs.train_batch(batch, aug_gen))
+        if progress:
+            bar.set_postfix(loss=f"{loss_sum.item() / max(1, len(batches) - first):.4f}",
+                            lr=f"{lr_at_epoch(config, epoch):.2g}")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    train_time = time.perf_counter() - start
+
+    model.eval()
+    with torch.no_grad():
+        preds = [method.predict(model(x)).cpu() for x in inputs.test_batches(config.eval_batch_size)]
+    result = evaluate(data.y_test, torch.cat(preds).numpy(), counts)
+    cfg = config.to_dict()
+    cfg.update({"switch_epoch": switch_epoch if spec.switches else None, "n_train": int(n_train),
+                "test_counts": [int(c) for c in data.test_counts], "imbalance": data.imbalance,
+                "data": data.meta, "drop_last": use_graph, "torch": torch.__version__,
+                "loss_backend": _loss_backend(config.backend, device)})
+    result.update({"method": config.method, "dataset": config.dataset, "config": cfg, "seed": config.seed,
+                   "train_time_s": train_time})
+    return result
+
+
+def _loss_backend(backend: str, device: torch.device) -> str:
+    from .. import ops
+
+    return ops.resolve_backend(backend, device)
