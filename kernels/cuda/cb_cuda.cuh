@@ -1,0 +1,129 @@
+// CUDA-only helpers of the cbbench kernels: element types, 16-byte vector loads with a scalar
+// fallback, deterministic warp / block reductions. The scalar loss math lives in cb_math.h.
+#ifndef CBBENCH_CB_CUDA_CUH_
+#define CBBENCH_CB_CUDA_CUH_
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "cb_math.h"
+
+namespace cb {
+
+// ---- element types ----------------------------------------------------------------------------
+// Accumulation type: float for float/half/bfloat16 (DESIGN §5), double for double.
+template <typename T> struct Acc { using type = float; };
+template <> struct Acc<double> { using type = double; };
+template <typename T> using acc_t = typename Acc<T>::type;
+
+__device__ __forceinline__ float to_acc(float x) { return x; }
+__device__ __forceinline__ double to_acc(double x) { return x; }
+__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_acc(acc_t<T> x);
+template <> __device__ __forceinline__ float from_acc<float>(float x) { return x; }
+template <> __device__ __forceinline__ double from_acc<double>(double x) { return x; }
+template <> __device__ __forceinline__ __half from_acc<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// Special values without std::numeric_limits (host-only constexpr under nvcc).
+template <typename A> __device__ __forceinline__ A neg_inf();
+template <> __device__ __forceinline__ float neg_inf<float>() { return __int_as_float(0xff800000); }
+template <> __device__ __forceinline__ double neg_inf<double>() { return __longlong_as_double(0xfff0000000000000ULL); }
+template <typename A> __device__ __forceinline__ A quiet_nan();
+template <> __device__ __forceinline__ float quiet_nan<float>() { return __int_as_float(0x7fc00000); }
+template <> __device__ __forceinline__ double quiet_nan<double>() { return __longlong_as_double(0x7ff8000000000000ULL); }
+
+// Elements per 16-byte vector. The element -> thread mapping of every kernel is built from this
+// *logical* width whether or not a given row is 16-byte aligned, so reduction order (and hence every
+// bit of the result) depends only on the shape and dtype, never on the address of the data.
+template <typename T> struct Vec { static constexpr int size = 16 / sizeof(T); };
+
+// Loads elements [j, j + V) of `row` (row has n_valid = C - j elements left) into acc-typed registers.
+// Vectorised when the whole vector is in range and the row start is 16-byte aligned; element-wise with
+// bounds checks otherwise (never an out-of-bounds read). Out-of-range slots get `fill`.
+template <typename T, typename A = acc_t<T>>
+__device__ __forceinline__ void load_vec(const T* __restrict__ row, int64_t j, int64_t C, bool row_aligned,
+                                         A fill, A (&out)[Vec<T>::size]) {
+  constexpr int V = Vec<T>::size;
+  if (row_aligned && j + V <= C) {
+    uint4 raw = __ldg(reinterpret_cast<const uint4*>(row + j));
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int v = 0; v < V; ++v) out[v] = to_acc(e[v]);
+  } else {
+#pragma unroll
+    for (int v = 0; v < V; ++v) out[v] = (j + v < C) ? to_acc(row[j + v]) : fill;
+  }
+}
+
+// Stores the in-range part of a vector; vectorised when possible (same rule as load_vec).
+template <typename T, typename A = acc_t<T>>
+__device__ __forceinline__ void store_vec(T* __restrict__ row, int64_t j, int64_t C, bool row_aligned,
+                                          const A (&in)[Vec<T>::size]) {
+  constexpr int V = Vec<T>::size;
+  if (row_aligned && j + V <= C) {
+    uint4 raw;
+    T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+    for (int v = 0; v < V; ++v) e[v] = from_acc<T>(in[v]);
+    *reinterpret_cast<uint4*>(row + j) = raw;
+  } else {
+#pragma unroll
+    for (int v = 0; v < V; ++v)
+      if (j + v < C) row[j + v] = from_acc<T>(in[v]);
+  }
+}
+
+__device__ __forceinline__ bool aligned16(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
+}
+
+// ---- deterministic reductions -------------------------------------------------------------------
+// Fixed-order trees only (no atomics): the same inputs and launch shape give the same bits.
+// A NaN logit still gives a NaN loss through the sum of exponentials, so a plain max is enough.
+struct MaxOp {
+  template <typename A> __device__ __forceinline__ A operator()(A a, A b) const { return a > b ? a : b; }
+};
+struct SumOp {
+  template <typename A> __device__ __forceinline__ A operator()(A a, A b) const { return a + b; }
+};
+
+// Butterfly over groups of G consecutive lanes (G a power of two <= 32); every lane of a group ends
+// with the group's result. All 32 lanes of the warp must take part.
+template <int G, typename A, typename Op>
+__device__ __forceinline__ A group_reduce(A x, Op op) {
+#pragma unroll
+  for (int offset = G / 2; offset > 0; offset >>= 1) x = op(x, __shfl_xor_sync(0xffffffffu, x, offset, G));
+  return x;
+}
+
+// Block-wide reduction for blockDim.x a multiple of 32 (<= 1024); every thread gets the result.
+// `identity` pads the missing warps; `scratch` holds >= 33 values. The trailing __syncthreads makes
+// back-to-back calls with the same scratch safe.
+template <typename A, typename Op>
+__device__ __forceinline__ A block_reduce(A x, Op op, A identity, A* scratch) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int warps = blockDim.x >> 5;
+  x = group_reduce<32>(x, op);
+  if (lane == 0) scratch[warp] = x;
+  __syncthreads();
+  if (warp == 0) {
+    A y = lane < warps ? scratch[lane] : identity;
+    y = group_reduce<32>(y, op);
+    if (lane == 0) scratch[32] = y;
+  }
+  __syncthreads();
+  const A result = scratch[32];
+  __syncthreads();
+  return result;
+}
+
+}  // namespace cb
+
+#endif  // CBBENCH_CB_CUDA_CUH_
