@@ -19,34 +19,51 @@ ROOT = Path(__file__).resolve().parent
 INCLUDE = str(ROOT / "kernels" / "include")
 
 
-def _compiler_has_openmp() -> bool:
-    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+_SIMD_PROBE = "int main(){float s=0;\n#pragma omp simd reduction(+:s)\nfor(int i=0;i<8;++i)s+=i;return s > 0 ? 0 : 1;}\n"
+_OPENMP_PROBE = "#include <omp.h>\nint main(){return omp_get_max_threads() > 0 ? 0 : 1;}\n"
+
+
+def _compiler_accepts(flags, source) -> bool:
+    """Whether the C++ compiler builds and links ``source`` with ``flags``."""
+    cc = os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++"
     cc = cc.split()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "omp.c"
-        src.write_text("#include <omp.h>\nint main(void){return omp_get_max_threads() > 0 ? 0 : 1;}\n")
+        src = Path(tmp) / "probe.cpp"
+        src.write_text(source)
         try:
-            res = subprocess.run([cc, "-fopenmp", str(src), "-o", str(Path(tmp) / "omp")],
+            res = subprocess.run([cc, *flags, str(src), "-o", str(Path(tmp) / "probe")],
                                  capture_output=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired):
             return False
         return res.returncode == 0
 
 
+def _compiler_has_openmp() -> bool:
+    return _compiler_accepts(["-fopenmp"], _OPENMP_PROBE)
+
+
 def cpu_extensions():
     from Cython.Build import cythonize
 
     openmp = os.environ.get("CBBENCH_OPENMP", "1") != "0" and _compiler_has_openmp()
-    compile_args = ["-O3", "-fno-math-errno", "-std=c++17"]
+    # -ffp-contract=fast lets the polynomials use FMA; -fno-math-errno keeps libm calls pure;
+    # -fno-trapping-math (FP exception flags only) lets GCC if-convert the selects of the simd loops,
+    # which otherwise stay scalar. No -ffast-math: it would break the inf/NaN handling we promise.
+    compile_args = ["-O3", "-std=c++17", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast"]
     link_args = []
     if openmp:
         compile_args.append("-fopenmp")
         link_args.append("-fopenmp")
+    elif _compiler_accepts(["-fopenmp-simd"], _SIMD_PROBE):
+        # no threads, but `#pragma omp simd` still vectorises the row loops
+        compile_args.append("-fopenmp-simd")
     ext = Extension(
         "cbbench._cpu",
         sources=[str(Path("kernels") / "cpu" / "_cpu.pyx")],
-        include_dirs=[INCLUDE],
+        include_dirs=[INCLUDE, str(ROOT / "kernels" / "cpu")],
+        depends=[str(p) for p in sorted((ROOT / "kernels" / "cpu").glob("*.h"))] + [str(Path(INCLUDE) / "cb_math.h")],
         language="c++",
+        define_macros=[("CB_BUILD_FLAGS", '"' + " ".join(compile_args) + '"')],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
     )

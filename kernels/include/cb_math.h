@@ -19,6 +19,14 @@
 #define CB_FN static inline
 #endif
 
+// The vectorisable functions must inline into the CPU kernels' `#pragma omp simd` loops (a call
+// stops vectorisation, and GCC declines to inline the larger ones on its own).
+#if defined(__CUDACC__) || !defined(__GNUC__)
+#define CB_FN_INLINE CB_FN
+#else
+#define CB_FN_INLINE static inline __attribute__((always_inline))
+#endif
+
 // ---- exp / log1p, one name for both precisions ------------------------------------------------
 CB_FN float cb_exp(float x) { return expf(x); }
 CB_FN double cb_exp(double x) { return exp(x); }
@@ -40,12 +48,12 @@ CB_FN double cb_max(double a, double b) { return a > b ? a : b; }
 //   log1p: u = 1 + x written as 2^k m with m in [sqrt(1/2), sqrt(2)), log m by polynomial, and the
 //          rounding error of 1 + x added back as c / u (fdlibm's log1p scheme).
 // Accuracy against float64 / correctly rounded values is tested in tests/test_cpu_kernels.py.
-CB_FN uint32_t cb_bits(float x) { uint32_t i; memcpy(&i, &x, sizeof i); return i; }
-CB_FN uint64_t cb_bits(double x) { uint64_t i; memcpy(&i, &x, sizeof i); return i; }
-CB_FN float cb_float_from_bits(uint32_t i) { float x; memcpy(&x, &i, sizeof x); return x; }
-CB_FN double cb_double_from_bits(uint64_t i) { double x; memcpy(&x, &i, sizeof x); return x; }
+CB_FN_INLINE uint32_t cb_bits(float x) { uint32_t i; memcpy(&i, &x, sizeof i); return i; }
+CB_FN_INLINE uint64_t cb_bits(double x) { uint64_t i; memcpy(&i, &x, sizeof i); return i; }
+CB_FN_INLINE float cb_float_from_bits(uint32_t i) { float x; memcpy(&x, &i, sizeof x); return x; }
+CB_FN_INLINE double cb_double_from_bits(uint64_t i) { double x; memcpy(&x, &i, sizeof x); return x; }
 
-CB_FN float cb_exp_simd(float x) {
+CB_FN_INLINE float cb_exp_simd(float x) {
   x = x < -104.0f ? -104.0f : x;  // exp(-104) rounds to 0, exp(89) to inf; NaN fails both tests
   x = x > 89.0f ? 89.0f : x;
   const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer held in the low bits
@@ -65,7 +73,7 @@ CB_FN float cb_exp_simd(float x) {
   return y * cb_float_from_bits((k1 + 127u) << 23) * cb_float_from_bits((k2 + 127u) << 23);
 }
 
-CB_FN double cb_exp_simd(double x) {
+CB_FN_INLINE double cb_exp_simd(double x) {
   x = x < -746.0 ? -746.0 : x;
   x = x > 710.0 ? 710.0 : x;
   const double shifter = 6755399441055744.0;  // 1.5 * 2^52
@@ -93,7 +101,7 @@ CB_FN double cb_exp_simd(double x) {
   return p * cb_double_from_bits((k1 + 1023u) << 52) * cb_double_from_bits((k2 + 1023u) << 52);
 }
 
-CB_FN float cb_log1p_simd(float x) {
+CB_FN_INLINE float cb_log1p_simd(float x) {
   const float u = 1.0f + x;
   // c = (1 + x) - u exactly (Sterbenz), relative to u
   const float c = (u < 2.0f ? x - (u - 1.0f) : 1.0f - (u - x)) / u;
@@ -120,7 +128,7 @@ CB_FN float cb_log1p_simd(float x) {
   return x < -1.0f ? NAN : res;
 }
 
-CB_FN double cb_log1p_simd(double x) {
+CB_FN_INLINE double cb_log1p_simd(double x) {
   const double u = 1.0 + x;
   const double c = (u < 2.0 ? x - (u - 1.0) : 1.0 - (u - x)) / u;
   const uint64_t iu = cb_bits(u);
@@ -147,18 +155,18 @@ CB_FN double cb_log1p_simd(double x) {
 // cb_simd_math: the vectorisable versions above, for the CPU kernels' `#pragma omp simd` row loops.
 struct cb_libm_math {};
 struct cb_simd_math {};
-CB_FN float cb_exp(float x, cb_libm_math) { return cb_exp(x); }
-CB_FN double cb_exp(double x, cb_libm_math) { return cb_exp(x); }
-CB_FN float cb_log1p(float x, cb_libm_math) { return cb_log1p(x); }
-CB_FN double cb_log1p(double x, cb_libm_math) { return cb_log1p(x); }
-CB_FN float cb_exp(float x, cb_simd_math) { return cb_exp_simd(x); }
-CB_FN double cb_exp(double x, cb_simd_math) { return cb_exp_simd(x); }
-CB_FN float cb_log1p(float x, cb_simd_math) { return cb_log1p_simd(x); }
-CB_FN double cb_log1p(double x, cb_simd_math) { return cb_log1p_simd(x); }
+CB_FN_INLINE float cb_exp(float x, cb_libm_math) { return cb_exp(x); }
+CB_FN_INLINE double cb_exp(double x, cb_libm_math) { return cb_exp(x); }
+CB_FN_INLINE float cb_log1p(float x, cb_libm_math) { return cb_log1p(x); }
+CB_FN_INLINE double cb_log1p(double x, cb_libm_math) { return cb_log1p(x); }
+CB_FN_INLINE float cb_exp(float x, cb_simd_math) { return cb_exp_simd(x); }
+CB_FN_INLINE double cb_exp(double x, cb_simd_math) { return cb_exp_simd(x); }
+CB_FN_INLINE float cb_log1p(float x, cb_simd_math) { return cb_log1p_simd(x); }
+CB_FN_INLINE double cb_log1p(double x, cb_simd_math) { return cb_log1p_simd(x); }
 
 // ---- sigmoid family ---------------------------------------------------------------------------
 template <typename T, typename Math>
-CB_FN T cb_softplus(T x, Math math) {
+CB_FN_INLINE T cb_softplus(T x, Math math) {
   return cb_max(x, T(0)) + cb_log1p(cb_exp(-cb_abs(x), math), math);
 }
 template <typename T>
@@ -166,7 +174,7 @@ CB_FN T cb_softplus(T x) { return cb_softplus(x, cb_libm_math()); }
 
 // sigmoid(x) from e = exp(-|x|): no overflow, full relative precision on both tails.
 template <typename T, typename Math>
-CB_FN T cb_sigmoid(T x, Math math) {
+CB_FN_INLINE T cb_sigmoid(T x, Math math) {
   const T e = cb_exp(-cb_abs(x), math);
   const T r = T(1) / (T(1) + e);
   return x >= T(0) ? r : e * r;
@@ -175,7 +183,7 @@ template <typename T>
 CB_FN T cb_sigmoid(T x) { return cb_sigmoid(x, cb_libm_math()); }
 
 template <typename T, typename Math>
-CB_FN T cb_bce(T z, T t, Math math) {
+CB_FN_INLINE T cb_bce(T z, T t, Math math) {
   return cb_max(z, T(0)) - t * z + cb_log1p(cb_exp(-cb_abs(z), math), math);
 }
 template <typename T>
@@ -183,7 +191,7 @@ CB_FN T cb_bce(T z, T t) { return cb_bce(z, t, cb_libm_math()); }
 
 // (1 - p_t)^gamma for target t in [0, 1], in log space.
 template <typename T, typename Math>
-CB_FN T cb_focal_modulator(T z, T t, T gamma, Math math) {
+CB_FN_INLINE T cb_focal_modulator(T z, T t, T gamma, Math math) {
   return cb_exp(-gamma * (t * z + cb_softplus(-z, math)), math);
 }
 template <typename T>
@@ -191,7 +199,7 @@ CB_FN T cb_focal_modulator(T z, T t, T gamma) { return cb_focal_modulator(z, t, 
 
 // One focal term and its derivative with respect to z. gamma = 0 gives exactly bce and p - t.
 template <typename T, typename Math>
-CB_FN void cb_focal_term(T z, T t, T gamma, T* loss, T* dloss, Math math) {
+CB_FN_INLINE void cb_focal_term(T z, T t, T gamma, T* loss, T* dloss, Math math) {
   const T p = cb_sigmoid(z, math);
   const T b = cb_bce(z, t, math);
   if (gamma == T(0)) {
