@@ -33,14 +33,26 @@ bench: $(STAMP)
 weights: $(STAMP)
 	$(BIN)/cbbench weights --counts 5000,2997,1796,1077,645,387,232,139,83,50 --out $(OUT)
 
-# Compile every torch-free CUDA source with the local nvcc (no GPU, no torch needed).
+# Compile every torch-free CUDA source with the local nvcc (no GPU, no torch needed), for sm_90 and
+# sm_80, with the half-precision restrictions of torch's CUDAExtension build and warnings as errors;
+# then link them with a host harness that checks the launch plans and runs without a GPU.
+CUDA_ARCHS ?= $(CUDA_ARCH) 80
+CUDA_CHECK_FLAGS := -std=c++17 -O3 -Werror all-warnings -Ikernels/include -Ikernels/cuda \
+	-D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
+	-D__CUDA_NO_HALF2_OPERATORS__
 cuda-check:
 	@set -e; srcs="$$(ls kernels/cuda/*.cu 2>/dev/null)"; \
 	if [ -z "$$srcs" ]; then echo "cuda-check: no CUDA sources"; exit 1; fi; \
-	tmp=$$(mktemp -d); for f in $$srcs; do \
-	  echo "nvcc sm_$(CUDA_ARCH): $$f"; \
-	  $(NVCC) -std=c++17 -O3 -arch=sm_$(CUDA_ARCH) -Ikernels/include -Ikernels/cuda -c $$f -o $$tmp/$$(basename $$f).o; \
-	done; rm -rf $$tmp; echo "cuda-check: OK"
+	gencode=""; for a in $(CUDA_ARCHS); do gencode="$$gencode -gencode=arch=compute_$$a,code=sm_$$a"; done; \
+	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; pids=""; \
+	for f in $$srcs; do \
+	  echo "nvcc sm_{$(CUDA_ARCHS)}: $$f"; \
+	  $(NVCC) $(CUDA_CHECK_FLAGS) $$gencode -c $$f -o $$tmp/$$(basename $$f).o & pids="$$pids $$!"; \
+	done; \
+	fail=0; for p in $$pids; do wait $$p || fail=1; done; \
+	if [ $$fail != 0 ]; then echo "cuda-check: FAILED (compile)"; exit 1; fi; \
+	$(NVCC) $(CUDA_CHECK_FLAGS) $$gencode kernels/cuda/harness/plan_check.cu $$tmp/*.o -o $$tmp/plan_check; \
+	$$tmp/plan_check; echo "cuda-check: OK"
 
 clean:
 	rm -rf build *.egg-info cbbench/*.so kernels/cpu/*.cpp $(OUT)

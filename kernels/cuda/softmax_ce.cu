@@ -7,9 +7,9 @@
 //   * group<G>xNV — small C (fp32 C <= 1024, bf16 C <= 2048): G = 4..32 lanes of one warp own a row,
 //     each lane NV 16-byte vectors; several rows per 128-thread block. Reductions are warp shuffles
 //     only, so a 256 x 1000 problem is one short launch with no shared memory or __syncthreads.
-//   * block<T>x8 — medium C (up to 512 threads x 8 vectors: fp32 16384, bf16 32768): one block per
-//     row, 8 vectors per thread in registers, shared-memory tree reductions.
-//   * cluster<n>x<T> — huge C on sm_90 (up to 8 x 16384 fp32 = 131072, 262144 bf16): a thread-block
+//   * block<T>xNV — medium C (up to 512 threads x 32 values in registers: 16384 elements for 2- and 4-byte
+//     types, 8192 doubles): one block per row, shared-memory tree reductions.
+//   * cluster<n>x<T> — huge C on sm_90 (up to 8 x 16384 = 131072 elements, fp16/bf16/fp32): a thread-block
 //     cluster of n CTAs owns a row, each CTA a contiguous chunk in registers; the per-CTA max and sums
 //     are exchanged through distributed shared memory (read in rank order), so the row is still read
 //     from HBM exactly once and the gradient written once, with no global workspace.
@@ -41,11 +41,14 @@ namespace cb {
 namespace {
 
 constexpr int kGroupBlock = 128;        // threads per block of the group kernel
-constexpr int kBlockNV = 8;             // vectors per thread in the block / cluster kernels
 constexpr int kMaxBlockThreads = 512;
 constexpr int kMaxCluster = 8;          // portable cluster size
 constexpr int kSplitThreads = 256;
 constexpr int kSplitChunkVecs = 4096;   // vectors per block of the split path
+
+// Vectors per thread held in registers by the block / cluster kernels: 32 values of 4 or 2 bytes, 16
+// doubles (more spills at the 128 registers that 512-thread blocks allow).
+template <typename T> struct BlockNV { static constexpr int value = sizeof(T) == 8 ? 8 : 32 / Vec<T>::size; };
 
 
 // ---- per-row state --------------------------------------------------------------------------------
@@ -252,7 +255,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads) softmax_block_kernel(Softmax
                                                                         int64_t chunk) {
   using A = acc_t<T>;
   constexpr int V = Vec<T>::size;
-  constexpr int NV = kBlockNV;
+  constexpr int NV = BlockNV<T>::value;
   __shared__ A scratch[33];
   __shared__ A xfer[3];  // this CTA's max, sum of exp, sum of z' for the other CTAs of the cluster
 
@@ -474,10 +477,11 @@ Plan make_plan(int64_t C, int device) {
     p.nv = nvec <= 64 ? 2 : nvec <= 128 ? 4 : 8;
     return p;
   }
-  constexpr int64_t per_cta = int64_t(kMaxBlockThreads) * kBlockNV;
+  constexpr int NV = BlockNV<T>::value;
+  constexpr int64_t per_cta = int64_t(kMaxBlockThreads) * NV;
   if (nvec <= per_cta) {
     p.kind = Kind::block;
-    p.threads = round_up32((nvec + kBlockNV - 1) / kBlockNV);
+    p.threads = round_up32((nvec + NV - 1) / NV);
     p.chunk = C;
     return p;
   }
@@ -485,7 +489,7 @@ Plan make_plan(int64_t C, int device) {
     p.kind = Kind::cluster;
     p.cluster = int((nvec + per_cta - 1) / per_cta);
     const int64_t vecs = (nvec + p.cluster - 1) / p.cluster;
-    p.threads = round_up32((vecs + kBlockNV - 1) / kBlockNV);
+    p.threads = round_up32((vecs + NV - 1) / NV);
     p.chunk = vecs * V;
     return p;
   }
@@ -554,7 +558,7 @@ void describe(int64_t C, int device, char* out, std::size_t len) {
   const Plan p = make_plan<T>(C, device);
   switch (p.kind) {
     case Kind::group: std::snprintf(out, len, "group%dx%d", p.g, p.nv); break;
-    case Kind::block: std::snprintf(out, len, "block%dx%d", p.threads, kBlockNV); break;
+    case Kind::block: std::snprintf(out, len, "block%dx%d", p.threads, BlockNV<T>::value); break;
     case Kind::cluster: std::snprintf(out, len, "cluster%dx%d", p.cluster, p.threads); break;
     case Kind::split: std::snprintf(out, len, "split%d", p.chunks); break;
   }
