@@ -14,36 +14,39 @@ static inline void fill_row(T* out, int n, T value) {
 }
 
 // ---- softmax cross-entropy ------------------------------------------------------------------
-// z'_j = scale * (z_j + offset_j - [j == y] margin_y), as in reference.softmax_cross_entropy.
+// z'_j = scale * v_j with v_j = z_j + offset_j - [j == y] margin_y (reference.softmax_cross_entropy).
+// Working on v (scale > 0 keeps the max) gives z'_j - max z' = scale * (v_j - max v): a product of a
+// difference, which -ffp-contract=fast cannot fuse, so the target row's max cancels exactly (C = 1
+// gives a loss of exactly 0, not +-ulp).
 template <typename T, bool OFFSET>
-static inline T adjusted_logit(const T* z, const float* offset, T scale, int j, int y, T my) {
+static inline T shifted_logit(const T* z, const float* offset, int j, int y, T my) {
   const T v = OFFSET ? z[j] + T(offset[j]) : z[j];
-  return scale * (j == y ? v - my : v);
+  return j == y ? v - my : v;
 }
 
 template <typename T, bool OFFSET, bool STORE>
 static T softmax_ce_row_t(const T* z, int n, int y, const float* weight, const float* offset,
                           const float* margin, T scale, T eps, T g, T* grad) {
   const T my = margin ? T(margin[y]) : T(0);
-  const T zy = adjusted_logit<T, OFFSET>(z, offset, scale, y, y, my);
-  T mx = zy, zsum = T(0);
-#pragma omp simd reduction(max : mx) reduction(+ : zsum)
+  const T vy = shifted_logit<T, OFFSET>(z, offset, y, y, my);
+  T mv = vy, vsum = T(0);
+#pragma omp simd reduction(max : mv) reduction(+ : vsum)
   for (int j = 0; j < n; ++j) {
-    const T v = adjusted_logit<T, OFFSET>(z, offset, scale, j, y, my);
-    mx = v > mx ? v : mx;
-    zsum += v;
+    const T v = shifted_logit<T, OFFSET>(z, offset, j, y, my);
+    mv = v > mv ? v : mv;
+    vsum += v;
   }
   T s = T(0);
 #pragma omp simd reduction(+ : s)
   for (int j = 0; j < n; ++j) {
-    const T e = cb_exp(adjusted_logit<T, OFFSET>(z, offset, scale, j, y, my) - mx, cb_simd_math());
+    const T e = cb_exp(scale * (shifted_logit<T, OFFSET>(z, offset, j, y, my) - mv), cb_simd_math());
     if (STORE) grad[j] = e;  // the gradient row holds the exponentials until the last pass
     s += e;
   }
   const T log_s = cb_log(s);
   const T w = weight ? T(weight[y]) : T(1);
-  T nll = (mx - zy) + log_s;  // lse - z'_y without forming lse (no cancellation at large |z|)
-  if (eps > T(0)) nll = (T(1) - eps) * nll + eps * ((mx - zsum / T(n)) + log_s);
+  T nll = scale * (mv - vy) + log_s;  // lse - z'_y without forming lse (no cancellation at large |z|)
+  if (eps > T(0)) nll = (T(1) - eps) * nll + eps * (scale * (mv - vsum / T(n)) + log_s);
   if (STORE) {
     const T gw = g * w * scale;
     const T a = gw / s;

@@ -1,0 +1,453 @@
+"""The Cython CPU kernels (cbbench._cpu) against the reference, plus the kernel contract itself.
+
+The extension is always built (setup.py), so a missing module is a failure here, not a skip.
+"""
+import itertools
+import math
+
+import pytest
+import torch
+
+from cbbench import functional as F
+from cbbench import ops
+
+try:
+    from cbbench import _cpu
+except ImportError as exc:  # pragma: no cover - the point is to fail loudly in CI
+    raise ImportError("cbbench._cpu is not built; run `python setup.py build_ext --inplace` "
+                      "(or `pip install --no-build-isolation -e .`)") from exc
+
+REDUCTIONS = ("mean", "weighted_mean", "sum", "none")
+FLOAT_DTYPES = (torch.float32, torch.float64)
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+ISAS = _cpu.available_isas()
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads_and_isa():
+    threads = torch.get_num_threads()
+    isa = _cpu.get_isa()
+    yield
+    torch.set_num_threads(threads)
+    _cpu.set_isa(isa)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+def _tolerance(dtype):
+    # float64 gradients carry the contract's float32 grad_scale (1 / denominator): ~1e-7 relative
+    if dtype == torch.float64:
+        return dict(rtol=1e-6, atol=1e-9)
+    return dict(rtol=2e-5, atol=2e-6)
+
+
+def _loss_and_grad(fn, logits, target, weight, backend, reduction, **options):
+    z = logits.detach().clone().requires_grad_(True)
+    loss = fn(z, target, weight, reduction=reduction, backend=backend, **options)
+    if loss.numel() > 0:
+        # a non-trivial grad_output checks the rescaling of the saved gradient
+        g = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype).reshape(loss.shape)
+        loss.backward(g)
+    grad = z.grad if z.grad is not None else torch.zeros_like(z)
+    return loss.detach(), grad
+
+
+def assert_matches_reference(fn, logits, target, weight=None, reduction="mean", *, tol=None, ref_dtype=None,
+                             **options):
+    """The cpu backend against the reference (run on ``ref_dtype`` logits when given, then rounded)."""
+    got_loss, got_grad = _loss_and_grad(fn, logits, target, weight, "cpu", reduction, **options)
+    ref_logits = logits.float() if logits.dtype in HALF_DTYPES else logits
+    tol = tol or _tolerance(ref_logits.dtype)
+    if ref_dtype is not None:
+        ref_logits = ref_logits.to(ref_dtype)
+    ref_loss, ref_grad = _loss_and_grad(fn, ref_logits, target, weight, "reference", reduction, **options)
+    ref_loss = ref_loss.to(got_loss.dtype)
+    ref_grad = ref_grad.to(torch.float32 if logits.dtype in HALF_DTYPES else logits.dtype)
+    assert got_loss.dtype == ref_loss.dtype and got_loss.shape == ref_loss.shape
+    scale = ref_loss.abs().max().item() if ref_loss.numel() else 1.0
+    torch.testing.assert_close(got_loss, ref_loss, rtol=tol["rtol"], atol=tol["atol"] * max(scale, 1.0))
+    assert got_grad.dtype == logits.dtype and got_grad.shape == logits.shape
+    # a row whose gradient is exactly 0 (C = 1) comes out as rounding noise of the terms (~1e-18)
+    gscale = max(ref_grad.abs().max().item() if ref_grad.numel() else 1.0, 1e-3)
+    if logits.dtype in HALF_DTYPES:
+        # the kernel computes in float32 and rounds once: within one half-precision ulp of the float32 result
+        torch.testing.assert_close(got_grad, ref_grad.to(logits.dtype), rtol=1e-2, atol=1e-3 * gscale)
+    else:
+        torch.testing.assert_close(got_grad, ref_grad, rtol=tol["rtol"], atol=tol["atol"] * gscale)
+    return got_loss, got_grad
+
+
+def _inputs(n, c, dtype=torch.float32, seed=0, spread=3.0, ignore_index=None):
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(n, c, generator=g, dtype=torch.float64) * spread).to(dtype)
+    target = torch.randint(0, c, (n,), generator=g)
+    if ignore_index is not None and n > 2:
+        target[::3] = ignore_index
+    weight = torch.rand(c, generator=g) + 0.25
+    return logits, target, weight
+
+
+def _softmax_options(c, variant, seed=0):
+    g = torch.Generator().manual_seed(seed + 1)
+    if variant == "plain":
+        return {}
+    if variant == "smoothing":
+        return dict(label_smoothing=0.1)
+    if variant == "ldam":
+        return dict(target_margin=torch.rand(c, generator=g) * 0.5, scale=30.0)
+    return dict(logit_offset=torch.randn(c, generator=g), target_margin=torch.rand(c, generator=g) * 0.3,
+                scale=1.7, label_smoothing=0.2, ignore_index=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# parity with the reference
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES + HALF_DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("c", [1, 2, 3, 10, 1000])
+@pytest.mark.parametrize("n", [0, 1, 7])
+def test_softmax_matches_reference_small(dtype, reduction, c, n):
+    for k, variant in enumerate(("plain", "smoothing", "ldam", "all")):
+        opts = _softmax_options(c, variant, seed=k)
+        logits, target, weight = _inputs(n, c, dtype, seed=k, ignore_index=opts.get("ignore_index"))
+        assert_matches_reference(F.softmax_cross_entropy, logits, target, weight if k % 2 else None,
+                                 reduction, **opts)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES + HALF_DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("c", [1, 2, 3, 10, 1000])
+@pytest.mark.parametrize("n", [0, 1, 7])
+def test_sigmoid_and_focal_match_reference_small(dtype, reduction, c, n):
+    logits, target, weight = _inputs(n, c, dtype, seed=c + n)
+    assert_matches_reference(F.sigmoid_cross_entropy, logits, target, weight, reduction)
+    target_ign = target.clone()
+    if n > 2:
+        target_ign[1] = 7
+    for gamma, alpha in ((0.0, None), (0.5, 0.25), (1.0, None), (2.0, 0.75)):
+        assert_matches_reference(F.sigmoid_focal_loss, logits, target_ign, weight if gamma else None, reduction,
+                                 gamma=gamma, alpha=alpha, ignore_index=7)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_multi_hot_targets_with_column_weight(dtype, reduction):
+    g = torch.Generator().manual_seed(3)
+    for c in (1, 3, 37):
+        logits = (torch.randn(9, c, generator=g, dtype=torch.float64) * 4).to(dtype)
+        target = (torch.rand(9, c, generator=g) < 0.3).to(dtype)
+        target[0] = 0.35  # soft labels are allowed too
+        weight = torch.rand(c, generator=g) + 0.5
+        assert_matches_reference(F.sigmoid_cross_entropy, logits, target, weight, reduction)
+        assert_matches_reference(F.sigmoid_cross_entropy, logits, target, None, reduction)
+        for gamma, alpha in ((0.0, 0.25), (0.5, None), (2.0, 0.25)):
+            assert_matches_reference(F.sigmoid_focal_loss, logits, target, weight, reduction, gamma=gamma, alpha=alpha)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_large_shapes_match_reference(reduction):
+    logits, target, weight = _inputs(4096, 1000, seed=5)
+    assert_matches_reference(F.softmax_cross_entropy, logits, target, weight, reduction, label_smoothing=0.05)
+    assert_matches_reference(F.sigmoid_focal_loss, logits, target, weight, reduction, gamma=2.0)
+    logits, target, weight = _inputs(33, 8142, seed=6)
+    assert_matches_reference(F.softmax_cross_entropy, logits, target, weight, reduction)
+    assert_matches_reference(F.sigmoid_cross_entropy, logits, target, weight, reduction)
+    assert_matches_reference(F.sigmoid_focal_loss, logits, target, weight, reduction, gamma=1.0, alpha=0.25)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_every_instruction_set_matches_reference(isa, dtype):
+    _cpu.set_isa(isa)
+    assert _cpu.get_isa() == isa
+    for c in (1, 15, 16, 17, 100):  # around the vector widths: remainder loops
+        logits, target, weight = _inputs(6, c, dtype, seed=c)
+        assert_matches_reference(F.softmax_cross_entropy, logits, target, weight, "sum",
+                                 **_softmax_options(c, "all", seed=c))
+        assert_matches_reference(F.sigmoid_cross_entropy, logits, target, weight, "sum")
+        assert_matches_reference(F.sigmoid_focal_loss, logits, target, weight, "none", gamma=0.5, alpha=0.25)
+        multi = (logits > 0.5).to(dtype)
+        assert_matches_reference(F.sigmoid_focal_loss, logits, multi, weight, "mean", gamma=2.0)
+
+
+def test_spatial_inputs():
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(3, 5, 4, 6, generator=g)
+    target = torch.randint(0, 5, (3, 4, 6), generator=g)
+    target[0, 0, 0] = -100
+    weight = torch.rand(5, generator=g) + 0.5
+    for reduction in REDUCTIONS:
+        loss, _ = assert_matches_reference(F.softmax_cross_entropy, logits, target, weight, reduction,
+                                           label_smoothing=0.1)
+        if reduction == "none":
+            assert loss.shape == (3, 4, 6)
+        assert_matches_reference(F.sigmoid_cross_entropy, logits, target, weight, reduction)
+        assert_matches_reference(F.sigmoid_focal_loss, logits, target, weight, reduction, gamma=2.0)
+    multi = (torch.rand(3, 5, 4, 6, generator=g) < 0.2).float()
+    assert_matches_reference(F.sigmoid_focal_loss, logits, multi, weight, "mean", gamma=2.0)
+
+
+def test_non_contiguous_inputs():
+    g = torch.Generator().manual_seed(8)
+    base = torch.randn(40, 12, generator=g)
+    transposed = torch.randn(12, 40, generator=g).t()  # (40, 12), column-major
+    sliced = base[::2, 1:11]  # (20, 10), strided rows
+    for logits in (transposed, sliced):
+        assert not logits.is_contiguous()
+        n, c = logits.shape
+        target = torch.randint(0, c, (2 * n,), generator=g)[::2]
+        weight = (torch.rand(2 * c, generator=g) + 0.5)[::2]
+        assert not target.is_contiguous() and not weight.is_contiguous()
+        assert_matches_reference(F.softmax_cross_entropy, logits, target, weight, "mean",
+                                 logit_offset=torch.randn(2 * c, generator=g)[::2])
+        assert_matches_reference(F.sigmoid_cross_entropy, logits, target, weight, "sum")
+        assert_matches_reference(F.sigmoid_focal_loss, logits, target, weight, "none", gamma=2.0)
+        multi = (torch.rand(c, n, generator=g) < 0.3).float().t()
+        assert_matches_reference(F.sigmoid_focal_loss, logits, multi, weight, "mean", gamma=1.0)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("magnitude", [100.0, 1e4])
+def test_extreme_logits_are_finite_and_match(dtype, magnitude):
+    g = torch.Generator().manual_seed(9)
+    c = 13
+    signs = torch.where(torch.rand(16, c, generator=g) < 0.5, -1.0, 1.0)
+    logits = (signs * magnitude * (0.5 + torch.rand(16, c, generator=g))).to(dtype)
+    logits[0] = magnitude  # all equal
+    logits[1] = -magnitude
+    target = torch.randint(0, c, (16,), generator=g)
+    weight = torch.rand(c, generator=g) + 0.5
+    cases = [(F.softmax_cross_entropy, {}), (F.softmax_cross_entropy, dict(label_smoothing=0.1)),
+             (F.sigmoid_cross_entropy, {})]
+    cases += [(F.sigmoid_focal_loss, dict(gamma=gamma)) for gamma in (0.0, 0.5, 1.0, 2.0)]
+    for fn, opts in cases:
+        # against float64: at |z| = 1e4 the float32 reference itself loses ~1e-3 relative in softmax
+        # (exp(z - lse) with lse rounded to 1e-3), which the kernel's exp(z - max) / sum does not
+        loss, grad = assert_matches_reference(fn, logits, target, weight, "none", ref_dtype=torch.float64, **opts)
+        assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+
+
+def test_focal_gamma_zero_equals_sigmoid_exactly():
+    logits, target, weight = _inputs(64, 50, seed=10)
+    a, ga = _loss_and_grad(F.sigmoid_focal_loss, logits, target, weight, "cpu", "none", gamma=0.0)
+    b, gb = _loss_and_grad(F.sigmoid_cross_entropy, logits, target, weight, "cpu", "none")
+    assert torch.equal(a, b) and torch.equal(ga, gb)
+
+
+def test_forward_only_matches():
+    logits, target, weight = _inputs(20, 30, seed=11)
+    for fn, opts in ((F.softmax_cross_entropy, dict(label_smoothing=0.1)), (F.sigmoid_cross_entropy, {}),
+                     (F.sigmoid_focal_loss, dict(gamma=2.0, alpha=0.25))):
+        with torch.no_grad():
+            got = fn(logits, target, weight, backend="cpu", **opts)
+        torch.testing.assert_close(got, fn(logits, target, weight, backend="reference", **opts))
+
+
+# ----------------------------------------------------------------------------------------------
+# threads, determinism, backend choice
+# ----------------------------------------------------------------------------------------------
+def _all_outputs(logits, target, weight):
+    out = []
+    for fn, opts in ((F.softmax_cross_entropy, dict(label_smoothing=0.1)), (F.sigmoid_cross_entropy, {}),
+                     (F.sigmoid_focal_loss, dict(gamma=2.0))):
+        out.extend(_loss_and_grad(fn, logits, target, weight, "cpu", "mean", **opts))
+    return out
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_thread_counts_match_reference_and_are_deterministic(threads):
+    torch.set_num_threads(threads)
+    logits, target, weight = _inputs(512, 300, seed=12)
+    assert_matches_reference(F.softmax_cross_entropy, logits, target, weight, "mean")
+    assert_matches_reference(F.sigmoid_focal_loss, logits, target, weight, "sum", gamma=2.0)
+    first = _all_outputs(logits, target, weight)
+    again = _all_outputs(logits, target, weight)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+def test_rows_do_not_depend_on_thread_count():
+    # each row is computed by one thread in a fixed order, so even the thread count cannot change the bits
+    logits, target, weight = _inputs(256, 500, seed=13)
+    results = []
+    for threads in (1, 2, 4):
+        torch.set_num_threads(threads)
+        results.append(_all_outputs(logits, target, weight))
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+def test_auto_backend_picks_the_cpu_kernels(monkeypatch):
+    monkeypatch.delenv("CBBENCH_BACKEND", raising=False)
+    assert ops.kernel_status("cpu") == "available"
+    assert ops.resolve_backend("auto", torch.device("cpu")) == "cpu"
+
+
+def test_build_info_and_isa_choice():
+    info = _cpu.build_info()
+    assert {"openmp", "compile_flags", "vectorised_math", "isa", "isas_built"} <= set(info)
+    assert "-ffast-math" not in info["compile_flags"]
+    assert info["isa"] in info["isas_built"] and "baseline" in ISAS
+    with pytest.raises(ValueError, match="unknown instruction set"):
+        _cpu.set_isa("sse9")
+
+
+# ----------------------------------------------------------------------------------------------
+# vectorised exp / log1p of cb_math.h
+# ----------------------------------------------------------------------------------------------
+def _ulp_error(got, exact, dtype):
+    finfo = torch.finfo(dtype)
+    want = exact.to(dtype)
+    spacing = torch.nextafter(want.abs(), torch.full_like(want, math.inf)) - want.abs()
+    spacing = torch.where(want.abs() < finfo.tiny, torch.full_like(spacing, finfo.tiny * finfo.eps), spacing)
+    return ((got.double() - exact).abs() / spacing.double())
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_simd_exp_and_log1p_accuracy(isa, dtype):
+    _cpu.set_isa(isa)
+    g = torch.Generator().manual_seed(14)
+    hi = 88.0 if dtype == torch.float32 else 709.0
+    lo = -87.0 if dtype == torch.float32 else -708.0
+    x = torch.cat([torch.rand(200_000, generator=g, dtype=torch.float64) * (hi - lo) + lo,
+                   torch.randn(50_000, generator=g, dtype=torch.float64)]).to(dtype)
+    err = _ulp_error(_cpu.simd_exp(x), torch.exp(x.double()), dtype)
+    assert err.max().item() <= 1.5, err.max().item()
+
+    u = torch.cat([torch.rand(200_000, generator=g, dtype=torch.float64),  # exp(-|z|): the kernels' range
+                   torch.rand(50_000, generator=g, dtype=torch.float64) * 1.999 - 0.9995,
+                   torch.exp(torch.randn(50_000, generator=g, dtype=torch.float64) * 20)]).to(dtype)
+    err = _ulp_error(_cpu.simd_log1p(u), torch.log1p(u.double()), dtype)
+    assert err.max().item() <= 1.5, err.max().item()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_simd_exp_and_log1p_special_values(isa, dtype):
+    _cpu.set_isa(isa)
+    inf, nan = math.inf, math.nan
+    x = torch.tensor([0.0, -0.0, inf, -inf, nan, 1000.0, -1000.0, 1.0], dtype=dtype)
+    want = torch.exp(x)
+    torch.testing.assert_close(_cpu.simd_exp(x), want, equal_nan=True)
+    u = torch.tensor([0.0, inf, nan, -1.0, -2.0, -inf, 1e-30, 3.0], dtype=dtype)
+    torch.testing.assert_close(_cpu.simd_log1p(u), torch.log1p(u), equal_nan=True)
+    # underflow into subnormals, and overflow, round like libm
+    edge = torch.tensor([-100.0, -103.5, 88.5, 88.8] if dtype == torch.float32 else [-740.0, -745.0, 709.7, 709.8],
+                        dtype=dtype)
+    torch.testing.assert_close(_cpu.simd_exp(edge), torch.exp(edge), rtol=2 * torch.finfo(dtype).eps, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# the kernel contract, called directly
+# ----------------------------------------------------------------------------------------------
+def _direct_softmax(logits, target, grad=True, weight=None, ignore_index=-100):
+    loss = torch.full((logits.shape[0],), 123.0)
+    g = torch.full_like(logits, 123.0) if grad else None
+    _cpu.softmax_ce_fwd(logits, target, weight, None, None, 1.0, 0.0, ignore_index, torch.tensor(1.0), loss, g)
+    return loss, g
+
+
+def _direct_sigmoid(logits, target, focal, grad=True, weight=None, ignore_index=-100):
+    loss = torch.full((logits.shape[0],), 123.0)
+    g = torch.full_like(logits, 123.0) if grad else None
+    _cpu.sigmoid_focal_fwd(logits, target, weight, 2.0, -1.0, ignore_index, focal, torch.tensor(1.0), loss, g)
+    return loss, g
+
+
+@pytest.mark.parametrize("kind", ["softmax", "sigmoid", "focal"])
+@pytest.mark.parametrize("with_grad", [True, False])
+def test_out_of_range_targets_give_nan_rows(kind, with_grad):
+    logits, _, weight = _inputs(6, 5, seed=15)
+    target = torch.tensor([0, 5, -1, -100, 4, 1 << 40])
+    run = (lambda t: _direct_softmax(logits, t, with_grad, weight)) if kind == "softmax" else (
+        lambda t: _direct_sigmoid(logits, t, kind == "focal", with_grad, weight))
+    loss, grad = run(target)
+    bad = torch.tensor([False, True, True, False, False, True])
+    assert torch.isnan(loss[bad]).all() and torch.isfinite(loss[~bad]).all()
+    assert loss[3] == 0  # ignore_index
+    if with_grad:
+        assert torch.isnan(grad[bad]).all() and torch.isfinite(grad[~bad]).all()
+        assert (grad[3] == 0).all()
+    # good rows are unaffected by their neighbours
+    good_loss, good_grad = run(torch.tensor([0, 0, 0, -100, 4, 0]))
+    for i in (0, 3, 4):
+        assert loss[i] == good_loss[i]
+        if with_grad:
+            assert torch.equal(grad[i], good_grad[i])
+
+
+def test_contract_rejects_bad_arguments():
+    logits, target, weight = _inputs(4, 3, seed=16)
+    loss = torch.empty(4)
+    grad = torch.empty_like(logits)
+    one = torch.tensor(1.0)
+    call = _cpu.softmax_ce_fwd
+    with pytest.raises(TypeError, match="float32 or float64"):
+        call(logits.half(), target, None, None, None, 1.0, 0.0, -100, one, loss, grad)
+    with pytest.raises(ValueError, match="contiguous"):
+        call(logits.t().contiguous().t(), target, None, None, None, 1.0, 0.0, -100, one, loss, grad)
+    with pytest.raises(ValueError, match="target"):
+        call(logits, target.int(), None, None, None, 1.0, 0.0, -100, one, loss, grad)
+    with pytest.raises(ValueError, match="weight"):
+        call(logits, target, weight[:2], None, None, 1.0, 0.0, -100, one, loss, grad)
+    with pytest.raises(ValueError, match="logit_offset"):
+        call(logits, target, None, weight.double(), None, 1.0, 0.0, -100, one, loss, grad)
+    with pytest.raises(ValueError, match="grad"):
+        call(logits, target, None, None, None, 1.0, 0.0, -100, one, loss, grad[:2])
+    with pytest.raises(ValueError, match="loss_rows"):
+        call(logits, target, None, None, None, 1.0, 0.0, -100, one, loss[:3], grad)
+    with pytest.raises(ValueError, match="multi-hot"):
+        _cpu.sigmoid_focal_fwd(logits, logits.double(), None, 2.0, -1.0, -100, True, one, loss, grad)
+
+
+def test_grad_scale_is_applied():
+    logits, target, weight = _inputs(5, 7, seed=17)
+    loss1, grad1 = _direct_sigmoid(logits, target, True, weight=weight)
+    loss = torch.empty(5)
+    grad = torch.empty_like(logits)
+    _cpu.sigmoid_focal_fwd(logits, target, weight, 2.0, -1.0, -100, True, torch.tensor(0.25), loss, grad)
+    assert torch.equal(loss, loss1)
+    torch.testing.assert_close(grad, grad1 * 0.25, rtol=1e-6, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.library integration
+# ----------------------------------------------------------------------------------------------
+def test_opcheck_softmax_cross_entropy():
+    logits, target, weight = _inputs(8, 5, seed=18)
+    offset = torch.randn(5)
+    margin = torch.rand(5)
+    for reduction, need_grad in itertools.product(REDUCTIONS, (True, False)):
+        z = logits.clone().requires_grad_(need_grad)
+        torch.library.opcheck(torch.ops.cbbench.softmax_cross_entropy.default,
+                              (z, target, weight, offset, margin, 2.0, 0.1, -100, reduction, need_grad))
+
+
+def test_opcheck_sigmoid_focal():
+    logits, target, weight = _inputs(8, 5, seed=19)
+    multi = (torch.rand(8, 5) < 0.3).float()
+    for (reduction, focal), tgt in itertools.product(itertools.product(REDUCTIONS, (True, False)), (target, multi)):
+        z = logits.clone().requires_grad_(True)
+        torch.library.opcheck(torch.ops.cbbench.sigmoid_focal.default,
+                              (z, tgt, weight, 2.0, 0.25, -100, focal, reduction, True))
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    torch._dynamo.reset()
+    logits, target, weight = _inputs(32, 11, seed=20)
+
+    def total(z):
+        return (F.softmax_cross_entropy(z, target, weight, label_smoothing=0.1, backend="cpu")
+                + F.sigmoid_focal_loss(z, target, weight, gamma=2.0, backend="cpu")
+                + F.sigmoid_cross_entropy(z, target, weight, reduction="sum", backend="cpu"))
+
+    compiled = torch.compile(total, fullgraph=True, backend="aot_eager")
+    z1 = logits.clone().requires_grad_(True)
+    z2 = logits.clone().requires_grad_(True)
+    eager = total(z1)
+    eager.backward()
+    got = compiled(z2)
+    got.backward()
+    torch.testing.assert_close(got, eager)
+    torch.testing.assert_close(z2.grad, z1.grad)
