@@ -148,7 +148,7 @@ def _is_eager(t: Tensor) -> bool:
 
 def _scale_saved_grad(grad: Tensor, grad_output: Tensor, reduction: str) -> Tensor:
     """d loss / d logits from the saved gradient of the reduced loss and the incoming grad_output."""
-    if grad.numel() == 0 and grad_output.numel() != 0:
+    if grad.dim() == 1 and grad_output.numel() != 0:  # the (0,) placeholder; a real one is (M, C), maybe M = 0
         raise RuntimeError("cbbench: this loss was computed without a gradient (need_grad=False); "
                            "call it with logits that require grad")
     if reduction == "none":
