@@ -10,6 +10,7 @@ COMMAND_MODULES = [
     "cbbench.commands.weights",
     "cbbench.commands.train",
     "cbbench.commands.compare",
+    "cbbench.commands.bench",
 ]
 
 

@@ -1,0 +1,45 @@
+"""Helpers shared by the asv benchmark modules (no benchmarks here)."""
+from __future__ import annotations
+
+from cbbench.bench.cases import Case, make_inputs, parse_shape
+from cbbench.bench.providers import PROVIDERS, check
+from cbbench.bench.timing import TimingPolicy
+
+# A track_ call times its own samples (asv's --quick only limits how often asv calls it).
+POLICY = TimingPolicy(warmup=2, min_repeat=5, max_repeat=1000, budget_s=0.5)
+
+IMPLEMENTATIONS = ["reference", "cpu", "cuda", "eager", "compile", "liger"]
+DEVICES = ["cpu", "cuda"]
+DTYPES = ["float32", "bfloat16"]
+# the CPU suite stays below this many logits (2-core CI machines); the GPU runs every shape
+CPU_MAX_ELEMENTS = 10_000_000
+
+
+def prepare(loss: str, impl: str, device: str, shape: str, dtype: str, *, verify: bool = True):
+    """``(case, inputs, loss_fn)`` for one parameter combination, or NotImplementedError (asv skips).
+
+    With ``verify`` the implementation is first compared with the reference on the same inputs; a
+    mismatch raises AssertionError, so asv records a failure instead of a timing.
+    """
+    n, c = parse_shape(shape)
+    if device == "cpu" and dtype != "float32":
+        raise NotImplementedError("the CPU suite runs float32 only (cbbench upcasts half types on the CPU)")
+    if device == "cpu" and n * c > CPU_MAX_ELEMENTS:
+        raise NotImplementedError(f"{shape} is a GPU-sized shape")
+    case = Case(loss, n, c, dtype, device)
+    provider = PROVIDERS[impl]
+    reason = provider.unavailable(case)
+    if reason is not None:
+        raise NotImplementedError(reason)
+    inputs = make_inputs(case)
+    try:
+        fn = provider.build(case, inputs)
+        if verify:
+            check(fn, case, inputs)
+        else:
+            fn(inputs.logits, inputs.target, inputs.weight)
+    except AssertionError:
+        raise
+    except Exception as exc:  # e.g. eager F.cross_entropy refuses fp32 weights with bf16 logits
+        raise NotImplementedError(f"{impl} cannot run {case.label()}: {type(exc).__name__}: {exc}") from exc
+    return case, inputs, fn

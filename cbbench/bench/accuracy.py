@@ -1,0 +1,104 @@
+"""Accuracy comparison over the long-tail harness (:mod:`cbbench.harness`), and its per-method summary.
+
+Runs are done by ``cbbench.harness.compare.run_comparison``; this module only resolves what is
+available, calls it, and aggregates its per-run dicts (metrics in percent) over seeds.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+METRICS = ("top1_error", "balanced_accuracy", "many_shot", "medium_shot", "few_shot")
+METRIC_TITLES = {"top1_error": "top-1 error %", "balanced_accuracy": "balanced acc %", "many_shot": "many-shot %",
+                 "medium_shot": "medium-shot %", "few_shot": "few-shot %"}
+
+
+def harness() -> Tuple[Optional[object], Optional[str]]:
+    """``(cbbench.harness.compare module, None)`` or ``(None, why it is not importable)``."""
+    try:
+        compare = importlib.import_module("cbbench.harness.compare")
+        getattr(compare, "run_comparison")
+        return compare, None
+    except (ImportError, AttributeError) as exc:
+        return None, f"the long-tail harness is not available ({type(exc).__name__}: {exc})"
+
+
+def available_methods() -> Tuple[str, ...]:
+    try:
+        from ..harness import METHODS
+    except ImportError:
+        return ()
+    return tuple(METHODS)
+
+
+def available_datasets() -> Tuple[str, ...]:
+    try:
+        from ..harness import DATASETS
+    except ImportError:
+        return ()
+    return tuple(DATASETS)
+
+
+def run_accuracy(dataset: str = "digits-lt", methods: Optional[Sequence[str]] = None, seeds=1,
+                 out_dir: Optional[str] = None, *, device: str = "cpu", progress: bool = True,
+                 **overrides) -> List[dict]:
+    """Every run of ``methods`` (default: all) x ``seeds`` on ``dataset``; raises RuntimeError when the
+    harness is not importable."""
+    compare, reason = harness()
+    if compare is None:
+        raise RuntimeError(reason)
+    methods = list(methods) if methods else list(available_methods())
+    return compare.run_comparison(dataset, methods, seeds, out_dir, device=device, progress=progress, **overrides)
+
+
+def _finite(values) -> List[float]:
+    return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+
+
+def _mean_std(values) -> Tuple[Optional[float], Optional[float]]:
+    xs = _finite(values)
+    if not xs:
+        return None, None
+    mean = sum(xs) / len(xs)
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return mean, std
+
+
+def summarize(runs: Sequence[dict]) -> List[dict]:
+    """One row per (dataset, method) in first-seen order: mean and sample std over seeds of each metric,
+    the per-class accuracy averaged over seeds, and the training counts."""
+    groups: Dict[Tuple[str, str], List[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["dataset"], run["method"]), []).append(run)
+    rows = []
+    for (dataset, method), items in groups.items():
+        row = {"dataset": dataset, "method": method, "runs": len(items)}
+        for metric in METRICS:
+            row[metric], row[f"{metric}_std"] = _mean_std(r.get(metric) for r in items)
+        per_class = [list(r["per_class_accuracy"]) for r in items if r.get("per_class_accuracy") is not None]
+        if per_class:
+            row["per_class_accuracy"] = [_mean_std(col)[0] for col in zip(*per_class)]
+        row["train_counts"] = [int(c) for c in items[0].get("train_counts", [])]
+        rows.append(row)
+    return rows
+
+
+def format_table(summary: Sequence[dict], markdown: bool = False) -> str:
+    """Per-method table: mean (± std over seeds when there are several) of each metric."""
+    head = ["dataset", "method", "seeds"] + [METRIC_TITLES[m] for m in METRICS]
+
+    def cell(row, metric):
+        mean, std = row.get(metric), row.get(f"{metric}_std")
+        if mean is None:
+            return "—"
+        return f"{mean:.2f}" + (f" ± {std:.2f}" if row["runs"] > 1 and std is not None else "")
+
+    lines = [[r["dataset"], r["method"], str(r["runs"])] + [cell(r, m) for m in METRICS] for r in summary]
+    if markdown:
+        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                         + ["| " + " | ".join(cells) + " |" for cells in lines])
+    widths = [max(len(head[i]), *(len(row[i]) for row in lines)) if lines else len(head[i]) for i in range(len(head))]
+    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
+    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines]
+    return "\n".join(out)

@@ -1,0 +1,141 @@
+"""``cbbench bench``: the main job — speed comparison, accuracy comparison, weights figure, report.
+
+    cbbench bench --out report [--quick] [--skip-accuracy] [--skip-speed] [--device auto|cpu|cuda]
+
+Speed: every available implementation on the CPU, and on the GPU too when there is one (``auto``).
+Accuracy: every method of the long-tail harness on digits-LT (one seed unless ``--seeds``). Weights:
+effective number and class-weight curves for the digits-LT training counts. Writes ``OUT/summary.md``
+and PNGs, ``OUT/speed/<device>/speed.{csv,json}`` and the harness's own files in ``OUT/accuracy/``, and
+prints the summary tables.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_BETAS = (0.0, 0.9, 0.99, 0.999, 0.9999)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="speed + accuracy benchmark and report (the main job)",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="report", help="report directory (default: report)")
+    p.add_argument("--quick", action="store_true", help="fewer speed cases and samples, fewer training epochs")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="speed on cpu, cuda, or auto = cpu plus cuda when a GPU is present (default); "
+                        "accuracy trains on cuda when chosen or present")
+    p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--skip-accuracy", action="store_true")
+    p.add_argument("--dataset", default="digits-lt", help="dataset of the accuracy comparison (default digits-lt)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per method for accuracy (default 1)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the dataset's recipe; "
+                   "halved by --quick)")
+    p.set_defaults(func=run)
+
+
+def _speed_devices(choice: str):
+    import torch
+
+    gpu = bool(torch.version.cuda) and torch.cuda.is_available()
+    if choice == "cuda" and not gpu:
+        raise ValueError("--device cuda: no CUDA device is available to torch")
+    if choice == "auto":
+        return ["cpu"] + (["cuda"] if gpu else []), ("cuda" if gpu else "cpu")
+    return [choice], choice
+
+
+def _log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run(args) -> int:
+    from ..bench import accuracy as acc
+    from ..bench import report, speed
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    devices, train_device = _speed_devices(args.device)
+    notes, phases = [], {}
+    began = time.perf_counter()
+
+    speed_results = []
+    if not args.skip_speed:
+        for device in devices:
+            t0 = time.perf_counter()
+            _log(f"== speed on {device}{' (quick)' if args.quick else ''}")
+            result = speed.run_speed(device, quick=args.quick, log=_log)
+            speed.write_results(result, out / "speed" / device)
+            speed_results.append(result)
+            phases[f"speed {device}"] = time.perf_counter() - t0
+
+    runs = []
+    if not args.skip_accuracy:
+        t0 = time.perf_counter()
+        compare, reason = acc.harness()
+        if compare is None:
+            notes.append(f"accuracy skipped: {reason}")
+            _log(f"== accuracy skipped: {reason}")
+        else:
+            overrides = {}
+            if args.epochs is not None:
+                overrides["epochs"] = args.epochs
+            elif args.quick:
+                recipe = _recipe_epochs(args.dataset)
+                if recipe:
+                    overrides["epochs"] = max(1, recipe // 2)
+            _log(f"== accuracy: {len(acc.available_methods())} methods x {args.seeds} seed(s) on {args.dataset} "
+                 f"({train_device}{', epochs=' + str(overrides['epochs']) if 'epochs' in overrides else ''})")
+            runs = acc.run_accuracy(args.dataset, None, list(range(args.seeds)), str(out / "accuracy"),
+                                    device=train_device, progress=sys.stderr.isatty(), **overrides)
+        phases["accuracy"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    weights_pngs = []
+    counts = runs[0]["train_counts"] if runs else _dataset_counts(args.dataset)
+    try:
+        from .weights import write_weights_report
+    except ImportError as exc:
+        notes.append(f"weights figure skipped: cbbench.commands.weights.write_weights_report is not available ({exc})")
+    else:
+        if counts:
+            weights_pngs = write_weights_report(counts, DEFAULT_BETAS, str(out / "weights"))
+            notes.append(f"weights figures drawn for the {args.dataset} training counts {list(counts)}")
+        else:
+            notes.append("weights figure skipped: no training counts (harness not available)")
+    phases["weights"] = time.perf_counter() - t0
+    phases["total"] = time.perf_counter() - began
+
+    path = report.write_report(out, speed=speed_results, accuracy_runs=runs, weights_pngs=weights_pngs,
+                               notes=notes, phases=phases, command="cbbench bench " + " ".join(sys.argv[2:]))
+    for result in speed_results:
+        print(speed.header_text(result))
+        print(speed.format_table(result))
+        print()
+    if runs:
+        print(acc.format_table(acc.summarize(runs)))
+        print()
+    for note in notes:
+        print(f"note: {note}")
+    print(f"report: {path} ({phases['total']:.0f} s)")
+    return 0
+
+
+def _recipe_epochs(dataset: str):
+    try:
+        from ..harness.train import RECIPES
+    except ImportError:
+        return None
+    return RECIPES.get(dataset, {}).get("epochs")
+
+
+def _dataset_counts(dataset: str):
+    """Training counts of the dataset's long-tailed split, for the weights figure without training."""
+    try:
+        from ..harness.datasets import load_dataset
+        data = load_dataset(dataset)
+    except Exception:  # harness missing, or a dataset that needs data on disk
+        return None
+    import numpy as np
+
+    return np.bincount(np.asarray(data.y_train), minlength=data.num_classes).tolist()
