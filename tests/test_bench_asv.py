@@ -1,0 +1,105 @@
+"""The asv benchmark modules import, and their setup skips (NotImplementedError) what cannot run here
+and fails (AssertionError) an implementation that disagrees with the reference."""
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cbbench import ops
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = ["bench_speed", "bench_memory", "bench_accuracy", "bench_import"]
+
+
+@pytest.fixture(scope="module")
+def suite():
+    sys.path.insert(0, str(ROOT))
+    try:
+        yield {name: importlib.import_module(f"benchmarks.{name}") for name in MODULES}
+    finally:
+        sys.path.remove(str(ROOT))
+
+
+def test_asv_config_points_at_the_suite():
+    import json
+    import re
+
+    text = (ROOT / "asv.conf.json").read_text()
+    conf = json.loads(re.sub(r"^\s*//.*$", "", text, flags=re.M))
+    assert conf["benchmark_dir"] == "benchmarks"
+    assert conf["matrix"]["req"]["torch"] == ["2.13.0"]
+    assert all(conf[k].startswith(".asv/") for k in ("env_dir", "results_dir", "html_dir"))
+    assert "--no-build-isolation" in conf["build_command"][0]
+
+
+def test_modules_define_benchmarks(suite):
+    speed = suite["bench_speed"]
+    for cls in (speed.SoftmaxCE, speed.SigmoidCE, speed.FocalLoss):
+        assert len(cls.params) == len(cls.param_names) == 4
+        assert cls.track_fwd_bwd.unit == "ms" and cls.track_effective_bandwidth.unit == "GB/s"
+        # distinct setup_cache functions, so asv keeps one cache per class
+    assert len({c.setup_cache.__code__.co_firstlineno for c in (speed.SoftmaxCE, speed.SigmoidCE,
+                                                                 speed.FocalLoss)}) == 3
+    assert suite["bench_import"].timeraw_import_cbbench() == "import cbbench"
+
+
+def test_measure_all_skips_and_times(suite, monkeypatch):
+    speed = suite["bench_speed"]
+    import benchmarks.common as common
+    from cbbench.bench.timing import TimingPolicy
+
+    monkeypatch.setattr(speed, "POLICY", TimingPolicy(warmup=0, min_repeat=2, max_repeat=2, budget_s=0))
+    params = [["reference", "cuda", "liger"], ["cpu", "cuda"], ["64x10", "100000000x1"], ["float32", "bfloat16"]]
+    results = speed.measure_all("focal", params)
+    timed = results[("reference", "cpu", "64x10", "float32")]
+    assert timed["fwd_bwd"] > 0 and timed["fwd"] > 0 and timed["gbps"] > 0
+    assert "skip" in results[("reference", "cpu", "64x10", "bfloat16")]
+    assert "GPU-sized" in results[("reference", "cpu", "100000000x1", "float32")]["skip"]
+    assert "skip" in results[("liger", "cpu", "64x10", "float32")]
+    if not torch.cuda.is_available():
+        assert all("skip" in v for k, v in results.items() if k[1] == "cuda")
+    bench = speed.FocalLoss()
+    with pytest.raises(NotImplementedError):
+        bench.setup(results, "liger", "cpu", "64x10", "float32")
+    bench.setup(results, "reference", "cpu", "64x10", "float32")
+    assert bench.track_fwd_bwd(results) == timed["fwd_bwd"]
+    with pytest.raises(AssertionError, match="reference"):
+        bench.setup({("x",): {"fail": "grad differs from the reference"}}, "x")
+    assert common.CPU_MAX_ELEMENTS < 100000000
+
+
+def test_prepare_fails_a_wrong_implementation(suite, monkeypatch):
+    import benchmarks.common as common
+    from cbbench.bench import providers
+
+    monkeypatch.setitem(providers.EAGER, "sigmoid", lambda z, y, w: 2 * providers.eager_sigmoid(z, y, w))
+    with pytest.raises(AssertionError):
+        common.prepare("sigmoid", "eager", "cpu", "16x4", "float32")
+
+
+def test_memory_benchmarks_skip_without_gpu_or_kernels(suite):
+    mem = suite["bench_memory"]
+    if not torch.cuda.is_available():
+        with pytest.raises(NotImplementedError):
+            mem.PeakMemoryCUDA().setup("softmax", "eager", "65536x1000", "float32")
+    with pytest.raises(NotImplementedError):
+        mem.PeakMemoryCPU().setup("softmax", "liger", "8192x1000")
+    if ops.kernel_module("cpu") is None:
+        with pytest.raises(NotImplementedError):
+            mem.PeakMemoryCPU().setup("softmax", "cpu", "8192x1000")
+
+
+def test_accuracy_benchmarks_skip_what_was_not_trained(suite):
+    accuracy = suite["bench_accuracy"]
+    bench = accuracy.DigitsLT()
+    with pytest.raises(NotImplementedError, match="harness"):
+        bench.setup({"_skip": "the harness is missing"}, "softmax")
+    cache = {"softmax": {"top1_error": 20.0, "balanced_accuracy": 75.0, "few_shot": None}}
+    bench.setup(cache, "softmax")
+    assert bench.track_top1_error(cache, "softmax") == 20.0
+    assert bench.track_balanced_accuracy.unit == "%"
+    assert bench.track_few_shot_accuracy(cache, "softmax") != bench.track_few_shot_accuracy(cache, "softmax")  # NaN
+    if not torch.cuda.is_available():
+        assert "GPU" in accuracy.Cifar10LT().setup_cache()["_skip"]
