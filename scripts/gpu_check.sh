@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# One call on a GPU machine (DESIGN §9): build and install cbbench with the CUDA kernels, run the CUDA
+# tests, compute-sanitizer memcheck on every kernel path, the GPU speed benchmark, then racecheck on one
+# case per kernel (last: it is the stage to lose if time runs out); print a summary table last. Every stage runs under a time limit and the script
+# keeps going after a failing stage; it exits non-zero if any stage failed.
+#
+#   bash scripts/gpu_check.sh            # logs and results go to $OUT (default: a fresh temp dir)
+#
+# Budget: GPU_CHECK_BUDGET_S (default 540 s) for the whole script; the benchmark gets what is left.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$(mktemp -d -t cbbench-gpu-check.XXXX)}"
+mkdir -p "$OUT"
+BUDGET="${GPU_CHECK_BUDGET_S:-540}"
+PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1
+
+NAMES=()
+RCS=()
+TIMES=()
+
+# stage NAME LIMIT_S CMD...: run CMD with a time limit, log to $OUT/NAME.log, record rc and seconds.
+stage() {
+  local name=$1 limit=$2 rc t0=$SECONDS
+  shift 2
+  local left=$((BUDGET - SECONDS - 15))
+  if ((limit > left)); then limit=$left; fi
+  if ((limit < 10)); then
+    echo "=== $name: skipped, out of time budget ==="
+    NAMES+=("$name"); RCS+=("skip"); TIMES+=(0)
+    return 0
+  fi
+  echo "=== $name (limit ${limit}s) ==="
+  set +e
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+  rc=${PIPESTATUS[0]}
+  set -e
+  ((rc == 124 || rc == 137)) && echo "$name: timed out after ${limit}s" | tee -a "$OUT/$name.log"
+  NAMES+=("$name"); RCS+=("$rc"); TIMES+=($((SECONDS - t0)))
+  echo "=== $name: rc=$rc in $((SECONDS - t0))s ==="
+}
+
+find_sanitizer() {
+  local c
+  for c in "$(command -v compute-sanitizer || true)" /usr/local/cuda/bin/compute-sanitizer \
+           /usr/local/cuda/compute-sanitizer/compute-sanitizer /usr/local/cuda-*/bin/compute-sanitizer \
+           /usr/local/cuda-*/compute-sanitizer/compute-sanitizer; do
+    if [[ -n "$c" && -x "$c" ]]; then echo "$c"; return 0; fi
+  done
+  return 1
+}
+
+sanitize() {  # sanitize TOOL ARGS...: compute-sanitizer without torch's caching allocator
+  local tool=$1 san
+  shift
+  if ! san=$(find_sanitizer); then
+    echo "compute-sanitizer not found (PATH, /usr/local/cuda*/)"
+    return 1
+  fi
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$san" --tool "$tool" --error-exitcode 97 --print-limit 20 \
+    "$PY" scripts/sanitizer_cases.py "$@"
+}
+
+bench() {
+  if ! "$PY" -c "import cbbench.bench.speed" 2>/dev/null; then
+    echo "cbbench.bench.speed is missing or does not import; no GPU benchmark"
+    "$PY" -c "import cbbench.bench.speed" || true
+    return 1
+  fi
+  "$PY" -m cbbench.bench.speed --device cuda --out "$OUT/bench"
+}
+
+summary() {
+  echo
+  echo "== cbbench GPU check: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1) | logs in $OUT"
+  printf '%-12s %6s %6s\n' stage rc seconds
+  local i
+  for i in "${!NAMES[@]}"; do printf '%-12s %6s %6s\n' "${NAMES[$i]}" "${RCS[$i]}" "${TIMES[$i]}"; done
+  [[ -f "$OUT/bench/speed.json" ]] && "$PY" - "$OUT/bench/speed.json" <<'EOF' || true
+import json, sys
+res = json.load(open(sys.argv[1]))
+rows = [r for r in res["rows"] if r["impl"] == "cuda"]
+print(f"\ncbbench CUDA kernels, fwd+bwd (copy bandwidth {res['copy_gbps']:.0f} GB/s; "
+      "targets: >= 0.80 of copy, >= 2x compile on CE, >= 4x on focal, <= 0.040 ms at 256x1000)")
+print(f"{'loss':8} {'shape':>14} {'dtype':>9} {'ms':>9} {'of copy':>8} {'vs compile':>10} {'vs eager':>9}  status")
+for r in rows:
+    f = lambda k, spec: format(r[k], spec) if r.get(k) is not None else "-"
+    print(f"{r['loss']:8} {r['shape']:>14} {r['dtype']:>9} {f('fwd_bwd_ms', '.3f'):>9} "
+          f"{f('frac_copy_fwd_bwd', '.2f'):>8} {f('speedup_vs_compile', '.2f'):>10} {f('speedup_vs_eager', '.2f'):>9}  "
+          f"{r['status']} {r.get('note', '')[:40]}")
+EOF
+}
+
+export -f find_sanitizer sanitize bench
+export OUT PY
+export CBBENCH_CUDA=1
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+nvidia-smi 2>&1 | tee "$OUT/nvidia-smi.log" || true
+
+stage build 300 "$PY" -m pip install --no-build-isolation --no-deps -v -e .
+stage info 60 "$PY" -m cbbench.info
+stage tests 300 "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider --junitxml="$OUT/cuda-tests.xml" tests/
+stage memcheck 150 bash -c 'sanitize memcheck'
+stage bench 400 bash -c bench
+stage racecheck 90 bash -c 'sanitize racecheck --quick'
+
+summary | tee "$OUT/summary.txt"
+for rc in "${RCS[@]}"; do
+  [[ "$rc" == 0 ]] || exit 1
+done
+exit 0
