@@ -65,6 +65,9 @@ ctypedef fused loss_real:
 _ISA_NAMES = {"baseline": CB_ISA_BASELINE, "avx2": CB_ISA_AVX2, "avx512": CB_ISA_AVX512}
 # Below this many logits a second thread costs more (wake-up, cache traffic) than it saves.
 _MIN_ELEMENTS_PER_THREAD = 32768
+# Rows are handed out in chunks of about this many logits (dynamic schedule): a thread that the OS
+# preempts (the cores are shared) then delays only its chunk, not a static half of the batch.
+_ELEMENTS_PER_CHUNK = 65536
 cdef int _isa = cb_best_isa()
 
 
@@ -143,6 +146,8 @@ def _check_logits(logits):
         raise TypeError(f"logits must be float32 or float64 (upcast float16/bfloat16 first), got {logits.dtype}")
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape (M, C), got {tuple(logits.shape)}")
+    if logits.shape[1] >= 2 ** 31:  # a row is indexed with int (vector compares of j == y); M is int64
+        raise ValueError(f"at most 2**31 - 1 classes, got {logits.shape[1]}")
     return logits.shape[0], logits.shape[1]
 
 
@@ -186,6 +191,10 @@ def _read_scalar(value, name):
     return float(value)
 
 
+cdef int64_t _chunk(int64_t C):
+    return max(1, _ELEMENTS_PER_CHUNK // max(C, 1))
+
+
 cdef int _threads(int64_t M, int64_t C):
     cdef int64_t n = _torch().get_num_threads()
     cdef int64_t by_work = max(1, (M * C) // _MIN_ELEMENTS_PER_THREAD)
@@ -197,27 +206,28 @@ cdef int _threads(int64_t M, int64_t C):
 # ----------------------------------------------------------------------------------------------
 cdef void _softmax_rows(int isa, const real* z, const int64_t* target, int64_t M, int64_t C,
                         const float* weight, const float* offset, const float* margin, real scale, real eps,
-                        int64_t ignore_index, real g, loss_real* loss, real* grad, int n_threads) noexcept nogil:
+                        int64_t ignore_index, real g, loss_real* loss, real* grad, int n_threads,
+                        int64_t chunk) noexcept nogil:
     cdef int64_t i
-    for i in prange(M, num_threads=n_threads, schedule="static"):
+    for i in prange(M, num_threads=n_threads, schedule="dynamic", chunksize=chunk):
         loss[i] = <loss_real> cb_softmax_ce_row(isa, z + i * C, C, target[i], weight, offset, margin, scale, eps,
                                                 ignore_index, g, (grad + i * C) if grad != NULL else NULL)
 
 
 cdef void _sigmoid_index_rows(int isa, const real* z, const int64_t* target, int64_t M, int64_t C,
                               const float* weight, real gamma, real alpha, bint focal, int64_t ignore_index,
-                              real g, loss_real* loss, real* grad, int n_threads) noexcept nogil:
+                              real g, loss_real* loss, real* grad, int n_threads, int64_t chunk) noexcept nogil:
     cdef int64_t i
-    for i in prange(M, num_threads=n_threads, schedule="static"):
+    for i in prange(M, num_threads=n_threads, schedule="dynamic", chunksize=chunk):
         loss[i] = <loss_real> cb_sigmoid_index_row(isa, z + i * C, C, target[i], weight, gamma, alpha, focal,
                                                    ignore_index, g, (grad + i * C) if grad != NULL else NULL)
 
 
 cdef void _sigmoid_multihot_rows(int isa, const real* z, const real* t, int64_t M, int64_t C,
                                  const float* weight, real gamma, real alpha, bint focal, real g,
-                                 loss_real* loss, real* grad, int n_threads) noexcept nogil:
+                                 loss_real* loss, real* grad, int n_threads, int64_t chunk) noexcept nogil:
     cdef int64_t i
-    for i in prange(M, num_threads=n_threads, schedule="static"):
+    for i in prange(M, num_threads=n_threads, schedule="dynamic", chunksize=chunk):
         loss[i] = <loss_real> cb_sigmoid_multihot_row(isa, z + i * C, t + i * C, C, weight, gamma, alpha, focal, g,
                                                       (grad + i * C) if grad != NULL else NULL)
 
@@ -239,6 +249,7 @@ def softmax_ce_fwd(logits, target, weight, logit_offset, target_margin, scale, l
     cdef double s = float(scale), eps = float(label_smoothing), g = _read_scalar(grad_scale, "grad_scale")
     cdef int64_t ign = int(ignore_index), m = M, c = C
     cdef int nt = _threads(m, c), isa = _isa
+    cdef int64_t ch = _chunk(c)
     cdef const int64_t* y = <const int64_t*> _ptr(target)
     cdef uintptr_t zp = _ptr(logits), lp = _ptr(loss_rows), gp = _ptr(grad) if grad is not None else 0
     if m == 0:
@@ -246,15 +257,15 @@ def softmax_ce_fwd(logits, target, weight, logit_offset, target_margin, scale, l
     if logits.dtype == torch.float32:
         with nogil:
             _softmax_rows[float, float](isa, <const float*> zp, y, m, c, w, off, mar, <float> s, <float> eps, ign,
-                                        <float> g, <float*> lp, <float*> gp, nt)
+                                        <float> g, <float*> lp, <float*> gp, nt, ch)
     elif loss_rows.dtype == torch.float64:
         with nogil:
             _softmax_rows[double, double](isa, <const double*> zp, y, m, c, w, off, mar, s, eps, ign, g,
-                                          <double*> lp, <double*> gp, nt)
+                                          <double*> lp, <double*> gp, nt, ch)
     else:
         with nogil:
             _softmax_rows[double, float](isa, <const double*> zp, y, m, c, w, off, mar, s, eps, ign, g,
-                                         <float*> lp, <double*> gp, nt)
+                                         <float*> lp, <double*> gp, nt, ch)
 
 
 def sigmoid_focal_fwd(logits, target, weight, gamma, alpha, ignore_index, focal, grad_scale, loss_rows, grad):
@@ -279,6 +290,7 @@ def sigmoid_focal_fwd(logits, target, weight, gamma, alpha, ignore_index, focal,
     cdef bint fc = bool(focal)
     cdef int64_t ign = int(ignore_index), m = M, c = C
     cdef int nt = _threads(m, c), isa = _isa
+    cdef int64_t ch = _chunk(c)
     cdef uintptr_t zp = _ptr(logits), tp = _ptr(target), lp = _ptr(loss_rows)
     cdef uintptr_t gp = _ptr(grad) if grad is not None else 0
     if m == 0:
@@ -289,23 +301,23 @@ def sigmoid_focal_fwd(logits, target, weight, gamma, alpha, ignore_index, focal,
         if multi_hot:
             if f32:
                 _sigmoid_multihot_rows[float, float](isa, <const float*> zp, <const float*> tp, m, c, w, <float> gm,
-                                                     <float> al, fc, <float> g, <float*> lp, <float*> gp, nt)
+                                                     <float> al, fc, <float> g, <float*> lp, <float*> gp, nt, ch)
             elif loss64:
                 _sigmoid_multihot_rows[double, double](isa, <const double*> zp, <const double*> tp, m, c, w, gm, al,
-                                                       fc, g, <double*> lp, <double*> gp, nt)
+                                                       fc, g, <double*> lp, <double*> gp, nt, ch)
             else:
                 _sigmoid_multihot_rows[double, float](isa, <const double*> zp, <const double*> tp, m, c, w, gm, al,
-                                                      fc, g, <float*> lp, <double*> gp, nt)
+                                                      fc, g, <float*> lp, <double*> gp, nt, ch)
         else:
             if f32:
                 _sigmoid_index_rows[float, float](isa, <const float*> zp, <const int64_t*> tp, m, c, w, <float> gm,
-                                                  <float> al, fc, ign, <float> g, <float*> lp, <float*> gp, nt)
+                                                  <float> al, fc, ign, <float> g, <float*> lp, <float*> gp, nt, ch)
             elif loss64:
                 _sigmoid_index_rows[double, double](isa, <const double*> zp, <const int64_t*> tp, m, c, w, gm, al,
-                                                    fc, ign, g, <double*> lp, <double*> gp, nt)
+                                                    fc, ign, g, <double*> lp, <double*> gp, nt, ch)
             else:
                 _sigmoid_index_rows[double, float](isa, <const double*> zp, <const int64_t*> tp, m, c, w, gm, al,
-                                                   fc, ign, g, <float*> lp, <double*> gp, nt)
+                                                   fc, ign, g, <float*> lp, <double*> gp, nt, ch)
 
 
 def simd_exp(x):

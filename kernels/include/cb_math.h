@@ -103,8 +103,10 @@ CB_FN_INLINE double cb_exp_simd(double x) {
 
 CB_FN_INLINE float cb_log1p_simd(float x) {
   const float u = 1.0f + x;
-  // c = (1 + x) - u exactly (Sterbenz), relative to u
-  const float c = (u < 2.0f ? x - (u - 1.0f) : 1.0f - (u - x)) / u;
+  // c = (1 + x) - u exactly (Sterbenz), relative to u. Times 1 / u rather than divided by u: the
+  // sigmoid next to it in the kernels computes the same 1 / (1 + x), and the compiler shares the
+  // (slow, vector) division; c is a correction below ulp(u), so the extra rounding does not show.
+  const float c = (u < 2.0f ? x - (u - 1.0f) : 1.0f - (u - x)) * (1.0f / u);
   uint32_t iu = cb_bits(u) + (0x3f800000u - 0x3f3504f3u);
   const float kf = (float)((int32_t)(iu >> 23) - 127);
   iu = (iu & 0x007fffffu) + 0x3f3504f3u;
@@ -130,7 +132,7 @@ CB_FN_INLINE float cb_log1p_simd(float x) {
 
 CB_FN_INLINE double cb_log1p_simd(double x) {
   const double u = 1.0 + x;
-  const double c = (u < 2.0 ? x - (u - 1.0) : 1.0 - (u - x)) / u;
+  const double c = (u < 2.0 ? x - (u - 1.0) : 1.0 - (u - x)) * (1.0 / u);
   const uint64_t iu = cb_bits(u);
   uint32_t hu = (uint32_t)(iu >> 32) + (0x3ff00000u - 0x3fe6a09eu);
   const double dk = (double)((int32_t)(hu >> 20) - 1023);
