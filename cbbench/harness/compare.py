@@ -14,7 +14,6 @@ import time
 from typing import Iterable, Optional, Union
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from .datasets import DATASETS, load_dataset
@@ -146,10 +145,11 @@ def write_summary_md(runs: list, path: str, *, wall_time_s: Optional[float] = No
         f"- imbalance factor {cfg['imbalance']:g}; training counts per class {counts} "
         f"({sum(counts)} examples); test counts {cfg['test_counts']}",
         f"- model {cfg['model']}, {cfg['epochs']} epochs, batch {cfg['batch_size']}, lr {cfg['lr']:g} "
-        f"(warm-up {cfg['warmup_epochs']}, x0.01 at {cfg['milestones'][0]}, x0.0001 at {cfg['milestones'][1]}), "
+        f"(warm-up {cfg['warmup_epochs']}, " + ", ".join(f"x{f:g} at epoch {m}" for m, f in zip(cfg["milestones"], cfg["lr_factors"]))
+        + "), "
         f"weight decay {cfg['weight_decay']:g}; beta {cfg['beta']}, focal gamma {cfg['gamma']}",
         f"- seeds {seeds}; device {cfg['device']} ({cfg['accel']}); loss backend {cfg['loss_backend']}; "
-        f"torch {cfg['torch']}, {torch.get_num_threads()} threads"
+        f"torch {cfg['torch']}, {cfg['threads_used']} CPU thread(s) per run"
         + (f"; wall time {wall_time_s:.1f} s for {len(runs)} runs" if wall_time_s is not None else ""),
         "- metrics in %, mean ± sample std over seeds; many/medium/few-shot: classes with >100 / 20-100 / "
         "<20 training examples ('–': no class in that group)",

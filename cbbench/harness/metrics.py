@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-from sklearn.metrics import confusion_matrix
 
 __all__ = ["MANY_SHOT_MIN", "FEW_SHOT_MAX", "shot_group", "evaluate"]
 
@@ -34,6 +33,8 @@ def _mean(values) -> Optional[float]:
 def evaluate(y_true, y_pred, train_counts) -> dict:
     """The result metrics of one run: top1_error, balanced_accuracy, per_class_accuracy, many_shot,
     medium_shot, few_shot (percent) and train_counts."""
+    from sklearn.metrics import confusion_matrix  # imported here: scikit-learn takes seconds to import
+
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
     train_counts = [int(c) for c in train_counts]
