@@ -27,8 +27,9 @@ setup: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# BENCH_FLAGS: e.g. --quick, --skip-accuracy, --device cpu, --seeds 3 (see `cbbench bench --help`)
 bench: $(STAMP)
-	$(BIN)/cbbench bench --out $(OUT)
+	$(BIN)/cbbench bench --out $(OUT) $(BENCH_FLAGS)
 
 weights: $(STAMP)
 	$(BIN)/cbbench weights --counts 5000,2997,1796,1077,645,387,232,139,83,50 --out $(OUT)
