@@ -100,10 +100,14 @@ def cuda_extensions():
 
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "kernels" / "cuda").glob("*.cu"))
     sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "kernels" / "cuda").glob("*.cpp"))
+    # Architectures: torch's TORCH_CUDA_ARCH_LIST (default: the GPUs it sees), plus CBBENCH_CUDA_ARCH
+    # (e.g. 90). The softmax cluster path needs code built for sm_90 or newer (checked at run time).
     arch = os.environ.get("CBBENCH_CUDA_ARCH")
     nvcc_flags = ["-O3", "-std=c++17", "-lineinfo"]
     if arch:
         nvcc_flags += [f"-gencode=arch=compute_{arch},code=sm_{arch}"]
+    print(f"cbbench build: CUDA sources {sources}, nvcc flags {nvcc_flags}, "
+          f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(torch default)')}")
     ext = CUDAExtension(
         "cbbench._cuda",
         sources=sources,

@@ -50,7 +50,6 @@ constexpr int kSplitChunkVecs = 4096;   // vectors per block of the split path
 // doubles (more spills at the 128 registers that 512-thread blocks allow).
 template <typename T> struct BlockNV { static constexpr int value = sizeof(T) == 8 ? 8 : 32 / Vec<T>::size; };
 
-
 // ---- per-row state --------------------------------------------------------------------------------
 template <typename A>
 struct Row {
@@ -460,6 +459,35 @@ bool cluster_capable(int device) {
   return v == 1;
 }
 
+cudaLaunchConfig_t cluster_config(const Plan& p, int64_t rows, cudaStream_t stream, cudaLaunchAttribute* attr) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(unsigned(rows * p.cluster), 1, 1);
+  cfg.blockDim = dim3(unsigned(p.threads), 1, 1);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  attr->id = cudaLaunchAttributeClusterDimension;
+  attr->val.clusterDim.x = unsigned(p.cluster);
+  attr->val.clusterDim.y = 1;
+  attr->val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cfg;
+}
+
+// Whether a cluster of this shape can be resident at all on the current device (a cluster of 1-CTA-
+// per-SM blocks needs that many SMs in one GPC); the split path is the fallback.
+template <typename T>
+bool cluster_fits(const Plan& p) {
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg = cluster_config(p, 1, nullptr, &attr);
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, softmax_block_kernel<T, true>, &cfg) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return clusters > 0;
+}
+
 template <typename T>
 Plan make_plan(int64_t C, int device) {
   constexpr int V = Vec<T>::size;
@@ -491,7 +519,7 @@ Plan make_plan(int64_t C, int device) {
     const int64_t vecs = (nvec + p.cluster - 1) / p.cluster;
     p.threads = round_up32((vecs + NV - 1) / NV);
     p.chunk = vecs * V;
-    return p;
+    if (cluster_fits<T>(p)) return p;
   }
   p.kind = Kind::split;
   p.chunk = int64_t(kSplitChunkVecs) * V;
@@ -525,18 +553,8 @@ cudaError_t launch(const SoftmaxCeArgs& a, int device, cudaStream_t stream) {
       softmax_block_kernel<T, false><<<unsigned(a.rows), p.threads, 0, stream>>>(a, 1, p.chunk);
       return cudaGetLastError();
     case Kind::cluster: {
-      cudaLaunchConfig_t cfg = {};
-      cfg.gridDim = dim3(unsigned(a.rows * p.cluster), 1, 1);
-      cfg.blockDim = dim3(unsigned(p.threads), 1, 1);
-      cfg.dynamicSmemBytes = 0;
-      cfg.stream = stream;
-      cudaLaunchAttribute attr[1];
-      attr[0].id = cudaLaunchAttributeClusterDimension;
-      attr[0].val.clusterDim.x = unsigned(p.cluster);
-      attr[0].val.clusterDim.y = 1;
-      attr[0].val.clusterDim.z = 1;
-      cfg.attrs = attr;
-      cfg.numAttrs = 1;
+      cudaLaunchAttribute attr;
+      const cudaLaunchConfig_t cfg = cluster_config(p, a.rows, stream, &attr);
       return cudaLaunchKernelEx(&cfg, softmax_block_kernel<T, true>, a, p.cluster, p.chunk);
     }
     case Kind::split: {
