@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cbbench import functional as F
 from cbbench import ops
@@ -154,6 +156,23 @@ def test_large_shapes_match_reference(reduction):
     assert_matches_reference(F.softmax_cross_entropy, logits, target, weight, reduction)
     assert_matches_reference(F.sigmoid_cross_entropy, logits, target, weight, reduction)
     assert_matches_reference(F.sigmoid_focal_loss, logits, target, weight, reduction, gamma=1.0, alpha=0.25)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(0, 9), c=st.integers(1, 70), seed=st.integers(0, 2**16), spread=st.sampled_from([0.1, 3.0, 40.0]),
+       reduction=st.sampled_from(REDUCTIONS), dtype=st.sampled_from(FLOAT_DTYPES),
+       gamma=st.sampled_from([0.0, 0.25, 1.0, 2.0, 5.0]), alpha=st.sampled_from([None, 0.0, 0.25, 1.0]),
+       smoothing=st.sampled_from([0.0, 0.3, 1.0]), use_weight=st.booleans(), use_offset=st.booleans(),
+       scale=st.sampled_from([1.0, 0.5, 30.0]))
+def test_random_options_match_reference(n, c, seed, spread, reduction, dtype, gamma, alpha, smoothing, use_weight,
+                                        use_offset, scale):
+    logits, target, weight = _inputs(n, c, dtype, seed=seed, spread=spread, ignore_index=-100)
+    weight = weight if use_weight else None
+    g = torch.Generator().manual_seed(seed)
+    assert_matches_reference(F.softmax_cross_entropy, logits, target, weight, reduction, label_smoothing=smoothing,
+                             logit_offset=torch.randn(c, generator=g) if use_offset else None,
+                             target_margin=torch.rand(c, generator=g), scale=scale)
+    assert_matches_reference(F.sigmoid_focal_loss, logits, target, weight, reduction, gamma=gamma, alpha=alpha)
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -442,7 +461,7 @@ def test_torch_compile_fullgraph_matches_eager():
                 + F.sigmoid_focal_loss(z, target, weight, gamma=2.0, backend="cpu")
                 + F.sigmoid_cross_entropy(z, target, weight, reduction="sum", backend="cpu"))
 
-    compiled = torch.compile(total, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(total, fullgraph=True)
     z1 = logits.clone().requires_grad_(True)
     z2 = logits.clone().requires_grad_(True)
     eager = total(z1)

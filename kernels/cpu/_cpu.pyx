@@ -102,12 +102,14 @@ def set_isa(name):
 def build_info():
     """How the CPU kernels were built and what they use on this machine."""
     omp = cb_openmp()
+    flags = CB_BUILD_FLAGS.decode()
     return {
         "openmp": bool(omp),
         "openmp_version": int(omp) if omp else None,
         "compiler": CB_COMPILER.decode(),
-        "compile_flags": CB_BUILD_FLAGS.decode(),
-        "vectorised_math": True,
+        "compile_flags": flags,
+        # the row loops vectorise (polynomial exp/log1p) when `#pragma omp simd` is honoured
+        "vectorised_math": "-fopenmp" in flags,
         "isas_built": [name for name, isa in _ISA_NAMES.items() if cb_isa_compiled(isa)],
         "isa": get_isa(),
     }
