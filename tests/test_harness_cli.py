@@ -8,9 +8,7 @@ import torch
 
 from cbbench.cli import main
 from cbbench.harness import DATASETS, METHODS, TrainConfig, run_comparison, train_run
-from cbbench.harness.datasets import load_dataset, long_tailed_counts
-
-from test_harness_datasets import write_fake_cifar
+from cbbench.harness.datasets import load_dataset, long_tailed_counts, write_fake_cifar
 
 RESULT_KEYS = {"top1_error", "balanced_accuracy", "per_class_accuracy", "many_shot", "medium_shot", "few_shot",
                "train_counts", "method", "dataset", "config"}
@@ -98,13 +96,16 @@ def test_logit_adjustment_helps_the_tail_on_synthetic_lt():
 
 
 def test_resnet32_on_fake_cifar(tmp_path):
-    # ResNet-32 is slow on 2 CPU cores: one step on ~30 images exercises the image path (crop/flip, normalise)
-    write_fake_cifar(tmp_path, per_class=4)
+    # ResNet-32 is slow on 2 shared CPU cores (and 5-15x slower with 2 spinning OpenMP threads under load):
+    # one step on ~30 images, 1 thread, exercises the image path (crop/flip, normalise)
+    write_fake_cifar(tmp_path, per_class=4, test_per_class=2)
+    threads_before = torch.get_num_threads()
     result = train_run(TrainConfig("cifar10-lt", "ldam_drw", data_dir=str(tmp_path), imbalance=2, epochs=1,
-                                   batch_size=32, device="cpu"), progress=False)
+                                   batch_size=32, device="cpu", threads=1), progress=False)
     assert result["config"]["model"] == "resnet32" and result["config"]["augment"] is True
     assert result["train_counts"] == long_tailed_counts(4, 10, 2)
     assert result["config"]["n_train"] == sum(long_tailed_counts(4, 10, 2))
+    assert result["config"]["threads_used"] == 1 and torch.get_num_threads() == threads_before
     assert 0 <= result["top1_error"] <= 100
 
 
@@ -112,7 +113,7 @@ def test_resnet32_on_fake_cifar(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("accel", ["cuda_graph", "compile", "none"])
 def test_cuda_paths_on_fake_cifar(tmp_path, accel):
-    write_fake_cifar(tmp_path, per_class=300)
+    write_fake_cifar(tmp_path, per_class=300, test_per_class=20)
     result = train_run(TrainConfig("cifar10-lt", "cb_focal", data_dir=str(tmp_path), imbalance=10, epochs=3,
                                    batch_size=64, device="cuda", accel=accel), progress=False)
     assert result["config"]["accel"] == accel

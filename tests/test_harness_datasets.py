@@ -6,29 +6,19 @@ import numpy as np
 import pytest
 
 from cbbench.harness.datasets import (DATASETS, load_cifar_lt, load_dataset, load_digits_lt, long_tailed_counts,
-                                      long_tailed_indices, make_synthetic_lt)
+                                      long_tailed_indices, make_synthetic_lt,
+                                      write_fake_cifar)
 
 
-def write_fake_cifar(root, num_classes=10, per_class=30, test_per_class=4, seed=1):
-    """A CIFAR folder in the python pickle format, with random images and labels in shuffled order."""
-    rng = np.random.RandomState(seed)
-    if num_classes == 10:
-        folder, train_files, test_file, key = "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], \
-            "test_batch", b"labels"
-    else:
-        folder, train_files, test_file, key = "cifar-100-python", ["train"], "test", b"fine_labels"
-    path = os.path.join(root, folder)
-    os.makedirs(path)
-    labels = rng.permutation(np.repeat(np.arange(num_classes), per_class))
-    images = rng.randint(0, 256, size=(len(labels), 3072)).astype(np.uint8)
-    for part, idx in zip(train_files, np.array_split(np.arange(len(labels)), len(train_files))):
-        with open(os.path.join(path, part), "wb") as fh:
-            pickle.dump({b"data": images[idx], key: labels[idx].tolist(), b"batch_label": b"fake"}, fh)
-    test_labels = np.repeat(np.arange(num_classes), test_per_class)
-    test_images = rng.randint(0, 256, size=(len(test_labels), 3072)).astype(np.uint8)
-    with open(os.path.join(path, test_file), "wb") as fh:
-        pickle.dump({b"data": test_images, key: test_labels.tolist()}, fh)
-    return path, images, labels, test_images, test_labels
+def fake_cifar(root, num_classes=10, per_class=30, test_per_class=4):
+    """The fake folder plus the arrays it holds, read back independently of the loader."""
+    path = write_fake_cifar(root, num_classes, per_class, test_per_class, seed=1)
+    key = b"labels" if num_classes == 10 else b"fine_labels"
+    train = sorted(f for f in os.listdir(path) if f.startswith("data_batch") or f == "train")
+    parts = [pickle.load(open(os.path.join(path, f), "rb"), encoding="bytes") for f in train]
+    test = pickle.load(open(os.path.join(path, "test_batch" if num_classes == 10 else "test"), "rb"))
+    return (path, np.concatenate([p[b"data"] for p in parts]), np.concatenate([p[key] for p in parts]),
+            test[b"data"], np.asarray(test[key]))
 
 
 def ldam_selection(labels, img_num_per_cls):
@@ -42,6 +32,13 @@ def ldam_selection(labels, img_num_per_cls):
         np.random.shuffle(idx)
         keep.append(idx[:the_img_num])
     return np.concatenate(keep)
+
+
+def test_full_size_fake_cifar10_lt_has_12406_images(tmp_path):
+    write_fake_cifar(tmp_path)
+    data = load_dataset("cifar10-lt", data_dir=tmp_path)
+    assert data.x_train.shape == (12406, 3, 32, 32) and data.x_test.shape == (10000, 3, 32, 32)
+    assert data.train_counts.tolist() == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 
 
 def test_cifar10_lt_if100_counts_match_the_protocol():
@@ -81,7 +78,7 @@ def test_selection_matches_ldam_rule():
 
 
 def test_fake_cifar10_loading_follows_the_rule(tmp_path):
-    _, images, labels, test_images, test_labels = write_fake_cifar(tmp_path)
+    _, images, labels, test_images, test_labels = fake_cifar(tmp_path)
     data = load_cifar_lt(10, tmp_path, imbalance=10)
     counts = long_tailed_counts(30, 10, 10)
     assert data.train_counts.tolist() == counts
@@ -97,7 +94,7 @@ def test_fake_cifar10_loading_follows_the_rule(tmp_path):
 
 
 def test_fake_cifar100_loading(tmp_path):
-    write_fake_cifar(tmp_path, num_classes=100, per_class=6, test_per_class=1)
+    fake_cifar(tmp_path, num_classes=100, per_class=6, test_per_class=1)
     data = load_dataset("cifar100-lt", data_dir=str(tmp_path), imbalance=6)
     assert data.num_classes == 100
     assert data.train_counts.tolist() == long_tailed_counts(6, 100, 6)
@@ -112,7 +109,7 @@ def test_missing_cifar_names_the_layout(tmp_path):
 
 
 def test_corrupt_cifar_pickle_is_reported(tmp_path):
-    path, *_ = write_fake_cifar(tmp_path)
+    path, *_ = fake_cifar(tmp_path)
     with open(os.path.join(path, "test_batch"), "wb") as fh:
         pickle.dump({b"data": np.zeros((2, 3072), np.uint8)}, fh)
     with pytest.raises(ValueError, match="missing key"):

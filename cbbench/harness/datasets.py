@@ -21,7 +21,8 @@ from typing import Optional
 import numpy as np
 
 __all__ = ["DATASETS", "DEFAULT_IMBALANCE", "LongTailedData", "long_tailed_counts", "long_tailed_indices",
-           "load_dataset", "load_digits_lt", "make_synthetic_lt", "load_cifar_lt", "CIFAR_MEAN", "CIFAR_STD"]
+           "load_dataset", "load_digits_lt", "make_synthetic_lt", "load_cifar_lt", "write_fake_cifar", "CIFAR_MEAN",
+           "CIFAR_STD"]
 
 DATASETS = ("digits-lt", "synthetic-lt", "cifar10-lt", "cifar100-lt")
 PROFILES = ("exp", "step")
@@ -218,6 +219,31 @@ def _read_cifar_pickle(path: str, label_key: bytes):
         raise ValueError(f"{path}: expected b'data' of shape (N, 3072) and N labels, got {data.shape} and "
                          f"{len(labels)} labels")
     return data.reshape(-1, 3, 32, 32), labels
+
+
+def write_fake_cifar(root, num_classes: int = 10, per_class: int = 5000, test_per_class: int = 1000,
+                     seed: int = 0) -> str:
+    """Write random images in the CIFAR python-pickle layout under ``root`` and return the folder.
+
+    For tests and for timing the CIFAR recipe where the real data cannot be fetched (the default sizes
+    are CIFAR's, so CIFAR-10-LT IF 100 selects 12,406 images); accuracy on it is chance level.
+    """
+    if num_classes not in CIFAR_LAYOUT:
+        raise ValueError(f"num_classes must be 10 or 100, got {num_classes!r}")
+    folder, train_files, test_file, label_key = CIFAR_LAYOUT[num_classes]
+    path = os.path.join(os.fspath(root), folder)
+    os.makedirs(path, exist_ok=True)
+    rng = np.random.RandomState(seed)
+    labels = rng.permutation(np.repeat(np.arange(num_classes), per_class))
+    images = rng.randint(0, 256, size=(len(labels), 3072), dtype=np.uint8)
+    for name, idx in zip(train_files, np.array_split(np.arange(len(labels)), len(train_files))):
+        with open(os.path.join(path, name), "wb") as fh:
+            pickle.dump({b"data": images[idx], label_key: labels[idx].tolist()}, fh)
+    test_labels = np.repeat(np.arange(num_classes), test_per_class)
+    test_images = rng.randint(0, 256, size=(len(test_labels), 3072), dtype=np.uint8)
+    with open(os.path.join(path, test_file), "wb") as fh:
+        pickle.dump({b"data": test_images, label_key: test_labels.tolist()}, fh)
+    return path
 
 
 def load_cifar_lt(num_classes: int, data_dir, imbalance: Optional[float] = None, *,

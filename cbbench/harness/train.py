@@ -325,13 +325,14 @@ def train_run(config: TrainConfig, data: Optional[LongTailedData] = None, *, pro
     threads = config.threads
     if threads is None and data.kind == "tabular" and torch.device(config.device).type == "cpu":
         threads = 1
-    previous = torch.get_num_threads()
+    previous = torch.get_num_threads(), torch.backends.cudnn.benchmark
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _train(config, data, threads or previous, progress)
+        return _train(config, data, threads or previous[0], progress)
     finally:
-        torch.set_num_threads(previous)
+        torch.set_num_threads(previous[0])
+        torch.backends.cudnn.benchmark = previous[1]
 
 
 def _train(config: TrainConfig, data: LongTailedData, threads: int, progress: bool) -> dict:
