@@ -26,6 +26,29 @@ void expect_plan(long classes, cb::Dtype dtype, const char* name, const char* wa
   }
 }
 
+// Every plan must cover the whole row: group<G>x<NV> holds G * NV vectors, block<T>x<NV> T * NV
+// vectors in at most 512 threads (a multiple of 32), split<k> k chunks of 4096 vectors.
+void expect_coverage(long max_classes, cb::Dtype dtype, const char* name, int vec) {
+  char got[64];
+  long bad = 0;
+  for (long c = 1; c <= max_classes; c += (c < 20000 ? 1 : 97)) {
+    cb::softmax_ce_plan(c, dtype, -1, got, sizeof(got));
+    const long nvec = (c + vec - 1) / vec;
+    int a = 0, b = 0;
+    bool ok = false;
+    if (std::sscanf(got, "group%dx%d", &a, &b) == 2) {
+      ok = (a == 4 || a == 8 || a == 16 || a == 32) && long(a) * b >= nvec;
+    } else if (std::sscanf(got, "block%dx%d", &a, &b) == 2) {
+      ok = a % 32 == 0 && a <= 512 && long(a) * b >= nvec && long(a - 32) * b < nvec;
+    } else if (std::sscanf(got, "split%d", &a) == 1) {
+      ok = long(a) * 4096 >= nvec && long(a - 1) * 4096 < nvec;
+    }
+    if (!ok && bad++ < 5) std::printf("%-5s C=%-7ld %s does not cover the row\n", name, c, got);
+  }
+  std::printf("%-5s plans for C = 1..%ld cover their rows: %s\n", name, max_classes, bad ? "NO" : "ok");
+  failures += bad != 0;
+}
+
 }  // namespace
 
 int main() {
@@ -46,6 +69,10 @@ int main() {
   expect_plan(131072, Dtype::bf16, "bf16", "split4");
   expect_plan(1000, Dtype::f64, "f64", "block64x8");
   expect_plan(131072, Dtype::f64, "f64", "split16");
+
+  expect_coverage(300000, Dtype::f32, "f32", 4);
+  expect_coverage(300000, Dtype::bf16, "bf16", 8);
+  expect_coverage(300000, Dtype::f64, "f64", 2);
 
   // Nothing to do: no launch, no device needed.
   cb::SoftmaxCeArgs s{};
