@@ -117,5 +117,6 @@ def test_cuda_paths_on_fake_cifar(tmp_path, accel):
     result = train_run(TrainConfig("cifar10-lt", "cb_focal", data_dir=str(tmp_path), imbalance=10, epochs=3,
                                    batch_size=64, device="cuda", accel=accel), progress=False)
     assert result["config"]["accel"] == accel
+    assert result["config"]["accel_used"] == accel  # no silent fallback from a failed capture
     assert result["config"]["drop_last"] == (accel == "cuda_graph")
     assert 0 <= result["top1_error"] <= 100

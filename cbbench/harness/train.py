@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -361,6 +362,7 @@ def _train(config: TrainConfig, data: LongTailedData, threads: int, progress: bo
     sample_gen = torch.Generator().manual_seed(config.seed)
     aug_gen = torch.Generator(device=device).manual_seed(config.seed)
     use_graph = config.accel == "cuda_graph"
+    accel_used = config.accel
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     train_model = torch.compile(model) if config.accel == "compile" else model
@@ -385,7 +387,14 @@ def _train(config: TrainConfig, data: LongTailedData, threads: int, progress: bo
         first = 0
         if step is None:  # CUDA graph: the first batches are real warm-up steps, then the step is captured
             warm = [inputs.train_batch(batch, aug_gen) for batch in batches[:3]]
-            step = _GraphStep(model, method.loss, optimizer, warm)
+            try:
+                step = _GraphStep(model, method.loss, optimizer, warm)
+            except RuntimeError as exc:
+                # train on rather than lose the run; the result records the fallback
+                warnings.warn(f"CUDA graph capture failed ({exc}); training eagerly instead", RuntimeWarning)
+                accel_used = f"none (cuda_graph capture failed: {str(exc)[:200]})"
+                torch.cuda.synchronize(device)
+                step = _eager_step(model, method.loss, optimizer)
             first = len(warm)
         for batch in batches[first:]:
             loss_sum += step(*inputs.train_batch(batch, aug_gen))
@@ -403,7 +412,7 @@ def _train(config: TrainConfig, data: LongTailedData, threads: int, progress: bo
     cfg = config.to_dict()
     cfg.update({"switch_epoch": switch_epoch if spec.switches else None, "n_train": int(n_train),
                 "test_counts": [int(c) for c in data.test_counts], "imbalance": data.imbalance,
-                "data": data.meta, "drop_last": use_graph, "threads_used": threads, "torch": torch.__version__,
+                "data": data.meta, "drop_last": use_graph, "accel_used": accel_used, "threads_used": threads, "torch": torch.__version__,
                 "loss_backend": _loss_backend(config.backend, device)})
     result.update({"method": config.method, "dataset": config.dataset, "config": cfg, "seed": config.seed,
                    "train_time_s": train_time})
