@@ -139,15 +139,15 @@ def write_summary_md(runs: list, path: str, *, wall_time_s: Optional[float] = No
     cfg = first["config"]
     counts = first["train_counts"]
     seeds = sorted({r["seed"] for r in runs})
+    decays = ", ".join(f"x{f:g} at epoch {m}" for m, f in zip(cfg["milestones"], cfg["lr_factors"]))
     lines = [
         f"# {first['dataset']}: long-tailed method comparison",
         "",
         f"- imbalance factor {cfg['imbalance']:g}; training counts per class {counts} "
         f"({sum(counts)} examples); test counts {cfg['test_counts']}",
         f"- model {cfg['model']}, {cfg['epochs']} epochs, batch {cfg['batch_size']}, lr {cfg['lr']:g} "
-        f"(warm-up {cfg['warmup_epochs']}, " + ", ".join(f"x{f:g} at epoch {m}" for m, f in zip(cfg["milestones"], cfg["lr_factors"]))
-        + "), "
-        f"weight decay {cfg['weight_decay']:g}; beta {cfg['beta']}, focal gamma {cfg['gamma']}",
+        f"(warm-up {cfg['warmup_epochs']}, {decays}), weight decay {cfg['weight_decay']:g}; beta {cfg['beta']}, "
+        f"focal gamma {cfg['gamma']}",
         f"- seeds {seeds}; device {cfg['device']} ({cfg['accel']}); loss backend {cfg['loss_backend']}; "
         f"torch {cfg['torch']}, {cfg['threads_used']} CPU thread(s) per run"
         + (f"; wall time {wall_time_s:.1f} s for {len(runs)} runs" if wall_time_s is not None else ""),

@@ -14,7 +14,9 @@ epoch is dropped there); ``accel="compile"`` runs ``torch.compile(model)`` in an
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
 import math
 import time
 import warnings
@@ -329,8 +331,11 @@ def train_run(config: TrainConfig, data: Optional[LongTailedData] = None, *, pro
     previous = torch.get_num_threads(), torch.backends.cudnn.benchmark
     if threads is not None:
         torch.set_num_threads(threads)
+    device = torch.device(config.device)
     try:
-        return _train(config, data, threads or previous[0], progress)
+        # streams and graphs are created on the current device: make it the training device
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            return _train(config, data, threads or previous[0], progress)
     finally:
         torch.set_num_threads(previous[0])
         torch.backends.cudnn.benchmark = previous[1]
@@ -412,11 +417,21 @@ def _train(config: TrainConfig, data: LongTailedData, threads: int, progress: bo
     cfg = config.to_dict()
     cfg.update({"switch_epoch": switch_epoch if spec.switches else None, "n_train": int(n_train),
                 "test_counts": [int(c) for c in data.test_counts], "imbalance": data.imbalance,
-                "data": data.meta, "drop_last": use_graph, "accel_used": accel_used, "threads_used": threads, "torch": torch.__version__,
+                "data": data.meta, "drop_last": use_graph, "accel_used": accel_used, "threads_used": threads,
+                "torch": torch.__version__, "cuda": torch.version.cuda, "device_name": _device_name(device),
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "loss_backend": _loss_backend(config.backend, device)})
     result.update({"method": config.method, "dataset": config.dataset, "config": cfg, "seed": config.seed,
                    "train_time_s": train_time})
     return result
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return platform.processor() or platform.machine()
 
 
 def _loss_backend(backend: str, device: torch.device) -> str:
