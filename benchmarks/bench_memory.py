@@ -4,37 +4,40 @@ import torch
 
 from cbbench.bench.providers import step
 
-from .common import IMPLEMENTATIONS, prepare
+from .common import CPU_IMPLEMENTATIONS, CUDA_IMPLEMENTATIONS, prepare
 
 LOSSES = ["softmax", "sigmoid", "focal"]
+CUDA_SHAPES = {"softmax": "65536x1000", "sigmoid": "1048576x80", "focal": "1048576x80"}
 
 
 class PeakMemoryCPU:
-    params = [LOSSES, IMPLEMENTATIONS, ["8192x1000"]]
-    param_names = ["loss", "impl", "shape"]
+    """8192x1000 float32 logits (32 MiB; the gradient is another 32 MiB)."""
+    params = [LOSSES, CPU_IMPLEMENTATIONS]
+    param_names = ["loss", "impl"]
     timeout = 300
 
-    def setup(self, loss, impl, shape):
+    def setup(self, loss, impl):
         # no reference check here: it would raise the process's peak before the measured call
-        self.case, self.inputs, self.fn = prepare(loss, impl, "cpu", shape, "float32", verify=False)
+        self.case, self.inputs, self.fn = prepare(loss, impl, "cpu", "8192x1000", "float32", verify=False)
         self.run = step(self.fn, self.inputs, "fwd_bwd")
 
-    def peakmem_fwd_bwd(self, loss, impl, shape):
+    def peakmem_fwd_bwd(self, loss, impl):
         self.run()
 
 
 class PeakMemoryCUDA:
-    params = [LOSSES, IMPLEMENTATIONS, ["65536x1000", "1048576x80"], ["float32", "bfloat16"]]
-    param_names = ["loss", "impl", "shape", "dtype"]
+    """float32 logits of 65536x1000 (softmax) or 1048576x80 (sigmoid, focal)."""
+    params = [LOSSES, CUDA_IMPLEMENTATIONS]
+    param_names = ["loss", "impl"]
     timeout = 300
 
-    def setup(self, loss, impl, shape, dtype):
-        self.case, self.inputs, self.fn = prepare(loss, impl, "cuda", shape, dtype, verify=False)
+    def setup(self, loss, impl):
+        self.case, self.inputs, self.fn = prepare(loss, impl, "cuda", CUDA_SHAPES[loss], "float32", verify=False)
         self.run = step(self.fn, self.inputs, "fwd_bwd")
         self.run()  # compile / autotune outside the measured call
         torch.cuda.synchronize()
 
-    def track_peak_allocated(self, *params):
+    def track_peak_allocated(self, loss, impl):
         """Peak bytes allocated during one forward+backward, above what the inputs already hold."""
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

@@ -1,13 +1,13 @@
-"""Speed of each loss x implementation x device x shape x dtype: median ms of forward+backward and of
-forward only (host clock on the CPU, CUDA events on the GPU), and the effective bandwidth
-(floor bytes / fwd+bwd time), all through the shared timing core.
+"""Speed of each loss x implementation x case (shape and dtype), on the CPU and on the GPU: median ms
+of forward+backward and of forward only (host clock on the CPU, CUDA events on the GPU), and the
+effective bandwidth (floor bytes / fwd+bwd time), all through the shared timing core.
 
 Each class measures all of its combinations once, in ``setup_cache`` (one process: torch, the CUDA
 context and torch.compile's caches are set up once instead of once per combination), and its
-``track_`` methods report those measurements. Combinations that cannot run here are skipped; an
-implementation that disagrees with the reference is reported as a failure, not timed.
-asv flags increases as regressions, so ``track_effective_bandwidth`` (higher is better) is for reading,
-not for the regression gate.
+``track_`` methods report those measurements. Combinations that cannot run here (no GPU, kernels not
+built, peer not installed) are skipped; an implementation that disagrees with the reference is
+reported as a failure, not timed. asv flags increases as regressions, so ``track_effective_bandwidth``
+(higher is better) is for reading, not for the regression gate.
 """
 import itertools
 
@@ -17,26 +17,26 @@ from cbbench.bench.bandwidth import effective_gbps, floor_bytes
 from cbbench.bench.providers import step
 from cbbench.bench.timing import measure
 
-from .common import DEVICES, DTYPES, IMPLEMENTATIONS, POLICY, prepare
+from .common import CPU_IMPLEMENTATIONS, CUDA_IMPLEMENTATIONS, POLICY, prepare, split_case
 
 
-def measure_all(loss, params):
-    """``{(impl, device, shape, dtype): {"fwd_bwd": ms, "fwd": ms, "gbps": GB/s} | {"skip"|"fail": why}}``."""
+def measure_all(loss, device, params):
+    """``{(impl, case): {"fwd_bwd": ms, "fwd": ms, "gbps": GB/s} | {"skip" | "fail": why}}``."""
     results = {}
-    for combo in itertools.product(*params):
-        impl, device, shape, dtype = combo
+    for impl, case_name in itertools.product(*params):
+        shape, dtype = split_case(case_name)
         try:
             case, inputs, fn = prepare(loss, impl, device, shape, dtype)
         except NotImplementedError as exc:
-            results[combo] = {"skip": str(exc)}
+            results[(impl, case_name)] = {"skip": str(exc)}
             continue
         except AssertionError as exc:
-            results[combo] = {"fail": str(exc)}
+            results[(impl, case_name)] = {"fail": str(exc)}
             continue
         fwd_bwd = measure(step(fn, inputs, "fwd_bwd"), device, POLICY).median_ms
         fwd = measure(step(fn, inputs, "fwd"), device, POLICY).median_ms
-        results[combo] = {"fwd_bwd": fwd_bwd, "fwd": fwd,
-                          "gbps": effective_gbps(floor_bytes(case, "fwd_bwd"), fwd_bwd)}
+        results[(impl, case_name)] = {"fwd_bwd": fwd_bwd, "fwd": fwd,
+                                      "gbps": effective_gbps(floor_bytes(case, "fwd_bwd"), fwd_bwd)}
         del inputs, fn
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -44,59 +44,86 @@ def measure_all(loss, params):
 
 
 class _LossSpeed:
-    param_names = ["impl", "device", "shape", "dtype"]
+    param_names = ["impl", "case"]
     timeout = 120
 
-    def setup(self, cache, *params):
-        entry = cache[tuple(params)]
+    def setup(self, cache, impl, case):
+        entry = cache[(impl, case)]
         if "skip" in entry:
             raise NotImplementedError(entry["skip"])
         if "fail" in entry:
             raise AssertionError(entry["fail"])
         self.entry = entry
 
-    def track_fwd_bwd(self, cache, *params):
+    def track_fwd_bwd(self, cache, impl, case):
         return self.entry["fwd_bwd"]
 
     track_fwd_bwd.unit = "ms"
 
-    def track_fwd(self, cache, *params):
+    def track_fwd(self, cache, impl, case):
         return self.entry["fwd"]
 
     track_fwd.unit = "ms"
 
-    def track_effective_bandwidth(self, cache, *params):
+    def track_effective_bandwidth(self, cache, impl, case):
         return self.entry["gbps"]
 
     track_effective_bandwidth.unit = "GB/s"
 
 
-# each class has its own setup_cache: asv keys caches by the function's source location
-class SoftmaxCE(_LossSpeed):
-    """Class-weighted softmax cross-entropy (weighted-mean reduction, as F.cross_entropy(weight=))."""
-    params = [IMPLEMENTATIONS, DEVICES, ["256x1000", "8192x1000", "65536x1000", "16384x8142"], DTYPES]
+# Each class has its own setup_cache: asv keys caches by the function's source location.
+# Softmax is the class-weighted CE with PyTorch's weighted-mean reduction (= F.cross_entropy(weight=));
+# sigmoid and focal (gamma 2) put w_y on all C binary terms and divide by N.
+class SoftmaxCPU(_LossSpeed):
+    params = [CPU_IMPLEMENTATIONS, ["256x1000 fp32", "8192x1000 fp32"]]
 
     def setup_cache(self):
-        return measure_all("softmax", self.params)
+        return measure_all("softmax", "cpu", self.params)
 
     setup_cache.timeout = 3600
 
 
-class SigmoidCE(_LossSpeed):
-    """Class-balanced sigmoid cross-entropy (w_y on all C binary terms)."""
-    params = [IMPLEMENTATIONS, DEVICES, ["8192x1000", "1048576x80"], DTYPES]
+class SigmoidCPU(_LossSpeed):
+    params = [CPU_IMPLEMENTATIONS, ["8192x1000 fp32"]]
 
     def setup_cache(self):
-        return measure_all("sigmoid", self.params)
+        return measure_all("sigmoid", "cpu", self.params)
 
     setup_cache.timeout = 3600
 
 
-class FocalLoss(_LossSpeed):
-    """Class-balanced sigmoid focal loss, gamma = 2."""
-    params = [IMPLEMENTATIONS, DEVICES, ["8192x1000", "1048576x80", "16384x1203"], DTYPES]
+class FocalCPU(_LossSpeed):
+    params = [CPU_IMPLEMENTATIONS, ["8192x1000 fp32"]]
 
     def setup_cache(self):
-        return measure_all("focal", self.params)
+        return measure_all("focal", "cpu", self.params)
+
+    setup_cache.timeout = 3600
+
+
+class SoftmaxCUDA(_LossSpeed):
+    params = [CUDA_IMPLEMENTATIONS, ["256x1000 fp32", "65536x1000 fp32", "16384x8142 fp32", "4096x131072 fp32",
+                                     "65536x1000 bf16"]]
+
+    def setup_cache(self):
+        return measure_all("softmax", "cuda", self.params)
+
+    setup_cache.timeout = 3600
+
+
+class SigmoidCUDA(_LossSpeed):
+    params = [CUDA_IMPLEMENTATIONS, ["1048576x80 fp32", "16384x1203 bf16"]]
+
+    def setup_cache(self):
+        return measure_all("sigmoid", "cuda", self.params)
+
+    setup_cache.timeout = 3600
+
+
+class FocalCUDA(_LossSpeed):
+    params = [CUDA_IMPLEMENTATIONS, ["1048576x80 fp32", "16384x1203 bf16"]]
+
+    def setup_cache(self):
+        return measure_all("focal", "cuda", self.params)
 
     setup_cache.timeout = 3600

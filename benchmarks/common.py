@@ -6,11 +6,11 @@ from cbbench.bench.providers import PROVIDERS, check
 from cbbench.bench.timing import TimingPolicy
 
 # A track_ call times its own samples (asv's --quick only limits how often asv calls it).
-POLICY = TimingPolicy(warmup=2, min_repeat=5, max_repeat=1000, budget_s=0.5)
+POLICY = TimingPolicy(warmup=2, min_repeat=5, max_repeat=1000, budget_s=0.3)
 
-IMPLEMENTATIONS = ["reference", "cpu", "cuda", "eager", "compile", "liger"]
-DEVICES = ["cpu", "cuda"]
-DTYPES = ["float32", "bfloat16"]
+CPU_IMPLEMENTATIONS = ["reference", "cpu", "eager", "compile"]
+CUDA_IMPLEMENTATIONS = ["reference", "cuda", "eager", "compile", "liger"]
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # the CPU suite stays below this many logits (2-core CI machines); the GPU runs every shape
 CPU_MAX_ELEMENTS = 10_000_000
 
@@ -43,3 +43,9 @@ def prepare(loss: str, impl: str, device: str, shape: str, dtype: str, *, verify
     except Exception as exc:  # e.g. eager F.cross_entropy refuses fp32 weights with bf16 logits
         raise NotImplementedError(f"{impl} cannot run {case.label()}: {type(exc).__name__}: {exc}") from exc
     return case, inputs, fn
+
+
+def split_case(text: str):
+    """``"65536x1000 bf16"`` -> ``("65536x1000", "bfloat16")`` (the ``case`` parameter of the suite)."""
+    shape, _, dtype = text.partition(" ")
+    return shape, DTYPE_NAMES[dtype or "fp32"]

@@ -36,12 +36,13 @@ def test_asv_config_points_at_the_suite():
 
 def test_modules_define_benchmarks(suite):
     speed = suite["bench_speed"]
-    for cls in (speed.SoftmaxCE, speed.SigmoidCE, speed.FocalLoss):
-        assert len(cls.params) == len(cls.param_names) == 4
+    classes = [speed.SoftmaxCPU, speed.SigmoidCPU, speed.FocalCPU, speed.SoftmaxCUDA, speed.SigmoidCUDA,
+               speed.FocalCUDA]
+    for cls in classes:
+        assert len(cls.params) == len(cls.param_names) == 2
         assert cls.track_fwd_bwd.unit == "ms" and cls.track_effective_bandwidth.unit == "GB/s"
-        # distinct setup_cache functions, so asv keeps one cache per class
-    assert len({c.setup_cache.__code__.co_firstlineno for c in (speed.SoftmaxCE, speed.SigmoidCE,
-                                                                 speed.FocalLoss)}) == 3
+    # distinct setup_cache functions, so asv keeps one cache per class
+    assert len({c.setup_cache.__code__.co_firstlineno for c in classes}) == len(classes)
     assert suite["bench_import"].timeraw_import_cbbench() == "import cbbench"
 
 
@@ -51,23 +52,24 @@ def test_measure_all_skips_and_times(suite, monkeypatch):
     from cbbench.bench.timing import TimingPolicy
 
     monkeypatch.setattr(speed, "POLICY", TimingPolicy(warmup=0, min_repeat=2, max_repeat=2, budget_s=0))
-    params = [["reference", "cuda", "liger"], ["cpu", "cuda"], ["64x10", "100000000x1"], ["float32", "bfloat16"]]
-    results = speed.measure_all("focal", params)
-    timed = results[("reference", "cpu", "64x10", "float32")]
+    params = [["reference", "cuda", "liger"], ["64x10 fp32", "64x10 bf16", "100000000x1 fp32"]]
+    results = speed.measure_all("focal", "cpu", params)
+    timed = results[("reference", "64x10 fp32")]
     assert timed["fwd_bwd"] > 0 and timed["fwd"] > 0 and timed["gbps"] > 0
-    assert "skip" in results[("reference", "cpu", "64x10", "bfloat16")]
-    assert "GPU-sized" in results[("reference", "cpu", "100000000x1", "float32")]["skip"]
-    assert "skip" in results[("liger", "cpu", "64x10", "float32")]
+    assert "float32 only" in results[("reference", "64x10 bf16")]["skip"]
+    assert "GPU-sized" in results[("reference", "100000000x1 fp32")]["skip"]
+    assert "skip" in results[("liger", "64x10 fp32")] and "skip" in results[("cuda", "64x10 fp32")]
     if not torch.cuda.is_available():
-        assert all("skip" in v for k, v in results.items() if k[1] == "cuda")
-    bench = speed.FocalLoss()
+        on_gpu = speed.measure_all("softmax", "cuda", speed.SoftmaxCUDA.params)
+        assert all(v == {"skip": "no CUDA device"} for v in on_gpu.values())
+    bench = speed.FocalCPU()
     with pytest.raises(NotImplementedError):
-        bench.setup(results, "liger", "cpu", "64x10", "float32")
-    bench.setup(results, "reference", "cpu", "64x10", "float32")
-    assert bench.track_fwd_bwd(results) == timed["fwd_bwd"]
+        bench.setup(results, "liger", "64x10 fp32")
+    bench.setup(results, "reference", "64x10 fp32")
+    assert bench.track_fwd_bwd(results, "reference", "64x10 fp32") == timed["fwd_bwd"]
     with pytest.raises(AssertionError, match="reference"):
-        bench.setup({("x",): {"fail": "grad differs from the reference"}}, "x")
-    assert common.CPU_MAX_ELEMENTS < 100000000
+        bench.setup({("x", "y"): {"fail": "grad differs from the reference"}}, "x", "y")
+    assert common.split_case("65536x1000 bf16") == ("65536x1000", "bfloat16")
 
 
 def test_prepare_fails_a_wrong_implementation(suite, monkeypatch):
@@ -83,12 +85,10 @@ def test_memory_benchmarks_skip_without_gpu_or_kernels(suite):
     mem = suite["bench_memory"]
     if not torch.cuda.is_available():
         with pytest.raises(NotImplementedError):
-            mem.PeakMemoryCUDA().setup("softmax", "eager", "65536x1000", "float32")
-    with pytest.raises(NotImplementedError):
-        mem.PeakMemoryCPU().setup("softmax", "liger", "8192x1000")
+            mem.PeakMemoryCUDA().setup("softmax", "eager")
     if ops.kernel_module("cpu") is None:
         with pytest.raises(NotImplementedError):
-            mem.PeakMemoryCPU().setup("softmax", "cpu", "8192x1000")
+            mem.PeakMemoryCPU().setup("softmax", "cpu")
 
 
 def test_accuracy_benchmarks_skip_what_was_not_trained(suite):
