@@ -558,6 +558,7 @@ cudaError_t launch(const SoftmaxCeArgs& a, int device, cudaStream_t stream) {
       return cudaLaunchKernelEx(&cfg, softmax_block_kernel<T, true>, a, p.cluster, p.chunk);
     }
     case Kind::split: {
+      if (a.workspace == nullptr) return cudaErrorInvalidValue;  // see softmax_ce_workspace_bytes
       softmax_split_stats_kernel<T><<<unsigned(a.rows * p.chunks), kSplitThreads, 0, stream>>>(a, p.chunks, p.chunk);
       cudaError_t err = cudaGetLastError();
       if (err != cudaSuccess) return err;
