@@ -43,13 +43,16 @@ REDUCTIONS = ("mean", "weighted_mean", "sum", "none")
 # scalar math (the float64-exact definitions the C header mirrors)
 # ----------------------------------------------------------------------------------------------
 def softplus(x: Tensor) -> Tensor:
-    """``log(1 + exp(x))`` in the stable form ``max(x, 0) + log1p(exp(-|x|))`` (no threshold cut-off)."""
-    return x.clamp_min(0) + torch.log1p(torch.exp(-x.abs()))
+    """``log(1 + exp(x))`` as ``logaddexp(x, 0)``: stable, no threshold cut-off, and its autograd
+    derivative is ``sigmoid(x)`` everywhere (a ``max(x, 0) + log1p(exp(-|x|))`` graph would give a
+    one-sided derivative at exactly 0)."""
+    return torch.logaddexp(x, torch.zeros_like(x))
 
 
 def binary_cross_entropy(z: Tensor, t: Tensor) -> Tensor:
-    """``softplus(z) - t z`` written as ``max(z, 0) - t z + log1p(exp(-|z|))`` (no cancellation for t in {0, 1})."""
-    return z.clamp_min(0) - t * z + torch.log1p(torch.exp(-z.abs()))
+    """``softplus(z) - t z`` written as ``t softplus(-z) + (1 - t) softplus(z)``: no cancellation for
+    t in {0, 1} at any z, and the derivative ``sigmoid(z) - t``."""
+    return t * softplus(-z) + (1.0 - t) * softplus(z)
 
 
 def focal_modulator(z: Tensor, t: Tensor, gamma: float) -> Tensor:
@@ -81,7 +84,7 @@ def _unflatten(per_row: Tensor, logits: Tensor) -> Tensor:
 def reduction_denominator(reduction: str, *, valid: Optional[Tensor] = None, row_weight: Optional[Tensor] = None,
                           multi_hot_target: Optional[Tensor] = None, column_weight: Optional[Tensor] = None,
                           num_rows: int = 0) -> Optional[Tensor]:
-    """The divisor of a reduction as a 0-dim float tensor (``None`` for ``"sum"`` and ``"none"``).
+    """The divisor of a reduction as a 0-dim float64 tensor (``None`` for ``"sum"`` and ``"none"``).
 
     Integer targets: pass ``valid`` (bool (M,), non-ignored rows) and ``row_weight`` (w_{y_i} of each
     row, or ``None``). Multi-hot targets: pass ``multi_hot_target`` (M, C), ``column_weight`` and
@@ -92,20 +95,22 @@ def reduction_denominator(reduction: str, *, valid: Optional[Tensor] = None, row
     """
     if reduction in ("sum", "none"):
         return None
+    # float64: exact counts and weight sums; callers cast to their compute dtype
+    f64 = torch.float64
     if multi_hot_target is not None:
         if reduction == "mean":
-            d = multi_hot_target.sum(dtype=torch.float32)
-            return d.clamp_min(1.0)
+            return multi_hot_target.sum(dtype=f64).clamp_min(1.0)
         if column_weight is None:
-            d = torch.tensor(float(num_rows), device=multi_hot_target.device)
+            # a fill, not a host-to-device copy: stays CUDA-graph capturable
+            d = torch.full((), float(num_rows), dtype=f64, device=multi_hot_target.device)
         else:
-            d = column_weight.float().mean() * num_rows
+            d = column_weight.to(f64).mean() * num_rows
     else:
         if reduction == "mean" or row_weight is None:
-            d = valid.sum(dtype=torch.float32)
+            d = valid.sum(dtype=f64)
         else:
-            d = torch.where(valid, row_weight.float(), torch.zeros((), device=valid.device)).sum()
-    return torch.where(d > 0, d, torch.ones_like(d)).float()
+            d = torch.where(valid, row_weight.to(f64), torch.zeros((), dtype=f64, device=valid.device)).sum()
+    return torch.where(d > 0, d, torch.ones_like(d))
 
 
 def _reduce(per_row: Tensor, logits: Tensor, reduction: str, denominator: Optional[Tensor]) -> Tensor:

@@ -261,3 +261,25 @@ def test_softplus_exact_in_float64_where_torch_thresholds():
     want = x + torch.exp(-x)  # log1p(e^-x) = e^-x to double precision here
     torch.testing.assert_close(R.softplus(x), want, rtol=1e-16, atol=0)
     assert not torch.equal(TF.softplus(x), want)  # torch's threshold=20 returns x itself
+
+
+def test_gradient_at_exactly_zero_logits():
+    # zero logits are common (zero-initialised heads); the derivative there must be sigmoid(0) - t
+    z = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 2])
+    R.sigmoid_cross_entropy(z, y, reduction="sum").backward()
+    want = torch.full((2, 3), 0.5, dtype=torch.float64) - TF.one_hot(y, 3).double()
+    torch.testing.assert_close(z.grad, want, rtol=0, atol=1e-15)
+    z.grad = None
+    R.sigmoid_focal_loss(z, y, gamma=2.0, reduction="sum").backward()
+    # d/dz [(1-p_t)^g BCE] at z = 0: m (p - t) - g m (p + t - 1) BCE, m = 1/4, BCE = ln 2
+    m, b = 0.25, math.log(2.0)
+    t = TF.one_hot(y, 3).double()
+    want = m * (0.5 - t) - 2.0 * m * (0.5 + t - 1) * b
+    torch.testing.assert_close(z.grad, want, rtol=0, atol=1e-15)
+
+
+def test_bce_has_no_cancellation_for_confident_correct_logits():
+    z = torch.tensor([30.0, -30.0], dtype=torch.float64)
+    t = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(R.binary_cross_entropy(z, t), torch.log1p(torch.exp(-z.abs())), rtol=1e-15, atol=0)
