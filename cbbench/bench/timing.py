@@ -1,9 +1,10 @@
 """The one timing core shared by ``python -m cbbench.bench.speed``, the asv suite and pytest-benchmark.
 
 CPU work is timed with the host's monotonic clock (the call returns when the work is done). CUDA work is
-timed with CUDA events around each call, and the device is synchronised after every sample, so a sample
-is the end-to-end time of one call including its launch overhead; before each sample the L2 cache is
-flushed by writing a buffer larger than it, so no sample reads its inputs from a warm cache.
+timed with CUDA events around each call, with the device idle before and synchronised after every
+sample, so a sample is the end-to-end time of one call including its launch overhead; before each
+sample the L2 cache is flushed by writing a buffer larger than it, so no sample reads its inputs from a
+warm cache.
 """
 from __future__ import annotations
 
@@ -101,6 +102,9 @@ class CudaEventTimer:
 
     def __call__(self, fn: Callable[[], object]) -> float:
         self._flush.zero_()
+        # an idle device at the start event: otherwise the host queues the first launches while the
+        # flush runs, and their launch overhead falls outside the timed span
+        torch.cuda.synchronize(self.device)
         self._start.record()
         fn()
         self._end.record()
