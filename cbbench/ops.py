@@ -165,6 +165,28 @@ def _scale_saved_grad(grad: Tensor, grad_output: Tensor, reduction: str) -> Tens
     return (grad * grad_output).to(grad.dtype)
 
 
+def _register_fused(op, reduction_arg: int) -> None:
+    """Fake kernel and autograd of a fused op: ``args[0]`` is the logits, ``args[reduction_arg]`` the
+    reduction, ``args[-1]`` need_grad; output 1 is the saved gradient of the reduced loss."""
+
+    def fake(*args):
+        return _fake_outputs(args[0], args[reduction_arg], args[-1])
+
+    def setup_context(ctx, inputs, output):
+        ctx.reduction = inputs[reduction_arg]
+        ctx.num_inputs = len(inputs)
+        ctx.save_for_backward(output[1])
+        # nothing flows back through output[1]; materialising its zero (M, C) gradient cost more than the kernel
+        ctx.set_materialize_grads(False)
+
+    def backward(ctx, grad_loss, _grad_of_grad):
+        (grad,) = ctx.saved_tensors
+        return (_scale_saved_grad(grad, grad_loss, ctx.reduction),) + (None,) * (ctx.num_inputs - 1)
+
+    op.register_fake(fake)
+    op.register_autograd(backward, setup_context=setup_context)
+
+
 # ----------------------------------------------------------------------------------------------
 # softmax cross-entropy
 # ----------------------------------------------------------------------------------------------
@@ -182,24 +204,7 @@ def softmax_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tenso
     return _outputs(loss_rows, grad, logits, reduction, denom)
 
 
-@softmax_cross_entropy.register_fake
-def _(logits, target, weight, logit_offset, target_margin, scale, label_smoothing, ignore_index, reduction, need_grad):
-    return _fake_outputs(logits, reduction, need_grad)
-
-
-def _softmax_setup(ctx, inputs, output):
-    ctx.reduction = inputs[8]
-    ctx.save_for_backward(output[1])
-    # nothing flows back through output[1]; materialising its zero (M, C) gradient cost more than the kernel
-    ctx.set_materialize_grads(False)
-
-
-def _softmax_backward(ctx, grad_loss, _grad_of_grad):
-    (grad,) = ctx.saved_tensors
-    return _scale_saved_grad(grad, grad_loss, ctx.reduction), None, None, None, None, None, None, None, None, None
-
-
-softmax_cross_entropy.register_autograd(_softmax_backward, setup_context=_softmax_setup)
+_register_fused(softmax_cross_entropy, reduction_arg=8)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,21 +229,4 @@ def sigmoid_focal(logits: Tensor, target: Tensor, weight: Optional[Tensor], gamm
     return _outputs(loss_rows, grad, logits, reduction, denom)
 
 
-@sigmoid_focal.register_fake
-def _(logits, target, weight, gamma, alpha, ignore_index, focal, reduction, need_grad):
-    return _fake_outputs(logits, reduction, need_grad)
-
-
-def _sigmoid_setup(ctx, inputs, output):
-    ctx.reduction = inputs[7]
-    ctx.save_for_backward(output[1])
-    # nothing flows back through output[1]; materialising its zero (M, C) gradient cost more than the kernel
-    ctx.set_materialize_grads(False)
-
-
-def _sigmoid_backward(ctx, grad_loss, _grad_of_grad):
-    (grad,) = ctx.saved_tensors
-    return _scale_saved_grad(grad, grad_loss, ctx.reduction), None, None, None, None, None, None, None, None
-
-
-sigmoid_focal.register_autograd(_sigmoid_backward, setup_context=_sigmoid_setup)
+_register_fused(sigmoid_focal, reduction_arg=7)
