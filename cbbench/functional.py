@@ -58,11 +58,13 @@ def _check_class_indices(logits: Tensor, target, ignore_index: int, fn: str) -> 
     # torch.compile (data-dependent); the kernels turn a bad target into NaN instead.
     if target.device.type == "cpu" and target.numel() > 0 and not torch.compiler.is_compiling():
         num_classes = logits.shape[1]
-        bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
-        if bad.any():
-            value = target[bad][0].item()
-            raise ValueError(f"{fn}: target value {value} is out of range for {num_classes} classes "
-                             f"(valid: 0..{num_classes - 1} or ignore_index={ignore_index})")
+        low, high = (int(v) for v in torch.aminmax(target))
+        if low < 0 or high >= num_classes:  # rare: find the offender, letting ignore_index through
+            bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
+            if bad.any():
+                value = target[bad][0].item()
+                raise ValueError(f"{fn}: target value {value} is out of range for {num_classes} classes "
+                                 f"(valid: 0..{num_classes - 1} or ignore_index={ignore_index})")
     return target
 
 
@@ -163,7 +165,7 @@ def softmax_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tenso
                                                label_smoothing=label_smoothing, logit_offset=logit_offset,
                                                target_margin=target_margin, scale=scale)
     _fused_inputs_ok(fn, weight, logit_offset, target_margin)
-    loss, _ = torch.ops.cbbench.softmax_cross_entropy(
+    loss = ops.fused_softmax_cross_entropy(
         reference.rows(logits), target.reshape(-1), _fused_vector(weight), _fused_vector(logit_offset),
         _fused_vector(target_margin), scale, label_smoothing, ignore_index, reduction, _need_grad(logits))
     return _finish(loss, logits, reduction)
@@ -193,7 +195,7 @@ def _sigmoid_family(fn: str, logits: Tensor, target: Tensor, weight: Optional[Te
                                             reduction=reduction, ignore_index=ignore_index)
     _fused_inputs_ok(fn, weight)
     flat_target = reference.rows(target) if target.is_floating_point() else target.reshape(-1)
-    loss, _ = torch.ops.cbbench.sigmoid_focal(
+    loss = ops.fused_sigmoid_focal(
         reference.rows(logits), flat_target.detach(), _fused_vector(weight), gamma or 0.0,
         -1.0 if alpha is None else alpha, ignore_index, gamma is not None, reduction, _need_grad(logits))
     return _finish(loss, logits, reduction)
