@@ -92,7 +92,7 @@ def plot_accuracy(summary: Sequence[dict], path) -> Optional[Path]:
     axes[0].set_yticklabels(methods, fontsize=8)
     axes[0].invert_yaxis()
     fig.suptitle(f"{summary[0]['dataset']}: {summary[0]['runs']} seed(s) per method "
-                 "(orange: class-balanced losses, blue: plain softmax)", fontsize=9)
+                 "(orange: methods using class-balanced weights, blue: plain softmax)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -3,7 +3,7 @@
     cbbench bench --out report [--quick] [--skip-accuracy] [--skip-speed] [--device auto|cpu|cuda]
 
 Speed: every available implementation on the CPU, and on the GPU too when there is one (``auto``).
-Accuracy: every method of the long-tail harness on digits-LT (one seed unless ``--seeds``). Weights:
+Accuracy: every method of the long-tail harness on digits-LT (3 seeds unless ``--seeds``). Weights:
 effective number and class-weight curves for the digits-LT training counts. Writes ``OUT/summary.md``
 and PNGs, ``OUT/speed/<device>/speed.{csv,json}`` and the harness's own files in ``OUT/accuracy/``, and
 prints the summary tables.
@@ -28,7 +28,7 @@ def register(subparsers) -> None:
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-accuracy", action="store_true")
     p.add_argument("--dataset", default="digits-lt", help="dataset of the accuracy comparison (default digits-lt)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per method for accuracy (default 1)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per method for accuracy (default 3: mean ± std)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the dataset's recipe; "
                    "halved by --quick)")
     p.set_defaults(func=run)
