@@ -32,7 +32,7 @@ bench: $(STAMP)
 	$(BIN)/cbbench bench --out $(OUT) $(BENCH_FLAGS)
 
 weights: $(STAMP)
-	$(BIN)/cbbench weights --counts 5000,2997,1796,1077,645,387,232,139,83,50 --out $(OUT)
+	$(BIN)/cbbench weights --counts 5000,2997,1796,1077,645,387,232,139,83,50 --out $(OUT)/weights
 
 # Compile every torch-free CUDA source with the local nvcc (no GPU, no torch needed), for sm_90 and
 # sm_80, with the half-precision restrictions of torch's CUDAExtension build and warnings as errors;

@@ -111,5 +111,5 @@ def register(subparsers) -> None:
                    help="comma-separated training-set count per class (default: CIFAR-10-LT, IF 100)")
     p.add_argument("--beta", default=",".join(str(b) for b in DEFAULT_BETAS),
                    help="comma-separated betas in [0, 1) (default: %(default)s)")
-    p.add_argument("--out", default="report", help="folder for the PNGs ('' to skip; default: %(default)s)")
+    p.add_argument("--out", default="report/weights", help="folder for the PNGs ('' to skip; default: %(default)s)")
     p.set_defaults(func=run)
