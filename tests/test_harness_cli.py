@@ -97,10 +97,10 @@ def test_logit_adjustment_helps_the_tail_on_synthetic_lt():
 
 def test_resnet32_on_fake_cifar(tmp_path):
     # ResNet-32 is slow on 2 shared CPU cores (and 5-15x slower with 2 spinning OpenMP threads under load):
-    # one step on ~30 images, 1 thread, exercises the image path (crop/flip, normalise)
+    # two epochs of one step on ~30 images (DRW switches at epoch 1), 1 thread, exercise the image path
     write_fake_cifar(tmp_path, per_class=4, test_per_class=2)
     threads_before = torch.get_num_threads()
-    result = train_run(TrainConfig("cifar10-lt", "ldam_drw", data_dir=str(tmp_path), imbalance=2, epochs=1,
+    result = train_run(TrainConfig("cifar10-lt", "ldam_drw", data_dir=str(tmp_path), imbalance=2, epochs=2,
                                    batch_size=32, device="cpu", threads=1), progress=False)
     assert result["config"]["model"] == "resnet32" and result["config"]["augment"] is True
     assert result["train_counts"] == long_tailed_counts(4, 10, 2)

@@ -64,6 +64,32 @@ def test_drw_switches_weights_at_the_switch_epoch():
         Method("drs", COUNTS)
 
 
+def test_drw_divides_by_the_applied_weights_like_the_ldam_drw_code():
+    # after the switch the loss is F.cross_entropy(z, y, weight=w): sum w_y l / sum w_y, not / N
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 4, generator=g)
+    target = torch.randint(0, 4, (16,), generator=g)
+    method = Method("cb_drw", COUNTS, beta=0.999, switch_epoch=1)
+    method.start_epoch(1)
+    w = cbbench.class_balanced_weights(COUNTS, 0.999)
+    want = torch.nn.functional.cross_entropy(logits, target, weight=w)
+    torch.testing.assert_close(method.loss(logits, target), want)
+    assert Method("cb_softmax", COUNTS).reduction == "mean"  # the paper's convention elsewhere
+
+
+def test_switching_methods_reject_a_switch_past_the_last_epoch():
+    with pytest.raises(ValueError, match="never reaches"):
+        resolve_config(TrainConfig("digits-lt", "cb_drw", epochs=5, milestones=(10,), lr_factors=(0.1,)))
+    resolve_config(TrainConfig("digits-lt", "softmax", epochs=5, milestones=(10,), lr_factors=(0.1,)))
+
+
+@pytest.mark.parametrize("epochs", [2, 3, 5, 10, 40])
+def test_scaled_milestones_stay_strictly_increasing(epochs):
+    config = resolve_config(TrainConfig("digits-lt", "drs", epochs=epochs))
+    assert all(a < b for a, b in zip(config.milestones, config.milestones[1:])), config.milestones
+    assert config.milestones[0] < epochs
+
+
 @pytest.mark.parametrize("epochs, switch", [(200, 160), (40, 32), (10, 8), (2, 1)])
 def test_switch_epoch_is_the_first_lr_decay_and_scales_with_epochs(epochs, switch):
     cifar = resolve_config(TrainConfig("cifar10-lt", "cb_drw", epochs=epochs))

@@ -101,7 +101,7 @@ def long_tailed_counts(n_max: int, num_classes: int, imbalance: float, profile: 
         counts = [n_max] * half + [int(n_max * imb_factor)] * (num_classes - half)
     if min(counts) < 1:
         raise ValueError(f"imbalance {imbalance} with n_max {n_max} leaves class(es) with no example "
-                         f"(counts {counts}); use an imbalance <= {n_max}")
+                         f"(counts {counts}); choose a smaller imbalance, so that the rarest class keeps at least one")
     return counts
 
 

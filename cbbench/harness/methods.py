@@ -98,18 +98,23 @@ class Method:
             weight = torch.ones(num_classes)
         elif spec.weighting != "none":
             weight = class_weights(self.counts, spec.weighting, beta=beta)
+        # DRW divides by the sum of the applied weights, as the LDAM-DRW code's
+        # F.cross_entropy(weight=w) does: with the paper's "mean" (sum / N) the switch to weights that
+        # sum to C would also shrink the step by the batch's mean weight (~0.2 on CIFAR-10-LT IF 100).
+        self.reduction = "weighted_mean" if spec.deferred_weighting else "mean"
+        opts = dict(reduction=self.reduction, backend=backend)
         if spec.loss == "softmax":
-            self.loss: nn.Module = cbnn.SoftmaxCrossEntropyLoss(weight, backend=backend)
+            self.loss: nn.Module = cbnn.SoftmaxCrossEntropyLoss(weight, **opts)
         elif spec.loss == "sigmoid":
-            self.loss = cbnn.SigmoidCrossEntropyLoss(weight, backend=backend)
+            self.loss = cbnn.SigmoidCrossEntropyLoss(weight, **opts)
         elif spec.loss == "focal":
-            self.loss = cbnn.SigmoidFocalLoss(weight, gamma=gamma, backend=backend)
+            self.loss = cbnn.SigmoidFocalLoss(weight, gamma=gamma, **opts)
         elif spec.loss == "balanced_softmax":
-            self.loss = cbnn.BalancedSoftmaxLoss(self.counts, weight, backend=backend)
+            self.loss = cbnn.BalancedSoftmaxLoss(self.counts, weight, **opts)
         elif spec.loss == "logit_adjustment":
-            self.loss = cbnn.LogitAdjustedLoss(self.counts, tau, weight, backend=backend)
+            self.loss = cbnn.LogitAdjustedLoss(self.counts, tau, weight, **opts)
         else:
-            self.loss = cbnn.LDAMLoss(self.counts, ldam_max_margin, ldam_scale, weight, backend=backend)
+            self.loss = cbnn.LDAMLoss(self.counts, ldam_max_margin, ldam_scale, weight, **opts)
         self._drw_weight = class_balanced_weights(self.counts, beta) if spec.deferred_weighting else None
         self.prediction_offset = -tau * log_prior(self.counts) if spec.posthoc_adjustment else None
 

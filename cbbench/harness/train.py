@@ -135,14 +135,21 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     if c.warmup_epochs is None:
         c.warmup_epochs = int(round(recipe["warmup_epochs"] * scale))
     if c.milestones is None:
-        c.milestones = tuple(int(m * scale) for m in recipe["milestones"])
+        scaled = []
+        for m in recipe["milestones"]:
+            # strictly increasing after scaling, so short runs keep every lr phase they can
+            scaled.append(max(int(m * scale), scaled[-1] + 1 if scaled else 1))
         if epochs >= 2:  # both phases of DRW / DRS happen, whatever the epoch count
-            c.milestones = tuple(min(epochs - 1, max(1, m)) for m in c.milestones)
+            scaled[0] = min(scaled[0], epochs - 1)
+        c.milestones = tuple(scaled)
     c.epochs = epochs
     c.milestones = tuple(int(m) for m in c.milestones)
     if not c.milestones or list(c.milestones) != sorted(c.milestones) or c.milestones[0] < 0:
         raise ValueError(f"milestones must be increasing epochs >= 0 (the first is the DRW/DRS switch), "
                          f"got {c.milestones!r}")
+    if get_spec(c.method).switches and c.milestones[0] >= epochs:
+        raise ValueError(f"method {c.method!r} switches at milestone {c.milestones[0]}, which a run of {epochs} "
+                         "epochs never reaches: pass more epochs or an earlier first milestone")
     if c.lr_factors is None:
         c.lr_factors = recipe["lr_factors"]
     c.lr_factors = tuple(_real(f, "lr_factors", 0.0) for f in c.lr_factors)
@@ -414,24 +421,18 @@ def _train(config: TrainConfig, data: LongTailedData, threads: int, progress: bo
     with torch.no_grad():
         preds = [method.predict(model(x)).cpu() for x in inputs.test_batches(config.eval_batch_size)]
     result = evaluate(data.y_test, torch.cat(preds).numpy(), counts)
+    from ..bench.records import device_name, git_commit  # lazy: cbbench.bench imports the harness
+
     cfg = config.to_dict()
-    cfg.update({"switch_epoch": switch_epoch if spec.switches else None, "n_train": int(n_train),
+    cfg.update({"commit": git_commit(), "switch_epoch": switch_epoch if spec.switches else None, "n_train": int(n_train),
                 "test_counts": [int(c) for c in data.test_counts], "imbalance": data.imbalance,
                 "data": data.meta, "drop_last": use_graph, "accel_used": accel_used, "threads_used": threads,
-                "torch": torch.__version__, "cuda": torch.version.cuda, "device_name": _device_name(device),
+                "torch": torch.__version__, "cuda": torch.version.cuda, "device_name": device_name(device),
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "loss_backend": _loss_backend(config.backend, device)})
     result.update({"method": config.method, "dataset": config.dataset, "config": cfg, "seed": config.seed,
                    "train_time_s": train_time})
     return result
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def _loss_backend(backend: str, device: torch.device) -> str:
