@@ -103,3 +103,17 @@ def test_accuracy_benchmarks_skip_what_was_not_trained(suite):
     assert bench.track_few_shot_accuracy(cache, "softmax") != bench.track_few_shot_accuracy(cache, "softmax")  # NaN
     if not torch.cuda.is_available():
         assert "GPU" in accuracy.Cifar10LT().setup_cache()["_skip"]
+
+
+def test_cpu_memory_is_the_rise_during_the_call_not_the_process_peak(suite):
+    mem = suite["bench_memory"]
+    reason = mem.proc_peak_rss_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    assert not hasattr(mem.PeakMemoryCPU, "peakmem_fwd_bwd")
+    assert mem.PeakMemoryCPU.track_peak_rss.unit == "MiB"
+    big = torch.ones(100 * 2**20 // 4 * 4)  # 400 MiB before the measured call (like a compilation in setup)
+    big.add_(1.0)
+    del big
+    assert mem.peak_rss_rise_mib(lambda: None) < 50  # the high-water mark was reset
+    assert mem.peak_rss_rise_mib(lambda: torch.ones(32 * 2**20).add_(1.0)) > 100  # 128 MiB touched

@@ -246,3 +246,148 @@ def test_provider_error_becomes_an_error_row(monkeypatch):
     rows = speed.run_case(Case("softmax", 8, 3), ["eager"], policy, copy_gbps=10.0)
     assert rows[0]["status"] == "error" and "BFloat16" in rows[0]["note"]
     assert "fwd_bwd_ms" not in rows[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# review fixes: harness counts, mutating providers, threads, min in records, the speed CLI, timers
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("c", [2, 10, 1000, 8142])
+def test_long_tail_counts_are_the_harness_rule(c):
+    from cbbench.harness.datasets import long_tailed_counts
+
+    assert cases.long_tail_counts(c).tolist() == long_tailed_counts(5000, c, cases.IMBALANCE)
+
+
+class _Mutating(providers.Provider):
+    """Computes the reference loss, then overwrites its logits (as Liger writes its gradient there)."""
+
+    def unavailable(self, case):
+        return None
+
+    def build(self, case, inputs=None):
+        ref = providers.cbbench_loss(case.loss, "reference")
+
+        def fn(z, y, w):
+            loss = ref(z * 1.0, y, w)
+            z.data.mul_(2.0)  # in place, behind autograd's back
+            return loss
+        return fn
+
+
+def test_a_mutating_provider_does_not_change_the_inputs_of_the_others(monkeypatch):
+    fake = _Mutating("fake", "overwrites its logits", mutates_input=True)
+    monkeypatch.setitem(providers.PROVIDERS, "fake", fake)
+    policy = timing.TimingPolicy(warmup=1, min_repeat=2, max_repeat=2, budget_s=0.0)
+    rows = speed.run_case(Case("softmax", 16, 5), ["reference", "fake", "eager", "reference"], policy, 10.0)
+    assert [r["status"] for r in rows] == ["ok"] * 4, [r["note"] for r in rows]
+    assert all(r["max_error_vs_tolerance"] <= 1.0 for r in rows)
+    assert providers.PROVIDERS["liger"].mutates_input and not providers.PROVIDERS["eager"].mutates_input
+
+
+def test_run_speed_sets_and_restores_the_thread_count():
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    seen = []
+    policy = timing.TimingPolicy(warmup=0, min_repeat=1, max_repeat=1, budget_s=0.0)
+    result = speed.run_speed("cpu", cases=[Case("softmax", 8, 3)], impls=["eager"], policy=policy, threads=want,
+                             log=lambda s: seen.append(torch.get_num_threads()))
+    assert seen and set(seen) == {want} and result["env"]["torch_threads"] == want
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads"):
+        speed.run_speed("cpu", cases=[], threads=0)
+
+
+def test_records_carry_the_minimum_beside_the_median(tiny_result, tmp_path):
+    for r in tiny_result["rows"]:
+        if r["status"] == "ok":
+            for mode in providers.MODES:
+                assert 0 < r[f"{mode}_min_ms"] <= r[f"{mode}_ms"]
+    speed.write_results(tiny_result, tmp_path)
+    with (tmp_path / "speed.csv").open() as fh:
+        header = next(csv.reader(fh))
+    assert "fwd_bwd_min_ms" in header and "fwd_min_ms" in header
+    assert "load_average_1min_after" in tiny_result["env"]
+
+
+def test_header_prints_the_load_caution(tiny_result):
+    busy = {**tiny_result, "env": {**tiny_result["env"], "device": "cpu", "cpu_count": 2, "load_average_1min": 5.0}}
+    assert "CAUTION" in speed.header_text(busy) and "not final" in speed.header_text(busy)
+    calm = {**tiny_result, "env": {**tiny_result["env"], "device": "cpu", "cpu_count": 2, "load_average_1min": 0.1}}
+    assert "CAUTION" not in speed.header_text(calm)
+
+
+@pytest.mark.parametrize("short,long", [("fp32", "float32"), ("bf16", "bfloat16"), ("fp16", "float16"),
+                                        ("fp64", "float64"), ("float32", "float32")])
+def test_speed_cli_accepts_short_and_long_dtype_names(monkeypatch, short, long):
+    seen = {}
+
+    def fake_run_speed(device, *, cases, threads, **kw):
+        seen["cases"], seen["threads"] = cases, threads
+        return {"env": {}, "rows": []}
+
+    monkeypatch.setattr(speed, "run_speed", fake_run_speed)
+    monkeypatch.setattr(speed, "header_text", lambda r: "")
+    monkeypatch.setattr(speed, "format_table", lambda r: "")
+    assert speed.main(["--shape", "8x3", "--dtype", short, "--loss", "softmax", "--threads", "2"]) == 0
+    assert [c.dtype for c in seen["cases"]] == [long] and seen["threads"] == 2
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--shape", "8by3"], "--shape"), (["--shape", "0x3"], "--shape"), (["--dtype", "fp8"], "--dtype"),
+    (["--threads", "0"], "--threads"),
+])
+def test_speed_cli_bad_arguments_are_usage_errors(capsys, argv, match):
+    with pytest.raises(SystemExit) as exc:
+        speed.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and match in err and "Traceback" not in err
+
+
+def test_speed_cli_cuda_without_gpu_is_a_usage_error(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU")
+    with pytest.raises(SystemExit) as exc:
+        speed.main(["--device", "cuda"])
+    assert exc.value.code == 2 and "no CUDA device" in capsys.readouterr().err
+
+
+def test_cuda_event_timer_records_under_its_own_device(monkeypatch):
+    """The events and the call happen with the timer's device current (checked with fakes, no GPU)."""
+    current = ["cuda:0"]
+    log = []
+
+    class FakeDevice:
+        def __init__(self, device):
+            self.device = str(device)
+
+        def __enter__(self):
+            self.prev, current[0] = current[0], self.device
+
+        def __exit__(self, *exc):
+            current[0] = self.prev
+
+    class FakeEvent:
+        def record(self):
+            log.append(("record", current[0]))
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, other):
+            return 1.5
+
+    class FakeFlush:
+        def zero_(self):
+            log.append(("flush", current[0]))
+
+    monkeypatch.setattr(timing.torch.cuda, "device", FakeDevice)
+    monkeypatch.setattr(timing.torch.cuda, "synchronize", lambda device=None: None)
+    timer = timing.CudaEventTimer.__new__(timing.CudaEventTimer)
+    timer.device = torch.device("cuda:1")
+    timer._flush, timer._start, timer._end = FakeFlush(), FakeEvent(), FakeEvent()
+    assert timer(lambda: log.append(("call", current[0]))) == 1.5
+    assert log == [("flush", "cuda:1"), ("record", "cuda:1"), ("call", "cuda:1"), ("record", "cuda:1")]
+    assert current[0] == "cuda:0"

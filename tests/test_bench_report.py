@@ -102,3 +102,75 @@ def test_bench_command_without_speed_and_accuracy_writes_the_weights_report(tmp_
     for name in pngs:
         assert f"(weights/{name})" in text
     assert "report:" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------
+# review fixes: CB-weight colouring, one set of accuracy plots, arguments checked before the speed phase
+# ----------------------------------------------------------------------------------------------
+
+
+def test_cb_weight_colouring_follows_the_method_spec():
+    assert report.uses_cb_weights("cb_softmax") and report.uses_cb_weights("cb_focal")
+    assert report.uses_cb_weights("ldam_drw") and report.uses_cb_weights("cb_drw")  # deferred CB weights
+    assert not report.uses_cb_weights("cb_sampling")  # samples by the CB weight, unweighted loss
+    assert not report.uses_cb_weights("softmax") and not report.uses_cb_weights("inverse_freq")
+    from cbbench.harness import METHODS
+
+    assert {m for m in METHODS if report.uses_cb_weights(m)} == report.CB_WEIGHTED_METHODS
+
+
+def test_run_accuracy_without_plots_writes_the_harness_files_but_no_png(tmp_path):
+    runs = acc.run_accuracy("digits-lt", ["softmax"], 1, str(tmp_path), progress=False, plots=False, epochs=1)
+    assert len(runs) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "runs.json", "summary.md"]
+
+
+@pytest.fixture
+def no_speed(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the speed phase started before the arguments were checked")
+
+    monkeypatch.setattr(speed, "run_speed", fail)
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--dataset", "cifar10-lt"], "data directory"),
+    (["--seeds", "0"], "seeds"),
+    (["--epochs", "0"], "epochs"),
+    (["--dataset", "cifar100-lt", "--data-dir", "/nonexistent"], "no CIFAR-100 data"),
+    (["--threads", "0"], "threads"),
+])
+def test_bench_command_checks_arguments_before_the_speed_phase(tmp_path, capsys, no_speed, argv, match):
+    assert cli.main(["bench", "--out", str(tmp_path / "r"), "--device", "cpu"] + argv) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_bench_command_dataset_choices_and_data_dir(tmp_path, capsys):
+    from cbbench.harness import DATASETS
+
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["bench", "--dataset", "imagenet-lt"])
+    assert "invalid choice" in capsys.readouterr().err
+    args = cli.build_parser().parse_args(["bench", "--dataset", "cifar10-lt", "--data-dir", "d", "--threads", "3"])
+    assert args.dataset in DATASETS and args.data_dir == "d" and args.threads == 3
+
+
+def test_bench_command_passes_data_dir_to_the_accuracy_run(tmp_path, monkeypatch):
+    from cbbench.commands import bench
+    from cbbench.harness.datasets import write_fake_cifar
+
+    write_fake_cifar(tmp_path / "data", num_classes=10, per_class=100, test_per_class=2)
+    seen = {}
+
+    def fake_run_accuracy(dataset, methods, seeds, out_dir, **kw):
+        seen.update(kw, dataset=dataset, seeds=seeds)
+        return []
+
+    monkeypatch.setattr(acc, "run_accuracy", fake_run_accuracy)
+    argv = ["bench", "--out", str(tmp_path / "r"), "--skip-speed", "--dataset", "cifar10-lt",
+            "--data-dir", str(tmp_path / "data"), "--seeds", "2", "--epochs", "3"]
+    assert cli.main(argv) == 0
+    assert seen["data_dir"] == str(tmp_path / "data") and seen["epochs"] == 3 and seen["seeds"] == [0, 1]
+    assert seen["plots"] is False and seen["dataset"] == "cifar10-lt"
+    assert bench._dataset_counts("cifar10-lt", str(tmp_path / "data"))  # the weights figure's counts too

@@ -6,7 +6,10 @@ available, calls it, and aggregates its per-run dicts (metrics in percent) over 
 from __future__ import annotations
 
 import importlib
+import json
 import math
+import os
+import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 METRICS = ("top1_error", "balanced_accuracy", "many_shot", "medium_shot", "few_shot")
@@ -42,14 +45,27 @@ def available_datasets() -> Tuple[str, ...]:
 
 def run_accuracy(dataset: str = "digits-lt", methods: Optional[Sequence[str]] = None, seeds=1,
                  out_dir: Optional[str] = None, *, device: str = "cpu", progress: bool = True,
-                 **overrides) -> List[dict]:
+                 plots: bool = True, **overrides) -> List[dict]:
     """Every run of ``methods`` (default: all) x ``seeds`` on ``dataset``; raises RuntimeError when the
-    harness is not importable."""
+    harness is not importable. With ``out_dir`` the harness's files are written there; ``plots=False``
+    leaves out its PNGs (``cbbench bench`` draws its own in the report) and writes only ``results.csv``,
+    ``summary.md`` and ``runs.json``, with the harness's writers."""
     compare, reason = harness()
     if compare is None:
         raise RuntimeError(reason)
     methods = list(methods) if methods else list(available_methods())
-    return compare.run_comparison(dataset, methods, seeds, out_dir, device=device, progress=progress, **overrides)
+    if plots or out_dir is None:
+        return compare.run_comparison(dataset, methods, seeds, out_dir, device=device, progress=progress,
+                                      **overrides)
+    start = time.perf_counter()
+    runs = compare.run_comparison(dataset, methods, seeds, None, device=device, progress=progress, **overrides)
+    wall = time.perf_counter() - start
+    os.makedirs(out_dir, exist_ok=True)
+    compare.write_results_csv(runs, os.path.join(out_dir, "results.csv"))
+    compare.write_summary_md(runs, os.path.join(out_dir, "summary.md"), wall_time_s=wall)
+    with open(os.path.join(out_dir, "runs.json"), "w") as fh:
+        json.dump(runs, fh, indent=1)
+    return runs
 
 
 def _finite(values) -> List[float]:

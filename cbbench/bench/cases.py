@@ -111,12 +111,12 @@ def suite(device: str, quick: bool = False, losses=LOSSES) -> List[Case]:
 
 
 def long_tail_counts(num_classes: int, imbalance: float = IMBALANCE, n_max: int = 5000) -> torch.Tensor:
-    """``int(n_max * (1/IF)^(i/(C-1)))`` per class, at least 1 (the long-tailed CIFAR profile)."""
-    if num_classes == 1:
-        return torch.tensor([n_max], dtype=torch.int64)
-    i = torch.arange(num_classes, dtype=torch.float64)
-    counts = (n_max * (1.0 / imbalance) ** (i / (num_classes - 1))).floor().long()
-    return counts.clamp_min(1)
+    """The long-tailed CIFAR profile of the harness, :func:`cbbench.harness.datasets.long_tailed_counts`
+    (``int(n_max * (1/IF)^(i/(C-1)))`` per class), as an int64 tensor."""
+    # imported here: the harness imports cbbench.bench lazily, and the speed cases need only this function
+    from ..harness.datasets import long_tailed_counts
+
+    return torch.tensor(long_tailed_counts(n_max, num_classes, imbalance), dtype=torch.int64)
 
 
 @dataclass

@@ -6,7 +6,8 @@
   sigmoid loss as ``F.binary_cross_entropy_with_logits`` on one-hot targets with the per-row weight
   ``w[y]``; the focal loss in torchvision's formula (``p_t``, ``(1 - p_t) ** gamma``);
 * ``compile`` — ``torch.compile`` of the eager functions (a fresh compilation per case);
-* ``liger`` — Liger-Kernel's ``LigerCrossEntropyLoss(weight=w)`` (softmax on CUDA, when installed).
+* ``liger`` — Liger-Kernel's ``LigerCrossEntropyLoss(weight=w)`` (softmax on CUDA, when installed); it
+  writes its gradient into the logits in place (``Provider.mutates_input``).
 """
 from __future__ import annotations
 
@@ -75,6 +76,9 @@ def _compile(fn: LossFn) -> LossFn:
 class Provider:
     name: str
     description: str
+    # True when a call overwrites its inputs (Liger's cross-entropy writes the gradient into the logits in
+    # place): the speed runner gives such a provider inputs of its own, so the others see pristine ones
+    mutates_input: bool = False
 
     def unavailable(self, case: Case) -> Optional[str]:
         """Why this implementation cannot run ``case`` here, or ``None`` when it can."""
@@ -120,7 +124,7 @@ PROVIDERS: Dict[str, Provider] = {p.name: p for p in (
     Provider("cuda", "cbbench fused CUDA kernel"),
     Provider("eager", "torch eager: F.cross_entropy(weight=) / BCE-with-logits / torchvision focal"),
     Provider("compile", "torch.compile of the eager version"),
-    Provider("liger", "Liger-Kernel LigerCrossEntropyLoss(weight=)"),
+    Provider("liger", "Liger-Kernel LigerCrossEntropyLoss(weight=)", mutates_input=True),
 )}
 
 

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence
 from . import accuracy as acc
 from .cases import DTYPE_SHORT, LOSS_TITLES, LOSSES
 from .providers import IMPLEMENTATIONS
-from .speed import format_table, header_text
+from .speed import format_table, header_text, load_caution
 
 IMPL_COLORS = {"reference": "#9e9e9e", "cpu": "#1b9e77", "cuda": "#d95f02", "eager": "#7570b3",
                "compile": "#e7298a", "liger": "#66a61e"}
@@ -73,6 +73,22 @@ def plot_speed(result: dict, path) -> Optional[Path]:
     return Path(path)
 
 
+# Methods whose loss applies class-balanced weights (Cui et al.), from the start or deferred (DRW), for when
+# the harness is not importable; cb_sampling samples by the CB weight but its loss is unweighted.
+CB_WEIGHTED_METHODS = frozenset({"cb_softmax", "cb_sigmoid", "cb_focal", "cb_drw", "ldam_drw"})
+
+
+def uses_cb_weights(method: str) -> bool:
+    """Whether ``method``'s loss uses class-balanced weights, read from the harness's method spec
+    (``weighting="cb"``, or deferred re-weighting, which switches to CB weights)."""
+    try:
+        from ..harness.methods import get_spec
+        spec = get_spec(method)
+    except (ImportError, ValueError):
+        return method in CB_WEIGHTED_METHODS
+    return spec.weighting == "cb" or spec.deferred_weighting
+
+
 def plot_accuracy(summary: Sequence[dict], path) -> Optional[Path]:
     """Per method: balanced accuracy, few-shot accuracy and top-1 error (± std over seeds)."""
     if not summary:
@@ -84,7 +100,7 @@ def plot_accuracy(summary: Sequence[dict], path) -> Optional[Path]:
     for ax, metric in zip(axes, metrics):
         vals = [r.get(metric) if r.get(metric) is not None else float("nan") for r in summary]
         errs = [r.get(f"{metric}_std") or 0.0 for r in summary]
-        colors = ["#d95f02" if m.startswith("cb_") else "#7570b3" if m == "softmax" else "#9e9e9e" for m in methods]
+        colors = ["#d95f02" if uses_cb_weights(m) else "#7570b3" if m == "softmax" else "#9e9e9e" for m in methods]
         ax.barh(range(len(methods)), vals, xerr=errs, color=colors)
         ax.set_title(acc.METRIC_TITLES[metric], fontsize=10)
         ax.grid(axis="x", alpha=0.3)
@@ -92,7 +108,7 @@ def plot_accuracy(summary: Sequence[dict], path) -> Optional[Path]:
     axes[0].set_yticklabels(methods, fontsize=8)
     axes[0].invert_yaxis()
     fig.suptitle(f"{summary[0]['dataset']}: {summary[0]['runs']} seed(s) per method "
-                 "(orange: methods using class-balanced weights, blue: plain softmax)", fontsize=9)
+                 "(orange: loss uses class-balanced weights, from the start or deferred; blue: plain softmax)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -150,15 +166,14 @@ def write_report(out_dir, *, speed: Sequence[dict] = (), accuracy_runs: Sequence
     for result in speed:
         device = result["env"]["device"]
         md += [f"### {device}", "", "```", header_text(result), "```", "",
-               "Median ms of forward+backward (loss and d loss/d logits) and forward only. *x floor* = time / "
+               "Median ms of forward+backward (loss and d loss/d logits) and forward only (the minimum of the samples is "
+               "in `speed/<device>/speed.{csv,json}`). *x floor* = time / "
                "(floor bytes / copy bandwidth), floor bytes = 2·N·C·s + targets + weights; *GB/s* = floor bytes / "
                "time; *vs eager / vs compile* = that peer's fwd+bwd time / this one's, measured in the same run.",
                ""]
-        load = result["env"].get("load_average_1min")
-        cpus = result["env"].get("cpu_count") or 1
-        if device == "cpu" and load is not None and load > 0.5 * cpus:
-            md += [f"**Caution:** the 1-min load average was {load} on {cpus} CPUs when this run started: other "
-                   "work shared the CPUs and these timings are not final.", ""]
+        caution = load_caution(result)
+        if caution:
+            md += [f"**Caution:** {caution}", ""]
         md += [format_table(result, markdown=True), ""]
         png = plot_speed(result, out / f"speed_{device.replace(':', '')}.png")
         if png:

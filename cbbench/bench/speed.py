@@ -1,16 +1,17 @@
 """Speed comparison: every loss x shape x dtype x implementation on one device, timed by the shared core.
 
-    python -m cbbench.bench.speed --device {cpu,cuda} [--quick] [--out DIR]
+    python -m cbbench.bench.speed --device {cpu,cuda} [--quick] [--out DIR] [--threads N]
 
 Prints a table (median ms of forward+backward and of forward only, the ratio to the bandwidth floor,
 and the speed-up against the peers measured in the same run) and writes ``speed.csv`` and
-``speed.json`` (each row with the run's environment record) into DIR. Every implementation is checked
-against the reference on the timed inputs before it is timed.
+``speed.json`` (each row with the run's environment record, and the minimum beside every median) into
+DIR. Every implementation is checked against the reference on the timed inputs before it is timed.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import sys
 import time
@@ -21,9 +22,9 @@ from typing import Callable, Iterable, List, Optional, Sequence
 import torch
 
 from . import bandwidth
-from .cases import DTYPE_SHORT, LOSS_TITLES, LOSSES, Case, make_inputs, suite
+from .cases import DTYPE_SHORT, DTYPES, LOSS_TITLES, LOSSES, Case, Inputs, make_inputs, parse_shape, suite
 from .providers import IMPLEMENTATIONS, MODES, PEERS, PROVIDERS, check, reference_values, step
-from .records import environment
+from .records import environment, load_average
 from .timing import FULL, QUICK, TimingPolicy, measure
 
 
@@ -32,9 +33,19 @@ def _short_error(exc: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+def _copy_inputs(inputs: Inputs) -> Inputs:
+    """Fresh tensors with the same values (for a provider that overwrites its inputs)."""
+    return Inputs(inputs.logits.detach().clone().requires_grad_(True), inputs.target.clone(),
+                  inputs.weight.clone())
+
+
 def run_case(case: Case, impls: Sequence[str], policy: TimingPolicy, copy_gbps: float,
              log: Callable[[str], None] = lambda s: None) -> List[dict]:
-    """Rows for one case: each implementation checked against the reference, then timed."""
+    """Rows for one case: each implementation checked against the reference, then timed.
+
+    The reference values are computed once from the pristine inputs; a provider that writes into its
+    inputs (``Provider.mutates_input``, e.g. Liger) is checked and timed on a copy of its own, so every
+    other provider, before or after it, sees the pristine inputs."""
     rows = []
     inputs = None
     expected = None
@@ -52,14 +63,15 @@ def run_case(case: Case, impls: Sequence[str], policy: TimingPolicy, copy_gbps: 
         if inputs is None:
             inputs = make_inputs(case)
             expected = reference_values(case, inputs)
+        own = _copy_inputs(inputs) if provider.mutates_input else inputs
         try:
-            fn = provider.build(case, inputs)
+            fn = provider.build(case, own)
             try:
-                row["max_error_vs_tolerance"] = check(fn, case, inputs, expected)
+                row["max_error_vs_tolerance"] = check(fn, case, own, expected)
             except AssertionError as exc:
                 row.update(status="mismatch", note=str(exc))
             for mode in MODES:
-                m = measure(step(fn, inputs, mode), case.device, policy)
+                m = measure(step(fn, own, mode), case.device, policy)
                 row[f"{mode}_ms"] = m.median_ms
                 row[f"{mode}_min_ms"] = m.min_ms
                 row[f"{mode}_iqr_ms"] = m.iqr_ms
@@ -72,6 +84,7 @@ def run_case(case: Case, impls: Sequence[str], policy: TimingPolicy, copy_gbps: 
             row.update(status="error", note=_short_error(exc))
             if not isinstance(exc, (RuntimeError, TypeError, ValueError)):
                 traceback.print_exc()
+        del own
         log(_progress_line(case, row))
         rows.append(row)
     del inputs, expected
@@ -101,10 +114,18 @@ def add_peer_ratios(rows: List[dict]) -> None:
                 r[f"speedup_vs_{peer}"] = other / r["fwd_bwd_ms"]
 
 
+def _check_threads(threads: Optional[int]) -> Optional[int]:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a whole number >= 1, got {threads!r}")
+    return threads
+
+
 def run_speed(device: str = "cpu", *, quick: bool = False, losses: Iterable[str] = LOSSES,
               impls: Iterable[str] = IMPLEMENTATIONS, cases: Optional[List[Case]] = None,
-              policy: Optional[TimingPolicy] = None, log: Callable[[str], None] = lambda s: None) -> dict:
-    """Run the speed comparison; returns ``{"env", "copy_gbps", "policy", "rows"}``."""
+              policy: Optional[TimingPolicy] = None, threads: Optional[int] = None,
+              log: Callable[[str], None] = lambda s: None) -> dict:
+    """Run the speed comparison; returns ``{"env", "copy_gbps", "policy", "rows"}``. ``threads`` sets
+    ``torch.set_num_threads`` for the run (restored afterwards; default: torch's own setting)."""
     device_type = torch.device(device).type
     impls = [i for i in impls]
     for impl in impls:
@@ -112,6 +133,18 @@ def run_speed(device: str = "cpu", *, quick: bool = False, losses: Iterable[str]
             raise ValueError(f"unknown implementation {impl!r}; choose from {IMPLEMENTATIONS}")
     if device_type == "cuda" and not (torch.version.cuda and torch.cuda.is_available()):
         raise RuntimeError("--device cuda: no CUDA device is available to torch")
+    _check_threads(threads)
+    if threads is None:
+        return _run_speed(device, device_type, quick, losses, impls, cases, policy, log)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run_speed(device, device_type, quick, losses, impls, cases, policy, log)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_speed(device, device_type, quick, losses, impls, cases, policy, log) -> dict:
     policy = policy or (QUICK if quick else FULL)
     cases = cases if cases is not None else suite(device_type, quick=quick, losses=tuple(losses))
     env = environment(device)
@@ -122,10 +155,10 @@ def run_speed(device: str = "cpu", *, quick: bool = False, losses: Iterable[str]
     for case in cases:
         rows.extend(run_case(case, impls, policy, copy_gbps, log))
     add_peer_ratios(rows)
-    env["load_average_1min_after"] = environment(device)["load_average_1min"]
+    env["load_average_1min_after"] = load_average()
+    env["torch_threads"] = torch.get_num_threads()
     return {"env": env, "copy_gbps": copy_gbps, "wall_s": time.perf_counter() - began,
-            "policy": vars(policy) if hasattr(policy, "__dict__") else policy.__dict__,
-            "rows": rows}
+            "policy": dataclasses.asdict(policy), "rows": rows}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -164,14 +197,29 @@ def format_table(result: dict, markdown: bool = False) -> str:
     return "\n".join(out)
 
 
+def load_caution(result: dict) -> Optional[str]:
+    """The warning that CPU timings were taken on a busy machine (1-min load average above half the
+    CPUs when the run started), or ``None``; the report and the CLI table header both print it."""
+    env = result["env"]
+    load = env.get("load_average_1min")
+    cpus = env.get("cpu_count") or 1
+    if env.get("device") == "cpu" and load is not None and load > 0.5 * cpus:
+        return (f"the 1-min load average was {load} on {cpus} CPUs when this run started: other work shared "
+                "the CPUs and these timings are not final.")
+    return None
+
+
 def header_text(result: dict) -> str:
     env = result["env"]
     load = env.get("load_average_1min"), env.get("load_average_1min_after")
+    caution = load_caution(result)
     return (f"{env['device_name']} | torch {env['torch']} (CUDA {env['torch_cuda']}) | cbbench {env['cbbench']} "
             f"commit {(env.get('commit') or 'unknown')[:12]} | {env['date']}\n"
-            f"copy bandwidth {result['copy_gbps']:.1f} GB/s | medians of >= {result['policy']['min_repeat']} "
+            f"copy bandwidth {result['copy_gbps']:.1f} GB/s | medians (min in the records) of >= "
+            f"{result['policy']['min_repeat']} "
             f"samples ({env['device'].startswith('cuda') and 'CUDA events, L2 flushed' or 'host clock'}) | "
-            f"1-min load average before/after: {load[0]}/{load[1]} on {env['cpu_count']} CPUs")
+            f"1-min load average before/after: {load[0]}/{load[1]} on {env['cpu_count']} CPUs"
+            + (f"\nCAUTION: {caution}" if caution else ""))
 
 
 CSV_ENV_FIELDS = ("device_name", "torch", "torch_cuda", "cbbench", "commit", "date", "load_average_1min")
@@ -205,6 +253,9 @@ def load_results(path) -> dict:
     return json.loads(path.read_text())
 
 
+DTYPE_NAMES = {**{d: d for d in DTYPES}, **{short: d for d, short in DTYPE_SHORT.items()}}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cbbench.bench.speed", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -215,21 +266,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--impl", action="append", choices=IMPLEMENTATIONS, help="only this implementation "
                         "(repeatable; peers you leave out are not compared)")
     parser.add_argument("--shape", action="append", help="NxC instead of the suite's shapes (repeatable)")
-    parser.add_argument("--dtype", default="float32", help="dtype for --shape (default float32)")
+    parser.add_argument("--dtype", default="float32",
+                        help=f"dtype for --shape: {', '.join(DTYPE_NAMES)} (default float32)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads for the run (default: torch's own setting)")
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     losses = tuple(args.loss or LOSSES)
+    if args.dtype not in DTYPE_NAMES:
+        parser.error(f"argument --dtype: {args.dtype!r} is not one of {', '.join(DTYPE_NAMES)}")
+    dtype = DTYPE_NAMES[args.dtype]
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"argument --threads: must be >= 1, got {args.threads}")
+    if args.device == "cuda" and not (torch.version.cuda and torch.cuda.is_available()):
+        parser.error("argument --device: cuda was chosen but no CUDA device is available to torch")
     cases = None
     if args.shape:
-        from .cases import parse_shape
-
-        cases = [Case(loss, *parse_shape(s), args.dtype, args.device) for loss in losses for s in args.shape]
+        try:
+            shapes = [parse_shape(s) for s in args.shape]
+        except ValueError as exc:
+            parser.error(f"argument --shape: {exc}")
+        cases = [Case(loss, n, c, dtype, args.device) for loss in losses for n, c in shapes]
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     result = run_speed(args.device, quick=args.quick, losses=losses, impls=args.impl or IMPLEMENTATIONS,
-                       cases=cases, log=log)
+                       cases=cases, threads=args.threads, log=log)
     if args.out:
         for path in write_results(result, args.out):
             log(f"wrote {path}")

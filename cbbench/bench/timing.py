@@ -89,8 +89,8 @@ class HostTimer:
 
 
 class CudaEventTimer:
-    """CUDA events around one call on the current stream, with the L2 flushed before and the device
-    synchronised after (so samples never overlap)."""
+    """CUDA events around one call on the current stream of ``device`` (made the current device while
+    timing), with the L2 flushed before and the device synchronised after (so samples never overlap)."""
 
     clock = "cuda-events"
 
@@ -101,14 +101,17 @@ class CudaEventTimer:
         self._end = torch.cuda.Event(enable_timing=True)
 
     def __call__(self, fn: Callable[[], object]) -> float:
-        self._flush.zero_()
-        # an idle device at the start event: otherwise the host queues the first launches while the
-        # flush runs, and their launch overhead falls outside the timed span
-        torch.cuda.synchronize(self.device)
-        self._start.record()
-        fn()
-        self._end.record()
-        self._end.synchronize()
+        # on self.device: the events are recorded on (and fn launches onto) that device's current stream,
+        # not the default device's, when timing e.g. cuda:1
+        with torch.cuda.device(self.device):
+            self._flush.zero_()
+            # an idle device at the start event: otherwise the host queues the first launches while the
+            # flush runs, and their launch overhead falls outside the timed span
+            torch.cuda.synchronize(self.device)
+            self._start.record()
+            fn()
+            self._end.record()
+            self._end.synchronize()
         return self._start.elapsed_time(self._end)
 
 

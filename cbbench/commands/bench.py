@@ -1,12 +1,14 @@
 """``cbbench bench``: the main job — speed comparison, accuracy comparison, weights figure, report.
 
     cbbench bench --out report [--quick] [--skip-accuracy] [--skip-speed] [--device auto|cpu|cuda]
+                  [--dataset NAME] [--data-dir DIR] [--seeds K] [--epochs E] [--threads N]
 
 Speed: every available implementation on the CPU, and on the GPU too when there is one (``auto``).
 Accuracy: every method of the long-tail harness on digits-LT (3 seeds unless ``--seeds``). Weights:
 effective number and class-weight curves for the digits-LT training counts. Writes ``OUT/summary.md``
-and PNGs, ``OUT/speed/<device>/speed.{csv,json}`` and the harness's own files in ``OUT/accuracy/``, and
-prints the summary tables.
+and PNGs, ``OUT/speed/<device>/speed.{csv,json}`` and the harness's result files (no plots: the report
+draws them) in ``OUT/accuracy/``, and prints the summary tables. The accuracy arguments are checked
+before the speed phase starts, so a bad one fails at once.
 """
 from __future__ import annotations
 
@@ -15,6 +17,14 @@ import time
 from pathlib import Path
 
 DEFAULT_BETAS = (0.0, 0.9, 0.99, 0.999, 0.9999)
+
+
+def _datasets():
+    try:
+        from ..harness import DATASETS
+    except ImportError:  # the harness is optional at import time; the accuracy phase reports why
+        return None
+    return DATASETS
 
 
 def register(subparsers) -> None:
@@ -27,10 +37,15 @@ def register(subparsers) -> None:
                         "accuracy trains on cuda when chosen or present")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-accuracy", action="store_true")
-    p.add_argument("--dataset", default="digits-lt", help="dataset of the accuracy comparison (default digits-lt)")
+    p.add_argument("--dataset", default="digits-lt", choices=_datasets(),
+                   help="dataset of the accuracy comparison (default digits-lt)")
+    p.add_argument("--data-dir", default=None, help="data directory of the CIFAR datasets (the folder holding "
+                   "cifar-10-batches-py / cifar-100-python, or that folder itself)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per method for accuracy (default 3: mean ± std)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the dataset's recipe; "
                    "halved by --quick)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads for the speed run (default: torch's own setting)")
     p.set_defaults(func=run)
 
 
@@ -53,9 +68,13 @@ def run(args) -> int:
     from ..bench import accuracy as acc
     from ..bench import report, speed
 
+    devices, train_device = _speed_devices(args.device)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    # every accuracy argument is checked here, before minutes of timing
+    plan = None if args.skip_accuracy else _accuracy_plan(args, train_device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    devices, train_device = _speed_devices(args.device)
     notes, phases = [], {}
     began = time.perf_counter()
 
@@ -64,7 +83,7 @@ def run(args) -> int:
         for device in devices:
             t0 = time.perf_counter()
             _log(f"== speed on {device}{' (quick)' if args.quick else ''}")
-            result = speed.run_speed(device, quick=args.quick, log=_log)
+            result = speed.run_speed(device, quick=args.quick, threads=args.threads, log=_log)
             speed.write_results(result, out / "speed" / device)
             speed_results.append(result)
             phases[f"speed {device}"] = time.perf_counter() - t0
@@ -72,27 +91,21 @@ def run(args) -> int:
     runs = []
     if not args.skip_accuracy:
         t0 = time.perf_counter()
-        compare, reason = acc.harness()
-        if compare is None:
+        if plan is None:
+            _, reason = acc.harness()
             notes.append(f"accuracy skipped: {reason}")
             _log(f"== accuracy skipped: {reason}")
         else:
-            overrides = {}
-            if args.epochs is not None:
-                overrides["epochs"] = args.epochs
-            elif args.quick:
-                recipe = _recipe_epochs(args.dataset)
-                if recipe:
-                    overrides["epochs"] = max(1, recipe // 2)
-            _log(f"== accuracy: {len(acc.available_methods())} methods x {args.seeds} seed(s) on {args.dataset} "
+            seeds, overrides = plan
+            _log(f"== accuracy: {len(acc.available_methods())} methods x {len(seeds)} seed(s) on {args.dataset} "
                  f"({train_device}{', epochs=' + str(overrides['epochs']) if 'epochs' in overrides else ''})")
-            runs = acc.run_accuracy(args.dataset, None, list(range(args.seeds)), str(out / "accuracy"),
-                                    device=train_device, progress=sys.stderr.isatty(), **overrides)
+            runs = acc.run_accuracy(args.dataset, None, seeds, str(out / "accuracy"), device=train_device,
+                                    progress=sys.stderr.isatty(), plots=False, **overrides)
         phases["accuracy"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     weights_pngs = []
-    counts = runs[0]["train_counts"] if runs else _dataset_counts(args.dataset)
+    counts = runs[0]["train_counts"] if runs else _dataset_counts(args.dataset, args.data_dir)
     try:
         from .weights import write_weights_report
     except ImportError as exc:
@@ -121,6 +134,34 @@ def run(args) -> int:
     return 0
 
 
+def _accuracy_plan(args, train_device):
+    """``(seeds, run_comparison overrides)`` after checking ``--dataset/--seeds/--epochs/--data-dir`` with
+    the harness's own functions (every method's config resolved, the dataset loaded, so a missing CIFAR
+    folder fails now); ``None`` when the harness is not importable. Raises ValueError / FileNotFoundError."""
+    from ..bench import accuracy as acc
+
+    compare, _ = acc.harness()
+    if compare is None:
+        return None
+    from ..harness.datasets import load_dataset
+    from ..harness.train import TrainConfig, resolve_config
+
+    seeds = compare.parse_seeds(args.seeds)
+    overrides = {}
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    elif args.quick:
+        recipe = _recipe_epochs(args.dataset)
+        if recipe:
+            overrides["epochs"] = max(1, recipe // 2)
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
+    for method in acc.available_methods():
+        resolve_config(TrainConfig(args.dataset, method, device=train_device, **overrides))
+    load_dataset(args.dataset, data_dir=args.data_dir)
+    return seeds, overrides
+
+
 def _recipe_epochs(dataset: str):
     try:
         from ..harness.train import RECIPES
@@ -129,11 +170,11 @@ def _recipe_epochs(dataset: str):
     return RECIPES.get(dataset, {}).get("epochs")
 
 
-def _dataset_counts(dataset: str):
+def _dataset_counts(dataset: str, data_dir=None):
     """Training counts of the dataset's long-tailed split, for the weights figure without training."""
     try:
         from ..harness.datasets import load_dataset
-        data = load_dataset(dataset)
+        data = load_dataset(dataset, data_dir=data_dir)
     except Exception:  # harness missing, or a dataset that needs data on disk
         return None
     import numpy as np
