@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import os
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-METRICS = ("top1_error", "balanced_accuracy", "many_shot", "medium_shot", "few_shot")
+from ..harness.compare import SCALAR_METRICS as METRICS
+from ..harness.compare import mean_std_count
+
 METRIC_TITLES = {"top1_error": "top-1 error %", "balanced_accuracy": "balanced acc %", "many_shot": "many-shot %",
                  "medium_shot": "medium-shot %", "few_shot": "few-shot %"}
 
@@ -68,19 +69,6 @@ def run_accuracy(dataset: str = "digits-lt", methods: Optional[Sequence[str]] = 
     return runs
 
 
-def _finite(values) -> List[float]:
-    return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-
-
-def _mean_std(values) -> Tuple[Optional[float], Optional[float]]:
-    xs = _finite(values)
-    if not xs:
-        return None, None
-    mean = sum(xs) / len(xs)
-    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    return mean, std
-
-
 def summarize(runs: Sequence[dict]) -> List[dict]:
     """One row per (dataset, method) in first-seen order: mean and sample std over seeds of each metric,
     the per-class accuracy averaged over seeds, and the training counts."""
@@ -91,10 +79,10 @@ def summarize(runs: Sequence[dict]) -> List[dict]:
     for (dataset, method), items in groups.items():
         row = {"dataset": dataset, "method": method, "runs": len(items)}
         for metric in METRICS:
-            row[metric], row[f"{metric}_std"] = _mean_std(r.get(metric) for r in items)
+            row[metric], row[f"{metric}_std"], _ = mean_std_count([r.get(metric) for r in items])
         per_class = [list(r["per_class_accuracy"]) for r in items if r.get("per_class_accuracy") is not None]
         if per_class:
-            row["per_class_accuracy"] = [_mean_std(col)[0] for col in zip(*per_class)]
+            row["per_class_accuracy"] = [mean_std_count(col)[0] for col in zip(*per_class)]
         row["train_counts"] = [int(c) for c in items[0].get("train_counts", [])]
         rows.append(row)
     return rows

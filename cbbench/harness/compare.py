@@ -89,8 +89,8 @@ def run_comparison(dataset: str, methods: list, seeds: Union[int, list], out_dir
     return runs
 
 
-def _stats(values) -> tuple:
-    """(mean, sample std or None, count) over the values that are not None."""
+def mean_std_count(values) -> tuple:
+    """(mean, sample std or None, count) over the values that are neither None nor NaN."""
     vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not vals:
         return None, None, 0
@@ -106,7 +106,7 @@ def summarize(runs: list) -> list:
     for method, group in by_method.items():
         row = {"method": method, "runs": len(group), "seeds": [r["seed"] for r in group]}
         for key in SCALAR_METRICS:
-            row[key] = _stats([r[key] for r in group])
+            row[key] = mean_std_count([r[key] for r in group])
         row["train_time_s"] = float(np.mean([r["train_time_s"] for r in group]))
         rows.append(row)
     return rows
