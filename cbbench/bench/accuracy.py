@@ -1,16 +1,16 @@
 """Accuracy comparison over the long-tail harness (:mod:`cbbench.harness`), and its per-method summary.
 
-Runs are done by ``cbbench.harness.compare.run_comparison``; this module only resolves what is
-available, calls it, and aggregates its per-run dicts (metrics in percent) over seeds.
+Runs are done by ``cbbench.harness.compare.run_comparison``; this module calls it and aggregates its
+per-run dicts (metrics in percent) over seeds.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..harness import METHODS, compare
 from ..harness.compare import SCALAR_METRICS as METRICS
 from ..harness.compare import mean_std_count
 
@@ -18,43 +18,13 @@ METRIC_TITLES = {"top1_error": "top-1 error %", "balanced_accuracy": "balanced a
                  "medium_shot": "medium-shot %", "few_shot": "few-shot %"}
 
 
-def harness() -> Tuple[Optional[object], Optional[str]]:
-    """``(cbbench.harness.compare module, None)`` or ``(None, why it is not importable)``."""
-    try:
-        compare = importlib.import_module("cbbench.harness.compare")
-        getattr(compare, "run_comparison")
-        return compare, None
-    except (ImportError, AttributeError) as exc:
-        return None, f"the long-tail harness is not available ({type(exc).__name__}: {exc})"
-
-
-def available_methods() -> Tuple[str, ...]:
-    try:
-        from ..harness import METHODS
-    except ImportError:
-        return ()
-    return tuple(METHODS)
-
-
-def available_datasets() -> Tuple[str, ...]:
-    try:
-        from ..harness import DATASETS
-    except ImportError:
-        return ()
-    return tuple(DATASETS)
-
-
 def run_accuracy(dataset: str = "digits-lt", methods: Optional[Sequence[str]] = None, seeds=1,
                  out_dir: Optional[str] = None, *, device: str = "cpu", progress: bool = True,
                  plots: bool = True, **overrides) -> List[dict]:
-    """Every run of ``methods`` (default: all) x ``seeds`` on ``dataset``; raises RuntimeError when the
-    harness is not importable. With ``out_dir`` the harness's files are written there; ``plots=False``
+    """Every run of ``methods`` (default: all) x ``seeds`` on ``dataset``. With ``out_dir`` the harness's files are written there; ``plots=False``
     leaves out its PNGs (``cbbench bench`` draws its own in the report) and writes only ``results.csv``,
     ``summary.md`` and ``runs.json``, with the harness's writers."""
-    compare, reason = harness()
-    if compare is None:
-        raise RuntimeError(reason)
-    methods = list(methods) if methods else list(available_methods())
+    methods = list(methods) if methods else list(METHODS)
     if plots or out_dir is None:
         return compare.run_comparison(dataset, methods, seeds, out_dir, device=device, progress=progress,
                                       **overrides)

@@ -16,15 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+from ..harness import DATASETS, METHODS
+from .weights import write_weights_report
+
 DEFAULT_BETAS = (0.0, 0.9, 0.99, 0.999, 0.9999)
-
-
-def _datasets():
-    try:
-        from ..harness import DATASETS
-    except ImportError:  # the harness is optional at import time; the accuracy phase reports why
-        return None
-    return DATASETS
 
 
 def register(subparsers) -> None:
@@ -37,7 +32,7 @@ def register(subparsers) -> None:
                         "accuracy trains on cuda when chosen or present")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-accuracy", action="store_true")
-    p.add_argument("--dataset", default="digits-lt", choices=_datasets(),
+    p.add_argument("--dataset", default="digits-lt", choices=DATASETS,
                    help="dataset of the accuracy comparison (default digits-lt)")
     p.add_argument("--data-dir", default=None, help="data directory of the CIFAR datasets (the folder holding "
                    "cifar-10-batches-py / cifar-100-python, or that folder itself)")
@@ -91,31 +86,21 @@ def run(args) -> int:
     runs = []
     if not args.skip_accuracy:
         t0 = time.perf_counter()
-        if plan is None:
-            _, reason = acc.harness()
-            notes.append(f"accuracy skipped: {reason}")
-            _log(f"== accuracy skipped: {reason}")
-        else:
-            seeds, overrides = plan
-            _log(f"== accuracy: {len(acc.available_methods())} methods x {len(seeds)} seed(s) on {args.dataset} "
-                 f"({train_device}{', epochs=' + str(overrides['epochs']) if 'epochs' in overrides else ''})")
-            runs = acc.run_accuracy(args.dataset, None, seeds, str(out / "accuracy"), device=train_device,
-                                    progress=sys.stderr.isatty(), plots=False, **overrides)
+        seeds, overrides = plan
+        _log(f"== accuracy: {len(METHODS)} methods x {len(seeds)} seed(s) on {args.dataset} "
+             f"({train_device}{', epochs=' + str(overrides['epochs']) if 'epochs' in overrides else ''})")
+        runs = acc.run_accuracy(args.dataset, None, seeds, str(out / "accuracy"), device=train_device,
+                                progress=sys.stderr.isatty(), plots=False, **overrides)
         phases["accuracy"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     weights_pngs = []
     counts = runs[0]["train_counts"] if runs else _dataset_counts(args.dataset, args.data_dir)
-    try:
-        from .weights import write_weights_report
-    except ImportError as exc:
-        notes.append(f"weights figure skipped: cbbench.commands.weights.write_weights_report is not available ({exc})")
+    if counts:
+        weights_pngs = write_weights_report(counts, DEFAULT_BETAS, str(out / "weights"))
+        notes.append(f"weights figures drawn for the {args.dataset} training counts {list(counts)}")
     else:
-        if counts:
-            weights_pngs = write_weights_report(counts, DEFAULT_BETAS, str(out / "weights"))
-            notes.append(f"weights figures drawn for the {args.dataset} training counts {list(counts)}")
-        else:
-            notes.append("weights figure skipped: no training counts (harness not available)")
+        notes.append(f"weights figure skipped: no training counts for {args.dataset} without its data")
     phases["weights"] = time.perf_counter() - t0
     phases["total"] = time.perf_counter() - began
 
@@ -137,12 +122,8 @@ def run(args) -> int:
 def _accuracy_plan(args, train_device):
     """``(seeds, run_comparison overrides)`` after checking ``--dataset/--seeds/--epochs/--data-dir`` with
     the harness's own functions (every method's config resolved, the dataset loaded, so a missing CIFAR
-    folder fails now); ``None`` when the harness is not importable. Raises ValueError / FileNotFoundError."""
-    from ..bench import accuracy as acc
-
-    compare, _ = acc.harness()
-    if compare is None:
-        return None
+    folder fails now). Raises ValueError / FileNotFoundError."""
+    from ..harness import compare
     from ..harness.datasets import load_dataset
     from ..harness.train import TrainConfig, resolve_config
 
@@ -156,26 +137,25 @@ def _accuracy_plan(args, train_device):
             overrides["epochs"] = max(1, recipe // 2)
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
-    for method in acc.available_methods():
+    for method in METHODS:
         resolve_config(TrainConfig(args.dataset, method, device=train_device, **overrides))
     load_dataset(args.dataset, data_dir=args.data_dir)
     return seeds, overrides
 
 
 def _recipe_epochs(dataset: str):
-    try:
-        from ..harness.train import RECIPES
-    except ImportError:
-        return None
+    from ..harness.train import RECIPES
+
     return RECIPES.get(dataset, {}).get("epochs")
 
 
 def _dataset_counts(dataset: str, data_dir=None):
     """Training counts of the dataset's long-tailed split, for the weights figure without training."""
+    from ..harness.datasets import load_dataset
+
     try:
-        from ..harness.datasets import load_dataset
         data = load_dataset(dataset, data_dir=data_dir)
-    except Exception:  # harness missing, or a dataset that needs data on disk
+    except (ValueError, FileNotFoundError):  # a dataset that needs data on disk
         return None
     import numpy as np
 
