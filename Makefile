@@ -36,7 +36,10 @@ weights: $(STAMP)
 
 # Compile every torch-free CUDA source with the local nvcc (no GPU, no torch needed), for sm_90 and
 # sm_80, with the half-precision restrictions of torch's CUDAExtension build and warnings as errors;
-# then link them with a host harness that checks the launch plans and runs without a GPU.
+# then compile the torch binding against torch's headers (any torch build) and check that it resolves
+# to the launchers the kernels define; then link the kernels with a host harness that checks the
+# launch plans and runs without a GPU.
+CHECK_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
 CUDA_ARCHS ?= $(CUDA_ARCH) 80
 CUDA_CHECK_FLAGS := -std=c++17 -O3 -Werror all-warnings -Ikernels/include -Ikernels/cuda \
 	-D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
@@ -52,6 +55,7 @@ cuda-check:
 	done; \
 	fail=0; for p in $$pids; do wait $$p || fail=1; done; \
 	if [ $$fail != 0 ]; then echo "cuda-check: FAILED (compile)"; exit 1; fi; \
+	bash scripts/check_binding.sh "$(CHECK_PYTHON)" "$(NVCC)" $$tmp; \
 	$(NVCC) $(CUDA_CHECK_FLAGS) $$gencode kernels/cuda/harness/plan_check.cu $$tmp/*.o -o $$tmp/plan_check; \
 	$$tmp/plan_check; echo "cuda-check: OK"
 

@@ -114,7 +114,9 @@ def cuda_extensions():
         "cbbench._cuda",
         sources=sources,
         include_dirs=[INCLUDE, str(ROOT / "kernels" / "cuda")],
-        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": nvcc_flags},
+        # No -std for the host compiler: torch's BuildExtension adds the standard its headers need
+        # (C++20 for torch 2.13), the one `make cuda-check` compiles binding.cpp with.
+        extra_compile_args={"cxx": ["-O3"], "nvcc": nvcc_flags},
     )
     return [ext], {"build_ext": BuildExtension}
 
