@@ -14,14 +14,15 @@ Kernel contract (implemented by ``cbbench._cpu`` — Cython — and ``cbbench._c
                       loss_rows, grad)
 
 ``logits`` (M, C) contiguous; ``target`` (M,) int64 contiguous, or for ``sigmoid_focal_fwd`` a (M, C)
-multi-hot tensor of the logits' dtype; ``weight`` / ``logit_offset`` / ``target_margin``: (C,) float32
-contiguous or ``None``; ``alpha < 0`` means no alpha; ``grad_scale``: 0-dim float32 tensor on the
-logits' device (read by the kernel, so no host synchronisation); ``loss_rows``: (M,) float32 output,
-the weighted per-row loss (0 for ignored rows); ``grad``: (M, C) output in the logits' dtype, or
-``None`` for forward only; it receives ``grad_scale * d loss_rows[i] / d logits[i, :]``. A target
-outside ``[0, C)`` that is not ``ignore_index`` makes its row's loss and gradient NaN (never an
-out-of-bounds read). The CPU module handles float32/float64 (other dtypes are upcast here); the CUDA
-module float32/float16/bfloat16/float64.
+multi-hot tensor of the logits' dtype (soft labels are therefore rounded to that dtype); ``weight`` /
+``logit_offset`` / ``target_margin``: (C,) float32 contiguous or ``None``; ``alpha < 0`` means no alpha.
+The *loss dtype* is float32, or float64 for float64 logits. ``grad_scale``: 0-dim tensor of the loss
+dtype on the logits' device (read by the kernel, so no host synchronisation); ``loss_rows``: (M,)
+output of the loss dtype, the weighted per-row loss (0 for ignored rows); ``grad``: (M, C) output in
+the logits' dtype, or ``None`` for forward only; it receives ``grad_scale * d loss_rows[i] / d
+logits[i, :]``. A target outside ``[0, C)`` that is not ``ignore_index`` makes its row's loss and
+gradient NaN (never an out-of-bounds read). The CPU module handles float32/float64 (other dtypes are
+upcast here); the CUDA module float32/float16/bfloat16/float64.
 """
 from __future__ import annotations
 
@@ -96,23 +97,33 @@ def _kernel_io(logits: Tensor) -> Tuple[object, Tensor]:
     return kern, logits.contiguous()
 
 
-def _grad_scale(denominator: Optional[Tensor], device: torch.device) -> Tensor:
+_ONES: dict = {}
+
+
+def _one(device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A cached 1 on ``device`` (the grad_scale of "sum"/"none"; kernels only read it)."""
+    one = _ONES.get((device, dtype))
+    if one is None:
+        one = _ONES[(device, dtype)] = torch.ones((), dtype=dtype, device=device)
+    return one
+
+
+def _reduction_scales(denominator: Optional[Tensor], loss_dtype: torch.dtype,
+                      device: torch.device) -> Tuple[Optional[Tensor], Tensor]:
+    """The denominator in the loss dtype and the kernels' ``grad_scale`` (its reciprocal, also in the
+    loss dtype, so float64 gradients are float64-exact), in two small device ops (no host sync)."""
     if denominator is None:
-        return torch.ones((), dtype=torch.float32, device=device)
-    return (1.0 / denominator).float()
+        return None, _one(device, loss_dtype)
+    denominator = denominator.to(loss_dtype)
+    return denominator, denominator.reciprocal()
 
 
 def _outputs(loss_rows: Tensor, grad: Optional[Tensor], logits: Tensor, reduction: str,
              denominator: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    if reduction == "none":
-        loss = loss_rows
-    else:
-        loss = loss_rows.sum()
-        if denominator is not None:
-            loss = loss / denominator.to(loss.dtype)
+    loss = reference.reduce_rows(loss_rows, loss_rows, reduction, denominator)
     if grad is None:
-        grad = logits.new_empty((0,))
-    return loss, grad.to(logits.dtype)
+        return loss, logits.new_empty((0,))
+    return loss, grad if grad.dtype == logits.dtype else grad.to(logits.dtype)
 
 
 def _loss_rows(z: Tensor) -> Tensor:
@@ -197,9 +208,10 @@ def _softmax_cross_entropy_impl(logits: Tensor, target: Tensor, weight: Optional
     kern, z = _kernel_io(logits)
     denom = _class_index_denominator(target, weight, ignore_index, reduction)
     loss_rows = _loss_rows(z)
+    denom, grad_scale = _reduction_scales(denom, loss_rows.dtype, z.device)
     grad = torch.empty_like(z) if need_grad else None
     kern.softmax_ce_fwd(z, target.contiguous(), weight, logit_offset, target_margin, float(scale),
-                        float(label_smoothing), int(ignore_index), _grad_scale(denom, z.device), loss_rows, grad)
+                        float(label_smoothing), int(ignore_index), grad_scale, loss_rows, grad)
     return _outputs(loss_rows, grad, logits, reduction, denom)
 
 
@@ -223,9 +235,10 @@ def _sigmoid_focal_impl(logits: Tensor, target: Tensor, weight: Optional[Tensor]
         target = target.contiguous()
         denom = _class_index_denominator(target, weight, ignore_index, reduction)
     loss_rows = _loss_rows(z)
+    denom, grad_scale = _reduction_scales(denom, loss_rows.dtype, z.device)
     grad = torch.empty_like(z) if need_grad else None
     kern.sigmoid_focal_fwd(z, target, weight, float(gamma), float(alpha), int(ignore_index), bool(focal),
-                           _grad_scale(denom, z.device), loss_rows, grad)
+                           grad_scale, loss_rows, grad)
     return _outputs(loss_rows, grad, logits, reduction, denom)
 
 
@@ -238,26 +251,27 @@ _register_fused(sigmoid_focal, reduction_arg=7)
 # ----------------------------------------------------------------------------------------------
 class _EagerFused(torch.autograd.Function):
     """The same implementation and backward as the registered op, without torch.library's dispatch
-    and argument normalisation (about 0.1 ms a call in eager mode, more than a small kernel)."""
+    and argument normalisation (about 0.1 ms a call in eager mode, more than a small kernel). Only the
+    logits enter as an autograd input; the other arguments travel as one tuple (the kernels give no
+    gradient for them), which keeps ``apply``'s per-argument bookkeeping off the small-shape path."""
 
     @staticmethod
-    def forward(ctx, impl, reduction_arg, *args):
-        loss, grad = impl(*args)
-        ctx.reduction = args[reduction_arg]
-        ctx.num_args = len(args)
+    def forward(ctx, logits, impl, rest, reduction):
+        loss, grad = impl(logits, *rest)
+        ctx.reduction = reduction
         ctx.save_for_backward(grad)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         (grad,) = ctx.saved_tensors
-        return (None, None, _scale_saved_grad(grad, grad_loss, ctx.reduction)) + (None,) * (ctx.num_args - 1)
+        return _scale_saved_grad(grad, grad_loss, ctx.reduction), None, None, None
 
 
 def _call(op, impl, reduction_arg: int, args: tuple) -> Tensor:
     if torch.compiler.is_compiling():  # dynamo / export see the registered op with its fake kernel
         return op(*args)[0]
-    return _EagerFused.apply(impl, reduction_arg, *args)
+    return _EagerFused.apply(args[0], impl, args[1:], args[reduction_arg])
 
 
 def fused_softmax_cross_entropy(*args) -> Tensor:

@@ -33,6 +33,7 @@ __all__ = [
     "sigmoid_cross_entropy",
     "sigmoid_focal_loss",
     "reduction_denominator",
+    "reduce_rows",
     "REDUCTIONS",
 ]
 
@@ -102,18 +103,19 @@ def reduction_denominator(reduction: str, *, valid: Optional[Tensor] = None, row
             return multi_hot_target.sum(dtype=f64).clamp_min(1.0)
         if column_weight is None:
             # a fill, not a host-to-device copy: stays CUDA-graph capturable
-            d = torch.full((), float(num_rows), dtype=f64, device=multi_hot_target.device)
-        else:
-            d = column_weight.to(f64).mean() * num_rows
+            return torch.full((), float(max(num_rows, 1)), dtype=f64, device=multi_hot_target.device)
+        d = column_weight.to(f64).mean() * num_rows
     else:
         if reduction == "mean" or row_weight is None:
-            d = valid.sum(dtype=f64)
-        else:
-            d = torch.where(valid, row_weight.to(f64), torch.zeros((), dtype=f64, device=valid.device)).sum()
+            return valid.sum(dtype=f64).clamp_min(1.0)  # a count: 0 -> 1
+        d = torch.where(valid, row_weight.to(f64), torch.zeros((), dtype=f64, device=valid.device)).sum()
+    # a weight sum may be positive and below 1; only a zero (or negative) one is replaced
     return torch.where(d > 0, d, torch.ones_like(d))
 
 
-def _reduce(per_row: Tensor, logits: Tensor, reduction: str, denominator: Optional[Tensor]) -> Tensor:
+def reduce_rows(per_row: Tensor, logits: Tensor, reduction: str, denominator: Optional[Tensor]) -> Tensor:
+    """Apply ``reduction`` to per-row losses: their sum divided by ``denominator`` (from
+    :func:`reduction_denominator`, cast to the loss dtype), or the rows in the sample shape for "none"."""
     if reduction == "none":
         return _unflatten(per_row, logits)
     total = per_row.sum()
@@ -158,7 +160,7 @@ def softmax_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tenso
     row_weight = _row_weights(y, weight, valid, dtype)
     per_row = torch.where(valid, row_weight * nll, torch.zeros_like(nll))
     denom = reduction_denominator(reduction, valid=valid, row_weight=None if weight is None else row_weight)
-    return _reduce(per_row, logits, reduction, denom)
+    return reduce_rows(per_row, logits, reduction, denom)
 
 
 def _sigmoid_family(logits: Tensor, target: Tensor, weight: Optional[Tensor], *, gamma: Optional[float],
@@ -195,7 +197,7 @@ def _sigmoid_family(logits: Tensor, target: Tensor, weight: Optional[Tensor], *,
     else:
         denom = reduction_denominator(reduction, valid=valid,
                                       row_weight=None if weight is None else element_weight.squeeze(1))
-    return _reduce(per_row, logits, reduction, denom)
+    return reduce_rows(per_row, logits, reduction, denom)
 
 
 def sigmoid_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, *,

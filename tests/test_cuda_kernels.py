@@ -166,7 +166,7 @@ def test_multi_hot_targets_match_reference(c, dtype, focal):
 
 
 @pytest.mark.parametrize("reduction", ["mean", "weighted_mean", "sum", "none"])
-@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("dtype", FLOATS + [torch.float64], ids=str)
 def test_reductions(reduction, dtype):
     _check_softmax(300, 37, dtype, seed=5, reduction=reduction)
     _check_sigmoid(300, 37, dtype, seed=6, reduction=reduction)
@@ -510,6 +510,8 @@ def test_binding_rejects_bad_arguments_with_clear_errors():
         call(grad=torch.empty_like(z, dtype=torch.float16))
     with pytest.raises(RuntimeError, match="float32, float16, bfloat16 or float64"):
         call(logits=z.to(torch.int32))
+    with pytest.raises(RuntimeError, match="grad_scale must be a one-element Double tensor"):
+        call(logits=z.double(), loss_rows=loss.double(), grad=grad.double())  # float32 grad_scale
     with pytest.raises(RuntimeError, match="multi-hot target must have the logits' dtype"):
         kern.sigmoid_focal_fwd(z, torch.zeros(4, 5, device=DEV, dtype=torch.float16), None, 2.0, -1.0, -100, True,
                                one, loss, grad)

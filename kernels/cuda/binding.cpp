@@ -36,6 +36,9 @@ void check_logits(const Tensor& logits, const char* fn) {
   TORCH_CHECK(logits.dim() == 2, fn, ": logits must be 2-D (rows, classes), got shape ", logits.sizes());
   TORCH_CHECK(logits.is_contiguous(), fn, ": logits must be contiguous");
   TORCH_CHECK(logits.size(1) >= 1, fn, ": logits need at least one class, got shape ", logits.sizes());
+  // Grids are one block per row at most (per row and chunk on the split/cluster paths, which only
+  // large C takes, so those grids stay far below the limit for any tensor that fits in memory).
+  TORCH_CHECK(logits.size(0) <= int64_t(0x7fffffff), fn, ": at most 2**31 - 1 rows, got ", logits.size(0));
 }
 
 void check_same_device(const Tensor& t, const Tensor& logits, const char* fn, const char* name) {
@@ -66,9 +69,9 @@ const float* class_vector(const std::optional<Tensor>& v, const Tensor& logits, 
 void check_outputs(const Tensor& logits, const Tensor& grad_scale, const Tensor& loss_rows,
                    const std::optional<Tensor>& grad, const char* fn) {
   check_same_device(grad_scale, logits, fn, "grad_scale");
-  TORCH_CHECK(grad_scale.scalar_type() == at::kFloat && grad_scale.numel() == 1, fn,
-              ": grad_scale must be a one-element float32 tensor, got ", grad_scale.scalar_type(), " of shape ",
-              grad_scale.sizes());
+  TORCH_CHECK(grad_scale.scalar_type() == loss_type(logits) && grad_scale.numel() == 1, fn,
+              ": grad_scale must be a one-element ", loss_type(logits), " tensor for ", logits.scalar_type(),
+              " logits, got ", grad_scale.scalar_type(), " of shape ", grad_scale.sizes());
   check_same_device(loss_rows, logits, fn, "loss_rows");
   TORCH_CHECK(loss_rows.scalar_type() == loss_type(logits), fn, ": loss_rows must be ", loss_type(logits),
               " for ", logits.scalar_type(), " logits, got ", loss_rows.scalar_type());
@@ -107,7 +110,7 @@ void softmax_ce_fwd(const Tensor& logits, const Tensor& target, const std::optio
   a.scale = scale;
   a.label_smoothing = label_smoothing;
   a.ignore_index = ignore_index;
-  a.grad_scale = grad_scale.data_ptr<float>();
+  a.grad_scale = grad_scale.data_ptr();
   a.loss_rows = loss_rows.data_ptr();
   a.grad = grad.has_value() ? grad->data_ptr() : nullptr;
   a.rows = logits.size(0);
@@ -154,7 +157,7 @@ void sigmoid_focal_fwd(const Tensor& logits, const Tensor& target, const std::op
   a.alpha = alpha;
   a.ignore_index = ignore_index;
   a.focal = focal;
-  a.grad_scale = grad_scale.data_ptr<float>();
+  a.grad_scale = grad_scale.data_ptr();
   a.loss_rows = loss_rows.data_ptr();
   a.grad = grad.has_value() ? grad->data_ptr() : nullptr;
   a.rows = logits.size(0);

@@ -43,15 +43,53 @@ template <> __device__ __forceinline__ double quiet_nan<double>() { return __lon
 // bit of the result) depends only on the shape and dtype, never on the address of the data.
 template <typename T> struct Vec { static constexpr int size = 16 / sizeof(T); };
 
+// Alignment of a row start for the vector paths below: 16, 8 or 4 (bytes), or 0 when only
+// element-wise access is possible (a 2-byte aligned fp16/bf16 row). Vector offsets j are multiples
+// of V elements (16 bytes), so row + j has the alignment of the row start.
+__device__ __forceinline__ int row_align(const void* p) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  return (a & 15u) == 0 ? 16 : (a & 7u) == 0 ? 8 : (a & 3u) == 0 ? 4 : 0;
+}
+
+__device__ __forceinline__ bool aligned16(const void* p) { return row_align(p) == 16; }
+
+// The 16 bytes at p (row_align(p) >= 4) through the read-only path, in the widest loads p allows.
+// Only the load instructions differ between alignments, never the values or their order.
+__device__ __forceinline__ uint4 ldg16(const void* p, int align) {
+  if (align >= 16) return __ldg(reinterpret_cast<const uint4*>(p));
+  if (align >= 8) {
+    const uint2 lo = __ldg(reinterpret_cast<const uint2*>(p)), hi = __ldg(reinterpret_cast<const uint2*>(p) + 1);
+    return make_uint4(lo.x, lo.y, hi.x, hi.y);
+  }
+  const unsigned* q = reinterpret_cast<const unsigned*>(p);
+  return make_uint4(__ldg(q), __ldg(q + 1), __ldg(q + 2), __ldg(q + 3));
+}
+
+__device__ __forceinline__ void st16(void* p, int align, const uint4& raw) {
+  if (align >= 16) {
+    *reinterpret_cast<uint4*>(p) = raw;
+  } else if (align >= 8) {
+    reinterpret_cast<uint2*>(p)[0] = make_uint2(raw.x, raw.y);
+    reinterpret_cast<uint2*>(p)[1] = make_uint2(raw.z, raw.w);
+  } else {
+    unsigned* q = reinterpret_cast<unsigned*>(p);
+    q[0] = raw.x;
+    q[1] = raw.y;
+    q[2] = raw.z;
+    q[3] = raw.w;
+  }
+}
+
 // Loads elements [j, j + V) of `row` (row has n_valid = C - j elements left) into acc-typed registers.
-// Vectorised when the whole vector is in range and the row start is 16-byte aligned; element-wise with
-// bounds checks otherwise (never an out-of-bounds read). Out-of-range slots get `fill`.
+// Vectorised (16-, 8- or 4-byte loads, per row_align) when the whole vector is in range and the row
+// start is at least 4-byte aligned; element-wise with bounds checks otherwise (never an out-of-bounds
+// read). Out-of-range slots get `fill`.
 template <typename T, typename A = acc_t<T>>
-__device__ __forceinline__ void load_vec(const T* __restrict__ row, int64_t j, int64_t C, bool row_aligned,
+__device__ __forceinline__ void load_vec(const T* __restrict__ row, int64_t j, int64_t C, int align,
                                          A fill, A (&out)[Vec<T>::size]) {
   constexpr int V = Vec<T>::size;
-  if (row_aligned && j + V <= C) {
-    uint4 raw = __ldg(reinterpret_cast<const uint4*>(row + j));
+  if (align >= 4 && j + V <= C) {
+    const uint4 raw = ldg16(row + j, align);
     const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
     for (int v = 0; v < V; ++v) out[v] = to_acc(e[v]);
@@ -63,24 +101,20 @@ __device__ __forceinline__ void load_vec(const T* __restrict__ row, int64_t j, i
 
 // Stores the in-range part of a vector; vectorised when possible (same rule as load_vec).
 template <typename T, typename A = acc_t<T>>
-__device__ __forceinline__ void store_vec(T* __restrict__ row, int64_t j, int64_t C, bool row_aligned,
+__device__ __forceinline__ void store_vec(T* __restrict__ row, int64_t j, int64_t C, int align,
                                           const A (&in)[Vec<T>::size]) {
   constexpr int V = Vec<T>::size;
-  if (row_aligned && j + V <= C) {
+  if (align >= 4 && j + V <= C) {
     uint4 raw;
     T* e = reinterpret_cast<T*>(&raw);
 #pragma unroll
     for (int v = 0; v < V; ++v) e[v] = from_acc<T>(in[v]);
-    *reinterpret_cast<uint4*>(row + j) = raw;
+    st16(row + j, align, raw);
   } else {
 #pragma unroll
     for (int v = 0; v < V; ++v)
       if (j + v < C) row[j + v] = from_acc<T>(in[v]);
   }
-}
-
-__device__ __forceinline__ bool aligned16(const void* p) {
-  return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
 }
 
 // ---- deterministic reductions -------------------------------------------------------------------

@@ -10,8 +10,9 @@
 
 namespace cb {
 
-// Element type of logits / multi-hot targets / gradient. Losses are float32 except for f64 logits
-// (float64); per-class vectors and grad_scale are always float32.
+// Element type of logits / multi-hot targets / gradient. Losses and grad_scale are in the "loss
+// dtype": float32, or float64 for f64 logits (the kernels' accumulation type); per-class vectors are
+// always float32.
 enum class Dtype { f32, f16, bf16, f64 };
 
 inline std::size_t dtype_size(Dtype t) {
@@ -27,7 +28,7 @@ struct SoftmaxCeArgs {
   double scale;
   double label_smoothing;
   int64_t ignore_index;
-  const float* grad_scale;     // 0-dim, device; read by the kernels (no host synchronisation)
+  const void* grad_scale;      // 0-dim, device, loss dtype; read by the kernels (no host synchronisation)
   void* loss_rows;             // (rows,) float32, float64 for f64 logits
   void* grad;                  // (rows, classes) in the logits' dtype, or nullptr (forward only)
   int64_t rows;
@@ -44,7 +45,7 @@ struct SigmoidFocalArgs {
   double alpha;                // < 0: no alpha factor
   int64_t ignore_index;        // class targets only
   bool focal;
-  const float* grad_scale;
+  const void* grad_scale;      // as in SoftmaxCeArgs
   void* loss_rows;
   void* grad;
   int64_t rows;

@@ -13,8 +13,10 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// In place: grad is read and written through the same (non-restrict) pointer with plain loads, not the
+// read-only (ld.global.nc) path of load_vec, which is only valid for memory no thread writes.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) scale_kernel(T* __restrict__ grad, int64_t numel,
+__global__ void __launch_bounds__(kThreads) scale_kernel(T* grad, int64_t numel,
                                                          const acc_t<T>* __restrict__ grad_output) {
   using A = acc_t<T>;
   constexpr int V = Vec<T>::size;
@@ -23,11 +25,18 @@ __global__ void __launch_bounds__(kThreads) scale_kernel(T* __restrict__ grad, i
   const bool aligned = aligned16(grad);
   const int64_t stride = int64_t(gridDim.x) * kThreads * V;
   for (int64_t j = (int64_t(blockIdx.x) * kThreads + threadIdx.x) * V; j < numel; j += stride) {
-    A x[V];
-    load_vec<T>(grad, j, numel, aligned, A(0), x);
+    if (aligned && j + V <= numel) {
+      uint4 raw = *reinterpret_cast<const uint4*>(grad + j);
+      T* e = reinterpret_cast<T*>(&raw);
 #pragma unroll
-    for (int v = 0; v < V; ++v) x[v] = x[v] * s;
-    store_vec<T>(grad, j, numel, aligned, x);
+      for (int v = 0; v < V; ++v) e[v] = from_acc<T>(to_acc(e[v]) * s);
+      *reinterpret_cast<uint4*>(grad + j) = raw;
+    } else {
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        if (j + v < numel) grad[j + v] = from_acc<T>(to_acc(grad[j + v]) * s);
+      }
+    }
   }
 }
 

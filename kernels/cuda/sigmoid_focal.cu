@@ -49,10 +49,10 @@ __device__ __forceinline__ A row_terms(const SigmoidFocalArgs& a, int64_t row, c
   const T* zrow = static_cast<const T*>(a.logits) + row * C;
   const T* trow = MULTI_HOT ? static_cast<const T*>(a.multi_hot_target) + row * C : nullptr;
   T* grow = a.grad ? static_cast<T*>(a.grad) + row * C : nullptr;
-  const bool zal = aligned16(zrow), tal = MULTI_HOT && aligned16(trow), gal = grow && aligned16(grow);
+  const int zal = row_align(zrow), tal = MULTI_HOT ? row_align(trow) : 0, gal = grow ? row_align(grow) : 0;
   const A gamma = a.focal ? A(a.gamma) : A(0);
   const A alpha = A(a.alpha);
-  const A coef = grow ? A(*a.grad_scale) * r.weight : A(0);
+  const A coef = grow ? *static_cast<const A*>(a.grad_scale) * r.weight : A(0);
   const float* col_weight = MULTI_HOT ? a.weight : nullptr;
 
   A acc = A(0);
@@ -86,7 +86,7 @@ __device__ __forceinline__ void fill_row(T* grow, int64_t C, int64_t first, int6
   A x[V];
 #pragma unroll
   for (int v = 0; v < V; ++v) x[v] = value;
-  const bool al = aligned16(grow);
+  const int al = row_align(grow);
   for (int64_t j = first; j < C; j += stride) store_vec<T>(grow, j, C, al, x);
 }
 

@@ -31,6 +31,9 @@
 
 #include <atomic>
 #include <cstdio>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "cb_cuda.cuh"
 #include "cb_kernels.h"
@@ -86,7 +89,7 @@ __device__ __forceinline__ A adjusted(A z, int64_t j, const SoftmaxCeArgs& a, co
 
 // Loads a vector at element j (< bound) and turns it into adjusted logits; -inf past the bound.
 template <typename T, typename A = acc_t<T>>
-__device__ __forceinline__ void load_adjusted(const T* zrow, int64_t j, int64_t bound, bool aligned,
+__device__ __forceinline__ void load_adjusted(const T* zrow, int64_t j, int64_t bound, int aligned,
                                               const SoftmaxCeArgs& a, const Row<A>& r, A scale,
                                               A (&x)[Vec<T>::size]) {
   constexpr int V = Vec<T>::size;
@@ -123,7 +126,7 @@ __device__ __forceinline__ void grad_vec(A (&e)[V], int64_t j, const Row<A>& r, 
 
 template <typename T, typename A = acc_t<T>>
 __device__ __forceinline__ void fill_dead_row(T* grow, int64_t begin, int64_t end, int64_t first, int64_t stride,
-                                              bool aligned, A value) {
+                                              int aligned, A value) {
   constexpr int V = Vec<T>::size;
   A x[V];
 #pragma unroll
@@ -145,7 +148,7 @@ __global__ void __launch_bounds__(kGroupBlock) softmax_group_kernel(SoftmaxCeArg
   Row<A> r{false, false, -1, A(1), A(0)};
   if (active) r = read_row<A>(a, row);
   const T* zrow = static_cast<const T*>(a.logits) + row * C;
-  const bool aligned = aligned16(zrow);
+  const int aligned = row_align(zrow);
 
   // Every lane runs the loads (masked) and all reductions: the shuffles span the whole warp.
   A x[NV][V];
@@ -189,12 +192,12 @@ __global__ void __launch_bounds__(kGroupBlock) softmax_group_kernel(SoftmaxCeArg
   if (a.grad == nullptr) return;
   T* grow = static_cast<T*>(a.grad) + row * C;
   if (!r.live) {
-    fill_dead_row<T>(grow, 0, C, int64_t(lane) * V, int64_t(G) * V, aligned16(grow), dead_row_value(r));
+    fill_dead_row<T>(grow, 0, C, int64_t(lane) * V, int64_t(G) * V, row_align(grow), dead_row_value(r));
     return;
   }
-  const A coef = A(*a.grad_scale) * r.weight * scale;
+  const A coef = *static_cast<const A*>(a.grad_scale) * r.weight * scale;
   const A inv_s = A(1) / s;
-  const bool galigned = aligned16(grow);
+  const int galigned = row_align(grow);
 #pragma unroll
   for (int k = 0; k < NV; ++k) {
     const int64_t j = int64_t(k * G + lane) * V;
@@ -272,12 +275,12 @@ __global__ void __launch_bounds__(kMaxBlockThreads) softmax_block_kernel(Softmax
     if (rank == 0 && threadIdx.x == 0) static_cast<A*>(a.loss_rows)[row] = r.ignored ? A(0) : quiet_nan<A>();
     if (a.grad) {
       T* grow = static_cast<T*>(a.grad) + row * C;
-      fill_dead_row<T>(grow, begin, end, int64_t(threadIdx.x) * V, stride, aligned16(grow), dead_row_value(r));
+      fill_dead_row<T>(grow, begin, end, int64_t(threadIdx.x) * V, stride, row_align(grow), dead_row_value(r));
     }
     return;
   }
 
-  const bool aligned = aligned16(zrow);
+  const int aligned = row_align(zrow);
   A x[NV][V];
   A m = neg_inf<A>();
 #pragma unroll
@@ -314,8 +317,8 @@ __global__ void __launch_bounds__(kMaxBlockThreads) softmax_block_kernel(Softmax
     static_cast<A*>(a.loss_rows)[row] = row_loss(r, lse, target_logit<T>(zrow, a, r, scale), sum_z, eps, C);
   if (a.grad) {
     T* grow = static_cast<T*>(a.grad) + row * C;
-    const bool galigned = aligned16(grow);
-    const A coef = A(*a.grad_scale) * r.weight * scale;
+    const int galigned = row_align(grow);
+    const A coef = *static_cast<const A*>(a.grad_scale) * r.weight * scale;
     const A inv_s = A(1) / s;
 #pragma unroll
     for (int k = 0; k < NV; ++k) {
@@ -345,7 +348,7 @@ __global__ void __launch_bounds__(kSplitThreads) softmax_split_stats_kernel(Soft
   const Row<A> r = read_row<A>(a, row);
   if (!r.live) return;  // the grad kernel handles dead rows without reading the workspace
   const T* zrow = static_cast<const T*>(a.logits) + row * C;
-  const bool aligned = aligned16(zrow);
+  const int aligned = row_align(zrow);
 
   // Online max / sum per thread (one exp per element), then block trees.
   A m = neg_inf<A>(), s = A(0), sum_z = A(0);
@@ -393,7 +396,7 @@ __global__ void __launch_bounds__(kSplitThreads) softmax_split_grad_kernel(Softm
     if (c == 0 && threadIdx.x == 0) static_cast<A*>(a.loss_rows)[row] = r.ignored ? A(0) : quiet_nan<A>();
     if (a.grad) {
       T* grow = static_cast<T*>(a.grad) + row * C;
-      fill_dead_row<T>(grow, begin, end, int64_t(threadIdx.x) * V, stride, aligned16(grow), dead_row_value(r));
+      fill_dead_row<T>(grow, begin, end, int64_t(threadIdx.x) * V, stride, row_align(grow), dead_row_value(r));
     }
     return;
   }
@@ -412,8 +415,8 @@ __global__ void __launch_bounds__(kSplitThreads) softmax_split_grad_kernel(Softm
     static_cast<A*>(a.loss_rows)[row] = row_loss(r, lse, target_logit<T>(zrow, a, r, scale), sum_z, eps, C);
   if (a.grad == nullptr) return;
   T* grow = static_cast<T*>(a.grad) + row * C;
-  const bool aligned = aligned16(zrow), galigned = aligned16(grow);
-  const A coef = A(*a.grad_scale) * r.weight * scale;
+  const int aligned = row_align(zrow), galigned = row_align(grow);
+  const A coef = *static_cast<const A*>(a.grad_scale) * r.weight * scale;
   const A inv_s = A(1) / s;
   for (int64_t j = begin + int64_t(threadIdx.x) * V; j < end; j += stride) {
     A x[V];
@@ -447,12 +450,15 @@ bool cluster_capable(int device) {
   if (device < 0 || device >= 64) return false;
   int v = cache[device].load(std::memory_order_relaxed);
   if (v == 0) {
+    const cudaError_t pending = cudaPeekAtLastError();
     int major = 0;
     cudaFuncAttributes attr{};
     const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
                     major >= 9 && cudaFuncGetAttributes(&attr, softmax_block_kernel<T, true>) == cudaSuccess &&
                     attr.ptxVersion >= 90;
-    if (!ok) (void)cudaGetLastError();  // a failed query must not look like a failed launch later
+    // A failed query must not look like a failed launch later, but an error already pending (from
+    // earlier work on this thread) is not ours to clear.
+    if (!ok && pending == cudaSuccess) (void)cudaGetLastError();
     v = ok ? 1 : 2;
     cache[device].store(v, std::memory_order_relaxed);
   }
@@ -475,17 +481,32 @@ cudaLaunchConfig_t cluster_config(const Plan& p, int64_t rows, cudaStream_t stre
 }
 
 // Whether a cluster of this shape can be resident at all on the current device (a cluster of 1-CTA-
-// per-SM blocks needs that many SMs in one GPC); the split path is the fallback.
+// per-SM blocks needs that many SMs in one GPC); the split path is the fallback. The occupancy query
+// is made once per (device, dtype, cluster size, block size) and cached, so a launch (and a CUDA-graph
+// capture) makes no runtime query after the first call.
 template <typename T>
-bool cluster_fits(const Plan& p) {
+bool cluster_fits(const Plan& p, int device) {
+  static std::mutex mutex;
+  static std::map<std::tuple<int, int, int>, bool> cache;
+  const std::tuple<int, int, int> key(device, p.cluster, p.threads);
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    const auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
   cudaLaunchAttribute attr;
   const cudaLaunchConfig_t cfg = cluster_config(p, 1, nullptr, &attr);
+  const cudaError_t pending = cudaPeekAtLastError();
   int clusters = 0;
-  if (cudaOccupancyMaxActiveClusters(&clusters, softmax_block_kernel<T, true>, &cfg) != cudaSuccess) {
+  bool fits = false;
+  if (cudaOccupancyMaxActiveClusters(&clusters, softmax_block_kernel<T, true>, &cfg) == cudaSuccess) {
+    fits = clusters > 0;
+  } else if (pending == cudaSuccess) {
     (void)cudaGetLastError();
-    return false;
   }
-  return clusters > 0;
+  const std::lock_guard<std::mutex> lock(mutex);
+  cache[key] = fits;
+  return fits;
 }
 
 template <typename T>
@@ -519,7 +540,7 @@ Plan make_plan(int64_t C, int device) {
     const int64_t vecs = (nvec + p.cluster - 1) / p.cluster;
     p.threads = round_up32((vecs + NV - 1) / NV);
     p.chunk = vecs * V;
-    if (cluster_fits<T>(p)) return p;
+    if (cluster_fits<T>(p, device)) return p;
   }
   p.kind = Kind::split;
   p.chunk = int64_t(kSplitChunkVecs) * V;
