@@ -153,6 +153,35 @@ def test_unavailable_reasons_without_gpu_or_peer():
             providers.PROVIDERS["cuda"].build(Case("softmax", 8, 4, "float32", "cuda"))
 
 
+def test_graph_provider_runs_the_cuda_kernel_and_is_not_ratioed_against_eager_peers():
+    graph = providers.PROVIDERS["cuda_graph"]
+    assert graph.graphed and graph.kernel == "cuda" and providers.PROVIDERS["cuda"].kernel == "cuda"
+    assert providers.PROVIDERS["eager"].kernel is None and not providers.PROVIDERS["cuda"].graphed
+    assert "cuda" in graph.unavailable(Case("softmax", 8, 4, "float32", "cpu"))
+    row = lambda impl, ms: {"loss": "softmax", "shape": "8x4", "dtype": "float32", "device": "cuda",  # noqa: E731
+                            "impl": impl, "status": "ok", "fwd_bwd_ms": ms}
+    rows = [row("cuda", 0.5), row("cuda_graph", 0.25), row("eager", 1.0)]
+    speed.add_peer_ratios(rows)
+    assert rows[0]["speedup_vs_eager"] == pytest.approx(2.0)
+    assert "speedup_vs_eager" not in rows[1]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_graphed_step_replays_the_eager_result():
+    case = Case("focal", 64, 37, "float32", "cuda")
+    inputs = cases.make_inputs(case)
+    fn = providers.PROVIDERS["cuda_graph"].build(case, inputs)
+    eager = providers.step(fn, inputs, "fwd_bwd")()
+    out = []
+    replay = providers.graphed(lambda: out.append(providers.step(fn, inputs, "fwd_bwd")()), "cuda")
+    static = out[-1]  # the gradient tensor of the captured step, rewritten by every replay
+    static.fill_(float("nan"))
+    replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(static, eager)
+
+
 def test_compile_provider_resets_dynamo_and_wraps_the_eager_function(monkeypatch):
     resets = []
     monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))

@@ -2,6 +2,10 @@
 
 * ``reference`` — :mod:`cbbench.reference` through ``cbbench.functional(..., backend="reference")``;
 * ``cpu`` / ``cuda`` — cbbench's fused Cython / CUDA kernels (skipped when not built);
+* ``cuda_graph`` — the same CUDA call with the whole timed step (forward, or forward and backward)
+  captured once in a CUDA graph and replayed: what a training loop under CUDA graphs or
+  ``torch.compile(mode="reduce-overhead")`` pays, i.e. the kernels without Python and launch overhead.
+  It is shown beside the eager peers but gets no speed-up ratio against them (not like for like);
 * ``eager`` — what people write in plain PyTorch: ``F.cross_entropy(weight=w)``; the class-balanced
   sigmoid loss as ``F.binary_cross_entropy_with_logits`` on one-hot targets with the per-row weight
   ``w[y]``; the focal loss in torchvision's formula (``p_t``, ``(1 - p_t) ** gamma``);
@@ -24,7 +28,7 @@ from .cases import FOCAL_GAMMA, REDUCTION, Case, Inputs
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-IMPLEMENTATIONS = ("reference", "cpu", "cuda", "eager", "compile", "liger")
+IMPLEMENTATIONS = ("reference", "cpu", "cuda", "cuda_graph", "eager", "compile", "liger")
 PEERS = ("eager", "compile", "liger")
 
 
@@ -79,17 +83,25 @@ class Provider:
     # True when a call overwrites its inputs (Liger's cross-entropy writes the gradient into the logits in
     # place): the speed runner gives such a provider inputs of its own, so the others see pristine ones
     mutates_input: bool = False
+    # True when the timed step is captured in a CUDA graph and replayed (see :func:`graphed`)
+    graphed: bool = False
+
+    @property
+    def kernel(self) -> Optional[str]:
+        """The cbbench kernel module this provider runs (``"cpu"``/``"cuda"``), or ``None``."""
+        return "cuda" if self.name == "cuda_graph" else self.name if self.name in ("cpu", "cuda") else None
 
     def unavailable(self, case: Case) -> Optional[str]:
         """Why this implementation cannot run ``case`` here, or ``None`` when it can."""
         device = torch.device(case.device)
         if device.type == "cuda" and not (torch.version.cuda and torch.cuda.is_available()):
             return "no CUDA device"
-        if self.name in ("cpu", "cuda"):
-            if device.type != self.name:
-                return f"the {self.name} kernels run on {self.name} tensors only"
-            if ops.kernel_module(self.name) is None:
-                return f"cbbench {self.name} kernels not built ({ops.kernel_status(self.name)})"
+        kernel = self.kernel
+        if kernel is not None:
+            if device.type != kernel:
+                return f"the {kernel} kernels run on {kernel} tensors only"
+            if ops.kernel_module(kernel) is None:
+                return f"cbbench {kernel} kernels not built ({ops.kernel_status(kernel)})"
         if self.name == "liger":
             if case.loss != "softmax":
                 return "Liger-Kernel has no class-weighted sigmoid/focal loss"
@@ -104,8 +116,8 @@ class Provider:
         reason = self.unavailable(case)
         if reason is not None:
             raise RuntimeError(f"{self.name} cannot run {case.label()}: {reason}")
-        if self.name in ("reference", "cpu", "cuda"):
-            return cbbench_loss(case.loss, self.name)
+        if self.name == "reference" or self.kernel is not None:
+            return cbbench_loss(case.loss, self.kernel or self.name)
         if self.name == "eager":
             return EAGER[case.loss]
         if self.name == "compile":
@@ -122,6 +134,7 @@ PROVIDERS: Dict[str, Provider] = {p.name: p for p in (
     Provider("reference", "cbbench reference (plain PyTorch, autograd)"),
     Provider("cpu", "cbbench fused Cython kernel"),
     Provider("cuda", "cbbench fused CUDA kernel"),
+    Provider("cuda_graph", "cbbench fused CUDA kernel, the step replayed from a CUDA graph", graphed=True),
     Provider("eager", "torch eager: F.cross_entropy(weight=) / BCE-with-logits / torchvision focal"),
     Provider("compile", "torch.compile of the eager version"),
     Provider("liger", "Liger-Kernel LigerCrossEntropyLoss(weight=)", mutates_input=True),
@@ -148,6 +161,23 @@ def step(fn: LossFn, inputs: Inputs, mode: str) -> Callable[[], object]:
     else:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     return run
+
+
+def graphed(run: Callable[[], object], device) -> Callable[[], object]:
+    """``run`` captured once in a CUDA graph (after a warm-up on a side stream, as torch's CUDA-graph
+    notes prescribe); the returned callable replays it. Its outputs live in the graph's memory pool
+    and are overwritten by every replay."""
+    device = torch.device(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            run()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    return graph.replay
 
 
 # normwise tolerance max|a - b| <= atol + rtol * max|b| per logits dtype

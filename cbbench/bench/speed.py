@@ -23,7 +23,7 @@ import torch
 
 from . import bandwidth
 from .cases import DTYPE_SHORT, DTYPES, LOSS_TITLES, LOSSES, Case, Inputs, make_inputs, parse_shape, suite
-from .providers import IMPLEMENTATIONS, MODES, PEERS, PROVIDERS, check, reference_values, step
+from .providers import IMPLEMENTATIONS, MODES, PEERS, PROVIDERS, check, graphed, reference_values, step
 from .records import environment, load_average
 from .timing import FULL, QUICK, TimingPolicy, measure
 
@@ -71,7 +71,10 @@ def run_case(case: Case, impls: Sequence[str], policy: TimingPolicy, copy_gbps: 
             except AssertionError as exc:
                 row.update(status="mismatch", note=str(exc))
             for mode in MODES:
-                m = measure(step(fn, own, mode), case.device, policy)
+                run = step(fn, own, mode)
+                if provider.graphed:
+                    run = graphed(run, case.device)
+                m = measure(run, case.device, policy)
                 row[f"{mode}_ms"] = m.median_ms
                 row[f"{mode}_min_ms"] = m.min_ms
                 row[f"{mode}_iqr_ms"] = m.iqr_ms
@@ -99,15 +102,19 @@ def _progress_line(case: Case, row: dict) -> str:
     else:
         timing = ""
     note = "" if row["status"] == "ok" else f"  [{row['status']}: {row['note']}]"
-    return f"  {case.label():32s} {row['impl']:9s} {timing}{note}"
+    return f"  {case.label():32s} {row['impl']:10s} {timing}{note}"
 
 
 def add_peer_ratios(rows: List[dict]) -> None:
-    """``speedup_vs_<peer>`` = peer's fwd+bwd median / this row's, for peers timed on the same case."""
+    """``speedup_vs_<peer>`` = peer's fwd+bwd median / this row's, for peers timed on the same case (not
+    for graph-replayed rows: the peers run eagerly, so that ratio would not compare like with like)."""
     key = lambda r: (r["loss"], r["shape"], r["dtype"], r["device"])  # noqa: E731
     timed = {(key(r), r["impl"]): r["fwd_bwd_ms"] for r in rows if r.get("fwd_bwd_ms") is not None
              and r["status"] == "ok"}
     for r in rows:
+        provider = PROVIDERS.get(r["impl"])
+        if provider is not None and provider.graphed:
+            continue
         for peer in PEERS:
             other = timed.get((key(r), peer))
             if other is not None and r.get("fwd_bwd_ms"):
