@@ -101,10 +101,13 @@ _ONES: dict = {}
 
 
 def _one(device: torch.device, dtype: torch.dtype) -> Tensor:
-    """A cached 1 on ``device`` (the grad_scale of "sum"/"none"; kernels only read it)."""
+    """A cached 1 on ``device`` (the grad_scale of "sum"/"none"; kernels only read it). One made while
+    a CUDA graph is being captured is not cached: its fill only runs when the graph is replayed."""
     one = _ONES.get((device, dtype))
     if one is None:
-        one = _ONES[(device, dtype)] = torch.ones((), dtype=dtype, device=device)
+        one = torch.ones((), dtype=dtype, device=device)
+        if device.type != "cuda" or not torch.cuda.is_current_stream_capturing():
+            _ONES[(device, dtype)] = one
     return one
 
 

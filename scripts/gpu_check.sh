@@ -82,13 +82,13 @@ summary() {
   [[ -f "$OUT/bench/speed.json" ]] && "$PY" - "$OUT/bench/speed.json" <<'EOF' || true
 import json, sys
 res = json.load(open(sys.argv[1]))
-rows = [r for r in res["rows"] if r["impl"] == "cuda"]
+rows = [r for r in res["rows"] if r["impl"] in ("cuda", "cuda_graph")]
 print(f"\ncbbench CUDA kernels, fwd+bwd (copy bandwidth {res['copy_gbps']:.0f} GB/s; "
       "targets: >= 0.80 of copy, >= 2x compile on CE, >= 4x on focal, <= 0.040 ms at 256x1000)")
-print(f"{'loss':8} {'shape':>14} {'dtype':>9} {'ms':>9} {'of copy':>8} {'vs compile':>10} {'vs eager':>9}  status")
+print(f"{'loss':8} {'shape':>14} {'dtype':>9} {'impl':>10} {'ms':>9} {'of copy':>8} {'vs compile':>10} {'vs eager':>9}  status")
 for r in rows:
     f = lambda k, spec: format(r[k], spec) if r.get(k) is not None else "-"
-    print(f"{r['loss']:8} {r['shape']:>14} {r['dtype']:>9} {f('fwd_bwd_ms', '.3f'):>9} "
+    print(f"{r['loss']:8} {r['shape']:>14} {r['dtype']:>9} {r['impl']:>10} {f('fwd_bwd_ms', '.3f'):>9} "
           f"{f('frac_copy_fwd_bwd', '.2f'):>8} {f('speedup_vs_compile', '.2f'):>10} {f('speedup_vs_eager', '.2f'):>9}  "
           f"{r['status']} {r.get('note', '')[:40]}")
 EOF

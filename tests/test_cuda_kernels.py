@@ -402,6 +402,28 @@ def test_cuda_graph_capture_and_replay_forward_backward(c):
         assert torch.equal(static_z.grad, eager_z.grad)
 
 
+def test_sum_reduction_captured_without_warm_up_leaves_eager_calls_correct(monkeypatch):
+    """The cached grad_scale of 1 ("sum"/"none") must not be created inside a capture: its fill would
+    only run at replay, and eager calls would read an unfilled tensor."""
+    monkeypatch.setattr(ops, "_ONES", {})
+    z, y = _logits(32, 10, torch.float32, 8), _targets(32, 10, 8, ignore=False)
+    F.softmax_cross_entropy(z.clone().requires_grad_(True), y, backend="cuda").backward()  # loads the kernel
+    assert not ops._ONES  # "mean" has a divisor: the cached 1 is still to be made
+    static_z = z.clone().requires_grad_(True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss = F.softmax_cross_entropy(static_z, y, reduction="sum", backend="cuda")
+        static_z.grad = torch.autograd.grad(static_loss, static_z)[0]
+    a = z.clone().requires_grad_(True)
+    F.softmax_cross_entropy(a, y, reduction="sum", backend="cuda").backward()
+    b = z.clone().requires_grad_(True)
+    F.softmax_cross_entropy(b, y, reduction="sum", backend="reference").backward()
+    torch.testing.assert_close(a.grad, b.grad)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(static_z.grad, b.grad)
+
+
 def test_backward_with_grad_output_other_than_one():
     z, y, w = _logits(100, 1000, torch.bfloat16, 4), _targets(100, 1000, 4), _weights(1000, 4)
     for g_out in (1.0, 3.0, 0.0, -0.5):

@@ -17,8 +17,8 @@ from .cases import DTYPE_SHORT, LOSS_TITLES, LOSSES
 from .providers import IMPLEMENTATIONS
 from .speed import format_table, header_text, load_caution
 
-IMPL_COLORS = {"reference": "#9e9e9e", "cpu": "#1b9e77", "cuda": "#d95f02", "cuda_graph": "#e6ab02", "eager": "#7570b3",
-               "compile": "#e7298a", "liger": "#66a61e"}
+IMPL_COLORS = {"reference": "#9e9e9e", "cpu": "#1b9e77", "cuda": "#d95f02", "cuda_graph": "#e6ab02",
+               "eager": "#7570b3", "compile": "#e7298a", "liger": "#66a61e"}
 HIGHLIGHT = ("softmax", "cb_softmax", "cb_sigmoid", "cb_focal", "balanced_softmax", "ldam_drw")
 
 
