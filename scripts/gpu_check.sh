@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # One call on a GPU machine (DESIGN §9): build and install cbbench with the CUDA kernels, run the CUDA
-# tests, compute-sanitizer memcheck on every kernel path, the GPU speed benchmark, then racecheck on one
-# case per kernel (last: it is the stage to lose if time runs out); print a summary table last. Every stage runs under a time limit and the script
-# keeps going after a failing stage; it exits non-zero if any stage failed.
+# tests, compute-sanitizer memcheck on every kernel path, the GPU speed benchmark, racecheck on one case
+# per kernel, then the harness's 200-epoch CIFAR-10-LT timing on fake CIFAR-sized data (the later
+# stages are the ones to lose if time runs out); print a summary table last. Every stage runs under a
+# time limit and the script keeps going after a failing stage; it exits non-zero if any stage failed.
 #
-#   bash scripts/gpu_check.sh            # logs and results go to $OUT (default: a fresh temp dir)
+#   bash scripts/gpu_check.sh                 # every stage; logs and results go to $OUT (default: a temp dir)
+#   bash scripts/gpu_check.sh build harness   # only the named stages, in the order above
 #
 # Budget: GPU_CHECK_BUDGET_S (default 540 s) for the whole script; the benchmark gets what is left and
 # runs the quick suite when less than 330 s remain (BENCH_ARGS overrides, e.g. BENCH_ARGS="" for full).
@@ -16,6 +18,16 @@ mkdir -p "$OUT"
 BUDGET="${GPU_CHECK_BUDGET_S:-540}"
 PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1
+
+ALL_STAGES=(build info tests memcheck bench racecheck harness)
+for arg in "$@"; do
+  [[ " ${ALL_STAGES[*]} " == *" $arg "* ]] || { echo "unknown stage '$arg'; stages: ${ALL_STAGES[*]}" >&2; exit 2; }
+done
+WANT=("$@")
+want() {  # want STAGE: no arguments run every stage, else only the named ones
+  ((${#WANT[@]} == 0)) && return 0
+  [[ " ${WANT[*]} " == *" $1 "* ]]
+}
 
 NAMES=()
 RCS=()
@@ -79,6 +91,7 @@ summary() {
   printf '%-12s %6s %6s\n' stage rc seconds
   local i
   for i in "${!NAMES[@]}"; do printf '%-12s %6s %6s\n' "${NAMES[$i]}" "${RCS[$i]}" "${TIMES[$i]}"; done
+  grep -h "^harness:" "$OUT/harness.log" 2>/dev/null || true
   [[ -f "$OUT/bench/speed.json" ]] && "$PY" - "$OUT/bench/speed.json" <<'EOF' || true
 import json, sys
 res = json.load(open(sys.argv[1]))
@@ -94,25 +107,44 @@ for r in rows:
 EOF
 }
 
-export -f find_sanitizer sanitize bench
+harness() {  # the harness target: 200 epochs of CIFAR-10-LT IF 100 in <= 60 s (fake images of CIFAR's sizes)
+  "$PY" -c "from cbbench.harness.datasets import write_fake_cifar; write_fake_cifar('$OUT/fake-cifar')" || return 1
+  "$PY" -m cbbench train --dataset cifar10-lt --data-dir "$OUT/fake-cifar" --method cb_focal --device cuda \
+    --out "$OUT/train" || return 1
+  "$PY" - "$OUT/train/result.json" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+c = r["config"]
+print(f"harness: {c['epochs']} epochs of {r['dataset']} ({c['n_train']} images, accel {c['accel_used']}, "
+      f"loss backend {c['loss_backend']}): train_time_s = {r['train_time_s']:.1f} (target <= 60)")
+EOF
+}
+
+export -f find_sanitizer sanitize bench harness
 export OUT PY
 export CBBENCH_CUDA=1
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 nvidia-smi 2>&1 | tee "$OUT/nvidia-smi.log" || true
 
-stage build 300 "$PY" -m pip install --no-build-isolation --no-deps -v -e .
-stage info 60 "$PY" -m cbbench.info
-stage tests 300 "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider --junitxml="$OUT/cuda-tests.xml" tests/
-stage memcheck 150 bash -c 'sanitize memcheck'
-# The full suite compiles a torch.compile peer per case (minutes); with less time left, the quick one.
-if [[ -z "${BENCH_ARGS+x}" ]]; then
-  if ((BUDGET - SECONDS < 330)); then BENCH_ARGS="--quick"; else BENCH_ARGS=""; fi
+if want build; then stage build 300 "$PY" -m pip install --no-build-isolation --no-deps -v -e .; fi
+if want info; then stage info 60 "$PY" -m cbbench.info; fi
+if want tests; then
+  stage tests 300 "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider --junitxml="$OUT/cuda-tests.xml" tests/
 fi
-export BENCH_ARGS
-echo "benchmark arguments: '${BENCH_ARGS}' ($((BUDGET - SECONDS))s of the budget left)"
-stage bench 400 bash -c bench
-stage racecheck 90 bash -c 'sanitize racecheck --quick'
+if want memcheck; then stage memcheck 150 bash -c 'sanitize memcheck'; fi
+if want bench; then
+  # The full suite compiles a torch.compile peer per case (minutes); with less time left, the quick one.
+  if [[ -z "${BENCH_ARGS+x}" ]]; then
+    if ((BUDGET - SECONDS < 330)); then BENCH_ARGS="--quick"; else BENCH_ARGS=""; fi
+  fi
+  export BENCH_ARGS
+  echo "benchmark arguments: '${BENCH_ARGS}' ($((BUDGET - SECONDS))s of the budget left)"
+  stage bench 400 bash -c bench
+fi
+if want racecheck; then stage racecheck 90 bash -c 'sanitize racecheck --quick'; fi
+# last: about 100 s (data, graph capture, 200 epochs, evaluation), run when the budget still allows
+if want harness; then stage harness 150 bash -c harness; fi
 
 summary | tee "$OUT/summary.txt"
 for rc in "${RCS[@]}"; do
