@@ -146,12 +146,14 @@ def _fake_outputs(logits: Tensor, reduction: str, need_grad: bool) -> Tuple[Tens
 
 def _class_index_denominator(target: Tensor, weight: Optional[Tensor], ignore_index: int,
                              reduction: str) -> Optional[Tensor]:
+    if reduction in ("sum", "none"):
+        return None
     valid = target != ignore_index
     row_weight = None
     if weight is not None and reduction == "weighted_mean":
-        # clamp: a bad target must not index out of bounds here (its row is NaN from the kernel)
-        safe = torch.where(valid, target, torch.zeros_like(target)).clamp(0, weight.numel() - 1)
-        row_weight = weight[safe]
+        # clamped: neither ignore_index nor a bad target may index out of bounds here (`valid` masks
+        # the ignored rows; a bad target's row is NaN from the kernel)
+        row_weight = weight[target.clamp(0, weight.numel() - 1)]
     return reference.reduction_denominator(reduction, valid=valid, row_weight=row_weight)
 
 

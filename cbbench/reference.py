@@ -108,9 +108,9 @@ def reduction_denominator(reduction: str, *, valid: Optional[Tensor] = None, row
     else:
         if reduction == "mean" or row_weight is None:
             return valid.sum(dtype=f64).clamp_min(1.0)  # a count: 0 -> 1
-        d = torch.where(valid, row_weight.to(f64), torch.zeros((), dtype=f64, device=valid.device)).sum()
+        d = torch.where(valid, row_weight, 0.0).sum(dtype=f64)
     # a weight sum may be positive and below 1; only a zero (or negative) one is replaced
-    return torch.where(d > 0, d, torch.ones_like(d))
+    return torch.where(d > 0, d, 1.0)
 
 
 def reduce_rows(per_row: Tensor, logits: Tensor, reduction: str, denominator: Optional[Tensor]) -> Tensor:
