@@ -17,7 +17,8 @@ Kernel contract (implemented by ``cbbench._cpu`` — Cython — and ``cbbench._c
 multi-hot tensor of the logits' dtype (soft labels are therefore rounded to that dtype); ``weight`` /
 ``logit_offset`` / ``target_margin``: (C,) float32 contiguous or ``None``; ``alpha < 0`` means no alpha.
 The *loss dtype* is float32, or float64 for float64 logits. ``grad_scale``: 0-dim tensor of the loss
-dtype on the logits' device (read by the kernel, so no host synchronisation); ``loss_rows``: (M,)
+dtype on the logits' device (read by the kernel, so no host synchronisation), or ``None`` for 1 (the
+"sum" and "none" reductions); ``loss_rows``: (M,)
 output of the loss dtype, the weighted per-row loss (0 for ignored rows); ``grad``: (M, C) output in
 the logits' dtype, or ``None`` for forward only; it receives ``grad_scale * d loss_rows[i] / d
 logits[i, :]``. A target outside ``[0, C)`` that is not ``ignore_index`` makes its row's loss and
@@ -97,26 +98,13 @@ def _kernel_io(logits: Tensor) -> Tuple[object, Tensor]:
     return kern, logits.contiguous()
 
 
-_ONES: dict = {}
-
-
-def _one(device: torch.device, dtype: torch.dtype) -> Tensor:
-    """A cached 1 on ``device`` (the grad_scale of "sum"/"none"; kernels only read it). One made while
-    a CUDA graph is being captured is not cached: its fill only runs when the graph is replayed."""
-    one = _ONES.get((device, dtype))
-    if one is None:
-        one = torch.ones((), dtype=dtype, device=device)
-        if device.type != "cuda" or not torch.cuda.is_current_stream_capturing():
-            _ONES[(device, dtype)] = one
-    return one
-
-
-def _reduction_scales(denominator: Optional[Tensor], loss_dtype: torch.dtype,
-                      device: torch.device) -> Tuple[Optional[Tensor], Tensor]:
-    """The denominator in the loss dtype and the kernels' ``grad_scale`` (its reciprocal, also in the
-    loss dtype, so float64 gradients are float64-exact), in two small device ops (no host sync)."""
+def _reduction_scales(denominator: Optional[Tensor], loss_dtype: torch.dtype) -> Tuple[Optional[Tensor],
+                                                                                    Optional[Tensor]]:
+    """The denominator in the loss dtype and the kernels' ``grad_scale``, its reciprocal in the loss
+    dtype too (so float64 gradients are float64-exact), in two small device ops (no host sync);
+    ``(None, None)`` for "sum"/"none", where the kernels take a grad_scale of ``None`` as 1."""
     if denominator is None:
-        return None, _one(device, loss_dtype)
+        return None, None
     denominator = denominator.to(loss_dtype)
     return denominator, denominator.reciprocal()
 
@@ -213,7 +201,7 @@ def _softmax_cross_entropy_impl(logits: Tensor, target: Tensor, weight: Optional
     kern, z = _kernel_io(logits)
     denom = _class_index_denominator(target, weight, ignore_index, reduction)
     loss_rows = _loss_rows(z)
-    denom, grad_scale = _reduction_scales(denom, loss_rows.dtype, z.device)
+    denom, grad_scale = _reduction_scales(denom, loss_rows.dtype)
     grad = torch.empty_like(z) if need_grad else None
     kern.softmax_ce_fwd(z, target.contiguous(), weight, logit_offset, target_margin, float(scale),
                         float(label_smoothing), int(ignore_index), grad_scale, loss_rows, grad)
@@ -240,7 +228,7 @@ def _sigmoid_focal_impl(logits: Tensor, target: Tensor, weight: Optional[Tensor]
         target = target.contiguous()
         denom = _class_index_denominator(target, weight, ignore_index, reduction)
     loss_rows = _loss_rows(z)
-    denom, grad_scale = _reduction_scales(denom, loss_rows.dtype, z.device)
+    denom, grad_scale = _reduction_scales(denom, loss_rows.dtype)
     grad = torch.empty_like(z) if need_grad else None
     kern.sigmoid_focal_fwd(z, target, weight, float(gamma), float(alpha), int(ignore_index), bool(focal),
                            grad_scale, loss_rows, grad)

@@ -147,7 +147,8 @@ if want racecheck; then stage racecheck 90 bash -c 'sanitize racecheck --quick';
 if want harness; then stage harness 150 bash -c harness; fi
 
 summary | tee "$OUT/summary.txt"
+# A stage skipped for lack of budget shows as "skip" in the table and does not fail the run.
 for rc in "${RCS[@]}"; do
-  [[ "$rc" == 0 ]] || exit 1
+  [[ "$rc" == 0 || "$rc" == skip ]] || exit 1
 done
 exit 0

@@ -433,6 +433,23 @@ def test_grad_scale_is_applied():
     _cpu.sigmoid_focal_fwd(logits, target, weight, 2.0, -1.0, -100, True, torch.tensor(0.25), loss, grad)
     assert torch.equal(loss, loss1)
     torch.testing.assert_close(grad, grad1 * 0.25, rtol=1e-6, atol=0)
+    # None means 1
+    _cpu.sigmoid_focal_fwd(logits, target, weight, 2.0, -1.0, -100, True, None, loss, grad)
+    assert torch.equal(loss, loss1) and torch.equal(grad, grad1)
+
+
+def test_grad_scale_must_have_the_loss_dtype():
+    logits, target, _ = _inputs(4, 3, seed=16)
+    z = logits.double()
+    loss, grad = torch.empty(4, dtype=torch.float64), torch.empty_like(z)
+    for bad in (torch.tensor(0.5), torch.tensor([0.5, 0.5], dtype=torch.float64), 0.5):
+        with pytest.raises(ValueError, match="grad_scale must be None or a one-element CPU tensor"):
+            _cpu.softmax_ce_fwd(z, target, None, None, None, 1.0, 0.0, -100, bad, loss, grad)
+    _cpu.softmax_ce_fwd(z, target, None, None, None, 1.0, 0.0, -100, torch.tensor(0.5, dtype=torch.float64),
+                        loss, grad)
+    half = grad.clone()
+    _cpu.softmax_ce_fwd(z, target, None, None, None, 1.0, 0.0, -100, None, loss, grad)
+    assert torch.equal(half, grad * 0.5)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ class ContractKernels:
         loss_rows.copy_(per_row.detach())
         if grad is not None:
             g = torch.autograd.grad(per_row.sum(), z)[0] if z.numel() else torch.zeros_like(z)
-            grad.copy_(g * grad_scale.double())
+            grad.copy_(g if grad_scale is None else g * grad_scale.double())  # None means 1
 
     @classmethod
     def softmax_ce_fwd(cls, logits, target, weight, logit_offset, target_margin, scale, label_smoothing,

@@ -184,13 +184,16 @@ def _check_outputs(logits, loss_rows, grad, M):
                              f"got {grad.dtype} {tuple(grad.shape)}")
 
 
-def _read_scalar(value, name):
+def _read_grad_scale(value, loss_rows):
+    """grad_scale: None (1) or a one-element CPU tensor of the loss dtype (that of ``loss_rows``)."""
     torch = _torch()
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"{name} must be a 0-dim tensor, got shape {tuple(value.shape)}")
-        return float(value.item())
-    return float(value)
+    if value is None:
+        return 1.0
+    if not isinstance(value, torch.Tensor) or value.numel() != 1 or value.dtype != loss_rows.dtype \
+            or value.device.type != "cpu":
+        raise ValueError(f"grad_scale must be None or a one-element CPU tensor of the loss dtype {loss_rows.dtype}, "
+                         f"got {value!r}")
+    return float(value.item())
 
 
 cdef int64_t _chunk(int64_t C):
@@ -248,7 +251,7 @@ def softmax_ce_fwd(logits, target, weight, logit_offset, target_margin, scale, l
     cdef const float* w = <const float*> _class_vector(weight, C, "weight")
     cdef const float* off = <const float*> _class_vector(logit_offset, C, "logit_offset")
     cdef const float* mar = <const float*> _class_vector(target_margin, C, "target_margin")
-    cdef double s = float(scale), eps = float(label_smoothing), g = _read_scalar(grad_scale, "grad_scale")
+    cdef double s = float(scale), eps = float(label_smoothing), g = _read_grad_scale(grad_scale, loss_rows)
     cdef int64_t ign = int(ignore_index), m = M, c = C
     cdef int nt = _threads(m, c), isa = _isa
     cdef int64_t ch = _chunk(c)
@@ -286,7 +289,7 @@ def sigmoid_focal_fwd(logits, target, weight, gamma, alpha, ignore_index, focal,
         _check_index_target(target, M)
     _check_outputs(logits, loss_rows, grad, M)
     cdef const float* w = <const float*> _class_vector(weight, C, "weight")
-    cdef double gm = float(gamma), al = float(alpha), g = _read_scalar(grad_scale, "grad_scale")
+    cdef double gm = float(gamma), al = float(alpha), g = _read_grad_scale(grad_scale, loss_rows)
     if not gm >= 0:
         raise ValueError(f"gamma must be >= 0, got {gm}")
     cdef bint fc = bool(focal)

@@ -66,12 +66,19 @@ const float* class_vector(const std::optional<Tensor>& v, const Tensor& logits, 
   return t.data_ptr<float>();
 }
 
-void check_outputs(const Tensor& logits, const Tensor& grad_scale, const Tensor& loss_rows,
-                   const std::optional<Tensor>& grad, const char* fn) {
-  check_same_device(grad_scale, logits, fn, "grad_scale");
-  TORCH_CHECK(grad_scale.scalar_type() == loss_type(logits) && grad_scale.numel() == 1, fn,
-              ": grad_scale must be a one-element ", loss_type(logits), " tensor for ", logits.scalar_type(),
-              " logits, got ", grad_scale.scalar_type(), " of shape ", grad_scale.sizes());
+// grad_scale: None (1) or a one-element tensor of the loss dtype on the logits' device.
+const void* grad_scale_ptr(const std::optional<Tensor>& grad_scale, const Tensor& logits, const char* fn) {
+  if (!grad_scale.has_value()) return nullptr;
+  const Tensor& g = *grad_scale;
+  check_same_device(g, logits, fn, "grad_scale");
+  TORCH_CHECK(g.scalar_type() == loss_type(logits) && g.numel() == 1, fn, ": grad_scale must be a one-element ",
+              loss_type(logits), " tensor for ", logits.scalar_type(), " logits, got ", g.scalar_type(),
+              " of shape ", g.sizes());
+  return g.data_ptr();
+}
+
+void check_outputs(const Tensor& logits, const Tensor& loss_rows, const std::optional<Tensor>& grad,
+                   const char* fn) {
   check_same_device(loss_rows, logits, fn, "loss_rows");
   TORCH_CHECK(loss_rows.scalar_type() == loss_type(logits), fn, ": loss_rows must be ", loss_type(logits),
               " for ", logits.scalar_type(), " logits, got ", loss_rows.scalar_type());
@@ -88,13 +95,13 @@ void check_outputs(const Tensor& logits, const Tensor& grad_scale, const Tensor&
 
 void softmax_ce_fwd(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight,
                     const std::optional<Tensor>& logit_offset, const std::optional<Tensor>& target_margin, double scale,
-                    double label_smoothing, int64_t ignore_index, const Tensor& grad_scale, const Tensor& loss_rows,
-                    const std::optional<Tensor>& grad) {
+                    double label_smoothing, int64_t ignore_index, const std::optional<Tensor>& grad_scale,
+                    const Tensor& loss_rows, const std::optional<Tensor>& grad) {
   const char* fn = "cbbench._cuda.softmax_ce_fwd";
   check_logits(logits, fn);
   const cb::Dtype dtype = kernel_dtype(logits, fn);
   check_class_targets(target, logits, fn);
-  check_outputs(logits, grad_scale, loss_rows, grad, fn);
+  check_outputs(logits, loss_rows, grad, fn);
   TORCH_CHECK(scale > 0, fn, ": scale must be > 0, got ", scale);
   TORCH_CHECK(label_smoothing >= 0 && label_smoothing <= 1, fn, ": label_smoothing must be in [0, 1], got ",
               label_smoothing);
@@ -110,7 +117,7 @@ void softmax_ce_fwd(const Tensor& logits, const Tensor& target, const std::optio
   a.scale = scale;
   a.label_smoothing = label_smoothing;
   a.ignore_index = ignore_index;
-  a.grad_scale = grad_scale.data_ptr();
+  a.grad_scale = grad_scale_ptr(grad_scale, logits, fn);
   a.loss_rows = loss_rows.data_ptr();
   a.grad = grad.has_value() ? grad->data_ptr() : nullptr;
   a.rows = logits.size(0);
@@ -126,12 +133,13 @@ void softmax_ce_fwd(const Tensor& logits, const Tensor& target, const std::optio
 }
 
 void sigmoid_focal_fwd(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight, double gamma,
-                       double alpha, int64_t ignore_index, bool focal, const Tensor& grad_scale, const Tensor& loss_rows,
+                       double alpha, int64_t ignore_index, bool focal, const std::optional<Tensor>& grad_scale,
+                       const Tensor& loss_rows,
                        const std::optional<Tensor>& grad) {
   const char* fn = "cbbench._cuda.sigmoid_focal_fwd";
   check_logits(logits, fn);
   const cb::Dtype dtype = kernel_dtype(logits, fn);
-  check_outputs(logits, grad_scale, loss_rows, grad, fn);
+  check_outputs(logits, loss_rows, grad, fn);
   TORCH_CHECK(gamma >= 0, fn, ": gamma must be >= 0, got ", gamma);
   TORCH_CHECK(alpha <= 1, fn, ": alpha must be <= 1 (negative: no alpha), got ", alpha);
 
@@ -157,7 +165,7 @@ void sigmoid_focal_fwd(const Tensor& logits, const Tensor& target, const std::op
   a.alpha = alpha;
   a.ignore_index = ignore_index;
   a.focal = focal;
-  a.grad_scale = grad_scale.data_ptr();
+  a.grad_scale = grad_scale_ptr(grad_scale, logits, fn);
   a.loss_rows = loss_rows.data_ptr();
   a.grad = grad.has_value() ? grad->data_ptr() : nullptr;
   a.rows = logits.size(0);
@@ -190,6 +198,7 @@ Tensor scaled_grad(Tensor grad, const Tensor& grad_output) {
 
 std::string softmax_plan(int64_t classes, const Tensor& like) {
   TORCH_CHECK(like.is_cuda(), "cbbench._cuda.softmax_plan: `like` must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(like.device());  // the plan (and its cached queries) are per device
   char buf[64];
   cb::softmax_ce_plan(classes, kernel_dtype(like, "cbbench._cuda.softmax_plan"), like.get_device(), buf, sizeof(buf));
   return std::string(buf);

@@ -117,6 +117,12 @@ __device__ __forceinline__ void store_vec(T* __restrict__ row, int64_t j, int64_
   }
 }
 
+// The reduction's gradient scale: *grad_scale in the accumulation (= loss) dtype, or 1 without one.
+template <typename A>
+__device__ __forceinline__ A read_grad_scale(const void* grad_scale) {
+  return grad_scale != nullptr ? *static_cast<const A*>(grad_scale) : A(1);
+}
+
 // ---- deterministic reductions -------------------------------------------------------------------
 // Fixed-order trees only (no atomics): the same inputs and launch shape give the same bits.
 // A NaN logit still gives a NaN loss through the sum of exponentials, so a plain max is enough.

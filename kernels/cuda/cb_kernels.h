@@ -28,7 +28,7 @@ struct SoftmaxCeArgs {
   double scale;
   double label_smoothing;
   int64_t ignore_index;
-  const void* grad_scale;      // 0-dim, device, loss dtype; read by the kernels (no host synchronisation)
+  const void* grad_scale;      // 0-dim, device, loss dtype, read by the kernels (no host sync); nullptr: 1
   void* loss_rows;             // (rows,) float32, float64 for f64 logits
   void* grad;                  // (rows, classes) in the logits' dtype, or nullptr (forward only)
   int64_t rows;

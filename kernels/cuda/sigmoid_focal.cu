@@ -52,7 +52,7 @@ __device__ __forceinline__ A row_terms(const SigmoidFocalArgs& a, int64_t row, c
   const int zal = row_align(zrow), tal = MULTI_HOT ? row_align(trow) : 0, gal = grow ? row_align(grow) : 0;
   const A gamma = a.focal ? A(a.gamma) : A(0);
   const A alpha = A(a.alpha);
-  const A coef = grow ? *static_cast<const A*>(a.grad_scale) * r.weight : A(0);
+  const A coef = grow ? read_grad_scale<A>(a.grad_scale) * r.weight : A(0);
   const float* col_weight = MULTI_HOT ? a.weight : nullptr;
 
   A acc = A(0);

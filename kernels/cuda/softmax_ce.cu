@@ -21,9 +21,10 @@
 // Every path: one fused pass computes max, sum of exp (the exponentials are kept in registers and
 // reused for the gradient), the label-smoothing sum, the loss and the gradient. Accumulation is fp32
 // (fp64 for fp64 logits); the gradient is written in the logits' dtype and the target entry
-// p_y - (1 - eps) is formed in fp32 before rounding. Loads are 16-byte vectors where a row is aligned
-// and element-wise (bounds-checked) otherwise, with the same element -> thread mapping in both cases,
-// so results are bitwise reproducible and never depend on data addresses. Reductions are fixed-order
+// p_y - (1 - eps) is formed in fp32 before rounding. A thread's 16 bytes are moved with 16-, 8- or
+// 4-byte accesses as the row's alignment allows, and element-wise (bounds-checked) in row tails and
+// 2-byte aligned fp16/bf16 rows, with the same element -> thread mapping in every case, so results are
+// bitwise reproducible and never depend on data addresses. Reductions are fixed-order
 // trees (no atomics). grad_scale is read on the device: no host synchronisation, graph capturable.
 // Indices are int64. A target outside [0, C) that is not ignore_index gives a NaN loss and gradient
 // for its row and is never used as an address.
@@ -195,7 +196,7 @@ __global__ void __launch_bounds__(kGroupBlock) softmax_group_kernel(SoftmaxCeArg
     fill_dead_row<T>(grow, 0, C, int64_t(lane) * V, int64_t(G) * V, row_align(grow), dead_row_value(r));
     return;
   }
-  const A coef = *static_cast<const A*>(a.grad_scale) * r.weight * scale;
+  const A coef = read_grad_scale<A>(a.grad_scale) * r.weight * scale;
   const A inv_s = A(1) / s;
   const int galigned = row_align(grow);
 #pragma unroll
@@ -318,7 +319,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads) softmax_block_kernel(Softmax
   if (a.grad) {
     T* grow = static_cast<T*>(a.grad) + row * C;
     const int galigned = row_align(grow);
-    const A coef = *static_cast<const A*>(a.grad_scale) * r.weight * scale;
+    const A coef = read_grad_scale<A>(a.grad_scale) * r.weight * scale;
     const A inv_s = A(1) / s;
 #pragma unroll
     for (int k = 0; k < NV; ++k) {
@@ -416,7 +417,7 @@ __global__ void __launch_bounds__(kSplitThreads) softmax_split_grad_kernel(Softm
   if (a.grad == nullptr) return;
   T* grow = static_cast<T*>(a.grad) + row * C;
   const int aligned = row_align(zrow), galigned = row_align(grow);
-  const A coef = *static_cast<const A*>(a.grad_scale) * r.weight * scale;
+  const A coef = read_grad_scale<A>(a.grad_scale) * r.weight * scale;
   const A inv_s = A(1) / s;
   for (int64_t j = begin + int64_t(threadIdx.x) * V; j < end; j += stride) {
     A x[V];
@@ -481,9 +482,9 @@ cudaLaunchConfig_t cluster_config(const Plan& p, int64_t rows, cudaStream_t stre
 }
 
 // Whether a cluster of this shape can be resident at all on the current device (a cluster of 1-CTA-
-// per-SM blocks needs that many SMs in one GPC); the split path is the fallback. The occupancy query
-// is made once per (device, dtype, cluster size, block size) and cached, so a launch (and a CUDA-graph
-// capture) makes no runtime query after the first call.
+// per-SM blocks needs that many SMs in one GPC); the split path is the fallback. A successful occupancy
+// query is cached per (device, cluster size, block size) — so after the first call a launch, and a
+// CUDA-graph capture, makes no runtime query — and a failed one is retried by the next call.
 template <typename T>
 bool cluster_fits(const Plan& p, int device) {
   static std::mutex mutex;
@@ -498,15 +499,12 @@ bool cluster_fits(const Plan& p, int device) {
   const cudaLaunchConfig_t cfg = cluster_config(p, 1, nullptr, &attr);
   const cudaError_t pending = cudaPeekAtLastError();
   int clusters = 0;
-  bool fits = false;
-  if (cudaOccupancyMaxActiveClusters(&clusters, softmax_block_kernel<T, true>, &cfg) == cudaSuccess) {
-    fits = clusters > 0;
-  } else if (pending == cudaSuccess) {
-    (void)cudaGetLastError();
+  if (cudaOccupancyMaxActiveClusters(&clusters, softmax_block_kernel<T, true>, &cfg) != cudaSuccess) {
+    if (pending == cudaSuccess) (void)cudaGetLastError();  // ours to clear; an earlier error is not
+    return false;
   }
   const std::lock_guard<std::mutex> lock(mutex);
-  cache[key] = fits;
-  return fits;
+  return cache.emplace(key, clusters > 0).first->second;  // the first stored answer wins
 }
 
 template <typename T>
