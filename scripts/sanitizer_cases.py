@@ -59,7 +59,9 @@ def softmax_case(n, c, dtype, *, unaligned=False, need_grad=True, seed=0):
     margin = torch.rand(c, device=DEV)
     loss = torch.empty(n, device=DEV, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
     grad = torch.empty(n, c, device=DEV, dtype=dtype) if need_grad else None
-    kern.softmax_ce_fwd(z, y, w, off, margin, 1.5, 0.1, -100, torch.full((), 0.5, device=DEV), loss, grad)
+    # grad_scale has the loss dtype (float64 for float64 logits)
+    kern.softmax_ce_fwd(z, y, w, off, margin, 1.5, 0.1, -100, torch.full((), 0.5, device=DEV, dtype=loss.dtype),
+                        loss, grad)
     torch.cuda.synchronize()
     return _check_rows("softmax", loss, grad, y, c)
 
@@ -74,8 +76,8 @@ def sigmoid_case(n, c, dtype, *, multi_hot=False, focal=True, unaligned=False, n
         target = _unaligned(target)
     loss = torch.empty(n, device=DEV, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
     grad = torch.empty(n, c, device=DEV, dtype=dtype) if need_grad else None
-    kern.sigmoid_focal_fwd(z, target, w, 2.0 if focal else 0.0, 0.25, -100, focal, torch.ones((), device=DEV),
-                           loss, grad)
+    # grad_scale None: the kernels use 1 (the "sum"/"none" reductions)
+    kern.sigmoid_focal_fwd(z, target, w, 2.0 if focal else 0.0, 0.25, -100, focal, None, loss, grad)
     torch.cuda.synchronize()
     if multi_hot:
         return bool(torch.isfinite(loss).all()) and (grad is None or bool(torch.isfinite(grad).all()))
