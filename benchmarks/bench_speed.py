@@ -14,10 +14,15 @@ import itertools
 import torch
 
 from cbbench.bench.bandwidth import effective_gbps, floor_bytes
-from cbbench.bench.providers import step
+from cbbench.bench.providers import PROVIDERS, graphed, step
 from cbbench.bench.timing import measure
 
-from .common import CPU_IMPLEMENTATIONS, CUDA_IMPLEMENTATIONS, POLICY, prepare, split_case
+from .common import CPU_IMPLEMENTATIONS, CUDA_SPEED_IMPLEMENTATIONS, POLICY, prepare, split_case
+
+
+def _timed(fn, inputs, mode, impl, device):
+    run = step(fn, inputs, mode)
+    return graphed(run, device) if PROVIDERS[impl].graphed else run
 
 
 def measure_all(loss, device, params):
@@ -33,8 +38,8 @@ def measure_all(loss, device, params):
         except AssertionError as exc:
             results[(impl, case_name)] = {"fail": str(exc)}
             continue
-        fwd_bwd = measure(step(fn, inputs, "fwd_bwd"), device, POLICY).median_ms
-        fwd = measure(step(fn, inputs, "fwd"), device, POLICY).median_ms
+        fwd_bwd = measure(_timed(fn, inputs, "fwd_bwd", impl, device), device, POLICY).median_ms
+        fwd = measure(_timed(fn, inputs, "fwd", impl, device), device, POLICY).median_ms
         results[(impl, case_name)] = {"fwd_bwd": fwd_bwd, "fwd": fwd,
                                       "gbps": effective_gbps(floor_bytes(case, "fwd_bwd"), fwd_bwd)}
         del inputs, fn
@@ -102,7 +107,7 @@ class FocalCPU(_LossSpeed):
 
 
 class SoftmaxCUDA(_LossSpeed):
-    params = [CUDA_IMPLEMENTATIONS, ["256x1000 fp32", "65536x1000 fp32", "16384x8142 fp32", "4096x131072 fp32",
+    params = [CUDA_SPEED_IMPLEMENTATIONS, ["256x1000 fp32", "65536x1000 fp32", "16384x8142 fp32", "4096x131072 fp32",
                                      "65536x1000 bf16"]]
 
     def setup_cache(self):
@@ -112,7 +117,7 @@ class SoftmaxCUDA(_LossSpeed):
 
 
 class SigmoidCUDA(_LossSpeed):
-    params = [CUDA_IMPLEMENTATIONS, ["1048576x80 fp32", "16384x1203 bf16"]]
+    params = [CUDA_SPEED_IMPLEMENTATIONS, ["1048576x80 fp32", "16384x1203 bf16"]]
 
     def setup_cache(self):
         return measure_all("sigmoid", "cuda", self.params)
@@ -121,7 +126,7 @@ class SigmoidCUDA(_LossSpeed):
 
 
 class FocalCUDA(_LossSpeed):
-    params = [CUDA_IMPLEMENTATIONS, ["1048576x80 fp32", "16384x1203 bf16"]]
+    params = [CUDA_SPEED_IMPLEMENTATIONS, ["1048576x80 fp32", "16384x1203 bf16"]]
 
     def setup_cache(self):
         return measure_all("focal", "cuda", self.params)

@@ -10,6 +10,9 @@ POLICY = TimingPolicy(warmup=2, min_repeat=5, max_repeat=1000, budget_s=0.3)
 
 CPU_IMPLEMENTATIONS = ["reference", "cpu", "eager", "compile"]
 CUDA_IMPLEMENTATIONS = ["reference", "cuda", "eager", "compile", "liger"]
+# speed also tracks the fused call replayed from a CUDA graph: kernel time without host overhead, the
+# steadiest signal for a kernel regression at small shapes
+CUDA_SPEED_IMPLEMENTATIONS = ["reference", "cuda", "cuda_graph", "eager", "compile", "liger"]
 DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # the CPU suite stays below this many logits (2-core CI machines); the GPU runs every shape
 CPU_MAX_ELEMENTS = 10_000_000
