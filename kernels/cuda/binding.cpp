@@ -134,8 +134,7 @@ void softmax_ce_fwd(const Tensor& logits, const Tensor& target, const std::optio
 
 void sigmoid_focal_fwd(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight, double gamma,
                        double alpha, int64_t ignore_index, bool focal, const std::optional<Tensor>& grad_scale,
-                       const Tensor& loss_rows,
-                       const std::optional<Tensor>& grad) {
+                       const Tensor& loss_rows, const std::optional<Tensor>& grad) {
   const char* fn = "cbbench._cuda.sigmoid_focal_fwd";
   check_logits(logits, fn);
   const cb::Dtype dtype = kernel_dtype(logits, fn);
