@@ -107,6 +107,15 @@ for r in rows:
 EOF
 }
 
+build() {  # cbbench with the CUDA kernels, then any carried wheels (scripts/fetch_gpu_wheels.sh)
+  "$PY" -m pip install --no-build-isolation --no-deps -v -e . || return 1
+  if compgen -G "gpu-wheels/*.whl" >/dev/null; then
+    "$PY" -m pip install --no-deps --no-index gpu-wheels/*.whl || return 1
+  else
+    echo "no gpu-wheels/: the Liger-Kernel peer will be skipped (run scripts/fetch_gpu_wheels.sh and carry gpu-wheels/)"
+  fi
+}
+
 harness() {  # the harness target: 200 epochs of CIFAR-10-LT IF 100 in <= 60 s (fake images of CIFAR's sizes)
   "$PY" -c "from cbbench.harness.datasets import write_fake_cifar; write_fake_cifar('$OUT/fake-cifar')" || return 1
   "$PY" -m cbbench train --dataset cifar10-lt --data-dir "$OUT/fake-cifar" --method cb_focal --device cuda \
@@ -120,14 +129,14 @@ print(f"harness: {c['epochs']} epochs of {r['dataset']} ({c['n_train']} images, 
 EOF
 }
 
-export -f find_sanitizer sanitize bench harness
+export -f find_sanitizer sanitize bench build harness
 export OUT PY
 export CBBENCH_CUDA=1
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 nvidia-smi 2>&1 | tee "$OUT/nvidia-smi.log" || true
 
-if want build; then stage build 300 "$PY" -m pip install --no-build-isolation --no-deps -v -e .; fi
+if want build; then stage build 300 bash -c build; fi
 if want info; then stage info 60 "$PY" -m cbbench.info; fi
 if want tests; then
   stage tests 300 "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider --junitxml="$OUT/cuda-tests.xml" tests/
