@@ -14,15 +14,10 @@ import itertools
 import torch
 
 from cbbench.bench.bandwidth import effective_gbps, floor_bytes
-from cbbench.bench.providers import PROVIDERS, graphed, step
+from cbbench.bench.providers import PROVIDERS
 from cbbench.bench.timing import measure
 
 from .common import CPU_IMPLEMENTATIONS, CUDA_SPEED_IMPLEMENTATIONS, POLICY, prepare, split_case
-
-
-def _timed(fn, inputs, mode, impl, device):
-    run = step(fn, inputs, mode)
-    return graphed(run, device) if PROVIDERS[impl].graphed else run
 
 
 def measure_all(loss, device, params):
@@ -38,8 +33,9 @@ def measure_all(loss, device, params):
         except AssertionError as exc:
             results[(impl, case_name)] = {"fail": str(exc)}
             continue
-        fwd_bwd = measure(_timed(fn, inputs, "fwd_bwd", impl, device), device, POLICY).median_ms
-        fwd = measure(_timed(fn, inputs, "fwd", impl, device), device, POLICY).median_ms
+        provider = PROVIDERS[impl]
+        fwd_bwd = measure(provider.timed_step(fn, inputs, "fwd_bwd", device), device, POLICY).median_ms
+        fwd = measure(provider.timed_step(fn, inputs, "fwd", device), device, POLICY).median_ms
         results[(impl, case_name)] = {"fwd_bwd": fwd_bwd, "fwd": fwd,
                                       "gbps": effective_gbps(floor_bytes(case, "fwd_bwd"), fwd_bwd)}
         del inputs, fn

@@ -158,6 +158,13 @@ def test_graph_provider_runs_the_cuda_kernel_and_is_not_ratioed_against_eager_pe
     assert graph.graphed and graph.kernel == "cuda" and providers.PROVIDERS["cuda"].kernel == "cuda"
     assert providers.PROVIDERS["eager"].kernel is None and not providers.PROVIDERS["cuda"].graphed
     assert "cuda" in graph.unavailable(Case("softmax", 8, 4, "float32", "cpu"))
+    # a provider that is not graphed times the plain step
+    case = Case("focal", 16, 5)
+    inputs = cases.make_inputs(case)
+    ref = providers.PROVIDERS["reference"]
+    fn = ref.build(case, inputs)
+    torch.testing.assert_close(ref.timed_step(fn, inputs, "fwd_bwd", "cpu")(),
+                               providers.step(fn, inputs, "fwd_bwd")())
     row = lambda impl, ms: {"loss": "softmax", "shape": "8x4", "dtype": "float32", "device": "cuda",  # noqa: E731
                             "impl": impl, "status": "ok", "fwd_bwd_ms": ms}
     rows = [row("cuda", 0.5), row("cuda_graph", 0.25), row("eager", 1.0)]

@@ -83,13 +83,15 @@ class Provider:
     # True when a call overwrites its inputs (Liger's cross-entropy writes the gradient into the logits in
     # place): the speed runner gives such a provider inputs of its own, so the others see pristine ones
     mutates_input: bool = False
+    # the cbbench kernel module this provider runs ("cpu"/"cuda"), or None
+    kernel: Optional[str] = None
     # True when the timed step is captured in a CUDA graph and replayed (see :func:`graphed`)
     graphed: bool = False
 
-    @property
-    def kernel(self) -> Optional[str]:
-        """The cbbench kernel module this provider runs (``"cpu"``/``"cuda"``), or ``None``."""
-        return "cuda" if self.name == "cuda_graph" else self.name if self.name in ("cpu", "cuda") else None
+    def timed_step(self, fn: LossFn, inputs: Inputs, mode: str, device) -> Callable[[], object]:
+        """The callable to time for ``mode``: :func:`step`, replayed from a CUDA graph when ``graphed``."""
+        run = step(fn, inputs, mode)
+        return graphed(run, device) if self.graphed else run
 
     def unavailable(self, case: Case) -> Optional[str]:
         """Why this implementation cannot run ``case`` here, or ``None`` when it can."""
@@ -132,9 +134,10 @@ class Provider:
 
 PROVIDERS: Dict[str, Provider] = {p.name: p for p in (
     Provider("reference", "cbbench reference (plain PyTorch, autograd)"),
-    Provider("cpu", "cbbench fused Cython kernel"),
-    Provider("cuda", "cbbench fused CUDA kernel"),
-    Provider("cuda_graph", "cbbench fused CUDA kernel, the step replayed from a CUDA graph", graphed=True),
+    Provider("cpu", "cbbench fused Cython kernel", kernel="cpu"),
+    Provider("cuda", "cbbench fused CUDA kernel", kernel="cuda"),
+    Provider("cuda_graph", "cbbench fused CUDA kernel, the step replayed from a CUDA graph", kernel="cuda",
+             graphed=True),
     Provider("eager", "torch eager: F.cross_entropy(weight=) / BCE-with-logits / torchvision focal"),
     Provider("compile", "torch.compile of the eager version"),
     Provider("liger", "Liger-Kernel LigerCrossEntropyLoss(weight=)", mutates_input=True),

@@ -23,7 +23,7 @@ import torch
 
 from . import bandwidth
 from .cases import DTYPE_SHORT, DTYPES, LOSS_TITLES, LOSSES, Case, Inputs, make_inputs, parse_shape, suite
-from .providers import IMPLEMENTATIONS, MODES, PEERS, PROVIDERS, check, graphed, reference_values, step
+from .providers import IMPLEMENTATIONS, MODES, PEERS, PROVIDERS, check, reference_values
 from .records import environment, load_average
 from .timing import FULL, QUICK, TimingPolicy, measure
 
@@ -71,10 +71,7 @@ def run_case(case: Case, impls: Sequence[str], policy: TimingPolicy, copy_gbps: 
             except AssertionError as exc:
                 row.update(status="mismatch", note=str(exc))
             for mode in MODES:
-                run = step(fn, own, mode)
-                if provider.graphed:
-                    run = graphed(run, case.device)
-                m = measure(run, case.device, policy)
+                m = measure(provider.timed_step(fn, own, mode, case.device), case.device, policy)
                 row[f"{mode}_ms"] = m.median_ms
                 row[f"{mode}_min_ms"] = m.min_ms
                 row[f"{mode}_iqr_ms"] = m.iqr_ms

@@ -93,6 +93,18 @@ void check_outputs(const Tensor& logits, const Tensor& loss_rows, const std::opt
   }
 }
 
+// The fields both argument structs share: logits, gradient scale, outputs and shape (after the checks).
+template <typename Args>
+void set_common(Args& a, const Tensor& logits, const std::optional<Tensor>& grad_scale, const Tensor& loss_rows,
+                const std::optional<Tensor>& grad, const char* fn) {
+  a.logits = logits.data_ptr();
+  a.grad_scale = grad_scale_ptr(grad_scale, logits, fn);
+  a.loss_rows = loss_rows.data_ptr();
+  a.grad = grad.has_value() ? grad->data_ptr() : nullptr;
+  a.rows = logits.size(0);
+  a.classes = logits.size(1);
+}
+
 void softmax_ce_fwd(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight,
                     const std::optional<Tensor>& logit_offset, const std::optional<Tensor>& target_margin, double scale,
                     double label_smoothing, int64_t ignore_index, const std::optional<Tensor>& grad_scale,
@@ -109,7 +121,7 @@ void softmax_ce_fwd(const Tensor& logits, const Tensor& target, const std::optio
   const c10::cuda::CUDAGuard guard(logits.device());
   const int device = logits.get_device();
   cb::SoftmaxCeArgs a{};
-  a.logits = logits.data_ptr();
+  set_common(a, logits, grad_scale, loss_rows, grad, fn);
   a.target = target.data_ptr<int64_t>();
   a.weight = class_vector(weight, logits, fn, "weight");
   a.logit_offset = class_vector(logit_offset, logits, fn, "logit_offset");
@@ -117,11 +129,6 @@ void softmax_ce_fwd(const Tensor& logits, const Tensor& target, const std::optio
   a.scale = scale;
   a.label_smoothing = label_smoothing;
   a.ignore_index = ignore_index;
-  a.grad_scale = grad_scale_ptr(grad_scale, logits, fn);
-  a.loss_rows = loss_rows.data_ptr();
-  a.grad = grad.has_value() ? grad->data_ptr() : nullptr;
-  a.rows = logits.size(0);
-  a.classes = logits.size(1);
   // The split path's partials live in a workspace from the caching allocator (graph-capture safe).
   const std::size_t ws_bytes = cb::softmax_ce_workspace_bytes(a.rows, a.classes, dtype, device);
   Tensor workspace;
@@ -158,17 +165,12 @@ void sigmoid_focal_fwd(const Tensor& logits, const Tensor& target, const std::op
   }
   const c10::cuda::CUDAGuard guard(logits.device());
   const int device = logits.get_device();
-  a.logits = logits.data_ptr();
+  set_common(a, logits, grad_scale, loss_rows, grad, fn);
   a.weight = class_vector(weight, logits, fn, "weight");
   a.gamma = gamma;
   a.alpha = alpha;
   a.ignore_index = ignore_index;
   a.focal = focal;
-  a.grad_scale = grad_scale_ptr(grad_scale, logits, fn);
-  a.loss_rows = loss_rows.data_ptr();
-  a.grad = grad.has_value() ? grad->data_ptr() : nullptr;
-  a.rows = logits.size(0);
-  a.classes = logits.size(1);
   C10_CUDA_CHECK(cb::sigmoid_focal(a, dtype, device, c10::cuda::getCurrentCUDAStream(device).stream()));
 }
 
