@@ -11,6 +11,10 @@
 # BuildExtension for the host compiler (C++20, -fPIC, TORCH_API_INCLUDE_EXTENSION_H), plus
 # warnings as errors for our own code (torch's headers are -isystem).
 set -euo pipefail
+if (($# != 3)); then
+  echo "usage: scripts/check_binding.sh PYTHON NVCC OBJ_DIR (see the header of this script)" >&2
+  exit 2
+fi
 PYTHON=$1 NVCC=$2 OBJ=$3
 CXX=${CXX:-g++}
 
