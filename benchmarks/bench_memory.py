@@ -7,12 +7,15 @@ The CPU number is not asv's ``peakmem_`` (the peak of the whole process, setup i
 Linux only; skipped where ``/proc`` cannot do that."""
 import torch
 
+from cbbench.bench.cases import LOSSES, case_id, suite
 from cbbench.bench.providers import step
 
 from .common import CPU_IMPLEMENTATIONS, CUDA_IMPLEMENTATIONS, prepare
 
-LOSSES = ["softmax", "sigmoid", "focal"]
-CUDA_SHAPES = {"softmax": "65536x1000", "sigmoid": "1048576x80", "focal": "1048576x80"}
+
+def memory_cases(device):
+    """``"<loss> <case>"`` for the ``memory`` set of the case table on ``device``."""
+    return [f"{c.loss} {case_id(c)}" for c in suite(device, losses=LOSSES, set_name="memory")]
 
 
 def _status_kib(field):
@@ -51,21 +54,22 @@ def proc_peak_rss_unavailable():
 
 
 class PeakMemoryCPU:
-    """8192x1000 float32 logits (32 MiB; the gradient is another 32 MiB)."""
-    params = [LOSSES, CPU_IMPLEMENTATIONS]
-    param_names = ["loss", "impl"]
+    """The ``memory`` cases of the CPU (8192x1000 float32: 32 MiB of logits, another 32 of gradient)."""
+    params = [memory_cases("cpu"), CPU_IMPLEMENTATIONS]
+    param_names = ["case", "impl"]
     timeout = 300
 
-    def setup(self, loss, impl):
+    def setup(self, case, impl):
         reason = proc_peak_rss_unavailable()
         if reason is not None:
             raise NotImplementedError(reason)
+        loss, _, shape = case.partition(" ")
         # no reference check here (not needed: bench_speed checks); one untimed call compiles / warms up
-        self.case, self.inputs, self.fn = prepare(loss, impl, "cpu", "8192x1000", "float32", verify=False)
+        self.case, self.inputs, self.fn = prepare(loss, impl, "cpu", shape, verify=False)
         self.run = step(self.fn, self.inputs, "fwd_bwd")
         self.run()
 
-    def track_peak_rss(self, loss, impl):
+    def track_peak_rss(self, case, impl):
         """Rise of the resident memory during one forward+backward, above the level before it."""
         return peak_rss_rise_mib(self.run)
 
@@ -73,18 +77,19 @@ class PeakMemoryCPU:
 
 
 class PeakMemoryCUDA:
-    """float32 logits of 65536x1000 (softmax) or 1048576x80 (sigmoid, focal)."""
-    params = [LOSSES, CUDA_IMPLEMENTATIONS]
-    param_names = ["loss", "impl"]
+    """The ``memory`` cases of the GPU (float32 65536x1000 softmax, 1048576x80 sigmoid and focal)."""
+    params = [memory_cases("cuda"), CUDA_IMPLEMENTATIONS]
+    param_names = ["case", "impl"]
     timeout = 300
 
-    def setup(self, loss, impl):
-        self.case, self.inputs, self.fn = prepare(loss, impl, "cuda", CUDA_SHAPES[loss], "float32", verify=False)
+    def setup(self, case, impl):
+        loss, _, shape = case.partition(" ")
+        self.case, self.inputs, self.fn = prepare(loss, impl, "cuda", shape, verify=False)
         self.run = step(self.fn, self.inputs, "fwd_bwd")
         self.run()  # compile / autotune outside the measured call
         torch.cuda.synchronize()
 
-    def track_peak_allocated(self, loss, impl):
+    def track_peak_allocated(self, case, impl):
         """Peak bytes allocated during one forward+backward, above what the inputs already hold."""
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

@@ -1,13 +1,19 @@
-"""The asv benchmark modules import, and their setup skips (NotImplementedError) what cannot run here
-and fails (AssertionError) an implementation that disagrees with the reference."""
+"""The asv suite: its parameters come from the one case table, speed is timed by asv (``time_*``),
+everything it tracks is lower-is-better, setup skips (NotImplementedError) what cannot run here and
+fails (AssertionError) an implementation that disagrees with the reference."""
 import importlib
+import inspect
+import json
+import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from cbbench import ops
+from cbbench.bench import cases
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ["bench_speed", "bench_memory", "bench_accuracy", "bench_import"]
@@ -22,10 +28,12 @@ def suite():
         sys.path.remove(str(ROOT))
 
 
-def test_asv_config_points_at_the_suite():
-    import json
-    import re
+def _benchmark_classes(module):
+    return [obj for name, obj in vars(module).items() if inspect.isclass(obj) and not name.startswith("_")
+            and obj.__module__ == module.__name__]
 
+
+def test_asv_config_points_at_the_suite():
     text = (ROOT / "asv.conf.json").read_text()
     conf = json.loads(re.sub(r"^\s*//.*$", "", text, flags=re.M))
     assert conf["benchmark_dir"] == "benchmarks"
@@ -34,42 +42,43 @@ def test_asv_config_points_at_the_suite():
     assert "--no-build-isolation" in conf["build_command"][0]
 
 
-def test_modules_define_benchmarks(suite):
+def test_speed_is_timed_by_asv_over_the_case_table(suite):
     speed = suite["bench_speed"]
-    classes = [speed.SoftmaxCPU, speed.SigmoidCPU, speed.FocalCPU, speed.SoftmaxCUDA, speed.SigmoidCUDA,
-               speed.FocalCUDA]
+    classes = _benchmark_classes(speed)
+    assert {c.__name__ for c in classes} == {f"{loss.capitalize()}{dev}" for loss in cases.LOSSES
+                                             for dev in ("CPU", "CUDA")}
     for cls in classes:
-        assert len(cls.params) == len(cls.param_names) == 2
-        assert cls.track_fwd_bwd.unit == "ms" and cls.track_effective_bandwidth.unit == "GB/s"
-    # distinct setup_cache functions, so asv keeps one cache per class
-    assert len({c.setup_cache.__code__.co_firstlineno for c in classes}) == len(classes)
-    assert suite["bench_import"].timeraw_import_cbbench() == "import cbbench"
+        # asv's own timing (samples, spread, significance), not a cached number
+        assert callable(cls.time_fwd_bwd) and callable(cls.time_fwd)
+        assert not [m for m in dir(cls) if m.startswith("track_")]
+        assert cls.param_names == ["impl", "case"]
+        want = [cases.case_id(c) for c in cases.suite(cls.device, losses=(cls.loss,), set_name="asv")]
+        assert cls.params[1] == want and want
+    # the training-size shapes of the op-path work are in the asv CPU suite, with the eager and compile peers
+    assert {"8x10 fp32", "128x10 fp32", "128x100 fp32", "256x1000 fp32"} <= set(speed.SoftmaxCPU.params[1])
+    assert {"eager", "compile", "cpu", "balanced_loss"} <= set(speed.SoftmaxCPU.params[0])
+    # the GPU classes read a clock that waits for the device; the CPU ones the plain host clock
+    assert speed.SoftmaxCPU.timer is time.perf_counter
+    assert speed.SoftmaxCUDA.timer is not time.perf_counter
 
 
-def test_measure_all_skips_and_times(suite, monkeypatch):
+def test_speed_setup_checks_skips_and_prepares_a_step(suite):
     speed = suite["bench_speed"]
-    import benchmarks.common as common
-    from cbbench.bench.timing import TimingPolicy
-
-    monkeypatch.setattr(speed, "POLICY", TimingPolicy(warmup=0, min_repeat=2, max_repeat=2, budget_s=0))
-    params = [["reference", "cuda", "liger"], ["64x10 fp32", "64x10 bf16", "100000000x1 fp32"]]
-    results = speed.measure_all("focal", "cpu", params)
-    timed = results[("reference", "64x10 fp32")]
-    assert timed["fwd_bwd"] > 0 and timed["fwd"] > 0 and timed["gbps"] > 0
-    assert "float32 only" in results[("reference", "64x10 bf16")]["skip"]
-    assert "GPU-sized" in results[("reference", "100000000x1 fp32")]["skip"]
-    assert "skip" in results[("liger", "64x10 fp32")] and "skip" in results[("cuda", "64x10 fp32")]
-    if not torch.cuda.is_available():
-        on_gpu = speed.measure_all("softmax", "cuda", speed.SoftmaxCUDA.params)
-        assert all(v == {"skip": "no CUDA device"} for v in on_gpu.values())
     bench = speed.FocalCPU()
+    bench.setup("reference", "128x100 fp32")
+    assert set(bench.steps) == {"fwd_bwd", "fwd"}
+    bench.time_fwd_bwd("reference", "128x100 fp32")
+    again = speed.FocalCPU()
+    again.setup("reference", "128x100 fp32")  # asv re-runs setup before every sample: nothing is rebuilt
+    assert again.steps is bench.steps
     with pytest.raises(NotImplementedError):
-        bench.setup(results, "liger", "64x10 fp32")
-    bench.setup(results, "reference", "64x10 fp32")
-    assert bench.track_fwd_bwd(results, "reference", "64x10 fp32") == timed["fwd_bwd"]
-    with pytest.raises(AssertionError, match="reference"):
-        bench.setup({("x", "y"): {"fail": "grad differs from the reference"}}, "x", "y")
-    assert common.split_case("65536x1000 bf16") == ("65536x1000", "bfloat16")
+        speed.FocalCPU().setup("liger", "128x100 fp32")
+    if not torch.cuda.is_available():
+        with pytest.raises(NotImplementedError, match="no CUDA device"):
+            speed.SoftmaxCUDA().setup("eager", "256x1000 fp32")
+    if ops.kernel_module("cpu") is None:
+        with pytest.raises(NotImplementedError):
+            speed.FocalCPU().setup("cpu", "128x100 fp32")
 
 
 def test_prepare_fails_a_wrong_implementation(suite, monkeypatch):
@@ -78,31 +87,61 @@ def test_prepare_fails_a_wrong_implementation(suite, monkeypatch):
 
     monkeypatch.setitem(providers.EAGER, "sigmoid", lambda z, y, w: 2 * providers.eager_sigmoid(z, y, w))
     with pytest.raises(AssertionError):
-        common.prepare("sigmoid", "eager", "cpu", "16x4", "float32")
+        common.prepare("sigmoid", "eager", "cpu", "16x4 fp32")
+    with pytest.raises(ValueError, match="NxC"):
+        common.prepare("sigmoid", "eager", "cpu", "16x4 int8")
 
 
-def test_memory_benchmarks_skip_without_gpu_or_kernels(suite):
+def test_memory_benchmarks_use_the_memory_set_and_skip_without_gpu_or_kernels(suite):
     mem = suite["bench_memory"]
+    assert mem.PeakMemoryCPU.params[0] == [f"{c.loss} {cases.case_id(c)}"
+                                           for c in cases.suite("cpu", set_name="memory")]
     if not torch.cuda.is_available():
         with pytest.raises(NotImplementedError):
-            mem.PeakMemoryCUDA().setup("softmax", "eager")
+            mem.PeakMemoryCUDA().setup("softmax 65536x1000 fp32", "eager")
     if ops.kernel_module("cpu") is None:
         with pytest.raises(NotImplementedError):
-            mem.PeakMemoryCPU().setup("softmax", "cpu")
+            mem.PeakMemoryCPU().setup("softmax 8192x1000 fp32", "cpu")
 
 
-def test_accuracy_benchmarks_skip_what_was_not_trained(suite):
+def test_accuracy_is_tracked_as_error(suite, monkeypatch):
     accuracy = suite["bench_accuracy"]
+    names = [m for m in dir(accuracy.DigitsLT) if m.startswith("track_")]
+    assert names and all(n.endswith("_error") for n in names)
     bench = accuracy.DigitsLT()
     with pytest.raises(NotImplementedError, match="harness"):
         bench.setup({"_skip": "the harness is missing"}, "softmax")
     cache = {"softmax": {"top1_error": 20.0, "balanced_accuracy": 75.0, "few_shot": None}}
     bench.setup(cache, "softmax")
     assert bench.track_top1_error(cache, "softmax") == 20.0
-    assert bench.track_balanced_accuracy.unit == "%"
-    assert bench.track_few_shot_accuracy(cache, "softmax") != bench.track_few_shot_accuracy(cache, "softmax")  # NaN
+    assert bench.track_balanced_error(cache, "softmax") == 25.0
+    assert bench.track_few_shot_error(cache, "softmax") != bench.track_few_shot_error(cache, "softmax")  # NaN
     if not torch.cuda.is_available():
         assert "GPU" in accuracy.Cifar10LT().setup_cache()["_skip"]
+    assert accuracy._seeds() == [0, 1, 2]
+    monkeypatch.setenv("CBBENCH_ASV_METHODS", "cb_softmax,softmax")
+    monkeypatch.setenv("CBBENCH_ASV_SEEDS", "2")
+    assert accuracy._methods() == ["cb_softmax", "softmax"] and accuracy._seeds() == [0, 1]
+    monkeypatch.setenv("CBBENCH_ASV_METHODS", "cb_softmax,nope")
+    with pytest.raises(ValueError, match="nope"):
+        accuracy._methods()
+
+
+def test_accuracy_cache_averages_the_seeds(suite, monkeypatch):
+    accuracy = suite["bench_accuracy"]
+    monkeypatch.setenv("CBBENCH_ASV_METHODS", "softmax")
+    monkeypatch.setenv("CBBENCH_ASV_SEEDS", "2")
+    calls = {}
+
+    def fake_run(dataset, methods, seeds, out_dir, **kw):
+        calls.update(dataset=dataset, methods=methods, seeds=seeds)
+        return [{"dataset": dataset, "method": "softmax", "top1_error": e, "balanced_accuracy": 100 - e,
+                 "few_shot": 50.0} for e in (10.0, 20.0)]
+
+    monkeypatch.setattr(accuracy.acc, "run_accuracy", fake_run)
+    cache = accuracy.SyntheticLT().setup_cache()
+    assert calls == {"dataset": "synthetic-lt", "methods": ["softmax"], "seeds": [0, 1]}
+    assert accuracy.SyntheticLT().track_top1_error(cache, "softmax") == pytest.approx(15.0)
 
 
 def test_cpu_memory_is_the_rise_during_the_call_not_the_process_peak(suite):
@@ -117,3 +156,7 @@ def test_cpu_memory_is_the_rise_during_the_call_not_the_process_peak(suite):
     del big
     assert mem.peak_rss_rise_mib(lambda: None) < 50  # the high-water mark was reset
     assert mem.peak_rss_rise_mib(lambda: torch.ones(32 * 2**20).add_(1.0)) > 100  # 128 MiB touched
+
+
+def test_import_benchmarks(suite):
+    assert suite["bench_import"].timeraw_import_cbbench() == "import cbbench"

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from cbbench import ops
-from cbbench.bench import bandwidth, cases, providers, records, speed, timing
+from cbbench import provenance
+from cbbench.bench import bandwidth, cases, providers, speed, timing
 from cbbench.bench.cases import Case
 
 # ----------------------------------------------------------------------------------------------
@@ -212,7 +213,7 @@ def test_step_fwd_bwd_returns_the_gradient_without_accumulating():
 
 
 def test_environment_record_fields():
-    env = records.environment("cpu")
+    env = provenance.environment("cpu")
     for key in ("device_name", "torch", "torch_cuda", "cbbench", "commit", "date", "backends", "load_average_1min"):
         assert key in env
     assert env["torch"] == torch.__version__
@@ -223,7 +224,7 @@ def test_environment_record_fields():
 
 def test_commit_can_be_given_by_the_environment(monkeypatch):
     monkeypatch.setenv("CBBENCH_COMMIT", "abc123")
-    assert records.git_commit() == "abc123"
+    assert provenance.git_commit() == "abc123"
 
 
 @pytest.fixture(scope="module")

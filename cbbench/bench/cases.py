@@ -8,9 +8,12 @@ class-balanced weights (beta 0.9999) of a long-tailed count vector with imbalanc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import FrozenSet, List, Optional, Tuple
 
 import torch
+
+from ..harness.datasets import long_tailed_counts
+from ..weights import class_balanced_weights
 
 LOSSES = ("softmax", "sigmoid", "focal")
 LOSS_TITLES = {"softmax": "CB softmax CE", "sigmoid": "CB sigmoid CE", "focal": "CB focal"}
@@ -65,57 +68,116 @@ def parse_shape(text: str) -> Tuple[int, int]:
     return n, c
 
 
-# (shape, dtype) per loss and device; "quick" is a subset of "full". The GPU shapes are the ones of the
-# peer table in DESIGN §6; the CPU ones are sized for a 2-core machine.
-SUITES: Dict[str, Dict[str, Dict[str, List[Tuple[str, str]]]]] = {
-    "cpu": {
-        "quick": {
-            "softmax": [("256x1000", "float32"), ("8192x1000", "float32")],
-            "sigmoid": [("8192x1000", "float32")],
-            "focal": [("8192x1000", "float32")],
-        },
-        "full": {
-            "softmax": [("256x1000", "float32"), ("8192x1000", "float32"), ("65536x10", "float32"),
-                        ("1024x8142", "float32"), ("8192x1000", "bfloat16")],
-            "sigmoid": [("8192x1000", "float32"), ("16384x80", "float32")],
-            "focal": [("8192x1000", "float32"), ("16384x80", "float32"), ("2048x1203", "float32")],
-        },
-    },
-    "cuda": {
-        "quick": {
-            "softmax": [("256x1000", "float32"), ("65536x1000", "float32"), ("65536x1000", "bfloat16")],
-            "sigmoid": [("1048576x80", "float32")],
-            "focal": [("1048576x80", "float32"), ("16384x1203", "bfloat16")],
-        },
-        "full": {
-            "softmax": [("256x1000", "float32"), ("65536x1000", "float32"), ("16384x8142", "float32"),
-                        ("4096x131072", "float32"), ("65536x1000", "bfloat16"), ("65536x1000", "float16")],
-            "sigmoid": [("1048576x80", "float32"), ("16384x1203", "bfloat16")],
-            "focal": [("1048576x80", "float32"), ("16384x1203", "float32"), ("16384x1203", "bfloat16")],
-        },
-    },
-}
+# ----------------------------------------------------------------------------------------------
+# The case table: every shape any benchmark times, and which sets it belongs to.
+#   quick / full  the speed runner (`python -m cbbench.bench.speed`, `make bench`; full is the default)
+#   asv           the asv speed suite (benchmarks/bench_speed.py)
+#   memory        the asv memory suite (benchmarks/bench_memory.py)
+#   micro         the pytest-benchmark micro-benchmarks (benchmarks/micro)
+# The GPU shapes are those of the peer table in docs/design.md ("Performance model"); the CPU ones are
+# sized for a 2-core machine and include the training-size shapes (N 8-256, C 10-1000) where per-call
+# overhead, not the kernel, decides.
+# ----------------------------------------------------------------------------------------------
+SETS = ("quick", "full", "asv", "memory", "micro")
 
 
-def suite(device: str, quick: bool = False, losses=LOSSES) -> List[Case]:
-    """The cases of the standard suite for ``device`` ("cpu" or "cuda")."""
-    if device not in SUITES:
-        raise ValueError(f"device must be one of {tuple(SUITES)}, got {device!r}")
-    table = SUITES[device]["quick" if quick else "full"]
-    cases = []
+@dataclass(frozen=True)
+class TableRow:
+    loss: str
+    shape: str
+    dtype: str
+    device: str
+    sets: FrozenSet[str]
+
+
+def _rows(device: str, loss: str, entries) -> List[TableRow]:
+    rows = []
+    for shape, dtype, sets in entries:
+        names = frozenset(sets.split())
+        unknown = names - set(SETS)
+        if unknown:
+            raise ValueError(f"unknown case set(s) {sorted(unknown)} for {loss} {shape}")
+        rows.append(TableRow(loss, shape, dtype, device, names))
+    return rows
+
+
+CASE_TABLE: Tuple[TableRow, ...] = tuple(
+    _rows("cpu", "softmax", [
+        ("8x10", "float32", "quick full asv micro"),
+        ("128x10", "float32", "quick full asv micro"),
+        ("128x100", "float32", "quick full asv micro"),
+        ("256x1000", "float32", "quick full asv micro"),
+        ("8192x1000", "float32", "quick full asv memory micro"),
+        ("65536x10", "float32", "full"),
+        ("1024x8142", "float32", "full"),
+        ("8192x1000", "bfloat16", "full"),
+    ])
+    + _rows("cpu", "sigmoid", [
+        ("128x100", "float32", "full asv"),
+        ("8192x1000", "float32", "quick full asv memory micro"),
+        ("16384x80", "float32", "full"),
+    ])
+    + _rows("cpu", "focal", [
+        ("128x100", "float32", "full asv"),
+        ("8192x1000", "float32", "quick full asv memory micro"),
+        ("16384x80", "float32", "full"),
+        ("2048x1203", "float32", "full"),
+    ])
+    + _rows("cuda", "softmax", [
+        ("256x1000", "float32", "quick full asv micro"),
+        ("65536x1000", "float32", "quick full asv memory micro"),
+        ("16384x8142", "float32", "full asv"),
+        ("4096x131072", "float32", "full asv"),
+        ("65536x1000", "bfloat16", "quick full asv"),
+        ("65536x1000", "float16", "full"),
+    ])
+    + _rows("cuda", "sigmoid", [
+        ("1048576x80", "float32", "quick full asv memory micro"),
+        ("16384x1203", "bfloat16", "full asv"),
+    ])
+    + _rows("cuda", "focal", [
+        ("1048576x80", "float32", "quick full asv memory micro"),
+        ("16384x1203", "float32", "full"),
+        ("16384x1203", "bfloat16", "quick full asv"),
+    ])
+)
+DEVICES = ("cpu", "cuda")
+
+
+def suite(device: str, quick: bool = False, losses=LOSSES, *, set_name: Optional[str] = None) -> List[Case]:
+    """The cases of ``device`` ("cpu" or "cuda") in one set of :data:`CASE_TABLE`: ``set_name``, or
+    "quick" / "full" (the speed runner's) by ``quick``; in the table's order, for ``losses``."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    name = set_name or ("quick" if quick else "full")
+    if name not in SETS:
+        raise ValueError(f"set_name must be one of {SETS}, got {name!r}")
+    losses = tuple(losses)
     for loss in losses:
-        for shape, dtype in table[loss]:
-            n, c = parse_shape(shape)
-            cases.append(Case(loss, n, c, dtype, device))
-    return cases
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    return [Case(row.loss, *parse_shape(row.shape), row.dtype, device)
+            for loss in losses for row in CASE_TABLE
+            if row.device == device and row.loss == loss and name in row.sets]
+
+
+def case_id(case: Case) -> str:
+    """The short name of a case as benchmark parameters show it: ``"8192x1000 fp32"``."""
+    return f"{case.shape} {DTYPE_SHORT[case.dtype]}"
+
+
+def parse_case_id(text: str, loss: str, device: str) -> Case:
+    """Inverse of :func:`case_id` for ``loss`` on ``device``."""
+    shape, _, dtype = text.partition(" ")
+    names = {short: name for name, short in DTYPE_SHORT.items()}
+    if dtype not in names:
+        raise ValueError(f"case must look like 'NxC fp32|bf16|fp16|fp64', got {text!r}")
+    return Case(loss, *parse_shape(shape), names[dtype], device)
 
 
 def long_tail_counts(num_classes: int, imbalance: float = IMBALANCE, n_max: int = 5000) -> torch.Tensor:
     """The long-tailed CIFAR profile of the harness, :func:`cbbench.harness.datasets.long_tailed_counts`
     (``int(n_max * (1/IF)^(i/(C-1)))`` per class), as an int64 tensor."""
-    # imported here: the harness imports cbbench.bench lazily, and the speed cases need only this function
-    from ..harness.datasets import long_tailed_counts
-
     return torch.tensor(long_tailed_counts(n_max, num_classes, imbalance), dtype=torch.int64)
 
 
@@ -128,8 +190,6 @@ class Inputs:
 
 def make_inputs(case: Case, seed: int = 0) -> Inputs:
     """Random logits (std 2), uniform targets and class-balanced weights on the case's device."""
-    from ..weights import class_balanced_weights
-
     gen = torch.Generator(device="cpu").manual_seed(seed)
     device = torch.device(case.device)
     # generated on the host for reproducibility across devices, at float32, then moved and cast

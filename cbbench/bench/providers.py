@@ -11,32 +11,36 @@
   ``w[y]``; the focal loss in torchvision's formula (``p_t``, ``(1 - p_t) ** gamma``);
 * ``compile`` — ``torch.compile`` of the eager functions (a fresh compilation per case);
 * ``liger`` — Liger-Kernel's ``LigerCrossEntropyLoss(weight=w)`` (softmax on CUDA, when installed); it
-  writes its gradient into the logits in place (``Provider.mutates_input``).
+  writes its gradient into the logits in place (``Provider.mutates_input``);
+* ``balanced_loss`` — the ``balanced-loss`` package from PyPI (``balanced_loss.Loss(class_balanced=True)``),
+  the most-used published class-balanced loss, when installed. It computes the class-balanced weights
+  from the counts on every call (numpy, as a user pays it) and a different quantity for two losses
+  (:data:`BALANCED_LOSS_QUANTITY`): it is checked against the reference for what it computes.
 """
 from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .. import functional as cbf
 from .. import ops
-from .cases import FOCAL_GAMMA, REDUCTION, Case, Inputs
+from .cases import CB_BETA, FOCAL_GAMMA, REDUCTION, Case, Inputs, long_tail_counts
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-IMPLEMENTATIONS = ("reference", "cpu", "cuda", "cuda_graph", "eager", "compile", "liger")
-PEERS = ("eager", "compile", "liger")
+IMPLEMENTATIONS = ("reference", "cpu", "cuda", "cuda_graph", "eager", "compile", "liger", "balanced_loss")
+PEERS = ("eager", "compile", "liger", "balanced_loss")
 
 
 # ----------------------------------------------------------------------------------------------
 # the losses, per implementation
 # ----------------------------------------------------------------------------------------------
-def cbbench_loss(loss: str, backend: str) -> LossFn:
-    reduction = REDUCTION[loss]
+def cbbench_loss(loss: str, backend: str, reduction: Optional[str] = None) -> LossFn:
+    reduction = reduction or REDUCTION[loss]
     if loss == "softmax":
         return lambda z, y, w: cbf.softmax_cross_entropy(z, y, w, reduction=reduction, backend=backend)
     if loss == "sigmoid":
@@ -65,8 +69,24 @@ def eager_focal(z, y, w):
 EAGER: Dict[str, LossFn] = {"softmax": eager_softmax, "sigmoid": eager_sigmoid, "focal": eager_focal}
 
 
-def _liger_available() -> bool:
-    return importlib.util.find_spec("liger_kernel") is not None
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+# balanced-loss's loss types, and what it computes where that differs from the case's quantity:
+# (reference reduction, divisor). Its cross-entropy passes one-hot float targets to F.cross_entropy, whose
+# mean then divides by N (the paper's mean), not by the weight sum; its sigmoid loss is
+# binary_cross_entropy_with_logits' mean over all N*C terms, so 1/C of the paper's mean.
+BALANCED_LOSS_TYPES = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy", "focal": "focal_loss"}
+BALANCED_LOSS_QUANTITY = {"softmax": ("mean", "1"), "sigmoid": ("mean", "C"), "focal": ("mean", "1")}
+
+
+def balanced_loss_module(loss: str, counts, beta: float = CB_BETA, gamma: float = FOCAL_GAMMA):
+    """``balanced_loss.Loss`` for ``loss`` with class-balanced weights of ``counts``."""
+    from balanced_loss import Loss
+
+    return Loss(loss_type=BALANCED_LOSS_TYPES[loss], beta=beta, fl_gamma=gamma,
+                samples_per_class=[int(n) for n in counts], class_balanced=True)
 
 
 def _compile(fn: LossFn) -> LossFn:
@@ -87,6 +107,16 @@ class Provider:
     kernel: Optional[str] = None
     # True when the timed step is captured in a CUDA graph and replayed (see :func:`graphed`)
     graphed: bool = False
+    # True for torch.compile'd callables: their operators cannot be counted (see cbbench.bench.opcount)
+    compiled: bool = False
+    # loss -> (reference reduction, divisor "1" or "C") where this implementation computes another
+    # quantity than the case's (REDUCTION): its check is against that quantity
+    quantity: Optional[Dict[str, Tuple[str, str]]] = None
+
+    def expected_quantity(self, case: Case) -> Tuple[str, float]:
+        """``(reduction, divisor)`` of the reference value this implementation must reproduce."""
+        reduction, divisor = (self.quantity or {}).get(case.loss, (REDUCTION[case.loss], "1"))
+        return reduction, float(case.c if divisor == "C" else 1)
 
     def timed_step(self, fn: LossFn, inputs: Inputs, mode: str, device) -> Callable[[], object]:
         """The callable to time for ``mode``: :func:`step`, replayed from a CUDA graph when ``graphed``."""
@@ -109,8 +139,10 @@ class Provider:
                 return "Liger-Kernel has no class-weighted sigmoid/focal loss"
             if device.type != "cuda":
                 return "Liger-Kernel runs on CUDA only"
-            if not _liger_available():
+            if not _installed("liger_kernel"):
                 return "liger-kernel not installed"
+        if self.name == "balanced_loss" and not _installed("balanced_loss"):
+            return "balanced-loss not installed (pip install balanced-loss)"
         return None
 
     def build(self, case: Case, inputs: Optional[Inputs] = None) -> LossFn:
@@ -124,6 +156,9 @@ class Provider:
             return EAGER[case.loss]
         if self.name == "compile":
             return _compile(EAGER[case.loss])
+        if self.name == "balanced_loss":
+            module = balanced_loss_module(case.loss, long_tail_counts(case.c).tolist())
+            return lambda z, y, w: module(z, y)
         from liger_kernel.transformers import LigerCrossEntropyLoss
 
         if inputs is None:
@@ -139,8 +174,9 @@ PROVIDERS: Dict[str, Provider] = {p.name: p for p in (
     Provider("cuda_graph", "cbbench fused CUDA kernel, the step replayed from a CUDA graph", kernel="cuda",
              graphed=True),
     Provider("eager", "torch eager: F.cross_entropy(weight=) / BCE-with-logits / torchvision focal"),
-    Provider("compile", "torch.compile of the eager version"),
+    Provider("compile", "torch.compile of the eager version", compiled=True),
     Provider("liger", "Liger-Kernel LigerCrossEntropyLoss(weight=)", mutates_input=True),
+    Provider("balanced_loss", "balanced-loss (PyPI) Loss(class_balanced=True)", quantity=BALANCED_LOSS_QUANTITY),
 )}
 
 
@@ -188,19 +224,22 @@ TOLERANCE = {"float64": (1e-10, 1e-12), "float32": (2e-4, 1e-7), "float16": (2e-
              "bfloat16": (4e-2, 1e-3)}
 
 
-def reference_values(case: Case, inputs: Inputs):
+def reference_values(case: Case, inputs: Inputs, quantity: Optional[Tuple[str, float]] = None):
     """The reference loss and gradient for ``case``, computed at float32 (float64 for float64) from the
-    same logits values."""
+    same logits values; ``quantity`` = ``(reduction, divisor)`` for an implementation that computes
+    another quantity (:meth:`Provider.expected_quantity`)."""
+    reduction, divisor = quantity or (REDUCTION[case.loss], 1.0)
     compute = torch.float64 if case.dtype == "float64" else torch.float32
     z = inputs.logits.detach().to(compute).requires_grad_(True)
-    loss = cbbench_loss(case.loss, "reference")(z, inputs.target, inputs.weight)
+    loss = cbbench_loss(case.loss, "reference", reduction)(z, inputs.target, inputs.weight) / divisor
     (grad,) = torch.autograd.grad(loss, z)
     return loss.detach(), grad
 
 
 def check(fn: LossFn, case: Case, inputs: Inputs, expected=None) -> float:
-    """Largest normwise error of loss and gradient of ``fn`` against the reference, relative to the
-    tolerance of the case's dtype (<= 1 passes). Raises AssertionError on a mismatch."""
+    """Largest normwise error of loss and gradient of ``fn`` against the reference (``expected`` =
+    :func:`reference_values`, default the case's quantity), relative to the tolerance of the case's
+    dtype (<= 1 passes). Raises AssertionError on a mismatch."""
     exp_loss, exp_grad = expected if expected is not None else reference_values(case, inputs)
     z = inputs.logits
     loss = fn(z, inputs.target, inputs.weight)

@@ -18,7 +18,7 @@ from .providers import IMPLEMENTATIONS
 from .speed import format_table, header_text, load_caution
 
 IMPL_COLORS = {"reference": "#9e9e9e", "cpu": "#1b9e77", "cuda": "#d95f02", "cuda_graph": "#e6ab02",
-               "eager": "#7570b3", "compile": "#e7298a", "liger": "#66a61e"}
+               "eager": "#7570b3", "compile": "#e7298a", "liger": "#66a61e", "balanced_loss": "#a6761d"}
 HIGHLIGHT = ("softmax", "cb_softmax", "cb_sigmoid", "cb_focal", "balanced_softmax", "ldam_drw")
 
 
@@ -166,10 +166,12 @@ def write_report(out_dir, *, speed: Sequence[dict] = (), accuracy_runs: Sequence
     for result in speed:
         device = result["env"]["device"]
         md += [f"### {device}", "", "```", header_text(result), "```", "",
-               "Median ms of forward+backward (loss and d loss/d logits) and forward only (the minimum of the samples is "
-               "in `speed/<device>/speed.{csv,json}`). *x floor* = time / "
-               "(floor bytes / copy bandwidth), floor bytes = 2·N·C·s + targets + weights; *GB/s* = floor bytes / "
-               "time; *vs eager / vs compile* = that peer's fwd+bwd time / this one's, measured in the same run.",
+               "Median ms of forward+backward (loss and d loss/d logits) and forward only, with the 20th-80th "
+               "percentile range of the fwd+bwd samples (the minimum is in `speed/<device>/speed.{csv,json}`). "
+               "*x floor* = time / (floor bytes / copy bandwidth), floor bytes = 2·N·C·s + targets + weights; "
+               "*ops f/b* = operators one call dispatches in forward / backward (TorchDispatchMode count; the "
+               "JSON lists them; not counted for torch.compile); *vs eager / vs compile / vs b-loss* = that "
+               "peer's fwd+bwd time / this one's, measured in the same run (b-loss: the balanced-loss package).",
                ""]
         caution = load_caution(result)
         if caution:

@@ -3,9 +3,10 @@
     python -m cbbench.bench.speed --device {cpu,cuda} [--quick] [--out DIR] [--threads N]
 
 Prints a table (median ms of forward+backward and of forward only, the ratio to the bandwidth floor,
-and the speed-up against the peers measured in the same run) and writes ``speed.csv`` and
-``speed.json`` (each row with the run's environment record, and the minimum beside every median) into
-DIR. Every implementation is checked against the reference on the timed inputs before it is timed.
+the operators one call issues forward/backward, and the speed-up against the peers measured in the same
+run) and writes ``speed.csv`` and ``speed.json`` (each row with the run's environment record, and p20,
+p80 and the minimum beside every median; the JSON also lists the operators by name) into DIR. Every
+implementation is checked against the reference on the timed inputs before it is timed.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ import torch
 from . import bandwidth
 from .cases import DTYPE_SHORT, DTYPES, LOSS_TITLES, LOSSES, Case, Inputs, make_inputs, parse_shape, suite
 from .providers import IMPLEMENTATIONS, MODES, PEERS, PROVIDERS, check, reference_values
-from .records import environment, load_average
+from ..provenance import environment, load_average
+from .opcount import count_ops
 from .timing import FULL, QUICK, TimingPolicy, measure
 
 
@@ -41,14 +43,15 @@ def _copy_inputs(inputs: Inputs) -> Inputs:
 
 def run_case(case: Case, impls: Sequence[str], policy: TimingPolicy, copy_gbps: float,
              log: Callable[[str], None] = lambda s: None) -> List[dict]:
-    """Rows for one case: each implementation checked against the reference, then timed.
+    """Rows for one case: each implementation checked against the reference, its operators counted
+    (forward and backward, :mod:`.opcount`), then timed.
 
-    The reference values are computed once from the pristine inputs; a provider that writes into its
-    inputs (``Provider.mutates_input``, e.g. Liger) is checked and timed on a copy of its own, so every
-    other provider, before or after it, sees the pristine inputs."""
+    The reference values are computed once per quantity from the pristine inputs; a provider that writes
+    into its inputs (``Provider.mutates_input``, e.g. Liger) is checked and timed on a copy of its own, so
+    every other provider, before or after it, sees the pristine inputs."""
     rows = []
     inputs = None
-    expected = None
+    expected = {}
     for impl in impls:
         provider = PROVIDERS[impl]
         row = {"loss": case.loss, "shape": case.shape, "n": case.n, "c": case.c, "dtype": case.dtype,
@@ -62,20 +65,24 @@ def run_case(case: Case, impls: Sequence[str], policy: TimingPolicy, copy_gbps: 
             continue
         if inputs is None:
             inputs = make_inputs(case)
-            expected = reference_values(case, inputs)
+        quantity = provider.expected_quantity(case)
+        if quantity not in expected:
+            expected[quantity] = reference_values(case, inputs, quantity)
         own = _copy_inputs(inputs) if provider.mutates_input else inputs
         try:
             fn = provider.build(case, own)
             try:
-                row["max_error_vs_tolerance"] = check(fn, case, own, expected)
+                row["max_error_vs_tolerance"] = check(fn, case, own, expected[quantity])
             except AssertionError as exc:
                 row.update(status="mismatch", note=str(exc))
+            if not provider.compiled and not provider.graphed:
+                ops = count_ops(lambda: fn(own.logits, own.target, own.weight), own.logits)
+                row["ops_fwd"], row["ops_bwd"] = ops.n_forward, ops.n_backward
+                row["ops"] = {"fwd": ops.forward, "bwd": ops.backward}
             for mode in MODES:
                 m = measure(provider.timed_step(fn, own, mode, case.device), case.device, policy)
-                row[f"{mode}_ms"] = m.median_ms
-                row[f"{mode}_min_ms"] = m.min_ms
-                row[f"{mode}_iqr_ms"] = m.iqr_ms
-                row[f"{mode}_samples"] = m.n
+                row.update({f"{mode}_{key}": value for key, value in m.summary().items() if key != "clock"})
+                row[f"{mode}_ms"] = row.pop(f"{mode}_median_ms")
                 row["clock"] = m.clock
                 row[f"gbps_{mode}"] = bandwidth.effective_gbps(row[f"floor_bytes_{mode}"], m.median_ms)
                 row[f"frac_copy_{mode}"] = row[f"gbps_{mode}"] / copy_gbps
@@ -98,6 +105,8 @@ def _progress_line(case: Case, row: dict) -> str:
         timing = f"fwd+bwd {row['fwd_bwd_ms']:9.3f} ms  fwd {row['fwd_ms']:9.3f} ms"
     else:
         timing = ""
+    if "ops_fwd" in row:
+        timing += f"  ops {row['ops_fwd']}/{row['ops_bwd']}"
     note = "" if row["status"] == "ok" else f"  [{row['status']}: {row['note']}]"
     return f"  {case.label():32s} {row['impl']:10s} {timing}{note}"
 
@@ -174,8 +183,8 @@ def _fmt(value, spec: str, empty: str = "—") -> str:
 
 def format_table(result: dict, markdown: bool = False) -> str:
     """The speed table: one line per case and implementation that ran; skipped ones listed below."""
-    head = ["loss", "shape", "dtype", "impl", "fwd+bwd ms", "fwd ms", "x floor", "GB/s", "vs eager",
-            "vs compile", "note"]
+    head = ["loss", "shape", "dtype", "impl", "fwd+bwd ms", "p20-p80", "fwd ms", "x floor", "ops f/b",
+            "vs eager", "vs compile", "vs b-loss", "note"]
     lines = []
     skipped = {}
     for r in result["rows"]:
@@ -184,10 +193,13 @@ def format_table(result: dict, markdown: bool = False) -> str:
             continue
         vs = lambda p: _fmt(r.get(f"speedup_vs_{p}"), ".2f") + ("x" if r.get(f"speedup_vs_{p}") else "")  # noqa
         note = "" if r["status"] == "ok" else f"{r['status'].upper()}: {r['note']}"
+        spread = (f"{r['fwd_bwd_p20_ms']:.3f}-{r['fwd_bwd_p80_ms']:.3f}" if r.get("fwd_bwd_p20_ms") is not None
+                  else "—")
+        ops = f"{r['ops_fwd']}/{r['ops_bwd']}" if r.get("ops_fwd") is not None else "—"
         lines.append([LOSS_TITLES[r["loss"]], r["shape"], DTYPE_SHORT[r["dtype"]], r["impl"],
-                      _fmt(r.get("fwd_bwd_ms"), ".3f"), _fmt(r.get("fwd_ms"), ".3f"),
-                      _fmt(r.get("x_floor_fwd_bwd"), ".1f"), _fmt(r.get("gbps_fwd_bwd"), ".1f"),
-                      vs("eager"), vs("compile"), note[:70]])
+                      _fmt(r.get("fwd_bwd_ms"), ".3f"), spread, _fmt(r.get("fwd_ms"), ".3f"),
+                      _fmt(r.get("x_floor_fwd_bwd"), ".1f"), ops, vs("eager"), vs("compile"), vs("balanced_loss"),
+                      note[:70]])
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         out += ["| " + " | ".join(cells) + " |" for cells in lines]
@@ -219,7 +231,7 @@ def header_text(result: dict) -> str:
     caution = load_caution(result)
     return (f"{env['device_name']} | torch {env['torch']} (CUDA {env['torch_cuda']}) | cbbench {env['cbbench']} "
             f"commit {(env.get('commit') or 'unknown')[:12]} | {env['date']}\n"
-            f"copy bandwidth {result['copy_gbps']:.1f} GB/s | medians (min in the records) of >= "
+            f"copy bandwidth {result['copy_gbps']:.1f} GB/s | medians (p20/p80/min in the records) of >= "
             f"{result['policy']['min_repeat']} "
             f"samples ({env['device'].startswith('cuda') and 'CUDA events, L2 flushed' or 'host clock'}) | "
             f"1-min load average before/after: {load[0]}/{load[1]} on {env['cpu_count']} CPUs"
@@ -237,14 +249,14 @@ def write_results(result: dict, out_dir) -> List[Path]:
     json_path.write_text(json.dumps(result, indent=2, default=str))
     fields: List[str] = []
     for r in result["rows"]:
-        fields += [k for k in r if k not in fields]
+        fields += [k for k in r if k not in fields and not isinstance(r[k], dict)]  # op lists: JSON only
     fields += ["copy_gbps"] + list(CSV_ENV_FIELDS)
     csv_path = out / "speed.csv"
     with csv_path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         for r in result["rows"]:
-            writer.writerow({**r, "copy_gbps": result["copy_gbps"],
+            writer.writerow({**{k: v for k, v in r.items() if k in fields}, "copy_gbps": result["copy_gbps"],
                              **{k: result["env"].get(k) for k in CSV_ENV_FIELDS}})
     return [csv_path, json_path]
 

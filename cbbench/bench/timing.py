@@ -5,6 +5,11 @@ timed with CUDA events around each call, with the device idle before and synchro
 sample, so a sample is the end-to-end time of one call including its launch overhead; before each
 sample the L2 cache is flushed by writing a buffer larger than it, so no sample reads its inputs from a
 warm cache.
+
+The speed runner and the pytest-benchmark micro-benchmarks take their samples with :func:`measure`.
+asv takes its own samples (it chooses the repeats, keeps every sample and tests significance); its
+``time_*`` benchmarks read :func:`asv_clock`, the same host clock, which on a GPU first waits for the
+device, so a sample spans the queued work and not only its launch.
 """
 from __future__ import annotations
 
@@ -65,9 +70,18 @@ class Measurement:
     def iqr_ms(self) -> float:
         return self.quantile_ms(0.75) - self.quantile_ms(0.25)
 
+    @property
+    def p20_ms(self) -> float:
+        return self.quantile_ms(0.2)
+
+    @property
+    def p80_ms(self) -> float:
+        return self.quantile_ms(0.8)
+
     def summary(self) -> dict:
-        return {"median_ms": self.median_ms, "min_ms": self.min_ms, "iqr_ms": self.iqr_ms,
-                "samples": self.n, "clock": self.clock}
+        """What a record keeps of the samples: p20 / p50 (median) / p80, minimum, IQR, count, clock."""
+        return {"median_ms": self.median_ms, "p20_ms": self.p20_ms, "p80_ms": self.p80_ms, "min_ms": self.min_ms,
+                "iqr_ms": self.iqr_ms, "samples": self.n, "clock": self.clock}
 
 
 def synchronize(device) -> None:
@@ -75,6 +89,20 @@ def synchronize(device) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def asv_clock(device="cpu") -> Callable[[], float]:
+    """The clock for asv's ``timer`` attribute on ``device``: the host clock (seconds), which on a CUDA
+    device first synchronises it, so that asv's span between two readings covers the queued work."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return time.perf_counter
+
+    def synchronized_clock() -> float:
+        torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    return synchronized_clock
 
 
 class HostTimer:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..provenance import device_name, git_commit
 from .datasets import DATASETS, LongTailedData, load_dataset
 from .methods import Method, get_spec
 from .metrics import evaluate
@@ -421,7 +422,6 @@ def _train(config: TrainConfig, data: LongTailedData, threads: int, progress: bo
     with torch.no_grad():
         preds = [method.predict(model(x)).cpu() for x in inputs.test_batches(config.eval_batch_size)]
     result = evaluate(data.y_test, torch.cat(preds).numpy(), counts)
-    from ..bench.records import device_name, git_commit  # lazy: cbbench.bench imports the harness
 
     cfg = config.to_dict()
     cfg.update({"commit": git_commit(), "switch_epoch": switch_epoch if spec.switches else None, "n_train": int(n_train),

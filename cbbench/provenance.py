@@ -1,5 +1,6 @@
-"""What every benchmark record carries: device name, torch/CUDA versions, cbbench build, git commit,
-date, and the machine's load when the numbers were taken."""
+"""Provenance of a result: device name, torch/CUDA versions, cbbench build, git commit, date, and the
+machine's load when the numbers were taken. Used by the benchmark records (:mod:`cbbench.bench`) and the
+harness's run results (:mod:`cbbench.harness`); it imports neither, so neither imports the other for it."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -10,7 +11,7 @@ from typing import Optional
 
 import torch
 
-_REPO = Path(__file__).resolve().parents[2]
+_REPO = Path(__file__).resolve().parents[1]
 
 
 def git_commit() -> Optional[str]:
@@ -60,7 +61,7 @@ def load_average() -> Optional[float]:
 
 def environment(device="cpu") -> dict:
     """The record header: :func:`cbbench.info.collect` plus device, commit, date and load."""
-    from ..info import collect
+    from .info import collect
 
     env = collect()
     env.update({
