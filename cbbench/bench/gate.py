@@ -1,0 +1,256 @@
+"""The regression gate: ``asv continuous --factor 1.15`` between two commits, failing on "PERFORMANCE
+DECREASED". The CI test that proves it (tests/test_bench_gate.py) and the GPU workflow
+(.github/workflows/gpu-bench.yml) run it through this module, so both run the same command.
+
+    python -m cbbench.bench.gate BASE HEAD [--factor 1.15] [--bench REGEX] [--overlay] [--machine NAME]
+
+Every quantity the asv suite records is lower-is-better (time, peak memory, import time, error), so
+the gate takes all of it by default (:data:`GATE_BENCH`). A benchmark counts as a regression when asv
+finds it slower by more than the factor *and*, where it has samples (``time_*``), significantly so
+(Mann-Whitney U, p < 0.002); ``track_*`` values (memory, error) are compared by the factor alone.
+
+``--overlay``: asv's own environments build torch and every dependency per configuration and cbbench
+per commit (about a minute of compiling each). The overlay environment instead lets asv create its
+virtualenv, installs nothing into it but the commit's ``cbbench`` package, and puts this interpreter's
+site-packages (torch, numpy, ...) behind it on ``sys.path``; the compiled kernels are built once per
+fingerprint of their sources (``kernels/``, ``setup.py``, ``pyproject.toml``) and reused by every commit
+with the same sources. asv's ``existing`` environment cannot do this: it refuses ``asv continuous``
+(it cannot install a given commit).
+
+The same file is the script asv runs for the overlay's build/install/uninstall steps, inside the bare
+virtualenv; that part uses the standard library only.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+FACTOR = 1.15
+GATE_BENCH = r"^bench_(speed|memory|import|accuracy)\."
+DECREASED = "PERFORMANCE DECREASED"
+PACKAGE = "cbbench"
+# what the compiled extension is built from: a commit whose fingerprint matches reuses the build
+KERNEL_INPUTS = ("setup.py", "pyproject.toml", "kernels")
+OVERLAY_PTH = "cbbench-gate-overlay.pth"
+
+
+# ----------------------------------------------------------------------------------------------
+# running the gate
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class GateResult:
+    """One ``asv continuous`` run: its exit status, whether asv printed "PERFORMANCE DECREASED", and
+    the benchmarks asv marked worse (``+``) and better (``-``), each as asv prints the line."""
+
+    returncode: int
+    output: str
+    worse: List[str] = field(default_factory=list)
+    better: List[str] = field(default_factory=list)
+
+    @property
+    def decreased(self) -> bool:
+        return DECREASED in self.output
+
+    @property
+    def failed(self) -> bool:
+        """The gate's verdict: asv's exit status or its "PERFORMANCE DECREASED" line."""
+        return self.returncode != 0 or self.decreased
+
+
+_ROW = re.compile(r"^\|?\s*([+\-!])\s*\|?\s+(.*)$")
+
+
+def parse_output(returncode: int, output: str) -> GateResult:
+    """The marked rows of asv's comparison table (``+`` worse, ``!`` newly failing, ``-`` better)."""
+    result = GateResult(returncode, output)
+    for line in output.splitlines():
+        match = _ROW.match(line.strip())
+        if not match or not re.search(r"bench_\w+\.", line):
+            continue
+        (result.better if match.group(1) == "-" else result.worse).append(line.strip())
+    return result
+
+
+def continuous_command(base: str, head: str, *, config: str, factor: float = FACTOR, bench: str = GATE_BENCH,
+                       machine: Optional[str] = None, attributes: Sequence[str] = (),
+                       python: str = sys.executable) -> List[str]:
+    """The ``asv continuous`` command line of the gate."""
+    cmd = [python, "-m", "asv", "continuous", "--config", str(config), "--factor", str(factor), "--split",
+           "--show-stderr", "--bench", bench]
+    for attr in attributes:
+        cmd += ["--attribute", attr]
+    if machine:
+        cmd += ["--machine", machine]
+    return cmd + [base, head]
+
+
+def run_gate(base: str, head: str, *, repo: str = ".", config: str = "asv.conf.json", factor: float = FACTOR,
+             bench: str = GATE_BENCH, machine: Optional[str] = None, attributes: Sequence[str] = (),
+             env: Optional[dict] = None, timeout: Optional[float] = None, echo: bool = False) -> GateResult:
+    """Run ``asv continuous`` for ``base`` -> ``head`` in ``repo`` and parse its verdict."""
+    cmd = continuous_command(base, head, config=config, factor=factor, bench=bench, machine=machine,
+                             attributes=attributes)
+    proc = subprocess.run(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout)
+    if echo:
+        print(proc.stdout, end="", flush=True)
+    return parse_output(proc.returncode, proc.stdout)
+
+
+def register_machine(machine: str, *, repo: str = ".", config: str = "asv.conf.json", env: Optional[dict] = None):
+    """``asv machine --yes --machine NAME`` (asv keeps it in ``$HOME/.asv-machine.json``)."""
+    subprocess.run([sys.executable, "-m", "asv", "machine", "--yes", "--machine", machine, "--config", str(config)],
+                   cwd=repo, env=env, check=True, stdout=subprocess.DEVNULL)
+
+
+# ----------------------------------------------------------------------------------------------
+# the overlay environment
+# ----------------------------------------------------------------------------------------------
+def read_asv_config(path) -> dict:
+    """asv.conf.json (asv allows ``//`` comment lines, json does not)."""
+    text = Path(path).read_text()
+    return json.loads(re.sub(r"^\s*//.*$", "", text, flags=re.M))
+
+
+def overlay_config(base_config, out_path, *, prebuilt_dir, python: str = sys.executable) -> Path:
+    """Write an asv configuration that is ``base_config`` with the overlay environment (see the module
+    docstring): no requirements to install, and build/install/uninstall commands that run this file.
+    ``python`` is the interpreter whose packages the benchmarks import and which builds the kernels."""
+    conf = read_asv_config(base_config)
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    script = Path(__file__).resolve()
+    conf["matrix"] = {}
+    conf["environment_type"] = "virtualenv"
+    conf["build_command"] = [f"python {script} build {{build_dir}} {{build_cache_dir}} {prebuilt_dir} {python}"]
+    conf["install_command"] = [f"python {script} install {{build_cache_dir}} {site}"]
+    conf["uninstall_command"] = [f"return-code=any python {script} uninstall"]
+    # every commit the gate compares keeps its (small, pure-Python plus one .so) build
+    conf["build_cache_size"] = max(int(conf.get("build_cache_size", 0)), 16)
+    out = Path(out_path)
+    out.write_text(json.dumps(conf, indent=4))
+    return out
+
+
+def kernel_fingerprint(tree) -> str:
+    """sha256 over the files the compiled extension is built from (:data:`KERNEL_INPUTS`)."""
+    tree = Path(tree)
+    digest = hashlib.sha256()
+    for name in KERNEL_INPUTS:
+        path = tree / name
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            if f.is_file():
+                digest.update(str(f.relative_to(tree)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _extensions(package_dir: Path) -> List[Path]:
+    return sorted(p for p in package_dir.glob("_*.so")) + sorted(package_dir.glob("_*.pyd"))
+
+
+def overlay_build(build_dir, cache_dir, prebuilt_dir, python) -> Path:
+    """asv's build step: the commit's ``cbbench`` package with compiled kernels, into ``cache_dir``.
+    The kernels come from ``prebuilt_dir/<fingerprint>`` or are built there with
+    ``python setup.py build_ext --inplace`` (``python`` has torch, Cython and setuptools)."""
+    build_dir, cache_dir = Path(build_dir), Path(cache_dir)
+    stock = Path(prebuilt_dir) / kernel_fingerprint(build_dir)
+    if not (stock / "done").exists():
+        for old in _extensions(build_dir / PACKAGE):
+            old.unlink()
+        print(f"overlay build: compiling the kernels of {build_dir} (fingerprint {stock.name})", flush=True)
+        subprocess.run([python, "setup.py", "build_ext", "--inplace"], cwd=build_dir, check=True)
+        built = _extensions(build_dir / PACKAGE)
+        if not built:
+            raise SystemExit(f"overlay build: setup.py built no extension in {build_dir / PACKAGE}")
+        stock.mkdir(parents=True, exist_ok=True)
+        for ext in built:
+            shutil.copy2(ext, stock / ext.name)
+        (stock / "done").write_text("\n".join(p.name for p in built))
+    else:
+        print(f"overlay build: reusing the kernels {stock} (same sources)", flush=True)
+    target = cache_dir / PACKAGE
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(build_dir / PACKAGE, target, ignore=shutil.ignore_patterns("__pycache__", "_*.so", "_*.pyd"))
+    for name in (stock / "done").read_text().split():
+        shutil.copy2(stock / name, target / name)
+    return target
+
+
+def _own_site() -> Path:
+    return Path(sysconfig.get_paths()["purelib"])
+
+
+def overlay_install(cache_dir, overlay_site) -> None:
+    """asv's install step, run by the environment's python: the package into its site-packages, and a
+    ``.pth`` that appends ``overlay_site`` (the dependencies) to ``sys.path`` after it."""
+    site = _own_site()
+    overlay_uninstall()
+    shutil.copytree(Path(cache_dir) / PACKAGE, site / PACKAGE)
+    (site / OVERLAY_PTH).write_text(str(overlay_site) + "\n")
+
+
+def overlay_uninstall() -> None:
+    target = _own_site() / PACKAGE
+    if target.exists():
+        shutil.rmtree(target)
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("build", "install", "uninstall"):  # run by asv in the overlay environment
+        step, args = argv[0], argv[1:]
+        if step == "build" and len(args) == 4:
+            overlay_build(*args)
+        elif step == "install" and len(args) == 2:
+            overlay_install(*args)
+        elif step == "uninstall" and not args:
+            overlay_uninstall()
+        else:
+            raise SystemExit(f"gate.py {step}: wrong arguments {args}")
+        return 0
+
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m cbbench.bench.gate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("base", help="commit or branch to compare against")
+    parser.add_argument("head", help="commit or branch under test")
+    parser.add_argument("--factor", type=float, default=FACTOR, help=f"slowdown factor that fails (default {FACTOR})")
+    parser.add_argument("--bench", default=GATE_BENCH, help=f"asv benchmark regex (default {GATE_BENCH!r})")
+    parser.add_argument("--config", default="asv.conf.json", help="asv configuration (default asv.conf.json)")
+    parser.add_argument("--machine", default=None, help="asv machine name (registered with asv machine --yes)")
+    parser.add_argument("--attribute", "-a", action="append", default=[], help="asv benchmark attribute override")
+    parser.add_argument("--overlay", action="store_true", help="environment reusing this interpreter's packages")
+    args = parser.parse_args(argv)
+    if args.factor <= 1.0:
+        parser.error(f"argument --factor: must be > 1, got {args.factor}")
+    config = args.config
+    if args.overlay:
+        asv_dir = Path(read_asv_config(config).get("env_dir", ".asv/env")).parent
+        asv_dir.mkdir(parents=True, exist_ok=True)
+        config = str(overlay_config(config, asv_dir / "asv.overlay.conf.json", prebuilt_dir=asv_dir / "prebuilt"))
+    if args.machine:
+        register_machine(args.machine, config=config)
+    result = run_gate(args.base, args.head, config=config, factor=args.factor, bench=args.bench,
+                      machine=args.machine, attributes=args.attribute, echo=True)
+    verdict = "FAILED: performance decreased" if result.failed else "passed"
+    print(f"gate {verdict} ({args.base} -> {args.head}, factor {args.factor}, {len(result.worse)} worse, "
+          f"{len(result.better)} better)")
+    return 1 if result.failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
