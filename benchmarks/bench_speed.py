@@ -5,7 +5,9 @@ asv times them itself: it chooses how many calls make a sample, repeats samples 
 fresh processes, keeps every sample (``asv continuous`` records them) and applies its significance test
 (Mann-Whitney U) before a change counts. The timed callable is the benchmark core's step
 (:meth:`cbbench.bench.providers.Provider.timed_step`), on the core's host clock; on a GPU the class's
-``timer`` synchronises the device before each reading (:func:`cbbench.bench.timing.asv_clock`).
+``timer`` synchronises the device before each reading (:func:`cbbench.bench.timing.asv_clock`). On a
+shared CPU, ``CBBENCH_ASV_CLOCK=cpu`` times the CPU classes by the process's CPU time instead (the
+regression gate's test does, with one thread).
 
 The cases are the ``asv`` set of the one case table (:data:`cbbench.bench.cases.CASE_TABLE`). ``setup``
 checks the implementation against the reference on the timed inputs (a mismatch is a failure, not a
@@ -70,16 +72,16 @@ class FocalCPU(_LossSpeed):
 class SoftmaxCUDA(_LossSpeed):
     loss, device = "softmax", "cuda"
     params = [CUDA_SPEED_IMPLEMENTATIONS, case_ids("softmax", "cuda", "asv")]
-    timer = staticmethod(asv_clock("cuda"))
+    timer = staticmethod(asv_clock("cuda", "wall"))
 
 
 class SigmoidCUDA(_LossSpeed):
     loss, device = "sigmoid", "cuda"
     params = [CUDA_SPEED_IMPLEMENTATIONS, case_ids("sigmoid", "cuda", "asv")]
-    timer = staticmethod(asv_clock("cuda"))
+    timer = staticmethod(asv_clock("cuda", "wall"))
 
 
 class FocalCUDA(_LossSpeed):
     loss, device = "focal", "cuda"
     params = [CUDA_SPEED_IMPLEMENTATIONS, case_ids("focal", "cuda", "asv")]
-    timer = staticmethod(asv_clock("cuda"))
+    timer = staticmethod(asv_clock("cuda", "wall"))

@@ -9,10 +9,12 @@ warm cache.
 The speed runner and the pytest-benchmark micro-benchmarks take their samples with :func:`measure`.
 asv takes its own samples (it chooses the repeats, keeps every sample and tests significance); its
 ``time_*`` benchmarks read :func:`asv_clock`, the same host clock, which on a GPU first waits for the
-device, so a sample spans the queued work and not only its launch.
+device, so a sample spans the queued work and not only its launch (or, on a shared CPU, the process's
+CPU time).
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -91,12 +93,26 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def asv_clock(device="cpu") -> Callable[[], float]:
-    """The clock for asv's ``timer`` attribute on ``device``: the host clock (seconds), which on a CUDA
-    device first synchronises it, so that asv's span between two readings covers the queued work."""
+ASV_CLOCKS = ("wall", "cpu")
+
+
+def asv_clock(device="cpu", kind: Optional[str] = None) -> Callable[[], float]:
+    """The clock for asv's ``timer`` attribute on ``device``, in seconds.
+
+    ``"wall"`` (default): the host clock, which on a CUDA device first synchronises it, so that asv's
+    span between two readings covers the queued work. ``"cpu"`` (CPU devices only): the CPU time of
+    the process (all its threads), which time slices given to other processes do not advance — for a
+    regression gate on a shared machine, with one thread (``OMP_NUM_THREADS=1``), where wall time
+    moves by more than the gate's factor with the load. ``kind`` defaults to the environment variable
+    ``CBBENCH_ASV_CLOCK``, read when the benchmark module is imported."""
+    kind = kind or os.environ.get("CBBENCH_ASV_CLOCK") or "wall"
+    if kind not in ASV_CLOCKS:
+        raise ValueError(f"CBBENCH_ASV_CLOCK must be one of {ASV_CLOCKS}, got {kind!r}")
     device = torch.device(device)
     if device.type != "cuda":
-        return time.perf_counter
+        return time.process_time if kind == "cpu" else time.perf_counter
+    if kind == "cpu":
+        raise ValueError("the cpu clock cannot time CUDA work; use CBBENCH_ASV_CLOCK=wall on a GPU")
 
     def synchronized_clock() -> float:
         torch.cuda.synchronize(device)
