@@ -9,7 +9,7 @@ NVCC   ?= nvcc
 CUDA_ARCH ?= 90
 OUT    ?= report
 
-KERNEL_SOURCES := $(wildcard kernels/include/*.h kernels/cpu/*.pyx kernels/cpu/*.pxd kernels/cuda/*)
+KERNEL_SOURCES := $(wildcard kernels/include/*.h kernels/cpu/*.h kernels/cpu/*.pyx kernels/cpu/*.pxd kernels/cuda/*)
 STAMP := $(VENV)/.cbbench-installed
 
 .PHONY: setup test bench weights cuda-check clean

@@ -5,20 +5,28 @@ were built, and the pure-PyTorch reference otherwise; the environment variable `
 overrides ``"auto"``. All backends compute the same numbers (see :mod:`cbbench.reference` for the
 formulas and the conventions of each reduction).
 
-Target range is checked on the host for CPU tensors in eager mode. For CUDA tensors (and under
-``torch.compile``) the check would synchronise the device or break the graph, so it is left to the
-kernels: a target outside ``[0, C)`` that is not ``ignore_index`` makes the loss NaN instead of
-reading out of bounds.
+Which path a call takes:
+
+* the reference (:mod:`cbbench.reference`) for ``backend="reference"``, under ``torch.func``
+  transforms, and when an input other than the logits requires grad (a learnable ``weight``, soft
+  targets, offsets or margins): the kernels give the gradient of the logits only;
+* the fused op otherwise (:mod:`cbbench.ops`): eager autograd, or the registered op under
+  ``torch.compile``.
+
+Target range: the CPU kernels reject a target outside ``[0, C)`` that is not ``ignore_index`` with a
+``ValueError`` (as does the reference path for CPU tensors). For CUDA tensors the check would
+synchronise the device, so the kernels make that row's loss NaN instead of reading out of bounds.
 """
 from __future__ import annotations
 
 import math
+import operator
 from typing import Optional
 
 import torch
 
 from . import ops, reference
-from .reference import REDUCTIONS
+from .shapes import REDUCTIONS, rows, sample_shape
 
 Tensor = torch.Tensor
 
@@ -39,33 +47,36 @@ def _check_logits(logits, fn: str) -> None:
         raise ValueError(f"{fn}: logits must have at least one class (C >= 1), got shape {tuple(logits.shape)}")
 
 
-def _sample_shape(logits: Tensor) -> tuple:
-    return (logits.shape[0],) + tuple(logits.shape[2:])
+def _check_same_device(t: Tensor, name: str, logits: Tensor, fn: str) -> None:
+    if t.device != logits.device:
+        raise ValueError(f"{fn}: {name} is on {t.device} but logits are on {logits.device}")
 
 
-def _check_class_indices(logits: Tensor, target, ignore_index: int, fn: str) -> Tensor:
+def _check_class_indices(logits: Tensor, target, fn: str) -> Tensor:
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"{fn}: target must be a torch.Tensor, got {type(target).__name__}")
-    if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
-        raise TypeError(f"{fn}: target must hold integer class indices, got dtype {target.dtype}")
-    if tuple(target.shape) != _sample_shape(logits):
+    dtype = target.dtype
+    if dtype is not torch.int64 and (dtype == torch.bool or target.is_floating_point() or target.is_complex()):
+        raise TypeError(f"{fn}: target must hold integer class indices, got dtype {dtype}")
+    if target.dim() != logits.dim() - 1 or target.shape != sample_shape(logits):
         raise ValueError(f"{fn}: target shape {tuple(target.shape)} does not match logits shape "
-                         f"{tuple(logits.shape)}; expected {_sample_shape(logits)}")
-    if target.device != logits.device:
-        raise ValueError(f"{fn}: target is on {target.device} but logits are on {logits.device}")
-    target = target.long()
-    # host-side range check: CPU only (on CUDA it would synchronise) and not while tracing for
-    # torch.compile (data-dependent); the kernels turn a bad target into NaN instead.
-    if target.device.type == "cpu" and target.numel() > 0 and not torch.compiler.is_compiling():
-        num_classes = logits.shape[1]
-        low, high = (int(v) for v in torch.aminmax(target))
-        if low < 0 or high >= num_classes:  # rare: find the offender, letting ignore_index through
-            bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
-            if bad.any():
-                value = target[bad][0].item()
-                raise ValueError(f"{fn}: target value {value} is out of range for {num_classes} classes "
-                                 f"(valid: 0..{num_classes - 1} or ignore_index={ignore_index})")
-    return target
+                         f"{tuple(logits.shape)}; expected {sample_shape(logits)}")
+    _check_same_device(target, "target", logits, fn)
+    return target if dtype is torch.int64 else target.long()
+
+
+def _check_target_range(logits: Tensor, target: Tensor, ignore_index: int, fn: str) -> None:
+    """Host-side range check for the reference path on CPU tensors (the CPU kernels check in their
+    own pass; on CUDA it would synchronise; under ``torch.compile`` and ``vmap`` it is data-dependent)."""
+    if (target.device.type != "cpu" or target.numel() == 0 or torch.compiler.is_compiling()
+            or ops.transforms_active()):
+        return
+    num_classes = logits.shape[1]
+    bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
+    if bad.any():
+        value = target[bad][0].item()
+        raise ValueError(f"{fn}: target value {value} is out of range for {num_classes} classes "
+                         f"(valid: 0..{num_classes - 1} or ignore_index={ignore_index})")
 
 
 def _check_class_vector(vec, name: str, logits: Tensor, fn: str) -> Optional[Tensor]:
@@ -80,8 +91,7 @@ def _check_class_vector(vec, name: str, logits: Tensor, fn: str) -> Optional[Ten
     if vec.dim() != 1 or vec.shape[0] != num_classes:
         raise ValueError(f"{fn}: {name} must have shape ({num_classes},) (one value per class), "
                          f"got {tuple(vec.shape)}")
-    if vec.device != logits.device:
-        raise ValueError(f"{fn}: {name} is on {vec.device} but logits are on {logits.device}")
+    _check_same_device(vec, name, logits, fn)
     return vec
 
 
@@ -90,9 +100,22 @@ def _check_reduction(reduction, fn: str) -> None:
         raise ValueError(f"{fn}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
-def _check_int(value, name: str, fn: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+_INT64 = (-2 ** 63, 2 ** 63 - 1)
+
+
+def _check_index(value, name: str, fn: str) -> int:
+    """An integer (Python or NumPy) in the int64 range: targets are int64, so no other value can match."""
+    if type(value) is int and _INT64[0] <= value <= _INT64[1]:
+        return value
+    if isinstance(value, bool):
         raise TypeError(f"{fn}: {name} must be an int, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{fn}: {name} must be an int, got {value!r}") from None
+    if not _INT64[0] <= value <= _INT64[1]:
+        raise ValueError(f"{fn}: {name} must be in the int64 range [-2**63, 2**63 - 1] (targets are int64), "
+                         f"got {value}")
     return value
 
 
@@ -111,23 +134,30 @@ def _check_real(value, name: str, fn: str, *, low: float = -math.inf, high: floa
     return value
 
 
-def _fused_inputs_ok(fn: str, *vectors: Optional[Tensor]) -> None:
-    if any(v is not None and v.requires_grad for v in vectors):
-        raise ValueError(f"{fn}: the fused kernels give no gradient for weight/logit_offset/target_margin; "
-                         "detach them or use backend='reference'")
-
-
 def _fused_vector(vec: Optional[Tensor]) -> Optional[Tensor]:
-    return None if vec is None else vec.detach().float().contiguous()
+    if vec is None or (vec.dtype == torch.float32 and vec.is_contiguous()):
+        return vec
+    return vec.float().contiguous()
 
 
-def _need_grad(logits: Tensor) -> bool:
-    return logits.requires_grad and torch.is_grad_enabled()
+def _takes_reference(backend: str, logits: Tensor, *others: Optional[Tensor]) -> bool:
+    """See the module docstring: reference backend, torch.func, or gradients the kernels do not give."""
+    if not ops.uses_kernels(backend, logits) or ops.transforms_active():
+        return True
+    return any(t is not None and t.requires_grad for t in others)
+
+
+def _rows(x: Tensor) -> Tensor:
+    return x if x.dim() == 2 else rows(x)
+
+
+def _flat(target: Tensor) -> Tensor:
+    return target if target.dim() == 1 else target.reshape(-1)
 
 
 def _finish(loss: Tensor, logits: Tensor, reduction: str) -> Tensor:
-    if reduction == "none":
-        return loss.reshape(_sample_shape(logits))
+    if reduction == "none" and logits.dim() > 2:
+        return loss.reshape(sample_shape(logits))
     return loss
 
 
@@ -152,30 +182,39 @@ def softmax_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tenso
     fn = "softmax_cross_entropy"
     _check_logits(logits, fn)
     _check_reduction(reduction, fn)
-    ignore_index = _check_int(ignore_index, "ignore_index", fn)
+    ignore_index = _check_index(ignore_index, "ignore_index", fn)
     label_smoothing = _check_real(label_smoothing, "label_smoothing", fn, low=0.0, high=1.0)
     scale = _check_real(scale, "scale", fn, low=0.0, low_open=True)
-    target = _check_class_indices(logits, target, ignore_index, fn)
+    target = _check_class_indices(logits, target, fn)
     weight = _check_class_vector(weight, "weight", logits, fn)
     logit_offset = _check_class_vector(logit_offset, "logit_offset", logits, fn)
     target_margin = _check_class_vector(target_margin, "target_margin", logits, fn)
 
-    if ops.resolve_backend(backend, logits.device) == "reference":
+    if _takes_reference(backend, logits, weight, logit_offset, target_margin):
+        _check_target_range(logits, target, ignore_index, fn)
         return reference.softmax_cross_entropy(logits, target, weight, reduction=reduction, ignore_index=ignore_index,
                                                label_smoothing=label_smoothing, logit_offset=logit_offset,
                                                target_margin=target_margin, scale=scale)
-    _fused_inputs_ok(fn, weight, logit_offset, target_margin)
-    loss = ops.fused_softmax_cross_entropy(
-        reference.rows(logits), target.reshape(-1), _fused_vector(weight), _fused_vector(logit_offset),
-        _fused_vector(target_margin), scale, label_smoothing, ignore_index, reduction, _need_grad(logits))
-    return _finish(loss, logits, reduction)
+    args = ops.SoftmaxArgs(_rows(logits), _flat(target), _fused_vector(weight), _fused_vector(logit_offset),
+                           _fused_vector(target_margin), scale, label_smoothing, ignore_index, reduction,
+                           logits.requires_grad and torch.is_grad_enabled())
+    return _finish(_fused_call(ops.SOFTMAX_CROSS_ENTROPY, args, fn), logits, reduction)
+
+
+def _fused_call(fused, args, fn: str) -> Tensor:
+    try:
+        return ops.call(fused, args)
+    except ValueError as exc:  # the CPU kernels' target range check, named after the public function
+        if str(exc).startswith("target value"):
+            raise ValueError(f"{fn}: {exc}") from None
+        raise
 
 
 def _sigmoid_family(fn: str, logits: Tensor, target: Tensor, weight: Optional[Tensor], *, gamma: Optional[float],
                     alpha: Optional[float], reduction: str, ignore_index: int, backend: str) -> Tensor:
     _check_logits(logits, fn)
     _check_reduction(reduction, fn)
-    ignore_index = _check_int(ignore_index, "ignore_index", fn)
+    ignore_index = _check_index(ignore_index, "ignore_index", fn)
     if gamma is not None:
         gamma = _check_real(gamma, "gamma", fn, low=0.0)
     if alpha is not None:
@@ -184,21 +223,20 @@ def _sigmoid_family(fn: str, logits: Tensor, target: Tensor, weight: Optional[Te
         if tuple(target.shape) != tuple(logits.shape):
             raise ValueError(f"{fn}: a floating-point (multi-hot) target must have the logits' shape "
                              f"{tuple(logits.shape)}, got {tuple(target.shape)}; integer targets are class indices")
-        if target.device != logits.device:
-            raise ValueError(f"{fn}: target is on {target.device} but logits are on {logits.device}")
+        _check_same_device(target, "target", logits, fn)
     else:
-        target = _check_class_indices(logits, target, ignore_index, fn)
+        target = _check_class_indices(logits, target, fn)
     weight = _check_class_vector(weight, "weight", logits, fn)
 
-    if ops.resolve_backend(backend, logits.device) == "reference":
+    if _takes_reference(backend, logits, weight, target):
+        if not target.is_floating_point():
+            _check_target_range(logits, target, ignore_index, fn)
         return reference.sigmoid_focal_loss(logits, target, weight, gamma=gamma or 0.0, alpha=alpha,
                                             reduction=reduction, ignore_index=ignore_index)
-    _fused_inputs_ok(fn, weight)
-    flat_target = reference.rows(target) if target.is_floating_point() else target.reshape(-1)
-    loss = ops.fused_sigmoid_focal(
-        reference.rows(logits), flat_target.detach(), _fused_vector(weight), gamma or 0.0,
-        -1.0 if alpha is None else alpha, ignore_index, gamma is not None, reduction, _need_grad(logits))
-    return _finish(loss, logits, reduction)
+    args = ops.SigmoidFocalArgs(_rows(logits), _rows(target) if target.is_floating_point() else _flat(target),
+                                _fused_vector(weight), gamma or 0.0, -1.0 if alpha is None else alpha, ignore_index,
+                                gamma is not None, reduction, logits.requires_grad and torch.is_grad_enabled())
+    return _finish(_fused_call(ops.SIGMOID_FOCAL, args, fn), logits, reduction)
 
 
 def sigmoid_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, *,

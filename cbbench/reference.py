@@ -5,7 +5,7 @@ float32 (float64 stays float64, where it is exact to rounding) and gets its grad
 Every fused kernel is tested against this file, and this file against ``torch.nn.functional`` and the
 paper's formulas.
 
-Conventions (DESIGN §2-§3):
+Conventions (docs/design.md, "The math" and "Public API"):
 
 * ``logits`` is (N, C) or (N, C, d1, ...); integer ``target`` is (N,) or (N, d1, ...).
 * softmax: ``loss_i = w_{y_i} * [(1 - eps) * (lse(z') - z'_{y_i}) + eps * mean_j (lse(z') - z'_j)]`` with
@@ -16,12 +16,16 @@ Conventions (DESIGN §2-§3):
 * reductions: ``"mean"`` (softmax: / non-ignored samples; sigmoid/focal: / positives, at least 1),
   ``"weighted_mean"`` (/ sum of applied sample weights, as ``nn.CrossEntropyLoss(weight=...)``),
   ``"sum"``, ``"none"`` (per-sample loss with the class terms summed).
+* masked logits: a logit of ``-inf`` is a class with probability 0, not a NaN -- terms whose
+  coefficient is exactly 0 are dropped, not multiplied by an infinity.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
+
+from .shapes import REDUCTIONS, rows, unflatten
 
 Tensor = torch.Tensor
 
@@ -37,8 +41,6 @@ __all__ = [
     "REDUCTIONS",
 ]
 
-REDUCTIONS = ("mean", "weighted_mean", "sum", "none")
-
 
 # ----------------------------------------------------------------------------------------------
 # scalar math (the float64-exact definitions the C header mirrors)
@@ -50,36 +52,29 @@ def softplus(x: Tensor) -> Tensor:
     return torch.logaddexp(x, torch.zeros_like(x))
 
 
+def _times(coefficient: Tensor, value: Tensor) -> Tensor:
+    """``coefficient * value``, 0 where the coefficient is exactly 0 (even where ``value`` is inf)."""
+    return torch.where(coefficient != 0, coefficient * value, 0.0)
+
+
 def binary_cross_entropy(z: Tensor, t: Tensor) -> Tensor:
     """``softplus(z) - t z`` written as ``t softplus(-z) + (1 - t) softplus(z)``: no cancellation for
-    t in {0, 1} at any z, and the derivative ``sigmoid(z) - t``."""
-    return t * softplus(-z) + (1.0 - t) * softplus(z)
+    t in {0, 1} at any z, the derivative ``sigmoid(z) - t``, and 0 (not NaN) for a masked logit
+    ``z = -inf`` with ``t = 0`` (or ``z = +inf`` with ``t = 1``)."""
+    return _times(t, softplus(-z)) + _times(1.0 - t, softplus(z))
 
 
 def focal_modulator(z: Tensor, t: Tensor, gamma: float) -> Tensor:
-    """``(1 - p_t)^gamma`` in log space: ``exp(-gamma * (t z + softplus(-z)))``; never overflows."""
-    return torch.exp(-gamma * (t * z + softplus(-z)))
+    """``(1 - p_t)^gamma`` in log space: ``-log(1 - p_t) = t z + softplus(-z)`` is the binary
+    cross-entropy against the flipped target, so ``exp(-gamma * BCE(z, 1 - t))``; never overflows."""
+    return torch.exp(-gamma * binary_cross_entropy(z, 1.0 - t))
 
 
 # ----------------------------------------------------------------------------------------------
-# shape helpers
+# reductions
 # ----------------------------------------------------------------------------------------------
 def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def rows(logits: Tensor) -> Tensor:
-    """(N, C, d1, ...) -> (N * d1 * ..., C), class dimension last (a view when possible)."""
-    if logits.dim() > 2:
-        logits = logits.movedim(1, -1)
-    return logits.reshape(-1, logits.shape[-1])
-
-
-def _unflatten(per_row: Tensor, logits: Tensor) -> Tensor:
-    """Per-row values back to the sample shape (N, d1, ...)."""
-    if logits.dim() > 2:
-        return per_row.reshape((logits.shape[0],) + tuple(logits.shape[2:]))
-    return per_row
 
 
 def reduction_denominator(reduction: str, *, valid: Optional[Tensor] = None, row_weight: Optional[Tensor] = None,
@@ -91,8 +86,9 @@ def reduction_denominator(reduction: str, *, valid: Optional[Tensor] = None, row
     row, or ``None``). Multi-hot targets: pass ``multi_hot_target`` (M, C), ``column_weight`` and
     ``num_rows``. ``"mean"`` divides by the number of positives (= non-ignored samples for integer
     targets, the sum of the targets for multi-hot ones, at least 1); a divisor of 0 (nothing to
-    average) is replaced by 1 so the loss is 0, not NaN. For multi-hot targets each
-    sample's applied weight in ``"weighted_mean"`` is the mean of the column weights.
+    average) is replaced by 1 so the loss is 0, not NaN; so is a weight sum of exactly 0 (a negative
+    one is kept, as PyTorch does). For multi-hot targets each sample's applied weight in
+    ``"weighted_mean"`` is the mean of the column weights.
     """
     if reduction in ("sum", "none"):
         return None
@@ -109,15 +105,15 @@ def reduction_denominator(reduction: str, *, valid: Optional[Tensor] = None, row
         if reduction == "mean" or row_weight is None:
             return valid.sum(dtype=f64).clamp_min(1.0)  # a count: 0 -> 1
         d = torch.where(valid, row_weight, 0.0).sum(dtype=f64)
-    # a weight sum may be positive and below 1; only a zero (or negative) one is replaced
-    return torch.where(d > 0, d, 1.0)
+    # a weight sum may be below 1 or negative; only an exact 0 is replaced
+    return torch.where(d != 0, d, 1.0)
 
 
 def reduce_rows(per_row: Tensor, logits: Tensor, reduction: str, denominator: Optional[Tensor]) -> Tensor:
     """Apply ``reduction`` to per-row losses: their sum divided by ``denominator`` (from
     :func:`reduction_denominator`, cast to the loss dtype), or the rows in the sample shape for "none"."""
     if reduction == "none":
-        return _unflatten(per_row, logits)
+        return unflatten(per_row, logits)
     total = per_row.sum()
     if denominator is None:
         return total
@@ -144,16 +140,16 @@ def softmax_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tenso
     num_classes = z.shape[1]
     valid = y != ignore_index
     safe_y = torch.where(valid, y, torch.zeros_like(y))
-    onehot = torch.nn.functional.one_hot(safe_y, num_classes).to(dtype)
 
     if logit_offset is not None:
         z = z + logit_offset.to(dtype)
     if target_margin is not None:
+        onehot = torch.nn.functional.one_hot(safe_y, num_classes).to(dtype)
         z = z - onehot * target_margin.to(dtype)[safe_y].unsqueeze(1)
     z = z * scale
 
     log_prob = z - torch.logsumexp(z, dim=1, keepdim=True)
-    nll = -(log_prob * onehot).sum(dim=1)
+    nll = -log_prob.gather(1, safe_y.unsqueeze(1)).squeeze(1)  # not onehot * log_prob: -inf * 0 is NaN
     if label_smoothing > 0:
         nll = (1.0 - label_smoothing) * nll - label_smoothing * log_prob.mean(dim=1)
 

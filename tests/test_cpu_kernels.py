@@ -365,91 +365,100 @@ def test_simd_exp_and_log1p_special_values(isa, dtype):
 # ----------------------------------------------------------------------------------------------
 # the kernel contract, called directly
 # ----------------------------------------------------------------------------------------------
-def _direct_softmax(logits, target, grad=True, weight=None, ignore_index=-100):
-    loss = torch.full((logits.shape[0],), 123.0)
-    g = torch.full_like(logits, 123.0) if grad else None
-    _cpu.softmax_ce_fwd(logits, target, weight, None, None, 1.0, 0.0, ignore_index, torch.tensor(1.0), loss, g)
-    return loss, g
+def _direct_softmax(logits, target, reduction="none", grad=True, weight=None, ignore_index=-100):
+    return _cpu.softmax_ce(logits, target, weight, None, None, 1.0, 0.0, ignore_index, reduction, grad)
 
 
-def _direct_sigmoid(logits, target, focal, grad=True, weight=None, ignore_index=-100):
-    loss = torch.full((logits.shape[0],), 123.0)
-    g = torch.full_like(logits, 123.0) if grad else None
-    _cpu.sigmoid_focal_fwd(logits, target, weight, 2.0, -1.0, ignore_index, focal, torch.tensor(1.0), loss, g)
-    return loss, g
+def _direct_sigmoid(logits, target, focal, reduction="none", grad=True, weight=None, ignore_index=-100):
+    return _cpu.sigmoid_focal(logits, target, weight, 2.0, -1.0, ignore_index, focal, reduction, grad)
 
 
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid", "focal"])
-@pytest.mark.parametrize("with_grad", [True, False])
-def test_out_of_range_targets_give_nan_rows(kind, with_grad):
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_out_of_range_target_is_a_value_error_naming_it(kind, reduction):
     logits, _, weight = _inputs(6, 5, seed=15)
-    target = torch.tensor([0, 5, -1, -100, 4, 1 << 40])
-    run = (lambda t: _direct_softmax(logits, t, with_grad, weight)) if kind == "softmax" else (
-        lambda t: _direct_sigmoid(logits, t, kind == "focal", with_grad, weight))
-    loss, grad = run(target)
-    bad = torch.tensor([False, True, True, False, False, True])
-    assert torch.isnan(loss[bad]).all() and torch.isfinite(loss[~bad]).all()
-    assert loss[3] == 0  # ignore_index
-    if with_grad:
-        assert torch.isnan(grad[bad]).all() and torch.isfinite(grad[~bad]).all()
-        assert (grad[3] == 0).all()
-    # good rows are unaffected by their neighbours
-    good_loss, good_grad = run(torch.tensor([0, 0, 0, -100, 4, 0]))
-    for i in (0, 3, 4):
-        assert loss[i] == good_loss[i]
-        if with_grad:
-            assert torch.equal(grad[i], good_grad[i])
+    for bad in (5, -1, 1 << 40):
+        target = torch.tensor([0, 1, bad, -100, 4, 2])
+        with pytest.raises(ValueError, match=f"target value {bad} is out of range for 5 classes"):
+            if kind == "softmax":
+                _direct_softmax(logits, target, reduction, weight=weight)
+            else:
+                _direct_sigmoid(logits, target, kind == "focal", reduction, weight=weight)
+    # through the public function, named after it
+    fn = {"softmax": F.softmax_cross_entropy, "sigmoid": F.sigmoid_cross_entropy, "focal": F.sigmoid_focal_loss}[kind]
+    with pytest.raises(ValueError, match=f"{fn.__name__}: target value 7 is out of range"):
+        fn(logits.requires_grad_(), torch.tensor([0, 1, 7, -100, 4, 2]), weight, reduction=reduction, backend="cpu")
+
+
+def test_reduced_loss_and_divisors_of_the_contract():
+    logits, target, weight = _inputs(7, 4, seed=21)
+    target[2] = -100
+    rows, grad_rows = _direct_softmax(logits.double(), target, "none", weight=weight)
+    valid = target != -100
+    divisors = {"sum": 1.0, "mean": float(valid.sum()), "weighted_mean": float(weight[target[valid]].double().sum())}
+    for reduction, divisor in divisors.items():
+        loss, grad = _direct_softmax(logits.double(), target, reduction, weight=weight)
+        assert loss.shape == () and loss.dtype == torch.float64
+        torch.testing.assert_close(loss, rows.sum() / divisor, rtol=1e-14, atol=0)
+        torch.testing.assert_close(grad, grad_rows / divisor, rtol=1e-14, atol=0)
+    assert rows[2] == 0 and (grad_rows[2] == 0).all()  # ignore_index
+    # a negative weight sum is the divisor (PyTorch's convention); an exact 0 becomes 1
+    loss, _ = _direct_softmax(logits.double(), target, "weighted_mean", weight=-weight)
+    torch.testing.assert_close(loss, rows.sum() / divisors["weighted_mean"], rtol=1e-14, atol=0)
+    zero = torch.zeros(4)
+    loss, grad = _direct_softmax(logits, target, "weighted_mean", weight=zero)
+    assert loss == 0 and (grad == 0).all()
+    # nothing to average: 0, not NaN
+    loss, grad = _direct_softmax(logits, torch.full((7,), -100), "mean")
+    assert loss == 0 and (grad == 0).all()
+
+
+def test_multi_hot_divisors_of_the_contract():
+    logits, _, weight = _inputs(6, 5, seed=22)
+    t = (torch.rand(6, 5, generator=torch.Generator().manual_seed(3)) < 0.4).double()
+    z = logits.double()
+    rows, _ = _direct_sigmoid(z, t, True, "none", weight=weight)
+    for reduction, divisor in (("mean", max(float(t.sum()), 1.0)), ("sum", 1.0),
+                               ("weighted_mean", float(weight.double().mean()) * 6)):
+        loss, _ = _direct_sigmoid(z, t, True, reduction, weight=weight)
+        torch.testing.assert_close(loss, rows.sum() / divisor, rtol=1e-14, atol=0)
+    loss, _ = _direct_sigmoid(z, torch.zeros_like(z), True, "mean")  # no positives: divides by 1
+    torch.testing.assert_close(loss, _direct_sigmoid(z, torch.zeros_like(z), True, "sum")[0])
 
 
 def test_contract_rejects_bad_arguments():
     logits, target, weight = _inputs(4, 3, seed=16)
-    loss = torch.empty(4)
-    grad = torch.empty_like(logits)
-    one = torch.tensor(1.0)
-    call = _cpu.softmax_ce_fwd
+    call = _cpu.softmax_ce
     with pytest.raises(TypeError, match="float32 or float64"):
-        call(logits.half(), target, None, None, None, 1.0, 0.0, -100, one, loss, grad)
+        call(logits.half(), target, None, None, None, 1.0, 0.0, -100, "mean", True)
     with pytest.raises(ValueError, match="contiguous"):
-        call(logits.t().contiguous().t(), target, None, None, None, 1.0, 0.0, -100, one, loss, grad)
+        call(logits.t().contiguous().t(), target, None, None, None, 1.0, 0.0, -100, "mean", True)
     with pytest.raises(ValueError, match="target"):
-        call(logits, target.int(), None, None, None, 1.0, 0.0, -100, one, loss, grad)
+        call(logits, target.int(), None, None, None, 1.0, 0.0, -100, "mean", True)
+    with pytest.raises(ValueError, match="target"):
+        call(logits, target[:3], None, None, None, 1.0, 0.0, -100, "mean", True)
     with pytest.raises(ValueError, match="weight"):
-        call(logits, target, weight[:2], None, None, 1.0, 0.0, -100, one, loss, grad)
+        call(logits, target, weight[:2], None, None, 1.0, 0.0, -100, "mean", True)
     with pytest.raises(ValueError, match="logit_offset"):
-        call(logits, target, None, weight.double(), None, 1.0, 0.0, -100, one, loss, grad)
-    with pytest.raises(ValueError, match="grad"):
-        call(logits, target, None, None, None, 1.0, 0.0, -100, one, loss, grad[:2])
-    with pytest.raises(ValueError, match="loss_rows"):
-        call(logits, target, None, None, None, 1.0, 0.0, -100, one, loss[:3], grad)
+        call(logits, target, None, weight.double(), None, 1.0, 0.0, -100, "mean", True)
+    with pytest.raises(ValueError, match="reduction"):
+        call(logits, target, None, None, None, 1.0, 0.0, -100, "avg", True)
     with pytest.raises(ValueError, match="multi-hot"):
-        _cpu.sigmoid_focal_fwd(logits, logits.double(), None, 2.0, -1.0, -100, True, one, loss, grad)
+        _cpu.sigmoid_focal(logits, logits.double(), None, 2.0, -1.0, -100, True, "mean", True)
+    with pytest.raises(ValueError, match="gamma"):
+        _cpu.sigmoid_focal(logits, target, None, -1.0, -1.0, -100, True, "mean", True)
 
 
-def test_grad_scale_is_applied():
-    logits, target, weight = _inputs(5, 7, seed=17)
-    loss1, grad1 = _direct_sigmoid(logits, target, True, weight=weight)
-    loss = torch.empty(5)
-    grad = torch.empty_like(logits)
-    _cpu.sigmoid_focal_fwd(logits, target, weight, 2.0, -1.0, -100, True, torch.tensor(0.25), loss, grad)
-    assert torch.equal(loss, loss1)
-    torch.testing.assert_close(grad, grad1 * 0.25, rtol=1e-6, atol=0)
-    # None means 1
-    _cpu.sigmoid_focal_fwd(logits, target, weight, 2.0, -1.0, -100, True, None, loss, grad)
-    assert torch.equal(loss, loss1) and torch.equal(grad, grad1)
-
-
-def test_grad_scale_must_have_the_loss_dtype():
-    logits, target, _ = _inputs(4, 3, seed=16)
-    z = logits.double()
-    loss, grad = torch.empty(4, dtype=torch.float64), torch.empty_like(z)
-    for bad in (torch.tensor(0.5), torch.tensor([0.5, 0.5], dtype=torch.float64), 0.5):
-        with pytest.raises(ValueError, match="grad_scale must be None or a one-element CPU tensor"):
-            _cpu.softmax_ce_fwd(z, target, None, None, None, 1.0, 0.0, -100, bad, loss, grad)
-    _cpu.softmax_ce_fwd(z, target, None, None, None, 1.0, 0.0, -100, torch.tensor(0.5, dtype=torch.float64),
-                        loss, grad)
-    half = grad.clone()
-    _cpu.softmax_ce_fwd(z, target, None, None, None, 1.0, 0.0, -100, None, loss, grad)
-    assert torch.equal(half, grad * 0.5)
+def test_loss_is_deterministic_across_thread_counts_and_chunks():
+    # 70 rows x 1000 classes = several chunks of rows: the chunk sums are added in a fixed order
+    logits = torch.randn(70, 1000, generator=torch.Generator().manual_seed(5)) * 4
+    target = torch.randint(0, 1000, (70,), generator=torch.Generator().manual_seed(6))
+    results = []
+    for threads in (1, 2, 1, 2):
+        torch.set_num_threads(threads)
+        results.append(_direct_softmax(logits, target, "mean"))
+    for loss, grad in results[1:]:
+        assert torch.equal(loss, results[0][0]) and torch.equal(grad, results[0][1])
 
 
 # ----------------------------------------------------------------------------------------------

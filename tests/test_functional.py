@@ -146,19 +146,22 @@ def test_cuda_backend_on_cpu_tensors_is_an_error():
 
 
 def test_missing_kernel_module_gives_clear_error(monkeypatch):
-    monkeypatch.setitem(ops._loaded, "cpu", (None, "ModuleNotFoundError: No module named 'cbbench._cpu'"))
+    monkeypatch.setitem(ops.loading._loaded, "cpu", (None, "ModuleNotFoundError: No module named 'cbbench._cpu'"))
     z, y, _ = _inputs()
     with pytest.raises(RuntimeError, match="cpu kernels of cbbench are not built"):
         F.softmax_cross_entropy(z, y, backend="cpu")
     assert ops.resolve_backend("auto", torch.device("cpu")) == "reference"
 
 
-def test_fused_backend_rejects_weight_requiring_grad():
-    if ops.kernel_module("cpu") is None:
-        pytest.skip("CPU kernels not built")
+def test_weight_requiring_grad_gets_its_gradient_on_every_backend():
     z, y, w = _inputs()
-    with pytest.raises(ValueError, match="no gradient for weight"):
-        F.softmax_cross_entropy(z, y, w.requires_grad_(True), backend="cpu")
+    grads = {}
+    for backend in ("auto", "reference"):
+        wr = w.clone().requires_grad_(True)
+        F.softmax_cross_entropy(z, y, wr, backend=backend).backward()
+        grads[backend] = wr.grad
+    assert grads["auto"] is not None and grads["auto"].abs().sum() > 0
+    torch.testing.assert_close(grads["auto"], grads["reference"])
 
 
 # ---------------------------------------------------------------- modules

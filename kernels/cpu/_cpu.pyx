@@ -1,17 +1,19 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Fused CPU kernels of cbbench: softmax cross-entropy, sigmoid cross-entropy and focal loss.
 
-Implements the kernel contract in the docstring of :mod:`cbbench.ops`. Each row of the (M, C)
-logits is one task for a ``prange`` worker (``nogil``): the row kernels in ``cb_cpu_rows.h`` compute
-the row loss and the gradient row in one call, with vectorised exp/log1p from ``cb_math.h``. torch is
-only imported at run time (to read dtypes and data pointers); the build does not need it.
+Implements the kernel contract in the docstring of :mod:`cbbench.ops` (reduction included: one call
+returns the reduced loss and the gradient of the reduced loss). This module checks the arguments and
+allocates the outputs; ``cb_cpu_loss.h`` runs the call without the GIL (divisor, rows in fixed chunks
+over OpenMP threads, reduced loss), on the row kernels of ``cb_cpu_rows.h`` with the vectorised
+exp/log1p of ``cb_math.h``. torch is imported at run time (dtypes, data pointers, outputs); the build
+does not need it.
 """
 from libc.stdint cimport int64_t, uintptr_t
-from cython.parallel cimport prange
+from libc.stdlib cimport free
 
 import os
 
-cdef extern from "cb_cpu_rows.h" nogil:
+cdef extern from "cb_cpu_loss.h" nogil:
     int CB_ISA_BASELINE
     int CB_ISA_AVX2
     int CB_ISA_AVX512
@@ -20,21 +22,21 @@ cdef extern from "cb_cpu_rows.h" nogil:
     int cb_isa_supported(int isa)
     int cb_best_isa()
     int cb_openmp()
-    float cb_softmax_ce_row(int isa, const float* z, int64_t C, int64_t y, const float* weight,
-                            const float* offset, const float* margin, float scale, float eps,
-                            int64_t ignore_index, float g, float* grad)
-    double cb_softmax_ce_row(int isa, const double* z, int64_t C, int64_t y, const float* weight,
-                             const float* offset, const float* margin, double scale, double eps,
-                             int64_t ignore_index, double g, double* grad)
-    float cb_sigmoid_index_row(int isa, const float* z, int64_t C, int64_t y, const float* weight, float gamma,
-                               float alpha, bint focal, int64_t ignore_index, float g, float* grad)
-    double cb_sigmoid_index_row(int isa, const double* z, int64_t C, int64_t y, const float* weight,
-                                double gamma, double alpha, bint focal, int64_t ignore_index, double g,
-                                double* grad)
-    float cb_sigmoid_multihot_row(int isa, const float* z, const float* t, int64_t C, const float* weight,
-                                  float gamma, float alpha, bint focal, float g, float* grad)
-    double cb_sigmoid_multihot_row(int isa, const double* z, const double* t, int64_t C, const float* weight,
-                                   double gamma, double alpha, bint focal, double g, double* grad)
+    int CB_RED_NONE
+    int CB_RED_SUM
+    int CB_RED_MEAN
+    int CB_RED_WEIGHTED_MEAN
+    int cb_loss_threads(int64_t M, int64_t C, int max_threads)
+    int64_t cb_chunk_rows(int64_t C)
+    double* cb_chunk_buffer(int64_t M, int64_t chunk)
+    double cb_index_divisor(const int64_t* y, int64_t M, int64_t C, const float* weight, int64_t ignore_index,
+                            int red, int64_t* bad_row)
+    double cb_softmax_rows[T](int isa, const T* z, const int64_t* y, int64_t M, int64_t C, const float* weight,
+                              const float* offset, const float* margin, T scale, T eps, int64_t ignore_index, T g,
+                              T* loss_rows, T* grad, int n_threads, double* chunk_sums)
+    double cb_sigmoid_rows[T](int isa, const T* z, const int64_t* y, const T* multi_hot, int64_t M, int64_t C,
+                              const float* weight, T gamma, T alpha, bint focal, int64_t ignore_index, T g,
+                              T* loss_rows, T* grad, int n_threads, double* chunk_sums)
     void cb_exp_array(int isa, const float* x, float* out, int64_t n)
     void cb_exp_array(int isa, const double* x, double* out, int64_t n)
     void cb_log1p_array(int isa, const float* x, float* out, int64_t n)
@@ -54,20 +56,7 @@ cdef extern from *:
     const char* CB_BUILD_FLAGS
     const char* CB_COMPILER
 
-ctypedef fused real:
-    float
-    double
-
-ctypedef fused loss_real:
-    float
-    double
-
 _ISA_NAMES = {"baseline": CB_ISA_BASELINE, "avx2": CB_ISA_AVX2, "avx512": CB_ISA_AVX512}
-# Below this many logits a second thread costs more (wake-up, cache traffic) than it saves.
-_MIN_ELEMENTS_PER_THREAD = 32768
-# Rows are handed out in chunks of about this many logits (dynamic schedule): a thread that the OS
-# preempts (the cores are shared) then delays only its chunk, not a static half of the batch.
-_ELEMENTS_PER_CHUNK = 65536
 cdef int _isa = cb_best_isa()
 
 
@@ -120,209 +109,201 @@ if os.environ.get("CBBENCH_CPU_ISA"):
 
 
 # ----------------------------------------------------------------------------------------------
-# argument checks: the contract is ops.py's, but a wrong call must raise, never read out of bounds
+# argument checks: the contract is cbbench/ops/__init__.py's, but a wrong call must raise, never
+# read out of bounds. Cheap attribute reads only: at a batch of 8x10 this wrapper is most of the call.
 # ----------------------------------------------------------------------------------------------
-def _torch():
-    import torch
-    return torch
+import torch
+
+_Tensor = torch.Tensor
+_f32 = torch.float32
+_f64 = torch.float64
+_i64 = torch.int64
+
+_REDUCTION_CODES = {"none": CB_RED_NONE, "sum": CB_RED_SUM, "mean": CB_RED_MEAN,
+                    "weighted_mean": CB_RED_WEIGHTED_MEAN}
 
 
 cdef uintptr_t _ptr(t):
     return <uintptr_t> t.data_ptr()
 
 
-def _check_cpu_contiguous(t, name):
-    torch = _torch()
-    if not isinstance(t, torch.Tensor):
+cdef int _reduction_code(reduction) except -1:
+    code = _REDUCTION_CODES.get(reduction)
+    if code is None:
+        raise ValueError(f"reduction must be one of {tuple(_REDUCTION_CODES)}, got {reduction!r}")
+    return code
+
+
+cdef _check_cpu_tensor(t, name):
+    if not isinstance(t, _Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.device.type != "cpu":
+    if not t.is_cpu:
         raise ValueError(f"{name} must be a CPU tensor, got one on {t.device}")
     if not t.is_contiguous():
         raise ValueError(f"{name} must be contiguous")
 
 
-def _check_logits(logits):
-    torch = _torch()
-    _check_cpu_contiguous(logits, "logits")
-    if logits.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"logits must be float32 or float64 (upcast float16/bfloat16 first), got {logits.dtype}")
+cdef tuple _check_logits(logits):
+    _check_cpu_tensor(logits, "logits")
+    dt = logits.dtype
+    if dt is not _f32 and dt is not _f64:
+        raise TypeError(f"logits must be float32 or float64 (upcast float16/bfloat16 first), got {dt}")
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape (M, C), got {tuple(logits.shape)}")
-    if logits.shape[1] >= 2 ** 31:  # a row is indexed with int (vector compares of j == y); M is int64
-        raise ValueError(f"at most 2**31 - 1 classes, got {logits.shape[1]}")
-    return logits.shape[0], logits.shape[1]
+    M, C = logits.shape
+    if C >= 2 ** 31:  # a row is indexed with int (vector compares of j == y); M is int64
+        raise ValueError(f"at most 2**31 - 1 classes, got {C}")
+    return M, C
 
 
 cdef uintptr_t _class_vector(vec, int64_t C, name) except? 0:
-    torch = _torch()
     if vec is None:
         return 0
-    _check_cpu_contiguous(vec, name)
-    if vec.dtype != torch.float32 or tuple(vec.shape) != (C,):
+    _check_cpu_tensor(vec, name)
+    if vec.dtype is not _f32 or vec.dim() != 1 or vec.shape[0] != C:
         raise ValueError(f"{name} must be a float32 tensor of shape ({C},), got {vec.dtype} {tuple(vec.shape)}")
     return _ptr(vec) if C > 0 else 0
 
 
-def _check_index_target(target, M):
-    torch = _torch()
-    _check_cpu_contiguous(target, "target")
-    if target.dtype != torch.int64 or tuple(target.shape) != (M,):
+cdef _check_index_target(target, M):
+    _check_cpu_tensor(target, "target")
+    if target.dtype is not _i64 or target.dim() != 1 or target.shape[0] != M:
         raise ValueError(f"target must be an int64 tensor of shape ({M},), got {target.dtype} {tuple(target.shape)}")
 
 
-def _check_outputs(logits, loss_rows, grad, M):
-    torch = _torch()
-    _check_cpu_contiguous(loss_rows, "loss_rows")
-    allowed = (torch.float32, torch.float64) if logits.dtype == torch.float64 else (torch.float32,)
-    if loss_rows.dtype not in allowed or tuple(loss_rows.shape) != (M,):
-        raise ValueError(f"loss_rows must be a tensor of shape ({M},) and dtype in {allowed}, "
-                         f"got {loss_rows.dtype} {tuple(loss_rows.shape)}")
-    if grad is not None:
-        _check_cpu_contiguous(grad, "grad")
-        if grad.dtype != logits.dtype or grad.shape != logits.shape:
-            raise ValueError(f"grad must match the logits ({logits.dtype} {tuple(logits.shape)}), "
-                             f"got {grad.dtype} {tuple(grad.shape)}")
-
-
-def _read_grad_scale(value, loss_rows):
-    """grad_scale: None (1) or a one-element CPU tensor of the loss dtype (that of ``loss_rows``)."""
-    torch = _torch()
-    if value is None:
-        return 1.0
-    if not isinstance(value, torch.Tensor) or value.numel() != 1 or value.dtype != loss_rows.dtype \
-            or value.device.type != "cpu":
-        raise ValueError(f"grad_scale must be None or a one-element CPU tensor of the loss dtype {loss_rows.dtype}, "
-                         f"got {value!r}")
-    return float(value.item())
-
-
-cdef int64_t _chunk(int64_t C):
-    return max(1, _ELEMENTS_PER_CHUNK // max(C, 1))
-
-
-cdef int _threads(int64_t M, int64_t C):
-    cdef int64_t n = _torch().get_num_threads()
-    cdef int64_t by_work = max(1, (M * C) // _MIN_ELEMENTS_PER_THREAD)
-    return <int> max(1, min(n, by_work, M))
-
-
 # ----------------------------------------------------------------------------------------------
-# row loops
+# reductions (the class-index divisor and the row loops are cb_cpu_loss.h's)
 # ----------------------------------------------------------------------------------------------
-cdef void _softmax_rows(int isa, const real* z, const int64_t* target, int64_t M, int64_t C,
-                        const float* weight, const float* offset, const float* margin, real scale, real eps,
-                        int64_t ignore_index, real g, loss_real* loss, real* grad, int n_threads,
-                        int64_t chunk) noexcept nogil:
-    cdef int64_t i
-    for i in prange(M, num_threads=n_threads, schedule="dynamic", chunksize=chunk):
-        loss[i] = <loss_real> cb_softmax_ce_row(isa, z + i * C, C, target[i], weight, offset, margin, scale, eps,
-                                                ignore_index, g, (grad + i * C) if grad != NULL else NULL)
+def _multi_hot_divisor(target, weight, int red, int64_t M):
+    """Divisor for multi-hot targets: ``"mean"`` the sum of the targets (at least 1),
+    ``"weighted_mean"`` M times the mean column weight (M without a weight; 0 becomes 1)."""
+    cdef double d
+    if red == CB_RED_MEAN:
+        return max(float(target.sum(dtype=_f64)), 1.0)
+    if red == CB_RED_WEIGHTED_MEAN:
+        d = float(weight.sum(dtype=_f64)) / weight.shape[0] * M if weight is not None else <double> M
+        return d if d != 0.0 else 1.0
+    return 1.0
 
 
-cdef void _sigmoid_index_rows(int isa, const real* z, const int64_t* target, int64_t M, int64_t C,
-                              const float* weight, real gamma, real alpha, bint focal, int64_t ignore_index,
-                              real g, loss_real* loss, real* grad, int n_threads, int64_t chunk) noexcept nogil:
-    cdef int64_t i
-    for i in prange(M, num_threads=n_threads, schedule="dynamic", chunksize=chunk):
-        loss[i] = <loss_real> cb_sigmoid_index_row(isa, z + i * C, C, target[i], weight, gamma, alpha, focal,
-                                                   ignore_index, g, (grad + i * C) if grad != NULL else NULL)
+cdef _bad_target_error(int64_t value, int64_t C, int64_t ignore_index):
+    return ValueError(f"target value {value} is out of range for {C} classes "
+                      f"(valid: 0..{C - 1} or ignore_index={ignore_index})")
 
 
-cdef void _sigmoid_multihot_rows(int isa, const real* z, const real* t, int64_t M, int64_t C,
-                                 const float* weight, real gamma, real alpha, bint focal, real g,
-                                 loss_real* loss, real* grad, int n_threads, int64_t chunk) noexcept nogil:
-    cdef int64_t i
-    for i in prange(M, num_threads=n_threads, schedule="dynamic", chunksize=chunk):
-        loss[i] = <loss_real> cb_sigmoid_multihot_row(isa, z + i * C, t + i * C, C, weight, gamma, alpha, focal, g,
-                                                      (grad + i * C) if grad != NULL else NULL)
+cdef _reduced(double total, double divisor, dtype):
+    """A 0-dim tensor of ``dtype`` holding total / divisor (computed in float64)."""
+    out = torch.empty((), dtype=dtype)
+    cdef uintptr_t p = _ptr(out)
+    if dtype is _f64:
+        (<double*> p)[0] = total / divisor
+    else:
+        (<float*> p)[0] = <float> (total / divisor)
+    return out
+
+
+cdef double* _chunk_buffer(int64_t M, int64_t C) except NULL:
+    cdef double* buf = cb_chunk_buffer(M, cb_chunk_rows(C))
+    if buf == NULL:
+        raise MemoryError()
+    return buf
 
 
 # ----------------------------------------------------------------------------------------------
 # the contract
 # ----------------------------------------------------------------------------------------------
-def softmax_ce_fwd(logits, target, weight, logit_offset, target_margin, scale, label_smoothing,
-                   ignore_index, grad_scale, loss_rows, grad):
-    """Per-row weighted softmax cross-entropy into ``loss_rows`` and ``grad_scale * d loss_rows / d logits``
-    into ``grad`` (``None``: loss only). See :mod:`cbbench.ops` for the contract."""
-    torch = _torch()
+def softmax_ce(logits, target, weight, logit_offset, target_margin, double scale, double label_smoothing,
+               int64_t ignore_index, reduction, bint need_grad):
+    """Weighted softmax cross-entropy of (M, C) logits, reduced: ``(loss, grad)``, ``grad`` the
+    gradient of the reduced loss (``None`` without ``need_grad``). See :mod:`cbbench.ops`."""
     M, C = _check_logits(logits)
     _check_index_target(target, M)
-    _check_outputs(logits, loss_rows, grad, M)
     cdef const float* w = <const float*> _class_vector(weight, C, "weight")
     cdef const float* off = <const float*> _class_vector(logit_offset, C, "logit_offset")
     cdef const float* mar = <const float*> _class_vector(target_margin, C, "target_margin")
-    cdef double s = float(scale), eps = float(label_smoothing), g = _read_grad_scale(grad_scale, loss_rows)
-    cdef int64_t ign = int(ignore_index), m = M, c = C
-    cdef int nt = _threads(m, c), isa = _isa
-    cdef int64_t ch = _chunk(c)
+    cdef int red = _reduction_code(reduction)
+    cdef int64_t m = M, c = C, bad = -1
     cdef const int64_t* y = <const int64_t*> _ptr(target)
-    cdef uintptr_t zp = _ptr(logits), lp = _ptr(loss_rows), gp = _ptr(grad) if grad is not None else 0
-    if m == 0:
-        return
-    if logits.dtype == torch.float32:
+    cdef double divisor
+    with nogil:
+        divisor = cb_index_divisor(y, m, c, w, ignore_index, red, &bad)
+    if bad >= 0:
+        raise _bad_target_error(y[bad], c, ignore_index)
+    dtype = logits.dtype
+    loss_rows = torch.empty(m, dtype=dtype) if red == CB_RED_NONE else None
+    grad = torch.empty_like(logits) if need_grad else None
+    cdef uintptr_t zp = _ptr(logits), lp = _ptr(loss_rows) if loss_rows is not None else 0
+    cdef uintptr_t gp = _ptr(grad) if grad is not None else 0
+    cdef int nt = cb_loss_threads(m, c, torch.get_num_threads()), isa = _isa
+    cdef double total = 0.0
+    cdef bint f32 = dtype is _f32
+    cdef double* sums = _chunk_buffer(m, c)
+    try:
         with nogil:
-            _softmax_rows[float, float](isa, <const float*> zp, y, m, c, w, off, mar, <float> s, <float> eps, ign,
-                                        <float> g, <float*> lp, <float*> gp, nt, ch)
-    elif loss_rows.dtype == torch.float64:
-        with nogil:
-            _softmax_rows[double, double](isa, <const double*> zp, y, m, c, w, off, mar, s, eps, ign, g,
-                                          <double*> lp, <double*> gp, nt, ch)
-    else:
-        with nogil:
-            _softmax_rows[double, float](isa, <const double*> zp, y, m, c, w, off, mar, s, eps, ign, g,
-                                         <float*> lp, <double*> gp, nt, ch)
+            if f32:
+                total = cb_softmax_rows[float](isa, <const float*> zp, y, m, c, w, off, mar, <float> scale,
+                                               <float> label_smoothing, ignore_index, <float> (1.0 / divisor),
+                                               <float*> lp, <float*> gp, nt, sums)
+            else:
+                total = cb_softmax_rows[double](isa, <const double*> zp, y, m, c, w, off, mar, scale,
+                                                label_smoothing, ignore_index, 1.0 / divisor, <double*> lp,
+                                                <double*> gp, nt, sums)
+    finally:
+        free(sums)
+    return (loss_rows if red == CB_RED_NONE else _reduced(total, divisor, dtype)), grad
 
 
-def sigmoid_focal_fwd(logits, target, weight, gamma, alpha, ignore_index, focal, grad_scale, loss_rows, grad):
-    """Per-row sigmoid cross-entropy (``focal=False``) or focal loss; ``alpha < 0``: no alpha. Integer
-    ``target`` (M,) holds class indices (the row weight multiplies all C terms); a float ``target``
-    (M, C) of the logits' dtype is multi-hot (``weight`` per column). See :mod:`cbbench.ops`."""
-    torch = _torch()
+def sigmoid_focal(logits, target, weight, double gamma, double alpha, int64_t ignore_index, bint focal, reduction,
+                  bint need_grad):
+    """Sigmoid cross-entropy (``focal=False``) or focal loss of (M, C) logits, reduced: ``(loss, grad)``;
+    ``alpha < 0``: no alpha. Integer ``target`` (M,) holds class indices (the row weight multiplies all
+    C terms); a float ``target`` (M, C) of the logits' dtype is multi-hot (``weight`` per column)."""
     M, C = _check_logits(logits)
-    _check_cpu_contiguous(target, "target")
+    _check_cpu_tensor(target, "target")
     cdef bint multi_hot = target.is_floating_point()
     if multi_hot:
-        if target.dtype != logits.dtype or target.shape != logits.shape:
+        if target.dtype is not logits.dtype or target.shape != logits.shape:
             raise ValueError(f"a multi-hot target must match the logits ({logits.dtype} {tuple(logits.shape)}), "
                              f"got {target.dtype} {tuple(target.shape)}")
     else:
         _check_index_target(target, M)
-    _check_outputs(logits, loss_rows, grad, M)
+    if not gamma >= 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
     cdef const float* w = <const float*> _class_vector(weight, C, "weight")
-    cdef double gm = float(gamma), al = float(alpha), g = _read_grad_scale(grad_scale, loss_rows)
-    if not gm >= 0:
-        raise ValueError(f"gamma must be >= 0, got {gm}")
-    cdef bint fc = bool(focal)
-    cdef int64_t ign = int(ignore_index), m = M, c = C
-    cdef int nt = _threads(m, c), isa = _isa
-    cdef int64_t ch = _chunk(c)
-    cdef uintptr_t zp = _ptr(logits), tp = _ptr(target), lp = _ptr(loss_rows)
+    cdef int red = _reduction_code(reduction)
+    cdef int64_t m = M, c = C, bad = -1
+    cdef uintptr_t tp = _ptr(target)
+    cdef double divisor
+    if multi_hot:
+        divisor = _multi_hot_divisor(target, weight, red, m)
+    else:
+        with nogil:
+            divisor = cb_index_divisor(<const int64_t*> tp, m, c, w, ignore_index, red, &bad)
+        if bad >= 0:
+            raise _bad_target_error((<const int64_t*> tp)[bad], c, ignore_index)
+    dtype = logits.dtype
+    loss_rows = torch.empty(m, dtype=dtype) if red == CB_RED_NONE else None
+    grad = torch.empty_like(logits) if need_grad else None
+    cdef uintptr_t zp = _ptr(logits), lp = _ptr(loss_rows) if loss_rows is not None else 0
     cdef uintptr_t gp = _ptr(grad) if grad is not None else 0
-    if m == 0:
-        return
-    cdef bint f32 = logits.dtype == torch.float32
-    cdef bint loss64 = loss_rows.dtype == torch.float64
-    with nogil:
-        if multi_hot:
+    cdef uintptr_t yp = 0 if multi_hot else tp, hp = tp if multi_hot else 0
+    cdef int nt = cb_loss_threads(m, c, torch.get_num_threads()), isa = _isa
+    cdef double total = 0.0
+    cdef bint f32 = dtype is _f32
+    cdef double* sums = _chunk_buffer(m, c)
+    try:
+        with nogil:
             if f32:
-                _sigmoid_multihot_rows[float, float](isa, <const float*> zp, <const float*> tp, m, c, w, <float> gm,
-                                                     <float> al, fc, <float> g, <float*> lp, <float*> gp, nt, ch)
-            elif loss64:
-                _sigmoid_multihot_rows[double, double](isa, <const double*> zp, <const double*> tp, m, c, w, gm, al,
-                                                       fc, g, <double*> lp, <double*> gp, nt, ch)
+                total = cb_sigmoid_rows[float](isa, <const float*> zp, <const int64_t*> yp, <const float*> hp, m, c,
+                                               w, <float> gamma, <float> alpha, focal, ignore_index,
+                                               <float> (1.0 / divisor), <float*> lp, <float*> gp, nt, sums)
             else:
-                _sigmoid_multihot_rows[double, float](isa, <const double*> zp, <const double*> tp, m, c, w, gm, al,
-                                                      fc, g, <float*> lp, <double*> gp, nt, ch)
-        else:
-            if f32:
-                _sigmoid_index_rows[float, float](isa, <const float*> zp, <const int64_t*> tp, m, c, w, <float> gm,
-                                                  <float> al, fc, ign, <float> g, <float*> lp, <float*> gp, nt, ch)
-            elif loss64:
-                _sigmoid_index_rows[double, double](isa, <const double*> zp, <const int64_t*> tp, m, c, w, gm, al,
-                                                    fc, ign, g, <double*> lp, <double*> gp, nt, ch)
-            else:
-                _sigmoid_index_rows[double, float](isa, <const double*> zp, <const int64_t*> tp, m, c, w, gm, al,
-                                                   fc, ign, g, <float*> lp, <double*> gp, nt, ch)
+                total = cb_sigmoid_rows[double](isa, <const double*> zp, <const int64_t*> yp, <const double*> hp, m,
+                                                c, w, gamma, alpha, focal, ignore_index, 1.0 / divisor, <double*> lp,
+                                                <double*> gp, nt, sums)
+    finally:
+        free(sums)
+    return (loss_rows if red == CB_RED_NONE else _reduced(total, divisor, dtype)), grad
 
 
 def simd_exp(x):
@@ -336,8 +317,7 @@ def simd_log1p(x):
 
 
 def _simd_map(x, bint is_exp):
-    torch = _torch()
-    _check_cpu_contiguous(x, "x")
+    _check_cpu_tensor(x, "x")
     if x.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"x must be float32 or float64, got {x.dtype}")
     out = torch.empty_like(x)

@@ -22,10 +22,11 @@ static inline void fill_row(T* out, int n, T value) {
   for (int j = 0; j < n; ++j) out[j] = value;
 }
 
-// dst[k] = src[nm + k] for nm + k < n, else 0
-template <typename T, typename S>
+// dst[k] = src[nm + k] for nm + k < n, else 0, for k < W: the lane count of the row's dtype, which
+// a float buffer of a double row (offsets, column weights) shares -- not Lanes<float>::W
+template <int W, typename T, typename S>
 static inline void load_tail(T* dst, const S* src, int nm, int n) {
-  for (int k = 0; k < Lanes<T>::W; ++k) dst[k] = nm + k < n ? T(src[nm + k]) : T(0);
+  for (int k = 0; k < W; ++k) dst[k] = nm + k < n ? T(src[nm + k]) : T(0);
 }
 
 template <typename T>
@@ -89,8 +90,8 @@ static T softmax_ce_row_t(const T* z, int n, int y, const float* weight, const f
   const int nm = n - n % W;
   T zt[W], gt[W];
   float ot[W];
-  load_tail(zt, z, nm, n);
-  if (OFFSET) load_tail(ot, offset, nm, n);
+  load_tail<W>(zt, z, nm, n);
+  if (OFFSET) load_tail<W>(ot, offset, nm, n);
   const T my = margin ? T(margin[y]) : T(0);
   const T vy = shifted_logit<T, OFFSET>(z, offset, y, y, y, my);
   T mv = vy, vsum = T(0);
@@ -160,7 +161,7 @@ static T sigmoid_index_row_t(const T* z, int n, int y, T w, T gamma, T alpha, T 
   constexpr int W = Lanes<T>::W;
   const int nm = n - n % W;
   T zt[W], gt[W];
-  load_tail(zt, z, nm, n);
+  load_tail<W>(zt, z, nm, n);
   const T gw = g * w;
   T acc = sigmoid_index_span<T, FOCAL, ALPHA, STORE>(z, 0, nm, n, y, gamma, alpha, gw, grad);
   if (nm < n) {
@@ -193,9 +194,9 @@ static T sigmoid_multihot_row_t(const T* z, const T* t, int n, const float* weig
   const int nm = n - n % W;
   T zt[W], tt[W], gt[W];
   float wt[W];
-  load_tail(zt, z, nm, n);
-  load_tail(tt, t, nm, n);
-  if (WEIGHT) load_tail(wt, weight, nm, n);
+  load_tail<W>(zt, z, nm, n);
+  load_tail<W>(tt, t, nm, n);
+  if (WEIGHT) load_tail<W>(wt, weight, nm, n);
   T acc = sigmoid_multihot_span<T, FOCAL, ALPHA, WEIGHT, STORE>(z, t, weight, 0, nm, n, gamma, alpha, g, grad);
   if (nm < n) {
     acc += sigmoid_multihot_span<T, FOCAL, ALPHA, WEIGHT, STORE>(zt, tt, wt, nm, W, n, gamma, alpha, g, gt);

@@ -1,5 +1,8 @@
 // Torch binding of the cbbench CUDA kernels (module cbbench._cuda): input checks, the current CUDA
-// stream, and the kernel contract of cbbench/ops.py. Built only on machines with torch's CUDA build.
+// stream, and the kernel contract of cbbench/ops/__init__.py -- the reduction included: the divisor is
+// computed on the device before the rows (their gradients are written already divided by it, read by
+// the kernels through grad_scale: no host synchronisation), and the row losses are summed after them
+// (a fixed-order device reduction). Built only on machines with torch's CUDA build.
 #include <torch/extension.h>
 
 #include <c10/cuda/CUDAStream.h>
@@ -66,54 +69,91 @@ const float* class_vector(const std::optional<Tensor>& v, const Tensor& logits, 
   return t.data_ptr<float>();
 }
 
-// grad_scale: None (1) or a one-element tensor of the loss dtype on the logits' device.
-const void* grad_scale_ptr(const std::optional<Tensor>& grad_scale, const Tensor& logits, const char* fn) {
-  if (!grad_scale.has_value()) return nullptr;
-  const Tensor& g = *grad_scale;
-  check_same_device(g, logits, fn, "grad_scale");
-  TORCH_CHECK(g.scalar_type() == loss_type(logits) && g.numel() == 1, fn, ": grad_scale must be a one-element ",
-              loss_type(logits), " tensor for ", logits.scalar_type(), " logits, got ", g.scalar_type(),
-              " of shape ", g.sizes());
-  return g.data_ptr();
+enum class Reduction { none, sum, mean, weighted_mean };
+
+Reduction parse_reduction(const std::string& r, const char* fn) {
+  if (r == "mean") return Reduction::mean;
+  if (r == "weighted_mean") return Reduction::weighted_mean;
+  if (r == "sum") return Reduction::sum;
+  TORCH_CHECK(r == "none", fn, ": reduction must be one of mean, weighted_mean, sum, none, got ", r);
+  return Reduction::none;
 }
 
-void check_outputs(const Tensor& logits, const Tensor& loss_rows, const std::optional<Tensor>& grad,
-                   const char* fn) {
-  check_same_device(loss_rows, logits, fn, "loss_rows");
-  TORCH_CHECK(loss_rows.scalar_type() == loss_type(logits), fn, ": loss_rows must be ", loss_type(logits),
-              " for ", logits.scalar_type(), " logits, got ", loss_rows.scalar_type());
-  TORCH_CHECK(loss_rows.dim() == 1 && loss_rows.size(0) == logits.size(0) && loss_rows.is_contiguous(), fn,
-              ": loss_rows must be a contiguous (", logits.size(0), ",) tensor, got ", loss_rows.sizes());
-  if (grad.has_value()) {
-    check_same_device(*grad, logits, fn, "grad");
-    TORCH_CHECK(grad->scalar_type() == logits.scalar_type(), fn, ": grad must have the logits' dtype ",
-                logits.scalar_type(), ", got ", grad->scalar_type());
-    TORCH_CHECK(grad->sizes() == logits.sizes() && grad->is_contiguous(), fn,
-                ": grad must be contiguous with the logits' shape ", logits.sizes(), ", got ", grad->sizes());
+// A divisor of exactly 0 (nothing to average, or weights summing to 0) becomes 1; a negative weight
+// sum is kept (cbbench/reference.py, reduction_denominator).
+Tensor nonzero_or_one(const Tensor& d) { return at::where(d != 0, d, at::ones_like(d)); }
+
+// The divisor of class-index targets as a 0-dim float64 device tensor, undefined for sum/none.
+Tensor index_divisor(const Tensor& target, const std::optional<Tensor>& weight, int64_t ignore_index,
+                     Reduction red, int64_t classes) {
+  if (red == Reduction::sum || red == Reduction::none) return Tensor();
+  const Tensor valid = target.ne(ignore_index);
+  if (red == Reduction::weighted_mean && weight.has_value()) {
+    // clamped: neither ignore_index nor a bad target indexes out of bounds (a bad row is NaN anyway)
+    const Tensor w = weight->index_select(0, target.clamp(0, classes - 1));
+    return nonzero_or_one(at::where(valid, w, at::zeros_like(w)).sum(at::kDouble));
   }
+  return valid.sum(at::kDouble).clamp_min(1.0);
+}
+
+// The divisor of multi-hot targets: the number of positives for "mean" (at least 1), rows times the
+// mean column weight for "weighted_mean".
+Tensor multi_hot_divisor(const Tensor& target, const std::optional<Tensor>& weight, Reduction red, int64_t rows) {
+  if (red == Reduction::sum || red == Reduction::none) return Tensor();
+  if (red == Reduction::mean) return target.sum(at::kDouble).clamp_min(1.0);
+  const auto opts = target.options().dtype(at::kDouble);
+  if (!weight.has_value()) return at::full({}, double(rows > 0 ? rows : 1), opts);
+  return nonzero_or_one(weight->mean(at::kDouble) * double(rows));
+}
+
+struct Outputs {
+  Tensor loss_rows;  // (rows,) loss dtype
+  Tensor grad;       // (rows, classes) logits' dtype, or undefined
+  Tensor divisor;    // 0-dim loss dtype, or undefined (sum / none)
+  Tensor grad_scale; // its reciprocal, read by the kernels, or undefined (1)
+};
+
+Outputs make_outputs(const Tensor& logits, const Tensor& divisor64, bool need_grad) {
+  Outputs o;
+  o.loss_rows = at::empty({logits.size(0)}, logits.options().dtype(loss_type(logits)));
+  if (need_grad) o.grad = at::empty_like(logits);
+  if (divisor64.defined()) {
+    o.divisor = divisor64.to(loss_type(logits));
+    o.grad_scale = o.divisor.reciprocal();
+  }
+  return o;
 }
 
 // The fields both argument structs share: logits, gradient scale, outputs and shape (after the checks).
 template <typename Args>
-void set_common(Args& a, const Tensor& logits, const std::optional<Tensor>& grad_scale, const Tensor& loss_rows,
-                const std::optional<Tensor>& grad, const char* fn) {
+void set_common(Args& a, const Tensor& logits, const Outputs& o) {
   a.logits = logits.data_ptr();
-  a.grad_scale = grad_scale_ptr(grad_scale, logits, fn);
-  a.loss_rows = loss_rows.data_ptr();
-  a.grad = grad.has_value() ? grad->data_ptr() : nullptr;
+  a.grad_scale = o.grad_scale.defined() ? o.grad_scale.data_ptr() : nullptr;
+  a.loss_rows = o.loss_rows.data_ptr();
+  a.grad = o.grad.defined() ? o.grad.data_ptr() : nullptr;
   a.rows = logits.size(0);
   a.classes = logits.size(1);
 }
 
-void softmax_ce_fwd(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight,
-                    const std::optional<Tensor>& logit_offset, const std::optional<Tensor>& target_margin, double scale,
-                    double label_smoothing, int64_t ignore_index, const std::optional<Tensor>& grad_scale,
-                    const Tensor& loss_rows, const std::optional<Tensor>& grad) {
-  const char* fn = "cbbench._cuda.softmax_ce_fwd";
+// (loss, grad): the row losses reduced (summed in a fixed order, divided by the divisor), and the
+// gradient of that reduced loss (None without need_grad).
+std::tuple<Tensor, std::optional<Tensor>> reduced(const Outputs& o, Reduction red) {
+  std::optional<Tensor> grad;
+  if (o.grad.defined()) grad = o.grad;
+  if (red == Reduction::none) return {o.loss_rows, grad};
+  Tensor total = o.loss_rows.sum();
+  return {o.divisor.defined() ? total / o.divisor : total, grad};
+}
+
+std::tuple<Tensor, std::optional<Tensor>> softmax_ce(
+    const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight,
+    const std::optional<Tensor>& logit_offset, const std::optional<Tensor>& target_margin, double scale,
+    double label_smoothing, int64_t ignore_index, const std::string& reduction, bool need_grad) {
+  const char* fn = "cbbench._cuda.softmax_ce";
   check_logits(logits, fn);
   const cb::Dtype dtype = kernel_dtype(logits, fn);
   check_class_targets(target, logits, fn);
-  check_outputs(logits, loss_rows, grad, fn);
+  const Reduction red = parse_reduction(reduction, fn);
   TORCH_CHECK(scale > 0, fn, ": scale must be > 0, got ", scale);
   TORCH_CHECK(label_smoothing >= 0 && label_smoothing <= 1, fn, ": label_smoothing must be in [0, 1], got ",
               label_smoothing);
@@ -121,11 +161,12 @@ void softmax_ce_fwd(const Tensor& logits, const Tensor& target, const std::optio
   const c10::cuda::CUDAGuard guard(logits.device());
   const int device = logits.get_device();
   cb::SoftmaxCeArgs a{};
-  set_common(a, logits, grad_scale, loss_rows, grad, fn);
-  a.target = target.data_ptr<int64_t>();
   a.weight = class_vector(weight, logits, fn, "weight");
   a.logit_offset = class_vector(logit_offset, logits, fn, "logit_offset");
   a.target_margin = class_vector(target_margin, logits, fn, "target_margin");
+  const Outputs o = make_outputs(logits, index_divisor(target, weight, ignore_index, red, logits.size(1)), need_grad);
+  set_common(a, logits, o);
+  a.target = target.data_ptr<int64_t>();
   a.scale = scale;
   a.label_smoothing = label_smoothing;
   a.ignore_index = ignore_index;
@@ -137,19 +178,21 @@ void softmax_ce_fwd(const Tensor& logits, const Tensor& target, const std::optio
     a.workspace = workspace.data_ptr();
   }
   C10_CUDA_CHECK(cb::softmax_ce(a, dtype, device, c10::cuda::getCurrentCUDAStream(device).stream()));
+  return reduced(o, red);
 }
 
-void sigmoid_focal_fwd(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight, double gamma,
-                       double alpha, int64_t ignore_index, bool focal, const std::optional<Tensor>& grad_scale,
-                       const Tensor& loss_rows, const std::optional<Tensor>& grad) {
-  const char* fn = "cbbench._cuda.sigmoid_focal_fwd";
+std::tuple<Tensor, std::optional<Tensor>> sigmoid_focal(
+    const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight, double gamma, double alpha,
+    int64_t ignore_index, bool focal, const std::string& reduction, bool need_grad) {
+  const char* fn = "cbbench._cuda.sigmoid_focal";
   check_logits(logits, fn);
   const cb::Dtype dtype = kernel_dtype(logits, fn);
-  check_outputs(logits, loss_rows, grad, fn);
+  const Reduction red = parse_reduction(reduction, fn);
   TORCH_CHECK(gamma >= 0, fn, ": gamma must be >= 0, got ", gamma);
   TORCH_CHECK(alpha <= 1, fn, ": alpha must be <= 1 (negative: no alpha), got ", alpha);
 
   cb::SigmoidFocalArgs a{};
+  Tensor divisor;
   if (target.is_floating_point()) {
     check_same_device(target, logits, fn, "target");
     TORCH_CHECK(target.scalar_type() == logits.scalar_type(), fn,
@@ -165,21 +208,23 @@ void sigmoid_focal_fwd(const Tensor& logits, const Tensor& target, const std::op
   }
   const c10::cuda::CUDAGuard guard(logits.device());
   const int device = logits.get_device();
-  set_common(a, logits, grad_scale, loss_rows, grad, fn);
   a.weight = class_vector(weight, logits, fn, "weight");
+  divisor = target.is_floating_point() ? multi_hot_divisor(target, weight, red, logits.size(0))
+                                       : index_divisor(target, weight, ignore_index, red, logits.size(1));
+  const Outputs o = make_outputs(logits, divisor, need_grad);
+  set_common(a, logits, o);
   a.gamma = gamma;
   a.alpha = alpha;
   a.ignore_index = ignore_index;
   a.focal = focal;
   C10_CUDA_CHECK(cb::sigmoid_focal(a, dtype, device, c10::cuda::getCurrentCUDAStream(device).stream()));
+  return reduced(o, red);
 }
 
 // d loss / d logits = grad * grad_output for a reduced (0-dim) loss, computed IN PLACE in `grad` (the
-// gradient saved by forward) and returned. The kernel reads grad_output on the device and does nothing
-// when it is 1 (no host synchronisation, no extra pass over the gradient). Because the saved tensor is
-// overwritten, its autograd version counter is bumped: a second backward through the same graph
-// (retain_graph=True) then fails with PyTorch's standard "modified by an inplace operation" error
-// instead of silently using an already-scaled gradient.
+// gradient forward computed, which backward hands over: cbbench/ops/autograd.py) and returned. The
+// kernel reads grad_output on the device and does nothing when it is 1 (no host synchronisation, no
+// extra pass over the gradient, where grad.mul_(grad_output) would always make one).
 Tensor scaled_grad(Tensor grad, const Tensor& grad_output) {
   const char* fn = "cbbench._cuda.scaled_grad";
   TORCH_CHECK(grad.is_cuda() && grad.is_contiguous(), fn, ": grad must be a contiguous CUDA tensor");
@@ -197,6 +242,7 @@ Tensor scaled_grad(Tensor grad, const Tensor& grad_output) {
   return grad;
 }
 
+
 std::string softmax_plan(int64_t classes, const Tensor& like) {
   TORCH_CHECK(like.is_cuda(), "cbbench._cuda.softmax_plan: `like` must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(like.device());  // the plan (and its cached queries) are per device
@@ -208,17 +254,17 @@ std::string softmax_plan(int64_t classes, const Tensor& like) {
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
-  m.doc() = "cbbench fused CUDA kernels (see the kernel contract in cbbench/ops.py)";
-  m.def("softmax_ce_fwd", &softmax_ce_fwd, "Fused softmax cross-entropy: per-row loss and scaled gradient",
+  m.doc() = "cbbench fused CUDA kernels (see the kernel contract in cbbench/ops/__init__.py)";
+  m.def("softmax_ce", &softmax_ce, "Fused softmax cross-entropy: (reduced loss, gradient of the reduced loss)",
         py::arg("logits"), py::arg("target"), py::arg("weight"), py::arg("logit_offset"), py::arg("target_margin"),
-        py::arg("scale"), py::arg("label_smoothing"), py::arg("ignore_index"), py::arg("grad_scale"),
-        py::arg("loss_rows"), py::arg("grad"));
-  m.def("sigmoid_focal_fwd", &sigmoid_focal_fwd, "Fused sigmoid cross-entropy / focal loss: per-row loss and scaled gradient",
+        py::arg("scale"), py::arg("label_smoothing"), py::arg("ignore_index"), py::arg("reduction"),
+        py::arg("need_grad"));
+  m.def("sigmoid_focal", &sigmoid_focal,
+        "Fused sigmoid cross-entropy / focal loss: (reduced loss, gradient of the reduced loss)",
         py::arg("logits"), py::arg("target"), py::arg("weight"), py::arg("gamma"), py::arg("alpha"),
-        py::arg("ignore_index"), py::arg("focal"), py::arg("grad_scale"), py::arg("loss_rows"), py::arg("grad"));
-  m.def("scaled_grad", &scaled_grad,
-        "grad * grad_output in place (no work when grad_output == 1); bumps grad's version counter",
+        py::arg("ignore_index"), py::arg("focal"), py::arg("reduction"), py::arg("need_grad"));
+  m.def("scaled_grad", &scaled_grad, "grad * grad_output in place (no work when grad_output == 1)",
         py::arg("grad"), py::arg("grad_output"));
-  m.def("softmax_plan", &softmax_plan, "How softmax_ce_fwd lays out rows of `classes` elements of like's dtype",
+  m.def("softmax_plan", &softmax_plan, "How softmax_ce lays out rows of `classes` elements of like's dtype",
         py::arg("classes"), py::arg("like"));
 }

@@ -2,8 +2,9 @@
 //
 // Every function is the stable form of the formula in cbbench/reference.py:
 //   softplus(x)        = max(x, 0) + log1p(exp(-|x|))          never log(1 + exp(x))
-//   bce(z, t)          = max(z, 0) - t z + log1p(exp(-|z|))     = softplus(z) - t z without cancellation
-//   focal modulator    = exp(-gamma (t z + softplus(-z)))      = (1 - p_t)^gamma, never overflows
+//   bce(z, t)          = t max(-z, 0) + (1 - t) max(z, 0) + log1p(exp(-|z|))
+//                                                               = softplus(z) - t z without cancellation
+//   focal modulator    = exp(-gamma bce(z, 1 - t))             = (1 - p_t)^gamma, never overflows
 //   d/dz [m * bce]     = m (p - t) - gamma m (p + t - 1) bce    (no (1 - p)^(gamma - 1): safe for gamma < 1)
 // Float and double overloads; CB_FN makes them __host__ __device__ under nvcc.
 #ifndef CBBENCH_CB_MATH_H_
@@ -184,17 +185,28 @@ CB_FN_INLINE T cb_sigmoid(T x, Math math) {
 template <typename T>
 CB_FN T cb_sigmoid(T x) { return cb_sigmoid(x, cb_libm_math()); }
 
+// t softplus(-z) + (1 - t) softplus(z) with softplus(+-z) = max(+-z, 0) + log1p(exp(-|z|)) sharing
+// one log1p. A term whose coefficient is exactly 0 is skipped, not multiplied: a masked logit
+// z = -inf with t = 0 gives 0, not 0 * inf = NaN (likewise z = +inf with t = 1).
+template <typename T>
+CB_FN_INLINE T cb_weighted_hinges(T z, T t) {
+  const T neg = t != T(0) ? t * cb_max(-z, T(0)) : T(0);
+  const T pos = t != T(1) ? (T(1) - t) * cb_max(z, T(0)) : T(0);
+  return neg + pos;
+}
+
 template <typename T, typename Math>
 CB_FN_INLINE T cb_bce(T z, T t, Math math) {
-  return cb_max(z, T(0)) - t * z + cb_log1p(cb_exp(-cb_abs(z), math), math);
+  return cb_weighted_hinges(z, t) + cb_log1p(cb_exp(-cb_abs(z), math), math);
 }
 template <typename T>
 CB_FN T cb_bce(T z, T t) { return cb_bce(z, t, cb_libm_math()); }
 
-// (1 - p_t)^gamma for target t in [0, 1], in log space.
+// (1 - p_t)^gamma for target t in [0, 1], in log space: -log(1 - p_t) = t z + softplus(-z) is the
+// binary cross-entropy against the flipped target, bce(z, 1 - t) (finite at z = -inf, t = 0).
 template <typename T, typename Math>
 CB_FN_INLINE T cb_focal_modulator(T z, T t, T gamma, Math math) {
-  return cb_exp(-gamma * (t * z + cb_softplus(-z, math)), math);
+  return cb_exp(-gamma * cb_bce(z, T(1) - t, math), math);
 }
 template <typename T>
 CB_FN T cb_focal_modulator(T z, T t, T gamma) { return cb_focal_modulator(z, t, gamma, cb_libm_math()); }
