@@ -6,7 +6,6 @@ import inspect
 import json
 import re
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -42,35 +41,34 @@ def test_asv_config_points_at_the_suite():
     assert "--no-build-isolation" in conf["build_command"][0]
 
 
-def test_speed_is_timed_by_asv_over_the_case_table(suite):
+def test_speed_hands_asv_every_sample_over_the_case_table(suite):
     speed = suite["bench_speed"]
     classes = _benchmark_classes(speed)
     assert {c.__name__ for c in classes} == {f"{loss.capitalize()}{dev}" for loss in cases.LOSSES
                                              for dev in ("CPU", "CUDA")}
     for cls in classes:
-        # asv's own timing (samples, spread, significance), not a cached number
-        assert callable(cls.time_fwd_bwd) and callable(cls.time_fwd)
-        assert not [m for m in dir(cls) if m.startswith("track_")]
-        assert cls.param_names == ["impl", "case"]
+        assert cls.param_names == ["impl", "case"] and cls.unit == "seconds"
+        assert callable(cls.track_fwd_bwd) and callable(cls.track_fwd)
         want = [cases.case_id(c) for c in cases.suite(cls.device, losses=(cls.loss,), set_name="asv")]
         assert cls.params[1] == want and want
     # the training-size shapes of the op-path work are in the asv CPU suite, with the eager and compile peers
     assert {"8x10 fp32", "128x10 fp32", "128x100 fp32", "256x1000 fp32"} <= set(speed.SoftmaxCPU.params[1])
     assert {"eager", "compile", "cpu", "balanced_loss"} <= set(speed.SoftmaxCPU.params[0])
-    # the GPU classes read a clock that waits for the device; the CPU ones the plain host clock
-    assert speed.SoftmaxCPU.timer is time.perf_counter
-    assert speed.SoftmaxCUDA.timer is not time.perf_counter
 
 
-def test_speed_setup_checks_skips_and_prepares_a_step(suite):
+def test_speed_setup_checks_skips_and_the_samples_are_asv_timing_samples(suite, monkeypatch):
     speed = suite["bench_speed"]
+    from cbbench.bench.timing import TimingPolicy
+
+    monkeypatch.setattr(speed, "POLICY", TimingPolicy(warmup=1, min_repeat=7, max_repeat=7, budget_s=0.0))
     bench = speed.FocalCPU()
     bench.setup("reference", "128x100 fp32")
-    assert set(bench.steps) == {"fwd_bwd", "fwd"}
-    bench.time_fwd_bwd("reference", "128x100 fp32")
-    again = speed.FocalCPU()
-    again.setup("reference", "128x100 fp32")  # asv re-runs setup before every sample: nothing is rebuilt
-    assert again.steps is bench.steps
+    out = bench.track_fwd_bwd("reference", "128x100 fp32")
+    # asv's runner reads a dict with "samples" and "number" as timing samples (seconds per call)
+    assert set(out) == {"samples", "number"} and out["number"] == 1
+    assert len(out["samples"]) == 7 and all(0 < s < 10 for s in out["samples"])
+    monkeypatch.setattr(speed, "CPU_CLOCK", "process")
+    assert len(bench.track_fwd("reference", "128x100 fp32")["samples"]) == 7
     with pytest.raises(NotImplementedError):
         speed.FocalCPU().setup("liger", "128x100 fp32")
     if not torch.cuda.is_available():

@@ -6,15 +6,12 @@ sample, so a sample is the end-to-end time of one call including its launch over
 sample the L2 cache is flushed by writing a buffer larger than it, so no sample reads its inputs from a
 warm cache.
 
-The speed runner and the pytest-benchmark micro-benchmarks take their samples with :func:`measure`.
-asv takes its own samples (it chooses the repeats, keeps every sample and tests significance); its
-``time_*`` benchmarks read :func:`asv_clock`, the same host clock, which on a GPU first waits for the
-device, so a sample spans the queued work and not only its launch (or, on a shared CPU, the process's
-CPU time).
+The speed runner, the asv speed benchmarks (which hand asv every sample, for its statistics) and the
+pytest-benchmark micro-benchmarks all take their samples with :func:`measure`. On a shared CPU the
+process's CPU time can replace the wall clock (:class:`ProcessTimeTimer`).
 """
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -93,43 +90,26 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
-ASV_CLOCKS = ("wall", "cpu")
-
-
-def asv_clock(device="cpu", kind: Optional[str] = None) -> Callable[[], float]:
-    """The clock for asv's ``timer`` attribute on ``device``, in seconds.
-
-    ``"wall"`` (default): the host clock, which on a CUDA device first synchronises it, so that asv's
-    span between two readings covers the queued work. ``"cpu"`` (CPU devices only): the CPU time of
-    the process (all its threads), which time slices given to other processes do not advance — for a
-    regression gate on a shared machine, with one thread (``OMP_NUM_THREADS=1``), where wall time
-    moves by more than the gate's factor with the load. ``kind`` defaults to the environment variable
-    ``CBBENCH_ASV_CLOCK``, read when the benchmark module is imported."""
-    kind = kind or os.environ.get("CBBENCH_ASV_CLOCK") or "wall"
-    if kind not in ASV_CLOCKS:
-        raise ValueError(f"CBBENCH_ASV_CLOCK must be one of {ASV_CLOCKS}, got {kind!r}")
-    device = torch.device(device)
-    if device.type != "cuda":
-        return time.process_time if kind == "cpu" else time.perf_counter
-    if kind == "cpu":
-        raise ValueError("the cpu clock cannot time CUDA work; use CBBENCH_ASV_CLOCK=wall on a GPU")
-
-    def synchronized_clock() -> float:
-        torch.cuda.synchronize(device)
-        return time.perf_counter()
-
-    return synchronized_clock
-
-
 class HostTimer:
     """Host wall clock around one call; right for CPU tensors, whose ops return when they are done."""
 
     clock = "host"
+    now = staticmethod(time.perf_counter)
 
     def __call__(self, fn: Callable[[], object]) -> float:
-        start = time.perf_counter()
+        start = self.now()
         fn()
-        return (time.perf_counter() - start) * 1e3
+        return (self.now() - start) * 1e3
+
+
+class ProcessTimeTimer(HostTimer):
+    """The process's CPU time (all its threads) around one call, for CPU tensors on a shared machine:
+    time slices the scheduler gives to other processes do not count, which on a loaded machine move
+    wall-clock samples by more than a regression gate's factor. Use it with one thread
+    (``OMP_NUM_THREADS=1``): with several, threads waiting for each other may spin and count."""
+
+    clock = "process-cpu"
+    now = staticmethod(time.process_time)
 
 
 class CudaEventTimer:
@@ -159,16 +139,27 @@ class CudaEventTimer:
         return self._start.elapsed_time(self._end)
 
 
-def timer_for(device):
+CPU_CLOCKS = ("wall", "process")
+
+
+def timer_for(device, cpu_clock: str = "wall"):
+    """CUDA events on a CUDA device; on the CPU the host wall clock, or with ``cpu_clock="process"``
+    the process's CPU time (:class:`ProcessTimeTimer`)."""
+    if cpu_clock not in CPU_CLOCKS:
+        raise ValueError(f"cpu_clock must be one of {CPU_CLOCKS}, got {cpu_clock!r}")
     device = torch.device(device)
-    return CudaEventTimer(device) if device.type == "cuda" else HostTimer()
+    if device.type == "cuda":
+        return CudaEventTimer(device)
+    return ProcessTimeTimer() if cpu_clock == "process" else HostTimer()
 
 
-def measure(fn: Callable[[], object], device="cpu", policy: Optional[TimingPolicy] = None) -> Measurement:
-    """Time ``fn`` on ``device`` under ``policy`` (default :data:`FULL`); returns every sample."""
+def measure(fn: Callable[[], object], device="cpu", policy: Optional[TimingPolicy] = None,
+            cpu_clock: str = "wall") -> Measurement:
+    """Time ``fn`` on ``device`` under ``policy`` (default :data:`FULL`); returns every sample.
+    ``cpu_clock`` chooses the CPU clock (:func:`timer_for`); CUDA work is always timed by events."""
     policy = policy or FULL
     device = torch.device(device)
-    timer = timer_for(device)
+    timer = timer_for(device, cpu_clock)
     for _ in range(policy.warmup):
         fn()
     synchronize(device)
