@@ -11,7 +11,8 @@ Which path a call takes:
   transforms, and when an input other than the logits requires grad (a learnable ``weight``, soft
   targets, offsets or margins): the kernels give the gradient of the logits only;
 * the fused op otherwise (:mod:`cbbench.ops`): eager autograd, or the registered op under
-  ``torch.compile``.
+  ``torch.compile``; plain 2-D CPU inputs first try the C++ fast path (``cbbench._C``), which runs
+  the same kernels and backward in one call and declines everything else.
 
 Target range: the CPU kernels reject a target outside ``[0, C)`` that is not ``ignore_index`` with a
 ``ValueError`` (as does the reference path for CPU tensors). For CUDA tensors the check would
@@ -179,6 +180,12 @@ def softmax_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tenso
     ``"weighted_mean"`` divides by the sum of their weights, like ``nn.CrossEntropyLoss(weight=w)``.
     The loss is float32 for float16/bfloat16/float32 logits (float64 for float64).
     """
+    fast = ops.fast_path_allowed(backend)
+    if fast is not None:  # plain 2-D CPU inputs in one C++ call; None: declined, take the checks below
+        loss = fast.softmax_cross_entropy(logits, target, weight, logit_offset, target_margin, scale, label_smoothing,
+                                          ignore_index, reduction)
+        if loss is not None:
+            return loss
     fn = "softmax_cross_entropy"
     _check_logits(logits, fn)
     _check_reduction(reduction, fn)
@@ -212,6 +219,11 @@ def _fused_call(fused, args, fn: str) -> Tensor:
 
 def _sigmoid_family(fn: str, logits: Tensor, target: Tensor, weight: Optional[Tensor], *, gamma: Optional[float],
                     alpha: Optional[float], reduction: str, ignore_index: int, backend: str) -> Tensor:
+    fast = ops.fast_path_allowed(backend)
+    if fast is not None:  # as in softmax_cross_entropy
+        loss = fast.sigmoid_focal(logits, target, weight, gamma, alpha, ignore_index, reduction)
+        if loss is not None:
+            return loss
     _check_logits(logits, fn)
     _check_reduction(reduction, fn)
     ignore_index = _check_index(ignore_index, "ignore_index", fn)

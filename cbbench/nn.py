@@ -100,7 +100,8 @@ class ClassBalancedLoss(nn.Module):
     """
 
     def __init__(self, samples_per_class: CountsLike, beta: float = 0.9999, loss_type: str = "softmax",
-                 gamma: float = 2.0, reduction: str = "mean", empty: str = "raise", backend: str = "auto"):
+                 gamma: float = 2.0, reduction: str = "mean", empty: str = "raise", backend: str = "auto",
+                 ignore_index: int = -100):
         super().__init__()
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
@@ -113,6 +114,7 @@ class ClassBalancedLoss(nn.Module):
         self.gamma = gamma
         self.reduction = reduction
         self.backend = backend
+        self.ignore_index = ignore_index
 
     def set_weight(self, weight: Tensor) -> None:
         """Replace the class weights in place (e.g. deferred re-weighting switches them on mid-training)."""
@@ -120,16 +122,16 @@ class ClassBalancedLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         _check_num_classes("weight", self.weight, logits, "samples_per_class")
+        options = dict(reduction=self.reduction, ignore_index=self.ignore_index, backend=self.backend)
         if self.loss_type == "softmax":
-            return F.softmax_cross_entropy(logits, target, self.weight, reduction=self.reduction, backend=self.backend)
+            return F.softmax_cross_entropy(logits, target, self.weight, **options)
         if self.loss_type == "sigmoid":
-            return F.sigmoid_cross_entropy(logits, target, self.weight, reduction=self.reduction, backend=self.backend)
-        return F.sigmoid_focal_loss(logits, target, self.weight, gamma=self.gamma, reduction=self.reduction,
-                                    backend=self.backend)
+            return F.sigmoid_cross_entropy(logits, target, self.weight, **options)
+        return F.sigmoid_focal_loss(logits, target, self.weight, gamma=self.gamma, **options)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.weight.numel()}, beta={self.beta}, loss_type={self.loss_type!r}, "
-                f"gamma={self.gamma}, reduction={self.reduction!r}")
+                f"gamma={self.gamma}, reduction={self.reduction!r}, ignore_index={self.ignore_index}")
 
 
 class _CountsSoftmaxLoss(SoftmaxCrossEntropyLoss):

@@ -94,7 +94,9 @@ def _normalise(raw: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     return (raw * (present.sum() / total)).to(torch.float32)
 
 
-def _empty_mask(n: torch.Tensor, empty: str, who: str) -> torch.Tensor:
+def _empty_mask(n: torch.Tensor, empty: str, who: str, *, why_not_empty: str = "") -> torch.Tensor:
+    """The non-empty classes. ``why_not_empty``: for callers without an ``empty`` option, why an
+    empty class cannot be handled (then the error does not suggest ``empty='zero'``)."""
     if empty not in EMPTY_POLICIES:
         raise ValueError(f"empty must be one of {EMPTY_POLICIES}, got {empty!r}")
     present = n > 0
@@ -102,10 +104,9 @@ def _empty_mask(n: torch.Tensor, empty: str, who: str) -> torch.Tensor:
         raise ValueError(f"{who}: every class has zero samples")
     if empty == "raise" and not present.all():
         bad = torch.nonzero(~present).flatten().tolist()
-        raise ValueError(
-            f"{who}: class(es) {bad[:20]} have zero training samples, which gives them infinite weight; "
-            "pass empty='zero' to give empty classes weight 0 and normalise over the others"
-        )
+        remedy = (why_not_empty or "it would get infinite weight; pass empty='zero' to give empty classes "
+                  "weight 0 and normalise over the others")
+        raise ValueError(f"{who}: class(es) {bad[:20]} have zero training samples: {remedy}")
     return present
 
 
@@ -154,14 +155,16 @@ def log_prior(counts: CountsLike) -> torch.Tensor:
     Every class needs at least one sample (``log 0`` would be ``-inf``).
     """
     n = as_counts(counts)
-    _empty_mask(n, "raise", "log_prior")
+    _empty_mask(n, "raise", "log_prior", why_not_empty="its log prior would be log 0 = -inf; every class needs "
+                "at least one training sample (drop empty classes from the label set)")
     return (torch.log(n) - torch.log(n.sum())).to(torch.float32)
 
 
 def ldam_margins(counts: CountsLike, max_margin: float = 0.5) -> torch.Tensor:
     """LDAM per-class margins ``Delta_c ~ n_c^(-1/4)``, scaled so the largest is ``max_margin`` (float32)."""
     n = as_counts(counts)
-    _empty_mask(n, "raise", "ldam_margins")
+    _empty_mask(n, "raise", "ldam_margins", why_not_empty="its margin n^(-1/4) would be infinite; every class "
+                "needs at least one training sample (drop empty classes from the label set)")
     max_margin = float(max_margin)
     if not math.isfinite(max_margin) or max_margin < 0:
         raise ValueError(f"max_margin must be a finite number >= 0, got {max_margin!r}")

@@ -60,6 +60,7 @@ class ContractKernels:
 @pytest.fixture
 def contract_cpu(monkeypatch):
     monkeypatch.setitem(ops.loading._loaded, "cpu", (ContractKernels, None))
+    monkeypatch.setattr(ops.loading, "_fast", (None, "off: the stand-in kernels are under test"))
     return ContractKernels
 
 

@@ -3,7 +3,9 @@
 * :mod:`cbbench.ops.loading` -- which kernel modules were built; which backend a call runs on;
 * :mod:`cbbench.ops.library` -- the custom ops ``cbbench::softmax_cross_entropy`` and
   ``cbbench::sigmoid_focal``: schema, a kernel registered per device, fake kernels, compile autograd;
-* :mod:`cbbench.ops.autograd` -- eager autograd (repeated, higher-order and forward-mode included).
+* :mod:`cbbench.ops.autograd` -- eager autograd (repeated, higher-order and forward-mode included);
+* ``cbbench._C`` (``kernels/cpu/fast_path.cpp``) -- the same CPU losses and backward for plain 2-D
+  inputs in one C++ call, where per-call overhead decides (small batches); optional.
 
 Kernel contract (implemented by ``cbbench._cpu`` -- Cython -- and ``cbbench._cuda`` -- CUDA)::
 
@@ -33,7 +35,8 @@ import torch.autograd.forward_ad
 
 from . import autograd
 from .library import SIGMOID_FOCAL, SOFTMAX_CROSS_ENTROPY, FusedOp, SigmoidFocalArgs, SoftmaxArgs
-from .loading import BACKENDS, kernel_module, kernel_status, resolve_backend, uses_kernels
+from .loading import (BACKENDS, fast_path, fast_path_backend, fast_path_status, kernel_module, kernel_status,
+                      resolve_backend, uses_kernels)
 
 Tensor = torch.Tensor
 
@@ -43,6 +46,10 @@ __all__ = [
     "kernel_status",
     "resolve_backend",
     "uses_kernels",
+    "fast_path",
+    "fast_path_status",
+    "fast_path_backend",
+    "fast_path_allowed",
     "transforms_active",
     "forward_ad_active",
     "call",
@@ -64,6 +71,17 @@ def forward_ad_active() -> bool:
     """Whether a ``torch.autograd.forward_ad.dual_level`` is open (dual logits need the autograd
     function's ``jvp`` even where no gradient is needed)."""
     return torch.autograd.forward_ad._current_level >= 0
+
+
+def fast_path_allowed(backend: str):
+    """The fast-path module (``cbbench._C``) when this call may try it, else ``None``: CPU backend,
+    no torch.compile tracing, no torch.func transform, no forward-mode AD (the module itself
+    declines any argument outside its scope)."""
+    fast = fast_path()
+    if fast is None or not fast_path_backend(backend) or torch.compiler.is_compiling() \
+            or torch._C._are_functorch_transforms_active() or torch.autograd.forward_ad._current_level >= 0:
+        return None
+    return fast
 
 
 def call(fused: FusedOp, args) -> Tensor:

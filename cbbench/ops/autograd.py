@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 import torch.autograd.forward_ad
 
-from .library import FusedOp, scaled_grad
+from .library import SIGMOID_FOCAL, SOFTMAX_CROSS_ENTROPY, FusedOp, SigmoidFocalArgs, SoftmaxArgs, scaled_grad
 
 Tensor = torch.Tensor
 
@@ -34,6 +34,29 @@ def reference_vjp(fused: FusedOp, args: NamedTuple, grad_loss: Tensor) -> Tensor
         value = fused.reference(args)
     (grad,) = torch.autograd.grad(value, args.logits, grad_loss, create_graph=True)
     return grad
+
+
+def _slow_backward(fused: FusedOp, args: NamedTuple, grad_loss: Tensor) -> Tensor:
+    """The backwards that do not hand over the forward's gradient: create_graph=True (differentiate
+    the reference) and a backward after the gradient was handed over (run the kernel again)."""
+    if torch.is_grad_enabled():
+        return reference_vjp(fused, args, grad_loss)
+    _, grad = fused.run(args._replace(need_grad=True))
+    return scaled_grad(grad, grad_loss, args.reduction, in_place=True)
+
+
+def slow_backward(name: str, logits: Tensor, target: Tensor, weight, logit_offset, target_margin, scale: float,
+                  label_smoothing: float, gamma: float, alpha: float, focal: bool, ignore_index: int, reduction: str,
+                  grad_loss: Tensor) -> Tensor:
+    """:func:`_slow_backward` for the C++ fast path's autograd node (kernels/cpu/fast_path.cpp)."""
+    if name == SOFTMAX_CROSS_ENTROPY.name:
+        fused = SOFTMAX_CROSS_ENTROPY
+        args = SoftmaxArgs(logits, target, weight, logit_offset, target_margin, scale, label_smoothing, ignore_index,
+                           reduction, True)
+    else:
+        fused = SIGMOID_FOCAL
+        args = SigmoidFocalArgs(logits, target, weight, gamma, alpha, ignore_index, focal, reduction, True)
+    return _slow_backward(fused, args, grad_loss)
 
 
 class FusedFunction(torch.autograd.Function):
@@ -57,13 +80,7 @@ class FusedFunction(torch.autograd.Function):
         if grad is not None and not torch.is_grad_enabled():  # the common case: hand it over
             return scaled_grad(grad, grad_loss, ctx.reduction, in_place=True), None, None
         (logits,) = ctx.saved_tensors
-        fused = ctx.fused
-        args = fused.args(logits, *ctx.rest)
-        if torch.is_grad_enabled():  # create_graph=True
-            return reference_vjp(fused, args, grad_loss), None, None
-        # handed over by an earlier backward (retain_graph=True): compute it again
-        _, grad = fused.run(args._replace(need_grad=True))
-        return scaled_grad(grad, grad_loss, args.reduction, in_place=True), None, None
+        return _slow_backward(ctx.fused, ctx.fused.args(logits, *ctx.rest), grad_loss), None, None
 
     @staticmethod
     def jvp(ctx, logits_tangent: Tensor, _fused, _args):

@@ -159,13 +159,16 @@ def scaled_grad(grad: Tensor, grad_loss: Optional[Tensor], reduction: str, *, in
     if reduction == "none":
         factor = grad_loss.unsqueeze(1)
     else:
-        if in_place and type(grad_loss) is Tensor:
-            if grad_loss.is_cpu:
-                if grad_loss.item() == 1.0:
-                    return grad
-            elif grad.is_cuda:  # reads grad_output on the device; no pass over grad when it is 1
-                return kernel_module("cuda").scaled_grad(grad, grad_loss)
         factor = grad_loss
+        if in_place and type(grad_loss) is Tensor:
+            try:
+                if grad_loss.is_cpu:
+                    if grad_loss.item() == 1.0:
+                        return grad
+                elif grad.is_cuda:  # reads grad_output on the device; no pass over grad when it is 1
+                    return kernel_module("cuda").scaled_grad(grad, grad_loss)
+            except RuntimeError:  # a batch of grad_outputs (jacobian(vectorize=True)): one product each
+                in_place = False
     return grad.mul_(factor) if in_place else (grad * factor).to(grad.dtype)
 
 

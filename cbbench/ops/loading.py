@@ -27,6 +27,22 @@ def _import(name: str) -> Tuple[Optional[object], Optional[str]]:
 _loaded: Dict[str, Tuple[Optional[object], Optional[str]]] = {
     device: _import(name) for device, name in KERNEL_MODULES.items()}
 
+# cbbench._C: the small-batch fast path of the CPU losses (kernels/cpu/fast_path.cpp), a torch
+# extension built where torch is importable at build time; CBBENCH_FAST_PATH=0 turns it off.
+FAST_PATH_MODULE = "cbbench._C"
+_fast: Tuple[Optional[object], Optional[str]] = (
+    _import(FAST_PATH_MODULE) if os.environ.get("CBBENCH_FAST_PATH", "1").strip() != "0"
+    else (None, "off (CBBENCH_FAST_PATH=0)"))
+
+
+def fast_path():
+    """The fast-path module, or ``None`` (not built, turned off, or the CPU kernels are unavailable)."""
+    return _fast[0] if _loaded["cpu"][0] is not None else None
+
+
+def fast_path_status() -> str:
+    return "available" if fast_path() is not None else (_fast[1] or kernel_status("cpu"))
+
 
 def kernel_module(device_type: str):
     """The compiled kernel module for ``"cpu"`` or ``"cuda"``, or ``None`` when it is not available."""
@@ -56,6 +72,11 @@ def _env_backend() -> str:
             return ""
         return os.environ.decodevalue(value)
     return os.environ.get(_ENV_NAME, "")
+
+
+def fast_path_backend(backend: str) -> bool:
+    """Whether ``backend`` may take the CPU fast path: ``"cpu"``, or ``"auto"`` without an override."""
+    return backend == "cpu" or (backend == "auto" and not _env_backend())
 
 
 def uses_kernels(backend: str, logits: torch.Tensor) -> bool:

@@ -85,6 +85,11 @@ def set_isa(name):
         raise ValueError(f"instruction set {name!r} is not available here (available: {available_isas()})")
     else:
         _isa = _ISA_NAMES[name]
+    try:  # the C++ fast path runs the same row kernels: one choice for both
+        from cbbench import _C
+        _C.set_isa(_isa)
+    except ImportError:
+        pass
     return previous
 
 
