@@ -5,9 +5,12 @@ DECREASED". The CI test that proves it (tests/test_bench_gate.py) and the GPU wo
     python -m cbbench.bench.gate BASE HEAD [--factor 1.15] [--bench REGEX] [--overlay] [--machine NAME]
 
 Every quantity the asv suite records is lower-is-better (time, peak memory, import time, error), so
-the gate takes all of it by default (:data:`GATE_BENCH`). A benchmark counts as a regression when asv
-finds it slower by more than the factor *and*, where it has samples (``time_*``), significantly so
-(Mann-Whitney U, p < 0.002); ``track_*`` values (memory, error) are compared by the factor alone.
+the gate takes all of it by default (:data:`GATE_BENCH`). asv flags a benchmark when it is worse by more
+than the factor *and*, where it has samples (the speed and import times), significantly so
+(Mann-Whitney U, p < 0.002); values without samples (memory, error) by the factor alone. What the first
+run flags is measured again, alone, up to :data:`CONFIRM` times, and fails the gate only if every run
+flags it: on a shared machine one run in a few flags an unchanged commit by more than 15 %
+(README, "The regression gate, measured"), a real regression reproduces.
 
 ``--overlay``: asv's own environments build torch and every dependency per configuration and cbbench
 per commit (about a minute of compiling each). The overlay environment instead lets asv create its
@@ -32,9 +35,11 @@ import sys
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 FACTOR = 1.15
+# re-runs of what the first run flags: a regression must reproduce in every run (see run_gate)
+CONFIRM = 2
 GATE_BENCH = r"^bench_(speed|memory|import|accuracy)\."
 DECREASED = "PERFORMANCE DECREASED"
 PACKAGE = "cbbench"
@@ -47,37 +52,65 @@ OVERLAY_PTH = "cbbench-gate-overlay.pth"
 # running the gate
 # ----------------------------------------------------------------------------------------------
 @dataclass
-class GateResult:
-    """One ``asv continuous`` run: its exit status, whether asv printed "PERFORMANCE DECREASED", and
-    the benchmarks asv marked worse (``+``) and better (``-``), each as asv prints the line."""
+class AsvRun:
+    """One ``asv continuous`` run: its exit status, its output, and the rows of its comparison table
+    that asv marked worse (``+``, or ``!`` for a newly failing benchmark) and better (``-``), as
+    ``{benchmark name with parameters: ratio}`` (ratio = head / base; ``nan`` when asv printed none)."""
 
     returncode: int
     output: str
-    worse: List[str] = field(default_factory=list)
-    better: List[str] = field(default_factory=list)
+    worse: Dict[str, float] = field(default_factory=dict)
+    better: Dict[str, float] = field(default_factory=dict)
 
     @property
     def decreased(self) -> bool:
+        """asv printed "PERFORMANCE DECREASED"."""
         return DECREASED in self.output
 
     @property
-    def failed(self) -> bool:
-        """The gate's verdict: asv's exit status or its "PERFORMANCE DECREASED" line."""
+    def flagged(self) -> bool:
         return self.returncode != 0 or self.decreased
 
 
-_ROW = re.compile(r"^\|?\s*([+\-!])\s*\|?\s+(.*)$")
-
-
-def parse_output(returncode: int, output: str) -> GateResult:
-    """The marked rows of asv's comparison table (``+`` worse, ``!`` newly failing, ``-`` better)."""
-    result = GateResult(returncode, output)
+def parse_output(returncode: int, output: str) -> AsvRun:
+    """The marked rows of asv's comparison table (``| + | before | after | ratio | name |``)."""
+    run = AsvRun(returncode, output)
     for line in output.splitlines():
-        match = _ROW.match(line.strip())
-        if not match or not re.search(r"bench_\w+\.", line):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 5 or cells[0] not in ("+", "-", "!") or not cells[4].startswith("bench_"):
             continue
-        (result.better if match.group(1) == "-" else result.worse).append(line.strip())
-    return result
+        try:
+            ratio = float(cells[3].lstrip("~"))
+        except ValueError:
+            ratio = float("nan")
+        (run.better if cells[0] == "-" else run.worse)[cells[4]] = ratio
+    return run
+
+
+@dataclass
+class GateResult:
+    """The gate's verdict over its runs: the first ``asv continuous`` run over the whole selection,
+    then re-runs of only what it flagged. A benchmark fails the gate when every run flags it
+    (``confirmed``); a flag that a re-run does not reproduce was noise of the machine."""
+
+    runs: List[AsvRun]
+    confirmed: Dict[str, float]
+
+    @property
+    def first(self) -> AsvRun:
+        return self.runs[0]
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.confirmed) or (self.first.flagged and not self.first.worse)
+
+    def summary(self) -> str:
+        lines = [f"asv continuous run {i + 1}: exit {r.returncode}, " + (
+            ", ".join(f"{name} x{ratio:.2f}" for name, ratio in r.worse.items()) or "nothing worse")
+            for i, r in enumerate(self.runs)]
+        verdict = ("FAILED: " + ", ".join(f"{n} x{r:.2f}" for n, r in self.confirmed.items())
+                   if self.confirmed else "FAILED: asv exited with an error" if self.failed else "passed")
+        return "\n".join(lines + [f"gate {verdict}"])
 
 
 def continuous_command(base: str, head: str, *, config: str, factor: float = FACTOR, bench: str = GATE_BENCH,
@@ -93,17 +126,35 @@ def continuous_command(base: str, head: str, *, config: str, factor: float = FAC
     return cmd + [base, head]
 
 
-def run_gate(base: str, head: str, *, repo: str = ".", config: str = "asv.conf.json", factor: float = FACTOR,
-             bench: str = GATE_BENCH, machine: Optional[str] = None, attributes: Sequence[str] = (),
-             env: Optional[dict] = None, timeout: Optional[float] = None, echo: bool = False) -> GateResult:
-    """Run ``asv continuous`` for ``base`` -> ``head`` in ``repo`` and parse its verdict."""
-    cmd = continuous_command(base, head, config=config, factor=factor, bench=bench, machine=machine,
-                             attributes=attributes)
+def exactly(names) -> str:
+    """An asv ``--bench`` regex selecting exactly these benchmarks (names with their parameters)."""
+    return "|".join(f"^{re.escape(name)}$" for name in names)
+
+
+def run_asv(base: str, head: str, *, repo: str = ".", env: Optional[dict] = None, timeout: Optional[float] = None,
+            echo: bool = False, **options) -> AsvRun:
+    """One ``asv continuous`` run (:func:`continuous_command` ``options``), parsed."""
+    cmd = continuous_command(base, head, **options)
     proc = subprocess.run(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=timeout)
     if echo:
         print(proc.stdout, end="", flush=True)
     return parse_output(proc.returncode, proc.stdout)
+
+
+def run_gate(base: str, head: str, *, bench: str = GATE_BENCH, confirm: int = CONFIRM, **options) -> GateResult:
+    """The gate for ``base`` -> ``head``: ``asv continuous`` over ``bench``, then up to ``confirm``
+    re-runs of the benchmarks it flagged worse; fails on what every run flagged, or on an asv error.
+    ``options``: of :func:`run_asv` (repo, config, factor, machine, attributes, env, timeout, echo)."""
+    runs = [run_asv(base, head, bench=bench, **options)]
+    confirmed = dict(runs[0].worse)
+    for _ in range(confirm):
+        if not confirmed:
+            break
+        again = run_asv(base, head, bench=exactly(confirmed), **options)
+        runs.append(again)
+        confirmed = {name: again.worse[name] for name in confirmed if name in again.worse}
+    return GateResult(runs, confirmed)
 
 
 def register_machine(machine: str, *, repo: str = ".", config: str = "asv.conf.json", env: Optional[dict] = None):
@@ -233,6 +284,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default="asv.conf.json", help="asv configuration (default asv.conf.json)")
     parser.add_argument("--machine", default=None, help="asv machine name (registered with asv machine --yes)")
     parser.add_argument("--attribute", "-a", action="append", default=[], help="asv benchmark attribute override")
+    parser.add_argument("--confirm", type=int, default=CONFIRM,
+                        help=f"re-runs of what the first run flags (default {CONFIRM})")
     parser.add_argument("--overlay", action="store_true", help="environment reusing this interpreter's packages")
     args = parser.parse_args(argv)
     if args.factor <= 1.0:
@@ -244,11 +297,11 @@ def main(argv=None) -> int:
         config = str(overlay_config(config, asv_dir / "asv.overlay.conf.json", prebuilt_dir=asv_dir / "prebuilt"))
     if args.machine:
         register_machine(args.machine, config=config)
+    if args.confirm < 0:
+        parser.error(f"argument --confirm: must be >= 0, got {args.confirm}")
     result = run_gate(args.base, args.head, config=config, factor=args.factor, bench=args.bench,
-                      machine=args.machine, attributes=args.attribute, echo=True)
-    verdict = "FAILED: performance decreased" if result.failed else "passed"
-    print(f"gate {verdict} ({args.base} -> {args.head}, factor {args.factor}, {len(result.worse)} worse, "
-          f"{len(result.better)} better)")
+                      confirm=args.confirm, machine=args.machine, attributes=args.attribute, echo=True)
+    print(result.summary())
     return 1 if result.failed else 0
 
 
