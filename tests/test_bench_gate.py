@@ -1,0 +1,151 @@
+"""The regression gate, proven: it fails on a planted 2x slowdown and on a planted accuracy drop, and
+passes a pair of identical commits three times.
+
+The test clones the repository's HEAD (the committed state, not the working tree) into a temporary
+folder, commits there, from HEAD ("base"):
+
+* ``slow``: ``cbbench.functional.softmax_cross_entropy`` does all its work twice (the fused CPU kernel
+  runs twice forward and backward; the values are unchanged, so the benchmark's reference check passes);
+* ``weights-ignored``: the same function drops its class weights (class-balanced softmax becomes plain
+  softmax: an accuracy drop on the long-tailed data);
+* ``same``: an empty commit on top of base;
+
+and runs the gate (:func:`cbbench.bench.gate.run_gate`: ``asv continuous --factor 1.15`` and re-runs of
+what it flags) on one speed benchmark (fused CPU softmax CE, 256x1000) and one accuracy benchmark
+(synthetic-LT top-1 error of ``cb_softmax``, mean of 3 seeds), in the gate's overlay environment
+(asv's virtualenv holding only the commit's cbbench, this interpreter's packages behind it, the kernels
+compiled once). The CPU benchmarks run on one thread timed by the process's CPU time: the machines
+this runs on are shared. About 4-6 minutes on 2 cores.
+"""
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cbbench.bench import gate
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+PLANTING_POINT = Path("cbbench") / "functional.py"
+PLANTED_FUNCTION = "softmax_cross_entropy"
+SPEED = "bench_speed.SoftmaxCPU.track_fwd_bwd('cpu', '256x1000 fp32')"
+ACCURACY = "bench_accuracy.SyntheticLT.track_top1_error('cb_softmax')"
+ROUNDS = 2  # per commit, interleaved with the other commit's
+MACHINE = "gate-test"
+
+SLOWDOWN = f'''
+
+# planted by tests/test_bench_gate.py: the fused softmax cross-entropy does all its work twice
+_planted_{PLANTED_FUNCTION} = {PLANTED_FUNCTION}
+
+
+def {PLANTED_FUNCTION}(*args, **kwargs):
+    first = _planted_{PLANTED_FUNCTION}(*args, **kwargs)
+    return (first + _planted_{PLANTED_FUNCTION}(*args, **kwargs)) / 2
+'''
+
+WEIGHTS_IGNORED = f'''
+
+# planted by tests/test_bench_gate.py: the class weights are ignored
+_planted_{PLANTED_FUNCTION} = {PLANTED_FUNCTION}
+
+
+def {PLANTED_FUNCTION}(logits, target, weight=None, *args, **kwargs):
+    return _planted_{PLANTED_FUNCTION}(logits, target, None, *args, **kwargs)
+'''
+
+
+def _git(repo, *args):
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
+
+
+def _plant(repo: Path, branch: str, code: str, message: str) -> None:
+    _git(repo, "checkout", "-q", "-b", branch, "base")
+    target = repo / PLANTING_POINT
+    text = target.read_text() if target.exists() else ""
+    if not re.search(rf"^def {PLANTED_FUNCTION}\(", text, flags=re.M):
+        pytest.fail(f"the planting point is gone: {PLANTING_POINT} defines no top-level {PLANTED_FUNCTION}(); "
+                    "move the planted regressions of tests/test_bench_gate.py to the public function that now "
+                    "computes the class-balanced softmax cross-entropy")
+    target.write_text(text + code)
+    _git(repo, "commit", "-q", "-am", message)
+
+
+@pytest.fixture(scope="module")
+def gate_repo(tmp_path_factory):
+    missing = [m for m in ("asv", "virtualenv") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.fail(f"{missing} not installed: the gate needs the bench extra (pip install -e '.[bench]')")
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.fail("the gate test needs git and a git checkout of cbbench")
+    tmp = tmp_path_factory.mktemp("gate")
+    repo = tmp / "repo"
+    subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(ROOT), str(repo)], check=True)
+    _git(repo, "config", "user.email", "gate-test@cbbench.invalid")
+    _git(repo, "config", "user.name", "gate test")
+    _git(repo, "tag", "base")
+    _plant(repo, "slow", SLOWDOWN, "planted: softmax cross-entropy does its work twice")
+    _plant(repo, "weights-ignored", WEIGHTS_IGNORED, "planted: softmax cross-entropy ignores the class weights")
+    _git(repo, "checkout", "-q", "-b", "same", "base")
+    _git(repo, "commit", "-q", "--allow-empty", "-m", "no change")
+    config = gate.overlay_config(repo / "asv.conf.json", tmp / "asv.gate.json", prebuilt_dir=tmp / "prebuilt")
+    env = dict(os.environ)
+    env.update({
+        "HOME": str(tmp / "home"),            # asv's machine file, not the user's
+        "OMP_NUM_THREADS": "1",               # one thread: nothing waits for a descheduled sibling
+        "CBBENCH_ASV_CPU_CLOCK": "process",   # CPU time of the process: other processes' time slices don't count
+        "CBBENCH_ASV_METHODS": "cb_softmax",  # the accuracy benchmark trains only the gated method
+        "CBBENCH_CUDA": "0",                  # CPU kernels only: the planted paths are CPU paths
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+    })
+    env.pop("CBBENCH_BACKEND", None)
+    (tmp / "home").mkdir()
+    gate.register_machine(MACHINE, repo=str(repo), config=str(config), env=env)
+    return {"repo": str(repo), "config": str(config), "env": env}
+
+
+def _gate(gate_repo, head):
+    result = gate.run_gate("base", head, bench=gate.exactly([SPEED, ACCURACY]), repo=gate_repo["repo"],
+                           config=gate_repo["config"], machine=MACHINE, attributes=[f"rounds={ROUNDS}"],
+                           env=gate_repo["env"], timeout=900)
+    print(f"\nbase -> {head}:\n{result.summary()}")
+    return result
+
+
+def _ran_both(run: gate.AsvRun) -> None:
+    for name in (SPEED, ACCURACY):
+        # asv lists every benchmark it ran in its progress output; a skipped or failed one says so
+        assert re.search(re.escape(name.split("(")[0]) + r"\s+ok", run.output), run.output[-4000:]
+
+
+def test_gate_fails_a_planted_2x_slowdown(gate_repo):
+    result = _gate(gate_repo, "slow")
+    first = result.first
+    assert first.decreased and first.returncode != 0, first.output[-4000:]
+    _ran_both(first)
+    assert first.worse.get(SPEED, 0) >= 1.5 and ACCURACY not in first.worse, first.worse
+    assert result.failed and set(result.confirmed) == {SPEED} and len(result.runs) == 1 + gate.CONFIRM
+
+
+def test_gate_fails_a_planted_accuracy_drop(gate_repo):
+    result = _gate(gate_repo, "weights-ignored")
+    first = result.first
+    assert first.decreased and first.returncode != 0, first.output[-4000:]
+    _ran_both(first)
+    # cb_softmax 26.4 % -> plain softmax 40.4 % top-1 error on synthetic-LT
+    assert first.worse.get(ACCURACY, 0) >= 1.3, first.worse
+    assert result.failed and ACCURACY in result.confirmed and SPEED not in result.confirmed
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3])
+def test_gate_passes_identical_commits(gate_repo, attempt):
+    result = _gate(gate_repo, "same")
+    _ran_both(result.first)
+    assert ACCURACY not in result.first.worse  # training is deterministic: identical errors
+    assert not result.failed, result.summary()
