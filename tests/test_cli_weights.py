@@ -32,7 +32,7 @@ def test_weights_table_values():
 
 @pytest.mark.parametrize("args, message", [
     (["--counts", "10,-1"], "non-negative"),
-    (["--counts", "10,x"], "comma-separated list"),
+    (["--counts", "10,x"], "--counts: 'x' is not a number"),
     (["--beta", "1.0"], "beta must be in"),
 ])
 def test_weights_command_bad_input(args, message, capsys, tmp_path):

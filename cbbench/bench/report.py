@@ -149,7 +149,7 @@ def _rel(path, out_dir) -> str:
 
 def write_report(out_dir, *, speed: Sequence[dict] = (), accuracy_runs: Sequence[dict] = (),
                  weights_pngs: Sequence = (), notes: Sequence[str] = (), phases: Optional[Dict[str, float]] = None,
-                 command: str = "make bench") -> Path:
+                 command: str = "make bench", beta_runs: Sequence[dict] = ()) -> Path:
     """Write PNGs and ``summary.md`` into ``out_dir`` from speed results (as returned by
     :func:`cbbench.bench.speed.run_speed`, one per device), harness runs and the weights figures."""
     out = Path(out_dir)
@@ -198,6 +198,10 @@ def write_report(out_dir, *, speed: Sequence[dict] = (), accuracy_runs: Sequence
                     plot_per_class(rows, out / f"per_class_{dataset}.png")):
             if png:
                 md += [f"![{png.stem}]({_rel(png, out)})", ""]
+
+    if beta_runs:  # the harness draws its plot and writes its table and measured reading
+        from ..harness.beta import report_section
+        md += report_section(beta_runs, out)
 
     md += ["## Class-balanced weights", ""]
     if weights_pngs:

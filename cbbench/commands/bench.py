@@ -83,7 +83,7 @@ def run(args) -> int:
             speed_results.append(result)
             phases[f"speed {device}"] = time.perf_counter() - t0
 
-    runs = []
+    runs, beta_runs = [], []
     if not args.skip_accuracy:
         t0 = time.perf_counter()
         seeds, overrides = plan
@@ -92,6 +92,8 @@ def run(args) -> int:
         runs = acc.run_accuracy(args.dataset, None, seeds, str(out / "accuracy"), device=train_device,
                                 progress=sys.stderr.isatty(), plots=False, **overrides)
         phases["accuracy"] = time.perf_counter() - t0
+        beta_runs = _beta_phase(args, out, seeds, train_device, runs)
+        phases["beta experiment"] = time.perf_counter() - t0 - phases["accuracy"]
 
     t0 = time.perf_counter()
     weights_pngs = []
@@ -105,7 +107,8 @@ def run(args) -> int:
     phases["total"] = time.perf_counter() - began
 
     path = report.write_report(out, speed=speed_results, accuracy_runs=runs, weights_pngs=weights_pngs,
-                               notes=notes, phases=phases, command="cbbench bench " + " ".join(sys.argv[2:]))
+                               notes=notes, phases=phases, command="cbbench bench " + " ".join(sys.argv[2:]),
+                               beta_runs=beta_runs)
     for result in speed_results:
         print(speed.header_text(result))
         print(speed.format_table(result))
@@ -113,10 +116,24 @@ def run(args) -> int:
     if runs:
         print(acc.format_table(acc.summarize(runs)))
         print()
+    if beta_runs:
+        from ..harness.beta import format_readings
+        print(format_readings(beta_runs))
+        print()
     for note in notes:
         print(f"note: {note}")
     print(f"report: {path} ({phases['total']:.0f} s)")
     return 0
+
+
+def _beta_phase(args, out, seeds, train_device, runs):
+    """The beta experiment of Cui et al. on digits-LT and prototypes-LT (cbbench.harness.beta), reusing
+    the accuracy phase's runs that have the same configuration; results in OUT/beta/<dataset>/."""
+    from ..harness.beta import BENCH_DATASETS, run_beta_experiments
+
+    _log(f"== beta experiment on {', '.join(BENCH_DATASETS)} ({len(seeds)} seed(s))")
+    return run_beta_experiments(str(out / "beta"), BENCH_DATASETS, seeds, device=train_device, quick=args.quick,
+                                epochs=args.epochs, reuse=runs, progress=sys.stderr.isatty())
 
 
 def _accuracy_plan(args, train_device):

@@ -1,30 +1,39 @@
-"""``cbbench compare``: methods x seeds on one dataset; writes results.csv, summary.md and PNG plots."""
+"""``cbbench compare``: methods x (betas) x seeds on one dataset; writes each run as it finishes, then
+results.csv, summary.md and PNG plots.
+
+Every run's configuration and the output folder are checked before the first run. Ctrl-C stops within
+seconds and keeps the finished runs; ``--resume`` continues from them. ``--betas 0,0.9,0.99,0.999,0.9999``
+runs the methods that use beta (cb_*, cb_drw, ldam_drw, cb_sampling) once per beta: the beta
+experiment of Cui et al. (plot: beta_experiment.png)."""
 from __future__ import annotations
 
 import os
+import sys
 
 from ..harness.methods import METHODS
+from .lists import parse_list, parse_methods, parse_seeds
 from .train import add_training_arguments, training_overrides
 
 
-def _seeds(text: str):
-    """``K`` (a count: seeds 0..K-1) or a comma-separated list of seeds."""
-    try:
-        if "," in text:
-            return [int(s) for s in text.split(",") if s.strip()]
-        return int(text)
-    except ValueError:
-        raise ValueError(f"--seeds must be a count K or a list like 0,1,2, got {text!r}") from None
-
-
 def run(args) -> int:
-    from ..harness.compare import run_comparison
+    from ..harness.compare import finished_run_ids, plan_runs, run_comparison
 
-    methods = list(METHODS) if args.methods.strip() == "all" else [m.strip() for m in args.methods.split(",")
-                                                                    if m.strip()]
-    run_comparison(args.dataset, methods, _seeds(args.seeds), args.out, imbalance=args.imbalance,
-                   epochs=args.epochs, device=args.device, progress=not args.no_progress,
-                   **training_overrides(args))
+    methods = parse_methods(args.methods, METHODS)
+    seeds = parse_seeds(args.seeds)
+    betas = None if args.betas is None else parse_list(args.betas, float, "--betas")
+    overrides = training_overrides(args)
+    if betas is not None:
+        overrides.pop("beta")  # the sweep replaces the single beta
+    if not args.resume and os.path.isdir(args.out):
+        plan = plan_runs(args.dataset, methods, seeds, betas=betas, imbalance=args.imbalance, epochs=args.epochs,
+                         device=args.device, **overrides)
+        kept = finished_run_ids(args.out, plan)
+        if kept:
+            print(f"note: {args.out} holds {len(kept)} finished run(s) of this grid; they are trained again "
+                  "(pass --resume to keep them)", file=sys.stderr)
+    run_comparison(args.dataset, methods, seeds, args.out, betas=betas, resume=args.resume,
+                   imbalance=args.imbalance, epochs=args.epochs, device=args.device, progress=not args.no_progress,
+                   **overrides)
     with open(os.path.join(args.out, "summary.md")) as fh:
         print(fh.read(), end="")
     return 0
@@ -37,4 +46,9 @@ def register(subparsers) -> None:
     parser.add_argument("--methods", default="all",
                         help="comma-separated methods or 'all' (default). Methods: " + ", ".join(METHODS))
     parser.add_argument("--seeds", default="3", help="number of seeds K (0..K-1) or a list like 0,1,2 (default 3)")
+    parser.add_argument("--betas", default=None,
+                        help="comma-separated betas in [0, 1) for the methods that use beta (each runs once per "
+                             "beta; replaces --beta): the beta experiment, e.g. 0,0.9,0.99,0.999,0.9999")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the finished runs already in --out (same configuration) and train the rest")
     parser.set_defaults(func=run)

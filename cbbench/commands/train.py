@@ -12,8 +12,10 @@ from ..harness.train import ACCELS
 
 _DATASET_HELP = ("digits-lt: scikit-learn's bundled digits, long-tailed train split (default imbalance "
                  f"{DEFAULT_IMBALANCE['digits-lt']:g}, so every class keeps >= 2 images), balanced test split; "
-                 "synthetic-lt: overlapping Gaussians; cifar10-lt / cifar100-lt: need --data-dir with the "
-                 "python pickles (cifar-10-batches-py / cifar-100-python), default imbalance 100")
+                 "synthetic-lt: overlapping Gaussians; prototypes-lt: classes of 100 prototypes each (near-duplicate "
+                 "examples, so the effective number is far below n; counts 2000 ... 20); cifar10-lt / cifar100-lt: "
+                 "need --data-dir with the python pickles (cifar-10-batches-py / cifar-100-python), default "
+                 "imbalance 100")
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,17 +56,23 @@ def training_overrides(args) -> dict:
 
 
 def run(args) -> int:
-    from ..harness.train import TrainConfig, train_run
+    from ..harness.compare import atomic_write, check_writable
+    from ..harness.train import TrainConfig, resolve_config, train_run
 
     config = TrainConfig(args.dataset, args.method, seed=args.seed, imbalance=args.imbalance, epochs=args.epochs,
                          device=args.device, **training_overrides(args))
+    resolve_config(config)
+    check_writable(args.out)  # before training, not after it
     result = train_run(config, progress=not args.no_progress)
-    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "result.json")
-    with open(path, "w") as fh:
-        json.dump(result, fh, indent=1)
-    print(f"{args.dataset} {args.method} seed {args.seed}: top-1 error {result['top1_error']:.2f}%, balanced "
-          f"accuracy {result['balanced_accuracy']:.2f}%, {result['train_time_s']:.1f} s -> {path}")
+    atomic_write(path, json.dumps(result, indent=1))
+    head = f"{args.dataset} {args.method} seed {args.seed}"
+    if result["status"] == "diverged":
+        print(f"{head}: DIVERGED (training loss non-finite in epoch {result['diverged_epoch']}; no metrics), "
+              f"{result['train_time_s']:.1f} s -> {path}")
+    else:
+        print(f"{head}: top-1 error {result['top1_error']:.2f}%, balanced accuracy {result['balanced_accuracy']:.2f}%, "
+              f"{result['train_time_s']:.1f} s -> {path}")
     return 0
 
 

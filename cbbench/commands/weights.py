@@ -11,20 +11,11 @@ from typing import List, Sequence
 import torch
 
 from ..weights import as_counts, class_weights, effective_number
+from .lists import parse_list
 
 DEFAULT_BETAS = (0.9, 0.99, 0.999, 0.9999)
 # CIFAR-10-LT, imbalance factor 100 (DESIGN §2): int(5000 * 0.01 ** (i / 9))
 DEFAULT_COUNTS = "5000,2997,1796,1077,645,387,232,139,83,50"
-
-
-def _parse_list(text: str, kind, name: str) -> list:
-    try:
-        values = [kind(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError as exc:
-        raise ValueError(f"--{name} must be a comma-separated list of numbers, got {text!r}") from exc
-    if not values:
-        raise ValueError(f"--{name} is empty")
-    return values
 
 
 def weights_table(counts: Sequence[float], betas: Sequence[float]) -> str:
@@ -92,8 +83,8 @@ def write_weights_report(counts: Sequence[float], betas: Sequence[float] = DEFAU
 
 
 def run(args) -> int:
-    counts = _parse_list(args.counts, float, "counts")
-    betas = _parse_list(args.beta, float, "beta")
+    counts = parse_list(args.counts, float, "--counts")
+    betas = parse_list(args.betas, float, "--betas")
     as_counts(counts, "--counts")
     for b in betas:
         effective_number([1], b)  # validates beta with a clear message
@@ -109,7 +100,7 @@ def register(subparsers) -> None:
                               description=__doc__)
     p.add_argument("--counts", default=DEFAULT_COUNTS,
                    help="comma-separated training-set count per class (default: CIFAR-10-LT, IF 100)")
-    p.add_argument("--beta", default=",".join(str(b) for b in DEFAULT_BETAS),
+    p.add_argument("--betas", "--beta", dest="betas", default=",".join(str(b) for b in DEFAULT_BETAS),
                    help="comma-separated betas in [0, 1) (default: %(default)s)")
     p.add_argument("--out", default="report/weights", help="folder for the PNGs ('' to skip; default: %(default)s)")
     p.set_defaults(func=run)

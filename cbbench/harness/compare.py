@@ -1,30 +1,67 @@
-"""Run a grid of methods x seeds on one dataset and write results.csv, summary.md and plots.
+"""Run a grid of methods x betas x seeds on one dataset; write each run as it finishes.
 
-``run_comparison`` is the Python API behind ``cbbench compare`` (and the asv accuracy benchmarks):
-the dataset is loaded once; every run trains from its own seed.
+``run_comparison`` is the Python API behind ``cbbench compare`` (and the accuracy phases of ``cbbench
+bench``). Before the first run it checks every run's configuration against the loaded data and that the
+output folder can be written, so a bad grid fails in seconds, not after hours. Each finished run goes at
+once to ``OUT/runs/<run id>/result.json``, and ``OUT/results.csv`` is rewritten (both atomically: a
+temporary file renamed over the old one); ``resume=True`` skips the runs whose result is already there
+(with the same configuration). ``summary.md``, ``runs.json`` and the plots follow at the end. An
+interrupt (Ctrl-C, SIGINT) stops the running run, writes the summary of the finished ones and raises
+:class:`ComparisonInterrupted`, which says what was kept.
+
+With ``betas``, every method whose behaviour depends on the class-balanced beta (CB weights, DRW, CB
+sampling) runs once per beta: the beta experiment of Cui et al. (see :mod:`cbbench.harness.beta`).
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
+import tempfile
 import time
-from typing import Iterable, Optional, Union
+from typing import Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .datasets import DATASETS, load_dataset
 from .methods import get_spec
-from .train import TrainConfig, resolve_config, train_run
+from .metrics import SCALAR_METRICS
+from .train import TrainConfig, check_run, resolve_config, train_run
 
-__all__ = ["run_comparison", "parse_seeds", "summarize", "write_results_csv", "write_summary_md"]
+__all__ = ["run_comparison", "plan_runs", "PlannedRun", "ComparisonInterrupted", "parse_seeds", "parse_betas",
+           "run_label", "summarize", "mean_std_count", "write_results_csv", "write_summary_md", "finished_run_ids",
+           "SCALAR_METRICS"]
 
-SCALAR_METRICS = ("top1_error", "balanced_accuracy", "many_shot", "medium_shot", "few_shot")
-_RESERVED = {"dataset", "method", "seed", "imbalance", "epochs", "device"}
-_OVERRIDABLE = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in _RESERVED)
+_RESERVED = {"dataset", "method", "seed", "imbalance", "epochs", "device", "beta"}
+_OVERRIDABLE = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in _RESERVED) + ("beta",)
+# config fields that change how a run executes but not which experiment it is: a run resumed on another
+# device, backend, thread count or data location is the same run. The imbalance is checked through the
+# training counts it produces (a result records the dataset's resolved imbalance, the config may say None).
+_EXECUTION_FIELDS = frozenset({"device", "accel", "backend", "threads", "eval_batch_size", "data_dir", "imbalance"})
+RUNS_DIR = "runs"
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+    """One run of a comparison: its id (the folder name under ``OUT/runs``) and resolved config."""
+
+    run_id: str
+    config: TrainConfig
+
+
+class ComparisonInterrupted(KeyboardInterrupt):
+    """A comparison stopped by an interrupt; ``runs`` are the finished ones (written to ``out_dir``)."""
+
+    def __init__(self, runs: list, planned: int, out_dir: Optional[str]):
+        self.runs, self.planned, self.out_dir = runs, planned, out_dir
+        where = (f"kept in {out_dir}: {os.path.join(RUNS_DIR, '<run>', 'result.json')} per finished run, "
+                 "results.csv and summary.md; rerun the same command with --resume to continue"
+                 if out_dir else "nothing written (no output folder)")
+        super().__init__(f"interrupted after {len(runs)} of {planned} runs; {where}")
 
 
 def parse_seeds(seeds: Union[int, Iterable[int]]) -> list:
@@ -43,50 +80,218 @@ def parse_seeds(seeds: Union[int, Iterable[int]]) -> list:
     return [int(s) for s in seeds]
 
 
-def run_comparison(dataset: str, methods: list, seeds: Union[int, list], out_dir: Optional[str] = None, *,
-                   imbalance: Optional[float] = None, epochs: Optional[int] = None, device: str = "cpu",
-                   progress: bool = True, **overrides) -> list:
-    """Train every method with every seed on ``dataset``; return one result dict per run (the keys of
-    ``result.json``). ``overrides`` are :class:`TrainConfig` fields (``beta``, ``gamma``, ``batch_size``,
-    ``lr``, ``model``, ``data_dir``, ``dataset_options``, ...). With ``out_dir``, also write
-    ``results.csv``, ``summary.md``, ``runs.json`` and the PNG plots there."""
+def parse_betas(betas: Optional[Iterable[float]]) -> Optional[list]:
+    """``None`` (no beta sweep) or a non-empty list of distinct betas in [0, 1)."""
+    if betas is None:
+        return None
+    if isinstance(betas, (str, bytes)) or not isinstance(betas, Iterable):
+        raise TypeError(f"betas must be a list of numbers in [0, 1), got {betas!r}")
+    out = []
+    for b in betas:
+        if isinstance(b, bool) or not isinstance(b, (int, float, np.integer, np.floating)):
+            raise TypeError(f"betas must be numbers in [0, 1), got {b!r}")
+        if not (0.0 <= float(b) < 1.0):  # also rejects NaN
+            raise ValueError(f"every beta must be in [0, 1) (beta -> 1 is inverse frequency: use the inverse_freq "
+                             f"methods), got {b!r}")
+        out.append(float(b))
+    if not out:
+        raise ValueError("betas is empty")
+    if len(set(out)) != len(out):
+        raise ValueError(f"betas repeat: {out!r}")
+    return out
+
+
+def run_label(run: dict) -> str:
+    """The name of a run's group in summaries and plots: the method, plus its beta where it uses one."""
+    beta = run.get("beta")
+    return run["method"] if beta is None else f"{run['method']} (beta={beta:g})"
+
+
+def _run_id(method: str, seed: int, beta: Optional[float]) -> str:
+    return f"{method}-seed{seed}" if beta is None else f"{method}-beta{beta!r}-seed{seed}"
+
+
+def plan_runs(dataset: str, methods: Sequence[str], seeds: Union[int, list], *, betas=None,
+              imbalance: Optional[float] = None, epochs: Optional[int] = None, device: str = "cpu",
+              **overrides) -> List[PlannedRun]:
+    """Every run of the grid, configs resolved (recipe defaults filled in, every field validated).
+    Methods that use beta run once per beta of ``betas`` (when given); the others once."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     if isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
+        raise TypeError("methods must be a list of method names, not a string")
     methods = list(methods)
     if not methods:
         raise ValueError("methods must name at least one method")
-    for m in methods:
-        get_spec(m)
+    specs = [get_spec(m) for m in methods]
     if len(set(methods)) != len(methods):
         raise ValueError(f"methods repeat: {methods!r}")
     seeds = parse_seeds(seeds)
+    betas = parse_betas(betas)
     unknown = sorted(set(overrides) - set(_OVERRIDABLE))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown}; valid: {', '.join(_OVERRIDABLE)}")
+    if betas is not None and "beta" in overrides:
+        raise ValueError("pass either beta (one value for every method) or betas (a sweep), not both")
+    plan = []
+    for method, spec in zip(methods, specs):
+        method_betas = betas if (betas is not None and spec.uses_beta) else [overrides.get("beta")]
+        for beta in method_betas:
+            opts = dict(overrides)
+            if beta is not None:
+                opts["beta"] = beta
+            for seed in seeds:
+                config = resolve_config(TrainConfig(dataset, method, seed=seed, imbalance=imbalance, epochs=epochs,
+                                                    device=device, **opts))
+                plan.append(PlannedRun(_run_id(method, seed, config.beta if spec.uses_beta else None), config))
+    return plan
 
-    configs = [TrainConfig(dataset, m, seed=s, imbalance=imbalance, epochs=epochs, device=device, **overrides)
-               for m in methods for s in seeds]
-    resolve_config(configs[0])  # fail on a bad option before loading data
-    first = configs[0]
+
+def _identity(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k in _TRAIN_FIELDS and k not in _EXECUTION_FIELDS}
+
+
+_TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def _same_run(planned: PlannedRun, result: dict, train_counts: list) -> Optional[str]:
+    """``None`` when ``result`` is the finished ``planned`` run, else what differs."""
+    want = _identity(json.loads(json.dumps(planned.config.to_dict())))
+    have = _identity(result.get("config", {}))
+    diff = [f"{k}: {have.get(k)!r} there, {want[k]!r} now" for k in want if have.get(k) != want[k]]
+    if result.get("train_counts") != list(train_counts):
+        diff.append(f"training counts {result.get('train_counts')} there, {list(train_counts)} now")
+    return "; ".join(diff) or None
+
+
+def _result_path(out_dir: str, run_id: str) -> str:
+    return os.path.join(out_dir, RUNS_DIR, run_id, "result.json")
+
+
+def finished_run_ids(out_dir: str, plan: Sequence[PlannedRun]) -> list:
+    """Ids of the planned runs that have a ``result.json`` under ``out_dir``."""
+    return [p.run_id for p in plan if os.path.isfile(_result_path(out_dir, p.run_id))]
+
+
+def _load_finished(out_dir: str, plan: Sequence[PlannedRun], train_counts: list) -> dict:
+    """run id -> result of every planned run already written under ``out_dir`` with the same config;
+    a result written with another config is an error (the folder belongs to another comparison)."""
+    finished = {}
+    for planned in plan:
+        path = _result_path(out_dir, planned.run_id)
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path) as fh:
+                result = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: unreadable result ({exc}); remove it to retrain that run") from None
+        diff = _same_run(planned, result, train_counts)
+        if diff:
+            raise ValueError(f"{path} was trained with another configuration ({diff}); resume with the original "
+                             "options, or use another output folder")
+        finished[planned.run_id] = result
+    return finished
+
+
+def check_writable(out_dir: str) -> None:
+    """Create ``out_dir`` and write (then remove) a file in it, or raise ValueError naming the folder."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"output folder {out_dir!r} is not writable ({exc.strerror or exc})") from None
+
+
+def atomic_write(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, renamed over it."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".")
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def run_comparison(dataset: str, methods: list, seeds: Union[int, list], out_dir: Optional[str] = None, *,
+                   betas: Optional[Sequence[float]] = None, resume: bool = False, reuse: Sequence[dict] = (),
+                   imbalance: Optional[float] = None, epochs: Optional[int] = None, device: str = "cpu",
+                   progress: bool = True, plots: bool = True, **overrides) -> list:
+    """Train every method with every seed (and every beta of ``betas`` for the methods that use one) on
+    ``dataset``; return one result dict per run (the keys of ``result.json``, plus ``run_id``) in grid
+    order. ``overrides`` are :class:`TrainConfig` fields (``beta``, ``gamma``, ``batch_size``, ``lr``,
+    ``model``, ``data_dir``, ``dataset_options``, ...).
+
+    With ``out_dir``: each run is written as it finishes (``runs/<run id>/result.json``, ``results.csv``),
+    then ``summary.md``, ``runs.json`` and, with ``plots``, the PNGs. ``resume`` takes the runs already
+    in ``out_dir`` instead of training them again; ``reuse`` does the same from result dicts in memory
+    (e.g. an earlier comparison on the same data). Raises :class:`ComparisonInterrupted` on an interrupt.
+    """
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",")]
+    plan = plan_runs(dataset, methods, seeds, betas=betas, imbalance=imbalance, epochs=epochs, device=device,
+                     **overrides)
+    first = plan[0].config
     data = load_dataset(dataset, data_dir=first.data_dir, imbalance=imbalance, **first.dataset_options)
+    for planned in plan:
+        check_run(planned.config, data)
+    counts = [int(c) for c in data.train_counts]
+    done = {}
+    if out_dir is not None:
+        check_writable(out_dir)
+        if resume:
+            done.update(_load_finished(out_dir, plan, counts))
+    for result in reuse:
+        for planned in plan:
+            if planned.run_id not in done and result.get("method") == planned.config.method \
+                    and result.get("seed") == planned.config.seed and not _same_run(planned, result, counts):
+                done[planned.run_id] = dict(result, run_id=planned.run_id)
+
     start = time.perf_counter()
-    runs = []
-    for config in tqdm(configs, desc=f"{dataset} comparison", disable=not progress, unit="run"):
-        runs.append(train_run(config, data, progress=progress))
+    runs = {}
+    bar = tqdm(plan, desc=f"{dataset} comparison", disable=not progress, unit="run")
+    try:
+        for planned in bar:
+            if planned.run_id in done:
+                result = done[planned.run_id]
+                if out_dir is not None and not os.path.isfile(_result_path(out_dir, planned.run_id)):
+                    atomic_write(_result_path(out_dir, planned.run_id), json.dumps(result, indent=1))
+            else:
+                result = dict(train_run(planned.config, data, progress=progress), run_id=planned.run_id)
+                if out_dir is not None:
+                    atomic_write(_result_path(out_dir, planned.run_id), json.dumps(result, indent=1))
+            runs[planned.run_id] = result
+            if out_dir is not None:
+                write_results_csv(_in_order(plan, runs), os.path.join(out_dir, "results.csv"))
+    except KeyboardInterrupt:
+        bar.close()
+        finished = _in_order(plan, runs)
+        if out_dir is not None and finished:  # the quick files only: a second Ctrl-C must not wait for plots
+            write_summary_md(finished, os.path.join(out_dir, "summary.md"), planned=len(plan))
+        raise ComparisonInterrupted(finished, len(plan), out_dir) from None
+    runs = _in_order(plan, runs)
     wall = time.perf_counter() - start
     if out_dir is not None:
-        from .plots import plot_accuracy_per_method, plot_per_class_accuracy
-
-        os.makedirs(out_dir, exist_ok=True)
-        write_results_csv(runs, os.path.join(out_dir, "results.csv"))
         write_summary_md(runs, os.path.join(out_dir, "summary.md"), wall_time_s=wall)
-        with open(os.path.join(out_dir, "runs.json"), "w") as fh:
-            json.dump(runs, fh, indent=1)
-        plot_accuracy_per_method(runs, os.path.join(out_dir, "accuracy_per_method.png"))
-        plot_per_class_accuracy(runs, os.path.join(out_dir, "per_class_accuracy.png"))
+        atomic_write(os.path.join(out_dir, "runs.json"), json.dumps(runs, indent=1))
+        if plots:
+            from .beta import has_beta_sweep
+            from .plots import plot_accuracy_per_method, plot_beta_experiment, plot_per_class_accuracy
+
+            plot_accuracy_per_method(runs, os.path.join(out_dir, "accuracy_per_method.png"))
+            plot_per_class_accuracy(runs, os.path.join(out_dir, "per_class_accuracy.png"))
+            if has_beta_sweep(runs):
+                plot_beta_experiment(runs, os.path.join(out_dir, "beta_experiment.png"))
     return runs
+
+
+def _in_order(plan: Sequence[PlannedRun], runs: dict) -> list:
+    return [runs[p.run_id] for p in plan if p.run_id in runs]
 
 
 def mean_std_count(values) -> tuple:
@@ -98,13 +303,16 @@ def mean_std_count(values) -> tuple:
 
 
 def summarize(runs: list) -> list:
-    """Per method (first-seen order): mean, std and count of each scalar metric, and the mean time."""
-    by_method = {}
+    """Per group of :func:`run_label` (first-seen order): mean, std and count of each scalar metric over
+    the runs that finished normally, how many diverged, and the mean time."""
+    groups = {}
     for run in runs:
-        by_method.setdefault(run["method"], []).append(run)
+        groups.setdefault(run_label(run), []).append(run)
     rows = []
-    for method, group in by_method.items():
-        row = {"method": method, "runs": len(group), "seeds": [r["seed"] for r in group]}
+    for label, group in groups.items():
+        row = {"label": label, "method": group[0]["method"], "beta": group[0].get("beta"), "runs": len(group),
+               "seeds": [r["seed"] for r in group],
+               "diverged": [r["seed"] for r in group if r.get("status") == "diverged"]}
         for key in SCALAR_METRICS:
             row[key] = mean_std_count([r[key] for r in group])
         row["train_time_s"] = float(np.mean([r["train_time_s"] for r in group]))
@@ -113,17 +321,20 @@ def summarize(runs: list) -> list:
 
 
 def write_results_csv(runs: list, path: str) -> None:
-    """One row per run: scalar metrics, training time and per-class accuracy (acc_class_i)."""
-    num_classes = max(len(r["per_class_accuracy"]) for r in runs)
-    header = ["dataset", "method", "seed", *SCALAR_METRICS, "train_time_s"] + [f"acc_class_{i}" for i in
-                                                                               range(num_classes)]
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        for r in runs:
-            per_class = list(r["per_class_accuracy"]) + [None] * (num_classes - len(r["per_class_accuracy"]))
-            writer.writerow([r["dataset"], r["method"], r["seed"], *(r[k] for k in SCALAR_METRICS),
-                             f"{r['train_time_s']:.3f}", *per_class])
+    """One row per run: status, scalar metrics, training time and per-class accuracy (acc_class_i);
+    written atomically."""
+    num_classes = max(len(r["train_counts"]) for r in runs)
+    header = ["dataset", "method", "beta", "seed", "status", *SCALAR_METRICS, "train_time_s"] + [
+        f"acc_class_{i}" for i in range(num_classes)]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    for r in runs:
+        per_class = list(r["per_class_accuracy"] or [])
+        per_class += [None] * (num_classes - len(per_class))
+        writer.writerow([r["dataset"], r["method"], r.get("beta"), r["seed"], r.get("status", "ok"),
+                         *(r[k] for k in SCALAR_METRICS), f"{r['train_time_s']:.3f}", *per_class])
+    atomic_write(path, buf.getvalue())
 
 
 def _fmt(stat) -> str:
@@ -133,32 +344,48 @@ def _fmt(stat) -> str:
     return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
-def write_summary_md(runs: list, path: str, *, wall_time_s: Optional[float] = None) -> None:
-    """A markdown table, mean ± sample std over seeds per method, and the run settings."""
+def write_summary_md(runs: list, path: str, *, wall_time_s: Optional[float] = None,
+                     planned: Optional[int] = None) -> None:
+    """A markdown table, mean ± sample std over seeds per method (and beta), the run settings, the
+    diverged runs and, with a beta sweep, the beta experiment's reading. ``planned`` (the grid size)
+    marks an interrupted comparison."""
+    from .beta import beta_markdown, has_beta_sweep
+
     first = runs[0]
     cfg = first["config"]
     counts = first["train_counts"]
     seeds = sorted({r["seed"] for r in runs})
     decays = ", ".join(f"x{f:g} at epoch {m}" for m, f in zip(cfg["milestones"], cfg["lr_factors"]))
-    lines = [
-        f"# {first['dataset']}: long-tailed method comparison",
-        "",
+    betas = sorted({r["beta"] for r in runs if r.get("beta") is not None})
+    lines = [f"# {first['dataset']}: long-tailed method comparison", ""]
+    if planned is not None and planned != len(runs):
+        lines += [f"**Interrupted: {len(runs)} of {planned} runs finished; the table covers those.**", ""]
+    lines += [
         f"- imbalance factor {cfg['imbalance']:g}; training counts per class {counts} "
         f"({sum(counts)} examples); test counts {cfg['test_counts']}",
         f"- model {cfg['model']}, {cfg['epochs']} epochs, batch {cfg['batch_size']}, lr {cfg['lr']:g} "
-        f"(warm-up {cfg['warmup_epochs']}, {decays}), weight decay {cfg['weight_decay']:g}; beta {cfg['beta']}, "
-        f"focal gamma {cfg['gamma']}",
+        f"(warm-up {cfg['warmup_epochs']}, {decays}), weight decay {cfg['weight_decay']:g}; "
+        f"beta {', '.join(f'{b:g}' for b in betas) or cfg['beta']} (methods using class-balanced weights or "
+        f"sampling), focal gamma {cfg['gamma']}",
         f"- seeds {seeds}; device {cfg['device']} ({cfg['accel']}); loss backend {cfg['loss_backend']}; "
         f"torch {cfg['torch']}, {cfg['threads_used']} CPU thread(s) per run"
         + (f"; wall time {wall_time_s:.1f} s for {len(runs)} runs" if wall_time_s is not None else ""),
-        "- metrics in %, mean ± sample std over seeds; many/medium/few-shot: classes with >100 / 20-100 / "
-        "<20 training examples ('–': no class in that group)",
+        "- metrics in %, mean ± sample std over the seeds that did not diverge; many/medium/few-shot: classes "
+        "with >100 / 20-100 / <20 training examples ('–': no class in that group, or no run finished)",
         "",
-        "| method | top-1 error | balanced acc. | many-shot | medium-shot | few-shot | runs | s/run |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | beta | top-1 error | balanced acc. | many-shot | medium-shot | few-shot | runs | diverged | s/run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in summarize(runs):
-        lines.append(f"| {row['method']} | " + " | ".join(_fmt(row[k]) for k in SCALAR_METRICS)
-                     + f" | {row['runs']} | {row['train_time_s']:.2f} |")
-    with open(path, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
+    rows = summarize(runs)
+    for row in rows:
+        beta = "–" if row["beta"] is None else f"{row['beta']:g}"
+        diverged = f"{len(row['diverged'])} (seeds {row['diverged']})" if row["diverged"] else "0"
+        lines.append(f"| {row['method']} | {beta} | " + " | ".join(_fmt(row[k]) for k in SCALAR_METRICS)
+                     + f" | {row['runs']} | {diverged} | {row['train_time_s']:.2f} |")
+    diverged = [r for r in runs if r.get("status") == "diverged"]
+    if diverged:
+        lines += ["", "Diverged (training loss became NaN or inf; stopped, no metrics): " + ", ".join(
+            f"{run_label(r)} seed {r['seed']} in epoch {r.get('diverged_epoch')}" for r in diverged) + "."]
+    if has_beta_sweep(runs):
+        lines += ["", *beta_markdown(runs, heading="## The beta experiment")]
+    atomic_write(path, "\n".join(lines) + "\n")

@@ -1,4 +1,4 @@
-"""Long-tailed datasets: digits-LT, synthetic-LT, CIFAR-10-LT and CIFAR-100-LT.
+"""Long-tailed datasets: digits-LT, synthetic-LT, prototypes-LT, CIFAR-10-LT and CIFAR-100-LT.
 
 Every dataset has a long-tailed training split and a balanced (or untouched) test split. The training
 subset follows the rule of the class-balanced (Cui et al. 2019) and LDAM (Cao et al. 2019) code: class
@@ -20,17 +20,21 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["DATASETS", "DEFAULT_IMBALANCE", "LongTailedData", "long_tailed_counts", "long_tailed_indices",
-           "load_dataset", "load_digits_lt", "make_synthetic_lt", "load_cifar_lt", "write_fake_cifar", "CIFAR_MEAN",
-           "CIFAR_STD"]
+__all__ = ["DATASETS", "DATASET_KINDS", "DEFAULT_IMBALANCE", "LongTailedData", "long_tailed_counts", "long_tailed_indices",
+           "load_dataset", "load_digits_lt", "make_synthetic_lt", "make_prototypes_lt", "load_cifar_lt",
+           "write_fake_cifar", "CIFAR_MEAN", "CIFAR_STD"]
 
-DATASETS = ("digits-lt", "synthetic-lt", "cifar10-lt", "cifar100-lt")
+DATASETS = ("digits-lt", "synthetic-lt", "prototypes-lt", "cifar10-lt", "cifar100-lt")
+# what each dataset's examples are: "tabular" (float32 feature vectors) or "image" (uint8 3x32x32)
+DATASET_KINDS = {"digits-lt": "tabular", "synthetic-lt": "tabular", "prototypes-lt": "tabular", "cifar10-lt": "image",
+                 "cifar100-lt": "image"}
 PROFILES = ("exp", "step")
 
 # digits: 50 test images per class leave >= 124 per class for training; n_max = 120 with IF 50 keeps
 # 120, 77, 50, 32, 21, 13, 8, 5, 3, 2 images (331), so every class survives (IF 100 would leave 1,
 # IF > 120 would leave 0 and make class-balanced weights infinite).
-DEFAULT_IMBALANCE = {"digits-lt": 50.0, "synthetic-lt": 100.0, "cifar10-lt": 100.0, "cifar100-lt": 100.0}
+DEFAULT_IMBALANCE = {"digits-lt": 50.0, "synthetic-lt": 100.0, "prototypes-lt": 100.0, "cifar10-lt": 100.0,
+                     "cifar100-lt": 100.0}
 DIGITS_TEST_PER_CLASS = 50
 DIGITS_N_MAX = 120
 
@@ -168,17 +172,11 @@ def make_synthetic_lt(imbalance: Optional[float] = None, *, num_classes: int = 1
     Training counts follow ``long_tailed_counts``; the test split has ``test_per_class`` per class.
     """
     imbalance = DEFAULT_IMBALANCE["synthetic-lt"] if imbalance is None else _check_imbalance(imbalance)
-    separation = float(separation)
-    if not math.isfinite(separation) or separation < 0:
-        raise ValueError(f"separation must be a finite number >= 0, got {separation!r}")
-    if int(dim) != dim or dim < 1:
-        raise ValueError(f"dim must be a whole number >= 1, got {dim!r}")
-    if int(test_per_class) != test_per_class or test_per_class < 1:
-        raise ValueError(f"test_per_class must be a whole number >= 1, got {test_per_class!r}")
+    separation = _non_negative(separation, "separation")
+    dim, test_per_class = _whole(dim, "dim"), _whole(test_per_class, "test_per_class")
     counts = long_tailed_counts(n_max, num_classes, imbalance, profile)
     rng = np.random.RandomState(data_seed)
-    directions = rng.normal(size=(num_classes, int(dim)))
-    means = separation * directions / np.linalg.norm(directions, axis=1, keepdims=True)
+    means = _class_means(rng, num_classes, dim, separation)
 
     def draw(per_class):
         xs = [rng.normal(size=(n, int(dim))) + means[c] for c, n in enumerate(per_class)]
@@ -190,6 +188,79 @@ def make_synthetic_lt(imbalance: Optional[float] = None, *, num_classes: int = 1
     return LongTailedData("synthetic-lt", x_train, y_train, x_test, y_test, int(num_classes), "tabular", imbalance,
                           {"n_max": n_max, "dim": int(dim), "separation": separation, "profile": profile,
                            "test_per_class": int(test_per_class), "data_seed": data_seed})
+
+
+def _whole(value, name: str, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float)) or int(value) != value or value < low:
+        raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+    return int(value)
+
+
+def _non_negative(value, name: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return value
+
+
+def _class_means(rng: np.random.RandomState, num_classes: int, dim: int, separation: float) -> np.ndarray:
+    """Class centres at distance ``separation`` from the origin, in random directions."""
+    directions = rng.normal(size=(num_classes, dim))
+    return separation * directions / np.linalg.norm(directions, axis=1, keepdims=True)
+
+
+def make_prototypes_lt(imbalance: Optional[float] = None, *, num_classes: int = 10, n_max: int = 2000,
+                       prototypes: int = 100, dim: int = 16, separation: float = 2.0, prototype_spread: float = 1.5,
+                       noise: float = 0.3, test_per_class: int = 300, profile: str = "exp",
+                       data_seed: int = 0) -> LongTailedData:
+    """Long-tailed classes made of a limited number of prototypes: the premise of Cui et al. by construction.
+
+    Class ``c`` has ``prototypes`` = P fixed points around its centre (centres at distance ``separation``
+    in random directions, prototypes at ``prototype_spread`` standard deviations around them, in ``dim``
+    dimensions); every example, training or test, is a prototype of its class drawn uniformly at random
+    plus Gaussian ``noise``. Examples of one prototype are near-duplicates, so a class of n examples
+    covers on average ``P (1 - (1 - 1/P)^n)`` distinct prototypes -- exactly the paper's effective number
+    ``E_n = (1 - beta^n) / (1 - beta)`` with ``beta = (P - 1) / P`` (0.99 for the default P = 100). With
+    the default head of 2,000 examples the head class covers all its prototypes (E ~ 100) while the
+    tail of 20 covers about 18: inverse frequency weights them 1 : 100, the effective numbers 1 : 5.5.
+
+    Training counts follow :func:`long_tailed_counts` (default IF 100: 2000 ... 20), the test split has
+    ``test_per_class`` examples per class drawn the same way. Features are standardised with the
+    training split's statistics. ``meta`` records ``premise_beta`` = (P - 1) / P, the distinct
+    prototypes each class's training split covers, and the effective number at ``premise_beta``.
+    """
+    from ..weights import effective_number
+
+    imbalance = DEFAULT_IMBALANCE["prototypes-lt"] if imbalance is None else _check_imbalance(imbalance)
+    prototypes = _whole(prototypes, "prototypes")
+    dim, test_per_class = _whole(dim, "dim"), _whole(test_per_class, "test_per_class")
+    separation = _non_negative(separation, "separation")
+    prototype_spread = _non_negative(prototype_spread, "prototype_spread")
+    noise = _non_negative(noise, "noise")
+    counts = long_tailed_counts(n_max, num_classes, imbalance, profile)
+    rng = np.random.RandomState(data_seed)
+    means = _class_means(rng, num_classes, dim, separation)
+    centres = means[:, None, :] + prototype_spread * rng.normal(size=(num_classes, prototypes, dim))
+
+    def draw(per_class):
+        which = [rng.randint(0, prototypes, size=n) for n in per_class]
+        xs = [centres[c, k] + noise * rng.normal(size=(len(k), dim)) for c, k in enumerate(which)]
+        ys = [np.full(n, c, dtype=np.int64) for c, n in enumerate(per_class)]
+        return np.concatenate(xs), np.concatenate(ys), which
+
+    x_train, y_train, which = draw(counts)
+    x_test, y_test, _ = draw([test_per_class] * num_classes)
+    x_train, x_test = _standardise(x_train, x_test)
+    premise_beta = (prototypes - 1) / prototypes
+    return LongTailedData("prototypes-lt", x_train, y_train, x_test, y_test, int(num_classes), "tabular", imbalance,
+                          {"n_max": n_max, "prototypes": prototypes, "dim": dim, "separation": separation,
+                           "prototype_spread": prototype_spread, "noise": noise, "profile": profile,
+                           "test_per_class": test_per_class, "data_seed": data_seed, "premise_beta": premise_beta,
+                           "distinct_prototypes": [int(len(np.unique(k))) for k in which],
+                           "effective_number": [round(float(e), 2) for e in effective_number(counts, premise_beta)]})
 
 
 def _cifar_folder(data_dir, num_classes: int) -> str:
@@ -208,16 +279,26 @@ def _cifar_folder(data_dir, num_classes: int) -> str:
 
 
 def _read_cifar_pickle(path: str, label_key: bytes):
-    with open(path, "rb") as fh:
-        entry = pickle.load(fh, encoding="bytes")
+    expected = f"expected a CIFAR python pickle: a dict with b'data' (N x 3072 uint8) and {label_key!r} (N labels)"
+    try:
+        with open(path, "rb") as fh:
+            entry = pickle.load(fh, encoding="bytes")
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read it ({exc.strerror or exc}); {expected}") from None
+    except Exception as exc:  # a truncated or corrupted pickle raises any of a dozen exception types
+        raise ValueError(f"{path}: corrupted or truncated ({type(exc).__name__}: {str(exc)[:120]}); {expected}") from None
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path}: holds a {type(entry).__name__}; {expected}")
     try:
         data = np.asarray(entry[b"data"], dtype=np.uint8)
         labels = np.asarray(entry[label_key], dtype=np.int64)
     except KeyError as exc:
-        raise ValueError(f"{path}: not a CIFAR python pickle (missing key {exc.args[0]!r})") from exc
-    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise ValueError(f"{path}: not a CIFAR python pickle (missing key {exc.args[0]!r}); {expected}") from None
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable arrays ({exc}); {expected}") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or labels.ndim != 1 or len(labels) != len(data):
         raise ValueError(f"{path}: expected b'data' of shape (N, 3072) and N labels, got {data.shape} and "
-                         f"{len(labels)} labels")
+                         f"{labels.shape} labels")
     return data.reshape(-1, 3, 32, 32), labels
 
 
@@ -282,6 +363,8 @@ def load_dataset(name: str, *, data_dir=None, imbalance: Optional[float] = None,
             return load_digits_lt(imbalance, **options)
         if name == "synthetic-lt":
             return make_synthetic_lt(imbalance, **options)
+        if name == "prototypes-lt":
+            return make_prototypes_lt(imbalance, **options)
     except TypeError as exc:
         if "unexpected keyword" in str(exc):
             raise ValueError(f"{name}: {exc}") from exc

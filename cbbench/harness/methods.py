@@ -17,7 +17,7 @@ from torch import nn
 from .. import nn as cbnn
 from ..weights import class_balanced_weights, class_weights, log_prior
 
-__all__ = ["MethodSpec", "METHOD_SPECS", "METHODS", "Method", "get_spec"]
+__all__ = ["MethodSpec", "METHOD_SPECS", "METHODS", "BETA_FAMILIES", "Method", "get_spec"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,11 @@ class MethodSpec:
     def switches(self) -> bool:
         return self.deferred_weighting or self.sampling == "deferred"
 
+    @property
+    def uses_beta(self) -> bool:
+        """Whether the class-balanced beta changes what the method does (CB weights or CB sampling)."""
+        return self.weighting == "cb" or self.deferred_weighting or self.sampling == "cb"
+
 
 METHOD_SPECS = {s.name: s for s in (
     MethodSpec("softmax", "softmax cross-entropy"),
@@ -51,6 +56,8 @@ METHOD_SPECS = {s.name: s for s in (
     MethodSpec("cb_sigmoid", "class-balanced sigmoid CE (Cui et al.)", loss="sigmoid", weighting="cb"),
     MethodSpec("cb_focal", "class-balanced focal loss (Cui et al.)", loss="focal", weighting="cb"),
     MethodSpec("inverse_freq", "softmax CE weighted by 1/n", weighting="inverse"),
+    MethodSpec("inverse_freq_sigmoid", "sigmoid CE weighted by 1/n", loss="sigmoid", weighting="inverse"),
+    MethodSpec("inverse_freq_focal", "sigmoid focal loss weighted by 1/n", loss="focal", weighting="inverse"),
     MethodSpec("sqrt_inverse", "softmax CE weighted by 1/sqrt(n)", weighting="sqrt_inverse"),
     MethodSpec("class_balanced_sampling", "softmax CE, class-balanced sampling (q=0)", sampling="class_balanced"),
     MethodSpec("sqrt_sampling", "softmax CE, square-root sampling (q=1/2)", sampling="sqrt"),
@@ -66,6 +73,14 @@ METHOD_SPECS = {s.name: s for s in (
 )}
 
 METHODS = tuple(METHOD_SPECS)
+
+# The beta experiment of Cui et al. per loss: (no weighting, class-balanced weighting, inverse frequency).
+# Class-balanced weights run from beta = 0 (all weights 1: the unweighted loss) to beta -> 1 (1/n).
+BETA_FAMILIES = {
+    "softmax": ("softmax", "cb_softmax", "inverse_freq"),
+    "sigmoid": ("sigmoid", "cb_sigmoid", "inverse_freq_sigmoid"),
+    "focal": ("focal", "cb_focal", "inverse_freq_focal"),
+}
 
 
 def get_spec(name: str) -> MethodSpec:

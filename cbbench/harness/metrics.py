@@ -11,7 +11,10 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["MANY_SHOT_MIN", "FEW_SHOT_MAX", "shot_group", "evaluate"]
+__all__ = ["MANY_SHOT_MIN", "FEW_SHOT_MAX", "SCALAR_METRICS", "shot_group", "evaluate", "no_metrics"]
+
+# the per-run scalars (percent) that summaries average over seeds
+SCALAR_METRICS = ("top1_error", "balanced_accuracy", "many_shot", "medium_shot", "few_shot")
 
 MANY_SHOT_MIN = 100  # many-shot: n > 100
 FEW_SHOT_MAX = 20  # few-shot: n < 20
@@ -60,3 +63,9 @@ def evaluate(y_true, y_pred, train_counts) -> dict:
         "train_counts": train_counts,
     }
 
+
+
+def no_metrics(train_counts) -> dict:
+    """The result metrics of a run that produced no usable model (a diverged one): every metric None."""
+    return {**{key: None for key in SCALAR_METRICS}, "per_class_accuracy": None,
+            "train_counts": [int(c) for c in train_counts]}
