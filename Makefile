@@ -38,7 +38,8 @@ weights: $(STAMP)
 # sm_80, with the half-precision restrictions of torch's CUDAExtension build and warnings as errors;
 # then compile the torch binding against torch's headers (any torch build) and check that it resolves
 # to the launchers the kernels define; then link the kernels with a host harness that checks the
-# launch plans and runs without a GPU.
+# launch plans and runs without a GPU; then run the kernels' per-thread / per-row device logic on the
+# host against the reference's loss (kernels/cuda/harness/device_math_check.cu, built alongside).
 CHECK_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
 CUDA_ARCHS ?= $(CUDA_ARCH) 80
 CUDA_CHECK_FLAGS := -std=c++17 -O3 -Werror all-warnings -Ikernels/include -Ikernels/cuda \
@@ -53,11 +54,14 @@ cuda-check:
 	  echo "nvcc sm_{$(CUDA_ARCHS)}: $$f"; \
 	  $(NVCC) $(CUDA_CHECK_FLAGS) $$gencode -c $$f -o $$tmp/$$(basename $$f).o & pids="$$pids $$!"; \
 	done; \
+	echo "nvcc (host test): kernels/cuda/harness/device_math_check.cu"; \
+	$(NVCC) $(CUDA_CHECK_FLAGS) kernels/cuda/harness/device_math_check.cu -o $$tmp/device_math_check & pids="$$pids $$!"; \
 	fail=0; for p in $$pids; do wait $$p || fail=1; done; \
 	if [ $$fail != 0 ]; then echo "cuda-check: FAILED (compile)"; exit 1; fi; \
 	bash scripts/check_binding.sh "$(CHECK_PYTHON)" "$(NVCC)" $$tmp; \
 	$(NVCC) $(CUDA_CHECK_FLAGS) $$gencode kernels/cuda/harness/plan_check.cu $$tmp/*.o -o $$tmp/plan_check; \
-	$$tmp/plan_check; echo "cuda-check: OK"
+	$$tmp/plan_check; \
+	$$tmp/device_math_check; echo "cuda-check: OK"
 
 clean:
 	rm -rf build *.egg-info cbbench/*.so kernels/cpu/*.cpp $(OUT)

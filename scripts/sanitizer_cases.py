@@ -7,7 +7,14 @@ past a row as out of bounds. The cases cover each softmax plan (group / block / 
 sigmoid/focal group and block kernels with class-index and multi-hot targets, forward-only calls,
 rows that are not 16-byte aligned, tails that are not a multiple of the vector width, ignored rows,
 out-of-range targets (NaN rows, no out-of-bounds read), float64, and the in-place gradient scaling.
-``--quick`` keeps one case per kernel (for the slower racecheck tool). Exits 1 if a result is wrong.
+
+The review's triggers (issue 17): masked classes (-inf logits, or -inf in logit_offset) at the first
+element of every thread's share and of every chunk, on every softmax path, against the reference; and,
+first of all (before any other launch has loaded a kernel or filled the cluster probe caches), every
+softmax plan captured into a CUDA graph without an eager warm-up, replayed and checked.
+
+``--quick`` keeps one case per kernel (for the slower racecheck tool); ``--only TEXT`` runs the cases
+whose name contains TEXT. Exits 1 if a result is wrong.
 """
 from __future__ import annotations
 
@@ -83,6 +90,94 @@ def sigmoid_case(n, c, dtype, *, multi_hot=False, focal=True, unaligned=False, n
     return _check_rows("sigmoid", loss, grad, y, c)
 
 
+def vector_width(dtype) -> int:
+    """Elements per 16-byte vector: every thread's share, CTA chunk and split chunk of the softmax
+    kernels starts at a multiple of it (kernels/cuda/cb_softmax_rows.cuh)."""
+    return 16 // torch.empty((), dtype=dtype).element_size()
+
+
+def mask_vector_starts(z, y, keep_last: bool):
+    """-inf in the first element (keep_last=False) or all but the last element (True) of every 16-byte
+    vector of every row: every thread of every softmax path starts its share, and every CTA / split chunk
+    its range, on a masked class. Targets move to an unmasked column (the last of their vector)."""
+    v = vector_width(z.dtype)
+    c = z.shape[1]
+    col = torch.arange(c, device=z.device)
+    masked = (col % v < v - 1) if keep_last else (col % v == 0)
+    masked &= col < (c // v) * v  # a partial last vector stays unmasked: it holds the moved targets
+    z = z.masked_fill(masked, float("-inf"))
+    live = (y >= 0) & (y < c)
+    y = torch.where(live, torch.clamp(y // v * v + v - 1, max=c - 1), y)
+    return z, y, masked
+
+
+def softmax_masked_case(n, c, dtype, *, keep_last=False, via_offset=False, seed=0):
+    """Masked classes at every vector start (in the logits, or in logit_offset), no smoothing: every
+    row's loss and gradient finite and equal to the reference's."""
+    kern = ops.kernel_module("cuda")
+    z, y, w = _inputs(n, c, dtype, seed)
+    y = torch.where((y >= 0) & (y < c), y, torch.zeros_like(y))  # valid or ignored targets only
+    y[1] = -100
+    masked_z, y, masked = mask_vector_starts(z, y, keep_last)
+    off = torch.randn(c, device=DEV)
+    if via_offset:
+        off = off.masked_fill(masked, float("-inf"))
+    else:
+        z = masked_z
+    loss, grad = kern.softmax_ce(z, y, w, off, None, 1.0, 0.0, -100, "none", True)
+    ref = z.double().requires_grad_(True)
+    want = F.softmax_cross_entropy(ref, y, w.double(), logit_offset=off.double(), reduction="none",
+                                   backend="reference")
+    want.sum().backward()
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+    tol = 1e-10 if dtype == torch.float64 else 2e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-4
+    return (bool(torch.isfinite(loss).all()) and bool(torch.isfinite(grad).all())
+            and torch.allclose(loss.double(), want.detach(), rtol=tol, atol=tol)
+            and torch.allclose(grad.double(), ref.grad, rtol=tol, atol=tol))
+
+
+def graph_case(n, c, dtype, *, seed=0):
+    """fwd + bwd of the public API captured into a CUDA graph WITHOUT an eager warm-up (the capture is
+    the first launch of this plan), replayed on new data, checked against the reference; then, after
+    an eager call, captured again: bitwise the eager result."""
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    static_z = (torch.randn(n, c, generator=g, device=DEV) * 3).to(dtype).requires_grad_(True)
+    static_y = torch.randint(0, c, (n,), generator=g, device=DEV)
+    w = torch.rand(c, generator=g, device=DEV) + 0.1
+
+    def step(z):
+        loss = F.softmax_cross_entropy(z, static_y, w, label_smoothing=0.05, backend="cuda")
+        loss.backward()
+        return loss
+
+    def captured():
+        static_z.grad = None
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            loss = step(static_z)
+        return graph, loss
+
+    graph, static_loss = captured()
+    with torch.no_grad():
+        static_z.copy_((torch.randn(n, c, generator=g, device=DEV) * 3).to(dtype))
+    static_y.copy_(torch.randint(0, c, (n,), generator=g, device=DEV))
+    graph.replay()
+    torch.cuda.synchronize()
+    ref = static_z.detach().double().requires_grad_(True)
+    want = F.softmax_cross_entropy(ref, static_y, w.double(), label_smoothing=0.05, backend="reference")
+    want.backward()
+    tol = 1e-10 if dtype == torch.float64 else 2e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-4
+    ok = (torch.allclose(static_loss.double(), want.detach(), rtol=tol, atol=tol)
+          and torch.allclose(static_z.grad.double(), ref.grad, rtol=tol, atol=tol * ref.grad.abs().max().item()))
+    eager_z = static_z.detach().clone().requires_grad_(True)
+    eager_loss = step(eager_z)  # probes (if any) run here, outside a capture
+    graph, static_loss = captured()
+    graph.replay()
+    torch.cuda.synchronize()
+    return ok and torch.equal(static_loss, eager_loss.detach()) and torch.equal(static_z.grad, eager_z.grad)
+
+
 def scale_case(dtype):
     kern = ops.kernel_module("cuda")
     g = torch.randn(37, 1001, device=DEV).to(dtype)
@@ -104,8 +199,25 @@ def autograd_case():
     return bool(torch.isfinite(z.grad).all())
 
 
+# One class count per softmax plan (group, block, cluster on sm_90 / split elsewhere, split).
+PLAN_CLASSES = (10, 1000, 1203, 20000, 131072, 150001)
+
+
 def cases(quick: bool):
     f32, f16, bf16, f64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
+    # First: nothing has been launched yet, so each capture is its plan's first launch.
+    for c in PLAN_CLASSES:
+        for dt in ((f32, bf16) if c >= 20000 else (f32,)):
+            yield f"graph capture without warm-up C={c} {dt}", lambda c=c, dt=dt: graph_case(4 if c > 2000 else 64, c, dt)
+        if quick:
+            break
+    for c in PLAN_CLASSES:
+        for dt in (f32, bf16, f64):
+            yield f"softmax masked vector starts C={c} {dt}", lambda c=c, dt=dt: softmax_masked_case(4, c, dt, seed=c)
+        yield f"softmax masked all but last C={c} f32", lambda c=c: softmax_masked_case(4, c, f32, keep_last=True)
+        yield f"softmax masked offset C={c} f32", lambda c=c: softmax_masked_case(4, c, f32, via_offset=True)
+        if quick:
+            break
     yield "softmax group C=10 f32", lambda: softmax_case(9, 10, f32)
     yield "softmax block C=1203 f32 unaligned", lambda: softmax_case(5, 1203, f32, unaligned=True)
     yield "softmax cluster/split C=20000 bf16", lambda: softmax_case(4, 20000, bf16, unaligned=True)
@@ -139,20 +251,31 @@ def cases(quick: bool):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one case per kernel")
+    parser.add_argument("--only", default="", metavar="TEXT", help="run the cases whose name contains TEXT")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() or ops.kernel_module("cuda") is None:
         print(f"sanitizer_cases: needs a GPU and cbbench._cuda ({ops.kernel_status('cuda')})")
         return 2
-    like = torch.empty(0, device=DEV)
-    kern = ops.kernel_module("cuda")
-    print("softmax plans:", {c: kern.softmax_plan(c, like) for c in (10, 1203, 20000, 131072, 150001)})
-    failed = []
+    failed, ran = [], 0
     for name, run in cases(args.quick):
-        ok = run()
+        if args.only not in name:
+            continue
+        try:
+            ok = run()
+        except Exception as exc:  # a failed capture raises; report it as this case's failure
+            print(f"     {name}: {type(exc).__name__}: {exc}")
+            ok = False
+        ran += 1
         print(f"{'ok  ' if ok else 'FAIL'} {name}", flush=True)
         if not ok:
             failed.append(name)
-    print(f"sanitizer_cases: {len(failed)} failed" if failed else "sanitizer_cases: all ok")
+    # after the cases: asking for a plan runs the cluster probes, which the captures must not find done
+    like = torch.empty(0, device=DEV)
+    print("softmax plans:", {c: ops.kernel_module("cuda").softmax_plan(c, like) for c in PLAN_CLASSES})
+    if ran == 0:
+        print(f"sanitizer_cases: no case matches --only {args.only!r}")
+        return 1
+    print(f"sanitizer_cases: {len(failed)} of {ran} failed" if failed else f"sanitizer_cases: all {ran} ok")
     return 1 if failed else 0
 
 

@@ -3,7 +3,8 @@
 ``scripts/sanitizer_cases.py`` calls the CUDA module directly (that is what compute-sanitizer needs),
 so a change of the contract in ``cbbench/ops.py`` could leave it calling with stale arguments, which
 would only show on a GPU machine. Here its float32/float64 cases run against the CPU kernels, which
-implement the same contract (half types and the CUDA-only in-place rescale are left out).
+implement the same contract (half types, the CUDA-only in-place rescale and the CUDA-graph captures are
+left out) -- including the review's masked-class triggers, checked against the reference.
 """
 import importlib.util
 from pathlib import Path
@@ -32,7 +33,7 @@ def sanitizer_cases_on_cpu(monkeypatch):
 
 
 def test_sanitizer_cases_follow_the_kernel_contract(sanitizer_cases_on_cpu):
-    skip = ("float16", "bfloat16", " bf16", " f16", "scaled_grad", "autograd")
+    skip = ("float16", "bfloat16", " bf16", " f16", "scaled_grad", "autograd", "graph capture")
     ran = []
     for name, run in sanitizer_cases_on_cpu.cases(quick=False):
         if any(word in name for word in skip):
@@ -40,3 +41,18 @@ def test_sanitizer_cases_follow_the_kernel_contract(sanitizer_cases_on_cpu):
         assert run(), f"sanitizer case {name!r} gave a wrong result on the CPU kernels"
         ran.append(name)
     assert len(ran) >= 25 and any("f64" in name for name in ran) and any("multi-hot" in name for name in ran)
+    masked = [name for name in ran if "masked" in name]
+    assert len(masked) >= 18 and any("offset" in name for name in masked), masked
+
+
+def test_masked_triggers_fail_without_their_mask(sanitizer_cases_on_cpu):
+    """The masked cases check something: the mask really puts -inf at the start of every vector (so
+    at every thread's first element on every softmax path) and moves the targets off it."""
+    z = torch.zeros(3, 37)
+    y = torch.tensor([0, 4, 36])
+    masked_z, moved_y, masked = sanitizer_cases_on_cpu.mask_vector_starts(z, y, keep_last=False)
+    assert masked_z[:, 0:36:4].isneginf().all() and not masked_z[:, 36].isneginf().any()
+    assert not masked_z[torch.arange(3), moved_y].isneginf().any() and moved_y.tolist() == [3, 7, 36]
+    z64 = torch.zeros(2, 9, dtype=torch.float64)  # 2-element vectors: every even column
+    assert sanitizer_cases_on_cpu.mask_vector_starts(z64, torch.tensor([0, 1]), keep_last=True)[2].tolist() == \
+        [True, False] * 4 + [False]

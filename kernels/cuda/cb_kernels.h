@@ -54,8 +54,13 @@ struct SigmoidFocalArgs {
 
 // How softmax_ce lays a row of `classes` elements on the current device (also names the path
 // for tests and benchmarks): "group<G>x<NV>", "block<threads>x<NV>", "cluster<n>x<threads>",
-// or "split<chunks>". Writes at most `len` bytes including the terminating NUL.
-void softmax_ce_plan(int64_t classes, Dtype dtype, int device, char* out, std::size_t len);
+// or "split<chunks>". Writes at most `len` bytes including the terminating NUL. The cluster path
+// depends on device queries, made (and cached) on `stream` unless it is being captured into a CUDA
+// graph (then, until an uncaptured call has made them, the answer and the launch are "split").
+void softmax_ce_plan(int64_t classes, Dtype dtype, int device, char* out, std::size_t len,
+                     cudaStream_t stream = nullptr);
+// Device memory softmax_ce needs in args.workspace: the split path's partials whenever a row is too
+// long for one block (the cluster path, when taken, does not use it). Makes no device query.
 std::size_t softmax_ce_workspace_bytes(int64_t rows, int64_t classes, Dtype dtype, int device);
 
 // Launch on `stream`; return the launch error (cudaSuccess when nothing had to run).
