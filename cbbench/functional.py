@@ -26,7 +26,7 @@ from typing import Optional
 
 import torch
 
-from . import ops, reference
+from . import distributed, ops, reference
 from .shapes import REDUCTIONS, rows, sample_shape
 
 Tensor = torch.Tensor
@@ -168,7 +168,8 @@ def _finish(loss: Tensor, logits: Tensor, reduction: str) -> Tensor:
 def softmax_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, *,
                           reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0,
                           logit_offset: Optional[Tensor] = None, target_margin: Optional[Tensor] = None,
-                          scale: float = 1.0, backend: str = "auto") -> Tensor:
+                          scale: float = 1.0, backend: str = "auto", sync_normalizer: bool = False,
+                          process_group=None) -> Tensor:
     """Class-weighted softmax cross-entropy (and Balanced Softmax / logit adjustment / LDAM via options).
 
     Per sample: ``w_y * CE(z', y)`` with adjusted logits
@@ -179,7 +180,16 @@ def softmax_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tenso
     ``reduction="mean"`` divides by the number of non-ignored samples (the paper's convention);
     ``"weighted_mean"`` divides by the sum of their weights, like ``nn.CrossEntropyLoss(weight=w)``.
     The loss is float32 for float16/bfloat16/float32 logits (float64 for float64).
+
+    ``sync_normalizer=True`` (data parallel training) divides by the divisor all-reduced over
+    ``process_group`` (default: the world), so DDP's gradient equals that of the global batch; see
+    :mod:`cbbench.distributed` for what the forward value then is.
     """
+    if sync_normalizer:
+        return distributed.synchronised(
+            softmax_cross_entropy, logits, target, weight, reduction=reduction, ignore_index=ignore_index,
+            process_group=process_group, label_smoothing=label_smoothing, logit_offset=logit_offset,
+            target_margin=target_margin, scale=scale, backend=backend)
     fast = ops.fast_path_allowed(backend)
     if fast is not None:  # plain 2-D CPU inputs in one C++ call; None: declined, take the checks below
         loss = fast.softmax_cross_entropy(logits, target, weight, logit_offset, target_margin, scale, label_smoothing,
@@ -219,6 +229,7 @@ def _fused_call(fused, args, fn: str) -> Tensor:
 
 def _sigmoid_family(fn: str, logits: Tensor, target: Tensor, weight: Optional[Tensor], *, gamma: Optional[float],
                     alpha: Optional[float], reduction: str, ignore_index: int, backend: str) -> Tensor:
+    """The sigmoid / focal losses without normaliser synchronisation."""
     fast = ops.fast_path_allowed(backend)
     if fast is not None:  # as in softmax_cross_entropy
         loss = fast.sigmoid_focal(logits, target, weight, gamma, alpha, ignore_index, reduction)
@@ -252,26 +263,36 @@ def _sigmoid_family(fn: str, logits: Tensor, target: Tensor, weight: Optional[Te
 
 
 def sigmoid_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, *,
-                          reduction: str = "mean", ignore_index: int = -100, backend: str = "auto") -> Tensor:
+                          reduction: str = "mean", ignore_index: int = -100, backend: str = "auto",
+                          sync_normalizer: bool = False, process_group=None) -> Tensor:
     """Sigmoid (one-vs-all) cross-entropy, ``w_y * sum_j BCE(z_j, onehot(y)_j)`` per sample.
 
     Integer targets are class indices and ``w_y`` multiplies all C binary terms of the sample (the
     paper's convention); a float target of the logits' shape is multi-hot and ``weight`` then weights
     columns. ``reduction="mean"`` divides by the number of positives (at least 1).
+    ``sync_normalizer`` / ``process_group``: as in :func:`softmax_cross_entropy`.
     """
+    if sync_normalizer:
+        return distributed.synchronised(sigmoid_cross_entropy, logits, target, weight, reduction=reduction,
+                                        ignore_index=ignore_index, process_group=process_group, backend=backend)
     return _sigmoid_family("sigmoid_cross_entropy", logits, target, weight, gamma=None, alpha=None,
                            reduction=reduction, ignore_index=ignore_index, backend=backend)
 
 
 def sigmoid_focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, *, gamma: float = 2.0,
                        alpha: Optional[float] = None, reduction: str = "mean", ignore_index: int = -100,
-                       backend: str = "auto") -> Tensor:
+                       backend: str = "auto", sync_normalizer: bool = False, process_group=None) -> Tensor:
     """Sigmoid focal loss ``w_y * sum_j alpha_t (1 - p_t)^gamma BCE(z_j, t_j)``.
 
     The modulator is computed in log space, ``exp(-gamma * (t z + softplus(-z)))``, so it never
     overflows (the official TensorFlow form gives the hardest positives a modulator of 0 below
     z = -88.7 in float32). ``gamma=0`` equals :func:`sigmoid_cross_entropy`; ``alpha`` is RetinaNet's
-    optional positive/negative balance (``None``: off).
+    optional positive/negative balance (``None``: off). ``sync_normalizer`` / ``process_group``: as in
+    :func:`softmax_cross_entropy`.
     """
+    if sync_normalizer:
+        return distributed.synchronised(sigmoid_focal_loss, logits, target, weight, reduction=reduction,
+                                        ignore_index=ignore_index, process_group=process_group, gamma=gamma,
+                                        alpha=alpha, backend=backend)
     return _sigmoid_family("sigmoid_focal_loss", logits, target, weight, gamma=gamma, alpha=alpha,
                            reduction=reduction, ignore_index=ignore_index, backend=backend)

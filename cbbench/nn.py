@@ -37,15 +37,27 @@ def _check_num_classes(buffer_name: str, buffer: Optional[Tensor], logits: Tenso
 
 
 class _WeightedLoss(nn.Module):
-    def __init__(self, weight=None, reduction: str = "mean", ignore_index: int = -100, backend: str = "auto"):
+    """Holds the options every loss module shares. ``sync_normalizer=True`` (data parallel training):
+    the reduction divides by the divisor all-reduced over ``process_group`` (default: the world); see
+    :mod:`cbbench.distributed`."""
+
+    def __init__(self, weight=None, reduction: str = "mean", ignore_index: int = -100, backend: str = "auto",
+                 sync_normalizer: bool = False, process_group=None):
         super().__init__()
         _optional_buffer(self, "weight", weight)
         self.reduction = reduction
         self.ignore_index = ignore_index
         self.backend = backend
+        self.sync_normalizer = bool(sync_normalizer)
+        self.process_group = process_group
+
+    def _options(self) -> dict:
+        return dict(reduction=self.reduction, ignore_index=self.ignore_index, backend=self.backend,
+                    sync_normalizer=self.sync_normalizer, process_group=self.process_group)
 
     def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}, backend={self.backend!r}"
+        sync = ", sync_normalizer=True" if self.sync_normalizer else ""
+        return f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, backend={self.backend!r}{sync}"
 
 
 class SoftmaxCrossEntropyLoss(_WeightedLoss):
@@ -53,40 +65,37 @@ class SoftmaxCrossEntropyLoss(_WeightedLoss):
 
     def __init__(self, weight=None, *, reduction: str = "mean", ignore_index: int = -100,
                  label_smoothing: float = 0.0, logit_offset=None, target_margin=None, scale: float = 1.0,
-                 backend: str = "auto"):
-        super().__init__(weight, reduction, ignore_index, backend)
+                 backend: str = "auto", sync_normalizer: bool = False, process_group=None):
+        super().__init__(weight, reduction, ignore_index, backend, sync_normalizer, process_group)
         _optional_buffer(self, "logit_offset", logit_offset)
         _optional_buffer(self, "target_margin", target_margin)
         self.label_smoothing = label_smoothing
         self.scale = scale
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return F.softmax_cross_entropy(logits, target, self.weight, reduction=self.reduction,
-                                       ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
+        return F.softmax_cross_entropy(logits, target, self.weight, label_smoothing=self.label_smoothing,
                                        logit_offset=self.logit_offset, target_margin=self.target_margin,
-                                       scale=self.scale, backend=self.backend)
+                                       scale=self.scale, **self._options())
 
 
 class SigmoidCrossEntropyLoss(_WeightedLoss):
     """Module form of :func:`cbbench.functional.sigmoid_cross_entropy`."""
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return F.sigmoid_cross_entropy(logits, target, self.weight, reduction=self.reduction,
-                                       ignore_index=self.ignore_index, backend=self.backend)
+        return F.sigmoid_cross_entropy(logits, target, self.weight, **self._options())
 
 
 class SigmoidFocalLoss(_WeightedLoss):
     """Module form of :func:`cbbench.functional.sigmoid_focal_loss`."""
 
     def __init__(self, weight=None, *, gamma: float = 2.0, alpha: Optional[float] = None, reduction: str = "mean",
-                 ignore_index: int = -100, backend: str = "auto"):
-        super().__init__(weight, reduction, ignore_index, backend)
+                 ignore_index: int = -100, backend: str = "auto", sync_normalizer: bool = False, process_group=None):
+        super().__init__(weight, reduction, ignore_index, backend, sync_normalizer, process_group)
         self.gamma = gamma
         self.alpha = alpha
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return F.sigmoid_focal_loss(logits, target, self.weight, gamma=self.gamma, alpha=self.alpha,
-                                    reduction=self.reduction, ignore_index=self.ignore_index, backend=self.backend)
+        return F.sigmoid_focal_loss(logits, target, self.weight, gamma=self.gamma, alpha=self.alpha, **self._options())
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}, alpha={self.alpha}, " + super().extra_repr()
@@ -101,7 +110,7 @@ class ClassBalancedLoss(nn.Module):
 
     def __init__(self, samples_per_class: CountsLike, beta: float = 0.9999, loss_type: str = "softmax",
                  gamma: float = 2.0, reduction: str = "mean", empty: str = "raise", backend: str = "auto",
-                 ignore_index: int = -100):
+                 ignore_index: int = -100, sync_normalizer: bool = False, process_group=None):
         super().__init__()
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
@@ -115,6 +124,8 @@ class ClassBalancedLoss(nn.Module):
         self.reduction = reduction
         self.backend = backend
         self.ignore_index = ignore_index
+        self.sync_normalizer = bool(sync_normalizer)
+        self.process_group = process_group
 
     def set_weight(self, weight: Tensor) -> None:
         """Replace the class weights in place (e.g. deferred re-weighting switches them on mid-training)."""
@@ -122,7 +133,8 @@ class ClassBalancedLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         _check_num_classes("weight", self.weight, logits, "samples_per_class")
-        options = dict(reduction=self.reduction, ignore_index=self.ignore_index, backend=self.backend)
+        options = dict(reduction=self.reduction, ignore_index=self.ignore_index, backend=self.backend,
+                       sync_normalizer=self.sync_normalizer, process_group=self.process_group)
         if self.loss_type == "softmax":
             return F.softmax_cross_entropy(logits, target, self.weight, **options)
         if self.loss_type == "sigmoid":
@@ -147,21 +159,25 @@ class BalancedSoftmaxLoss(_CountsSoftmaxLoss):
     """Balanced Softmax (Ren et al. 2020): ``CE(z + log n, y)``, held as ``log pi`` (the same softmax)."""
 
     def __init__(self, samples_per_class: CountsLike, weight=None, *, reduction: str = "mean",
-                 ignore_index: int = -100, backend: str = "auto"):
+                 ignore_index: int = -100, backend: str = "auto",
+                 sync_normalizer: bool = False, process_group=None):
         super().__init__(weight, reduction=reduction, ignore_index=ignore_index,
-                         logit_offset=log_prior(samples_per_class), backend=backend)
+                         logit_offset=log_prior(samples_per_class), backend=backend,
+                         sync_normalizer=sync_normalizer, process_group=process_group)
 
 
 class LogitAdjustedLoss(_CountsSoftmaxLoss):
     """Logit-adjusted loss (Menon et al. 2021): ``CE(z + tau * log pi, y)``."""
 
     def __init__(self, samples_per_class: CountsLike, tau: float = 1.0, weight=None, *, reduction: str = "mean",
-                 ignore_index: int = -100, backend: str = "auto"):
+                 ignore_index: int = -100, backend: str = "auto",
+                 sync_normalizer: bool = False, process_group=None):
         tau = float(tau)
         if not math.isfinite(tau):
             raise ValueError(f"tau must be finite, got {tau!r}")
         super().__init__(weight, reduction=reduction, ignore_index=ignore_index,
-                         logit_offset=tau * log_prior(samples_per_class), backend=backend)
+                         logit_offset=tau * log_prior(samples_per_class), backend=backend,
+                         sync_normalizer=sync_normalizer, process_group=process_group)
         self.tau = tau
 
 
@@ -169,6 +185,8 @@ class LDAMLoss(_CountsSoftmaxLoss):
     """LDAM (Cao et al. 2019): ``CE(s * (z - Delta_y e_y), y)``, ``Delta_c ~ n_c^(-1/4)``, largest ``max_margin``."""
 
     def __init__(self, samples_per_class: CountsLike, max_margin: float = 0.5, scale: float = 30.0, weight=None, *,
-                 reduction: str = "mean", ignore_index: int = -100, backend: str = "auto"):
+                 reduction: str = "mean", ignore_index: int = -100, backend: str = "auto",
+                 sync_normalizer: bool = False, process_group=None):
         super().__init__(weight, reduction=reduction, ignore_index=ignore_index,
-                         target_margin=ldam_margins(samples_per_class, max_margin), scale=scale, backend=backend)
+                         target_margin=ldam_margins(samples_per_class, max_margin), scale=scale, backend=backend,
+                         sync_normalizer=sync_normalizer, process_group=process_group)

@@ -25,7 +25,7 @@ from typing import Optional
 
 import torch
 
-from .shapes import REDUCTIONS, rows, unflatten
+from .shapes import REDUCTIONS, finish_divisor, local_divisor, rows, unflatten
 
 Tensor = torch.Tensor
 
@@ -33,10 +33,10 @@ __all__ = [
     "softplus",
     "binary_cross_entropy",
     "focal_modulator",
+    "reduction_denominator",
     "softmax_cross_entropy",
     "sigmoid_cross_entropy",
     "sigmoid_focal_loss",
-    "reduction_denominator",
     "reduce_rows",
     "REDUCTIONS",
 ]
@@ -77,36 +77,9 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def reduction_denominator(reduction: str, *, valid: Optional[Tensor] = None, row_weight: Optional[Tensor] = None,
-                          multi_hot_target: Optional[Tensor] = None, column_weight: Optional[Tensor] = None,
-                          num_rows: int = 0) -> Optional[Tensor]:
-    """The divisor of a reduction as a 0-dim float64 tensor (``None`` for ``"sum"`` and ``"none"``).
-
-    Integer targets: pass ``valid`` (bool (M,), non-ignored rows) and ``row_weight`` (w_{y_i} of each
-    row, or ``None``). Multi-hot targets: pass ``multi_hot_target`` (M, C), ``column_weight`` and
-    ``num_rows``. ``"mean"`` divides by the number of positives (= non-ignored samples for integer
-    targets, the sum of the targets for multi-hot ones, at least 1); a divisor of 0 (nothing to
-    average) is replaced by 1 so the loss is 0, not NaN; so is a weight sum of exactly 0 (a negative
-    one is kept, as PyTorch does). For multi-hot targets each sample's applied weight in
-    ``"weighted_mean"`` is the mean of the column weights.
-    """
-    if reduction in ("sum", "none"):
-        return None
-    # float64: exact counts and weight sums; callers cast to their compute dtype
-    f64 = torch.float64
-    if multi_hot_target is not None:
-        if reduction == "mean":
-            return multi_hot_target.sum(dtype=f64).clamp_min(1.0)
-        if column_weight is None:
-            # a fill, not a host-to-device copy: stays CUDA-graph capturable
-            return torch.full((), float(max(num_rows, 1)), dtype=f64, device=multi_hot_target.device)
-        d = column_weight.to(f64).mean() * num_rows
-    else:
-        if reduction == "mean" or row_weight is None:
-            return valid.sum(dtype=f64).clamp_min(1.0)  # a count: 0 -> 1
-        d = torch.where(valid, row_weight, 0.0).sum(dtype=f64)
-    # a weight sum may be below 1 or negative; only an exact 0 is replaced
-    return torch.where(d != 0, d, 1.0)
+def reduction_denominator(reduction: str, **local) -> Optional[Tensor]:
+    """The divisor of a reduction (see :func:`cbbench.shapes.local_divisor` for the arguments)."""
+    return finish_divisor(reduction, local_divisor(reduction, **local))
 
 
 def reduce_rows(per_row: Tensor, logits: Tensor, reduction: str, denominator: Optional[Tensor]) -> Tensor:

@@ -6,6 +6,8 @@ dimension last.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 Tensor = torch.Tensor
@@ -32,3 +34,45 @@ def unflatten(per_row: Tensor, logits: Tensor) -> Tensor:
     if logits.dim() > 2:
         return per_row.reshape(sample_shape(logits))
     return per_row
+
+
+# ----------------------------------------------------------------------------------------------
+# the reductions' divisors: one formula for the reference, the kernels' contract (kernels/cpu/
+# cb_cpu_loss.h and the CUDA binding implement the same) and the distributed normaliser
+# ----------------------------------------------------------------------------------------------
+def local_divisor(reduction: str, *, valid: Optional[Tensor] = None, row_weight: Optional[Tensor] = None,
+                  multi_hot_target: Optional[Tensor] = None, column_weight: Optional[Tensor] = None,
+                  num_rows: int = 0) -> Optional[Tensor]:
+    """The quantity a reduction divides by, before its floor: a 0-dim float64 tensor (``None`` for
+    ``"sum"`` and ``"none"``). Additive over disjoint parts of a batch, so ranks can all-reduce it.
+
+    Class-index targets: pass ``valid`` (bool (M,), the non-ignored rows) and ``row_weight`` (w_{y_i}
+    of each row, or ``None``): ``"mean"`` counts the valid rows, ``"weighted_mean"`` sums their weights
+    (counts them without a weight). Multi-hot targets: pass ``multi_hot_target`` (M, C),
+    ``column_weight`` and ``num_rows``: ``"mean"`` sums the targets (the positives),
+    ``"weighted_mean"`` gives each row the mean column weight (1 without a weight).
+    """
+    if reduction in ("sum", "none"):
+        return None
+    f64 = torch.float64
+    if multi_hot_target is not None:
+        if reduction == "mean":
+            return multi_hot_target.sum(dtype=f64)
+        if column_weight is None:
+            # a fill, not a host-to-device copy: stays CUDA-graph capturable
+            return torch.full((), float(num_rows), dtype=f64, device=multi_hot_target.device)
+        return column_weight.to(f64).mean() * num_rows
+    if reduction == "mean" or row_weight is None:
+        return valid.sum(dtype=f64)
+    return torch.where(valid, row_weight, 0.0).sum(dtype=f64)
+
+
+def finish_divisor(reduction: str, divisor: Optional[Tensor]) -> Optional[Tensor]:
+    """The floor of a (summed) :func:`local_divisor`: ``"mean"`` divides by at least 1 (nothing to
+    average gives a loss of 0, not NaN); ``"weighted_mean"`` replaces a sum of exactly 0 by 1 and keeps
+    a negative one, as PyTorch does."""
+    if divisor is None:
+        return None
+    if reduction == "mean":
+        return divisor.clamp_min(1.0)
+    return torch.where(divisor != 0, divisor, 1.0)

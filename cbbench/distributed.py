@@ -1,0 +1,144 @@
+"""Class-balanced losses under data parallelism (DDP, torchrun): the normaliser and the class counts.
+
+DDP averages gradients over the W ranks of a group. A rank's loss ``S_r / d_r`` (its own sum over its
+own divisor) then gives the single-process gradient of the global batch only if every ``d_r`` equals
+``D / W``, ``D = sum_r d_r`` -- not so whenever ranks differ in batch size, ignored rows, positives or
+weights. With ``sync_normalizer=True`` a loss divides its local sum by ``D / W`` instead, ``D``
+all-reduced on the device (no host synchronisation; NCCL all-reduce is CUDA-graph capturable):
+
+    rank loss = S_r * W / D        ->  after DDP's averaging: grad = sum_r grad S_r / D = grad (S / D)
+
+``"sum"`` and ``"none"`` have no divisor and are multiplied by W (the average of W S_r's gradients is
+the gradient of the global sum). The **forward value** of a synchronised loss is therefore the rank's
+share times W: its mean over the ranks is the global loss (what a single process would report), and
+a rank's own value is not the global loss.
+
+Class counts are always those of the whole training set: :func:`broadcast_counts` takes them from one
+rank and :func:`check_counts_agree` verifies every rank computed the same -- never weights from a
+batch or a shard.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+from .shapes import finish_divisor, local_divisor, rows
+from .weights import CountsLike, as_counts
+
+Tensor = torch.Tensor
+
+__all__ = ["is_distributed", "world_size", "rank", "synchronised", "broadcast_counts", "check_counts_agree"]
+
+
+def is_distributed(group=None) -> bool:
+    """Whether torch.distributed is initialised (and so a group to synchronise over exists)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size(group=None) -> int:
+    return dist.get_world_size(group) if is_distributed() else 1
+
+
+def rank(group=None) -> int:
+    return dist.get_rank(group) if is_distributed() else 0
+
+
+def _local_divisor(logits: Tensor, target: Tensor, weight: Optional[Tensor], reduction: str,
+                   ignore_index: int) -> Optional[Tensor]:
+    """This rank's un-floored divisor of ``reduction`` (cbbench/shapes.py, local_divisor)."""
+    if reduction in ("sum", "none"):
+        return None
+    w = None if weight is None else torch.as_tensor(weight, device=logits.device)
+    if target.is_floating_point():
+        t = rows(target)
+        return local_divisor(reduction, multi_hot_target=t, column_weight=w, num_rows=t.shape[0])
+    y = target.reshape(-1)
+    valid = y != ignore_index
+    row_weight = None
+    if w is not None and reduction == "weighted_mean":
+        row_weight = w.to(torch.float64)[torch.where(valid, y, torch.zeros_like(y)).clamp(0, w.numel() - 1)]
+    return local_divisor(reduction, valid=valid, row_weight=row_weight)
+
+
+def _all_reduce_sum(t: Tensor, group) -> Tensor:
+    if t.requires_grad:  # a learnable weight under "weighted_mean": keep the divisor differentiable
+        import torch.distributed.nn.functional as dist_nn
+        return dist_nn.all_reduce(t, group=group)
+    t = t.detach().clone()
+    dist.all_reduce(t, group=group)
+    return t
+
+
+def synchronised(loss_fn: Callable[..., Tensor], logits: Tensor, target: Tensor, weight, *, reduction: str,
+                 ignore_index: int, process_group=None, **options) -> Tensor:
+    """``loss_fn`` (a :mod:`cbbench.functional` loss) with the global normaliser: its local sum (or
+    rows, for ``"none"``) times ``W / D`` -- see the module docstring. Without an initialised process
+    group, W = 1 and D = the local divisor: the plain loss."""
+    inner = "none" if reduction == "none" else "sum"
+    loss = loss_fn(logits, target, weight, reduction=inner, ignore_index=ignore_index, **options)
+    group = process_group
+    size = world_size(group)
+    local = _local_divisor(logits, target, weight, reduction, ignore_index)
+    if local is None:
+        return loss * size if size != 1 else loss
+    total = _all_reduce_sum(local, group) if size > 1 else local
+    divisor = finish_divisor(reduction, total)
+    return loss * (size / divisor).to(loss.dtype)
+
+
+def broadcast_counts(counts: Optional[CountsLike], src: int = 0, group=None) -> Tensor:
+    """Whole-training-set class counts as float64 (C,), computed on rank ``src`` and sent to all.
+
+    Every other rank may pass ``None`` (or its own counts, which are replaced). Without an
+    initialised process group, the counts themselves.
+    """
+    if not is_distributed():
+        return as_counts(counts)
+    device = _collective_device(group)
+    if rank(group) == src:
+        values = as_counts(counts).to(device)
+        size = torch.tensor([values.numel()], dtype=torch.int64, device=device)
+    else:
+        values, size = None, torch.zeros(1, dtype=torch.int64, device=device)
+    dist.broadcast(size, src=_global_rank(src, group), group=group)
+    if values is None:
+        values = torch.empty(int(size.item()), dtype=torch.float64, device=device)
+    dist.broadcast(values, src=_global_rank(src, group), group=group)
+    return values.cpu()
+
+
+def check_counts_agree(counts: CountsLike, group=None) -> Tensor:
+    """Raise ``ValueError`` unless every rank holds the same class counts (they must come from the
+    whole training set, not a shard); returns them as float64 (C,)."""
+    values = as_counts(counts)
+    if not is_distributed():
+        return values
+    device = _collective_device(group)
+    mine = values.to(device)
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world_size(group))]
+    dist.all_gather(sizes, torch.tensor([mine.numel()], dtype=torch.int64, device=device), group=group)
+    if len({int(s.item()) for s in sizes}) != 1:
+        raise ValueError(f"class counts differ across ranks: numbers of classes {[int(s.item()) for s in sizes]}")
+    low, high = mine.clone(), mine.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN, group=group)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX, group=group)
+    if not torch.equal(low, high):
+        bad = torch.nonzero(low != high).flatten().tolist()
+        raise ValueError(f"class counts differ across ranks at class index {bad[:20]}: compute them from the "
+                         "whole training set on every rank (or use broadcast_counts), never from a shard")
+    return values
+
+
+def _collective_device(group) -> torch.device:
+    backend = dist.get_backend(group)
+    if backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _global_rank(group_rank: int, group) -> int:
+    if group is None:
+        return group_rank
+    return dist.get_global_rank(group, group_rank)
