@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
-# 0.8.5: the version of the peer table in DESIGN §6
+# 0.8.5: the version of the peer table in docs/design.md, "Performance model"
 LIGER_SPEC="${LIGER_SPEC:-liger-kernel==0.8.5}"
 mkdir -p gpu-wheels
 "$PY" -m pip download --no-deps --only-binary=:all: -d gpu-wheels "$LIGER_SPEC"

@@ -1,9 +1,11 @@
-"""cbbench's benchmark core: one timing core (:mod:`.timing`), the cases and their inputs
+"""cbbench's benchmark core: one timing core (:mod:`.timing`), the one case table and the inputs
 (:mod:`.cases`), the implementations compared (:mod:`.providers`), the bandwidth floor
-(:mod:`.bandwidth`), the environment record (:mod:`.records`), the speed runner (:mod:`.speed`,
-``python -m cbbench.bench.speed``), the accuracy runner over the long-tail harness (:mod:`.accuracy`)
-and the report writer (:mod:`.report`). The asv suite (``benchmarks/``), the pytest-benchmark
-micro-benchmarks (``benchmarks/micro/``) and ``cbbench bench`` all time through this package.
+(:mod:`.bandwidth`), operator counts (:mod:`.opcount`), the speed runner (:mod:`.speed`,
+``python -m cbbench.bench.speed``), the accuracy runner over the long-tail harness (:mod:`.accuracy`),
+the peers on the held test vectors (:mod:`.conformance`), the report writer (:mod:`.report`) and the
+asv regression gate (:mod:`.gate`). Records carry :func:`cbbench.provenance.environment`. The asv suite
+(``benchmarks/``), the pytest-benchmark micro-benchmarks (``benchmarks/micro/``) and ``cbbench bench``
+all time through this package. The harness does not import it.
 """
 from .bandwidth import copy_bandwidth_gbps, effective_gbps, floor_bytes, floor_ms
 from .cases import LOSSES, Case, make_inputs, suite

@@ -1,4 +1,5 @@
-"""The bandwidth floor of a fused loss and the device copy bandwidth it is compared with (DESIGN §6).
+"""The bandwidth floor of a fused loss and the device copy bandwidth it is compared with
+(docs/design.md, "Performance model").
 
 A fused forward+backward reads the logits once and writes their gradient once: ``2 N C s`` bytes for
 ``s``-byte elements, plus the targets (int64) and the class weights (float32). Forward only reads the

@@ -7,10 +7,11 @@ DECREASED". The CI test that proves it (tests/test_bench_gate.py) and the GPU wo
 Every quantity the asv suite records is lower-is-better (time, peak memory, import time, error), so
 the gate takes all of it by default (:data:`GATE_BENCH`). asv flags a benchmark when it is worse by more
 than the factor *and*, where it has samples (the speed and import times), significantly so
-(Mann-Whitney U, p < 0.002); values without samples (memory, error) by the factor alone. What the first
-run flags is measured again, alone, up to :data:`CONFIRM` times, and fails the gate only if every run
-flags it: on a shared machine one run in a few flags an unchanged commit by more than 15 %
-(README, "The regression gate, measured"), a real regression reproduces.
+(Mann-Whitney U, p < 0.002); values without samples (memory, error) by the factor alone. A timed
+benchmark the first run flags is measured again, alone, up to :data:`CONFIRM` times, and fails the gate
+only if every run flags it: on a busy shared machine a single run can flag an unchanged commit by more
+than 15 % (README, "The regression gate, measured"), a real regression reproduces. A value without
+samples fails on the first flag (it is deterministic or nearly so).
 
 ``--overlay``: asv's own environments build torch and every dependency per configuration and cbbench
 per commit (about a minute of compiling each). The overlay environment instead lets asv create its
@@ -35,7 +36,7 @@ import sys
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Set
 
 FACTOR = 1.15
 # re-runs of what the first run flags: a regression must reproduce in every run (see run_gate)
@@ -61,6 +62,8 @@ class AsvRun:
     output: str
     worse: Dict[str, float] = field(default_factory=dict)
     better: Dict[str, float] = field(default_factory=dict)
+    # marked rows whose values carry a spread ("1.2±0.1ms"): measured from samples, so noisy
+    sampled: Set[str] = field(default_factory=set)
 
     @property
     def decreased(self) -> bool:
@@ -84,14 +87,17 @@ def parse_output(returncode: int, output: str) -> AsvRun:
         except ValueError:
             ratio = float("nan")
         (run.better if cells[0] == "-" else run.worse)[cells[4]] = ratio
+        if "±" in cells[1] or "±" in cells[2]:
+            run.sampled.add(cells[4])
     return run
 
 
 @dataclass
 class GateResult:
     """The gate's verdict over its runs: the first ``asv continuous`` run over the whole selection,
-    then re-runs of only what it flagged. A benchmark fails the gate when every run flags it
-    (``confirmed``); a flag that a re-run does not reproduce was noise of the machine."""
+    then re-runs of only the sampled (timed) benchmarks it flagged. A timed benchmark fails the gate when
+    every run flags it; a flag that a re-run does not reproduce was noise of the machine. A value without
+    samples (an error rate, a memory peak) fails on the first run's flag. ``confirmed``: what fails."""
 
     runs: List[AsvRun]
     confirmed: Dict[str, float]
@@ -144,17 +150,20 @@ def run_asv(base: str, head: str, *, repo: str = ".", env: Optional[dict] = None
 
 def run_gate(base: str, head: str, *, bench: str = GATE_BENCH, confirm: int = CONFIRM, **options) -> GateResult:
     """The gate for ``base`` -> ``head``: ``asv continuous`` over ``bench``, then up to ``confirm``
-    re-runs of the benchmarks it flagged worse; fails on what every run flagged, or on an asv error.
-    ``options``: of :func:`run_asv` (repo, config, factor, machine, attributes, env, timeout, echo)."""
-    runs = [run_asv(base, head, bench=bench, **options)]
-    confirmed = dict(runs[0].worse)
+    re-runs of the timed benchmarks it flagged worse; fails on what every run flagged (values without
+    samples: on the first flag), or on an asv error. ``options``: of :func:`run_asv` (repo, config,
+    factor, machine, attributes, env, timeout, echo)."""
+    first = run_asv(base, head, bench=bench, **options)
+    runs = [first]
+    final = {name: ratio for name, ratio in first.worse.items() if name not in first.sampled}
+    timed = {name: ratio for name, ratio in first.worse.items() if name in first.sampled}
     for _ in range(confirm):
-        if not confirmed:
+        if not timed:
             break
-        again = run_asv(base, head, bench=exactly(confirmed), **options)
+        again = run_asv(base, head, bench=exactly(timed), **options)
         runs.append(again)
-        confirmed = {name: again.worse[name] for name in confirmed if name in again.worse}
-    return GateResult(runs, confirmed)
+        timed = {name: again.worse[name] for name in timed if name in again.worse}
+    return GateResult(runs, {**final, **timed})
 
 
 def register_machine(machine: str, *, repo: str = ".", config: str = "asv.conf.json", env: Optional[dict] = None):
@@ -177,6 +186,11 @@ def overlay_config(base_config, out_path, *, prebuilt_dir, python: str = sys.exe
     docstring): no requirements to install, and build/install/uninstall commands that run this file.
     ``python`` is the interpreter whose packages the benchmarks import and which builds the kernels."""
     conf = read_asv_config(base_config)
+    # asv reads these relative to the configuration's folder; the new one may live elsewhere
+    here = Path(base_config).resolve().parent
+    for key in ("repo", "benchmark_dir", "env_dir", "results_dir", "html_dir"):
+        if key in conf and not Path(conf[key]).is_absolute():
+            conf[key] = str(here / conf[key])
     site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
     script = Path(__file__).resolve()
@@ -192,17 +206,33 @@ def overlay_config(base_config, out_path, *, prebuilt_dir, python: str = sys.exe
     return out
 
 
-def kernel_fingerprint(tree) -> str:
-    """sha256 over the files the compiled extension is built from (:data:`KERNEL_INPUTS`)."""
-    tree = Path(tree)
-    digest = hashlib.sha256()
+def _kernel_sources(tree: Path) -> List[Path]:
+    """The files of :data:`KERNEL_INPUTS` under ``tree``: those git tracks in a checkout (generated files,
+    such as Cython's C++, are not sources), else all of them."""
+    listed = subprocess.run(["git", "-C", str(tree), "ls-files", "-z", "--", *KERNEL_INPUTS], capture_output=True)
+    if listed.returncode == 0 and listed.stdout:
+        return [tree / name for name in sorted(listed.stdout.decode().split("\0")) if name and (tree / name).is_file()]
+    files: List[Path] = []
     for name in KERNEL_INPUTS:
         path = tree / name
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for f in files:
-            if f.is_file():
-                digest.update(str(f.relative_to(tree)).encode() + b"\0" + f.read_bytes() + b"\0")
+        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    return files
+
+
+def kernel_fingerprint(tree) -> str:
+    """sha256 over the files the compiled extensions are built from (:data:`KERNEL_INPUTS`)."""
+    tree = Path(tree)
+    digest = hashlib.sha256()
+    for f in _kernel_sources(tree):
+        digest.update(str(f.relative_to(tree)).encode() + b"\0" + f.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
+
+
+def _store(stock: Path, built: List[Path]) -> None:
+    stock.mkdir(parents=True, exist_ok=True)
+    for ext in built:
+        shutil.copy2(ext, stock / ext.name)
+    (stock / "done").write_text("\n".join(p.name for p in built))
 
 
 def _extensions(package_dir: Path) -> List[Path]:
@@ -223,10 +253,7 @@ def overlay_build(build_dir, cache_dir, prebuilt_dir, python) -> Path:
         built = _extensions(build_dir / PACKAGE)
         if not built:
             raise SystemExit(f"overlay build: setup.py built no extension in {build_dir / PACKAGE}")
-        stock.mkdir(parents=True, exist_ok=True)
-        for ext in built:
-            shutil.copy2(ext, stock / ext.name)
-        (stock / "done").write_text("\n".join(p.name for p in built))
+        _store(stock, built)
     else:
         print(f"overlay build: reusing the kernels {stock} (same sources)", flush=True)
     target = cache_dir / PACKAGE
@@ -236,6 +263,21 @@ def overlay_build(build_dir, cache_dir, prebuilt_dir, python) -> Path:
     for name in (stock / "done").read_text().split():
         shutil.copy2(stock / name, target / name)
     return target
+
+
+def seed_prebuilt(prebuilt_dir, built_tree) -> Optional[Path]:
+    """Offer the compiled kernels of an already built checkout (``built_tree/cbbench/_*.so``, e.g. the
+    one this interpreter runs) to :func:`overlay_build`, under the fingerprint of that checkout's sources,
+    when every extension is newer than every kernel source (make's rule: built after the last change).
+    Commits with the same sources then compile nothing. Returns the stock folder, or ``None``."""
+    tree = Path(built_tree)
+    built = _extensions(tree / PACKAGE)
+    sources = _kernel_sources(tree)
+    if not built or not sources or min(p.stat().st_mtime for p in built) <= max(p.stat().st_mtime for p in sources):
+        return None
+    stock = Path(prebuilt_dir) / kernel_fingerprint(tree)
+    _store(stock, built)
+    return stock
 
 
 def _own_site() -> Path:

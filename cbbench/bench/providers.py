@@ -69,7 +69,8 @@ def eager_focal(z, y, w):
 EAGER: Dict[str, LossFn] = {"softmax": eager_softmax, "sigmoid": eager_sigmoid, "focal": eager_focal}
 
 
-def _installed(module: str) -> bool:
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported here (without importing it)."""
     return importlib.util.find_spec(module) is not None
 
 
@@ -139,9 +140,9 @@ class Provider:
                 return "Liger-Kernel has no class-weighted sigmoid/focal loss"
             if device.type != "cuda":
                 return "Liger-Kernel runs on CUDA only"
-            if not _installed("liger_kernel"):
+            if not installed("liger_kernel"):
                 return "liger-kernel not installed"
-        if self.name == "balanced_loss" and not _installed("balanced_loss"):
+        if self.name == "balanced_loss" and not installed("balanced_loss"):
             return "balanced-loss not installed (pip install balanced-loss)"
         return None
 

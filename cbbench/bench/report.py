@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from . import accuracy as acc
+from . import conformance
 from .cases import DTYPE_SHORT, LOSS_TITLES, LOSSES
 from .providers import IMPLEMENTATIONS
 from .speed import format_table, header_text, load_caution
@@ -149,9 +150,11 @@ def _rel(path, out_dir) -> str:
 
 def write_report(out_dir, *, speed: Sequence[dict] = (), accuracy_runs: Sequence[dict] = (),
                  weights_pngs: Sequence = (), notes: Sequence[str] = (), phases: Optional[Dict[str, float]] = None,
-                 command: str = "make bench", beta_runs: Sequence[dict] = ()) -> Path:
+                 command: str = "make bench", beta_runs: Sequence[dict] = (),
+                 held_vectors: Sequence = ()) -> Path:
     """Write PNGs and ``summary.md`` into ``out_dir`` from speed results (as returned by
-    :func:`cbbench.bench.speed.run_speed`, one per device), harness runs and the weights figures."""
+    :func:`cbbench.bench.speed.run_speed`, one per device), harness runs, the weights figures and the
+    implementations on the held test vectors (:func:`cbbench.bench.conformance.evaluate`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md: List[str] = ["# cbbench benchmark report", "",
@@ -180,6 +183,12 @@ def write_report(out_dir, *, speed: Sequence[dict] = (), accuracy_runs: Sequence
         png = plot_speed(result, out / f"speed_{device.replace(':', '')}.png")
         if png:
             md += [f"![speed vs bandwidth floor on {device}]({_rel(png, out)})", ""]
+
+    if held_vectors:
+        md += ["### Peers on the held test vectors", "",
+               "What each class-balanced loss implementation gives where ports commonly go wrong (the vectors of "
+               "cbbench's tests; `cbbench/bench/conformance.py`).", "",
+               conformance.format_table(list(held_vectors)), ""]
 
     md += ["## Accuracy", ""]
     summary = acc.summarize(accuracy_runs) if accuracy_runs else []

@@ -61,7 +61,7 @@ def _log(text: str) -> None:
 
 def run(args) -> int:
     from ..bench import accuracy as acc
-    from ..bench import report, speed
+    from ..bench import conformance, report, speed
 
     devices, train_device = _speed_devices(args.device)
     if args.threads is not None and args.threads < 1:
@@ -73,7 +73,7 @@ def run(args) -> int:
     notes, phases = [], {}
     began = time.perf_counter()
 
-    speed_results = []
+    speed_results, held_vectors = [], []
     if not args.skip_speed:
         for device in devices:
             t0 = time.perf_counter()
@@ -82,6 +82,7 @@ def run(args) -> int:
             speed.write_results(result, out / "speed" / device)
             speed_results.append(result)
             phases[f"speed {device}"] = time.perf_counter() - t0
+        held_vectors = conformance.evaluate()
 
     runs, beta_runs = [], []
     if not args.skip_accuracy:
@@ -108,7 +109,7 @@ def run(args) -> int:
 
     path = report.write_report(out, speed=speed_results, accuracy_runs=runs, weights_pngs=weights_pngs,
                                notes=notes, phases=phases, command="cbbench bench " + " ".join(sys.argv[2:]),
-                               beta_runs=beta_runs)
+                               beta_runs=beta_runs, held_vectors=held_vectors)
     for result in speed_results:
         print(speed.header_text(result))
         print(speed.format_table(result))

@@ -14,7 +14,7 @@ from ..weights import as_counts, class_weights, effective_number
 from .lists import parse_list
 
 DEFAULT_BETAS = (0.9, 0.99, 0.999, 0.9999)
-# CIFAR-10-LT, imbalance factor 100 (DESIGN §2): int(5000 * 0.01 ** (i / 9))
+# CIFAR-10-LT, imbalance factor 100 (docs/design.md, "Math": long-tailed subsets): int(5000 * 0.01 ** (i / 9))
 DEFAULT_COUNTS = "5000,2997,1796,1077,645,387,232,139,83,50"
 
 
