@@ -207,6 +207,16 @@ cdef _reduced(double total, double divisor, dtype):
     return out
 
 
+cdef tuple _outputs(logits, int64_t m, int red, bint need_grad):
+    """The row losses' buffer ("none" only) and the gradient (with need_grad), uninitialised."""
+    return (torch.empty(m, dtype=logits.dtype) if red == CB_RED_NONE else None,
+            torch.empty_like(logits) if need_grad else None)
+
+
+cdef uintptr_t _ptr_or_null(t):
+    return _ptr(t) if t is not None else 0
+
+
 cdef double* _chunk_buffer(int64_t M, int64_t C) except NULL:
     cdef double* buf = cb_chunk_buffer(M, cb_chunk_rows(C))
     if buf == NULL:
@@ -235,10 +245,8 @@ def softmax_ce(logits, target, weight, logit_offset, target_margin, double scale
     if bad >= 0:
         raise _bad_target_error(y[bad], c, ignore_index)
     dtype = logits.dtype
-    loss_rows = torch.empty(m, dtype=dtype) if red == CB_RED_NONE else None
-    grad = torch.empty_like(logits) if need_grad else None
-    cdef uintptr_t zp = _ptr(logits), lp = _ptr(loss_rows) if loss_rows is not None else 0
-    cdef uintptr_t gp = _ptr(grad) if grad is not None else 0
+    loss_rows, grad = _outputs(logits, m, red, need_grad)
+    cdef uintptr_t zp = _ptr(logits), lp = _ptr_or_null(loss_rows), gp = _ptr_or_null(grad)
     cdef int nt = cb_loss_threads(m, c, torch.get_num_threads()), isa = _isa
     cdef double total = 0.0
     cdef bint f32 = dtype is _f32
@@ -287,10 +295,8 @@ def sigmoid_focal(logits, target, weight, double gamma, double alpha, int64_t ig
         if bad >= 0:
             raise _bad_target_error((<const int64_t*> tp)[bad], c, ignore_index)
     dtype = logits.dtype
-    loss_rows = torch.empty(m, dtype=dtype) if red == CB_RED_NONE else None
-    grad = torch.empty_like(logits) if need_grad else None
-    cdef uintptr_t zp = _ptr(logits), lp = _ptr(loss_rows) if loss_rows is not None else 0
-    cdef uintptr_t gp = _ptr(grad) if grad is not None else 0
+    loss_rows, grad = _outputs(logits, m, red, need_grad)
+    cdef uintptr_t zp = _ptr(logits), lp = _ptr_or_null(loss_rows), gp = _ptr_or_null(grad)
     cdef uintptr_t yp = 0 if multi_hot else tp, hp = tp if multi_hot else 0
     cdef int nt = cb_loss_threads(m, c, torch.get_num_threads()), isa = _isa
     cdef double total = 0.0
