@@ -5,7 +5,7 @@ float32 (float64 stays float64, where it is exact to rounding) and gets its grad
 Every fused kernel is tested against this file, and this file against ``torch.nn.functional`` and the
 paper's formulas.
 
-Conventions (docs/design.md, "The math" and "Public API"):
+Conventions (docs/design.md, "Math" and "Conventions"):
 
 * ``logits`` is (N, C) or (N, C, d1, ...); integer ``target`` is (N,) or (N, d1, ...).
 * softmax: ``loss_i = w_{y_i} * [(1 - eps) * (lse(z') - z'_{y_i}) + eps * mean_j (lse(z') - z'_j)]`` with
