@@ -14,9 +14,8 @@
 // ignored rows 0, targets outside [0, C) NaN. Special values follow IEEE arithmetic on that formula:
 // a -inf logit (a masked class) has probability 0 and a finite loss unless it is the target (+inf) or
 // eps > 0 (+inf: the mean of z' is -inf); a row with a NaN or +inf adjusted logit, or with every
-// logit -inf, has a NaN loss and gradient. (The reference computes the same loss but multiplies the
-// one-hot target by log-probabilities, so its -inf * 0 turns a masked class into a NaN loss; its
-// gradient and the CPU kernel agree with the values here.)
+// logit -inf, has a NaN loss and gradient (as the reference and the CPU kernels: a masked class is a
+// class of probability 0, not a NaN).
 //
 // Inputs are adversarial: -inf / +inf / NaN at every position of small rows and at every position of
 // several threads' shares (first, middle, last threads of the first and last chunk, each chunk's first
