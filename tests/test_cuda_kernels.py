@@ -10,19 +10,11 @@ import torch
 
 from cbbench import functional as F
 from cbbench import ops
+from cuda_support import CUDA_MARKS
 from cbbench import reference as R
 
 
-def _skip_reason():
-    if not (torch.version.cuda and torch.cuda.is_available()):
-        return "needs a CUDA device (torch.cuda.is_available() is False)"
-    if ops.kernel_module("cuda") is None:
-        return f"cbbench._cuda is not built ({ops.kernel_status('cuda')})"
-    return None
-
-
-_REASON = _skip_reason()
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
+pytestmark = CUDA_MARKS
 
 DEV = "cuda"
 FLOATS = [torch.float32, torch.float16, torch.bfloat16]

@@ -26,21 +26,13 @@ import torch
 
 from cbbench import functional as F
 from cbbench import ops
+from cuda_support import CUDA_MARKS
 
 ROOT = Path(__file__).resolve().parents[1]
 SANITIZER_CASES = ROOT / "scripts" / "sanitizer_cases.py"
 
 
-def _skip_reason():
-    if not (torch.version.cuda and torch.cuda.is_available()):
-        return "needs a CUDA device (torch.cuda.is_available() is False)"
-    if ops.kernel_module("cuda") is None:
-        return f"cbbench._cuda is not built ({ops.kernel_status('cuda')})"
-    return None
-
-
-_REASON = _skip_reason()
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
+pytestmark = CUDA_MARKS
 
 DEV = "cuda"
 TOL = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 2e-2, torch.float64: 1e-10}

@@ -247,7 +247,10 @@ std::string softmax_plan(int64_t classes, const Tensor& like) {
   TORCH_CHECK(like.is_cuda(), "cbbench._cuda.softmax_plan: `like` must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(like.device());  // the plan (and its cached queries) are per device
   char buf[64];
-  cb::softmax_ce_plan(classes, kernel_dtype(like, "cbbench._cuda.softmax_plan"), like.get_device(), buf, sizeof(buf));
+  const int device = like.get_device();
+  // device queries (cached) are made on the stream a launch would use, never inside its capture
+  cb::softmax_ce_plan(classes, kernel_dtype(like, "cbbench._cuda.softmax_plan"), device, buf, sizeof(buf),
+                      c10::cuda::getCurrentCUDAStream(device).stream());
   return std::string(buf);
 }
 
