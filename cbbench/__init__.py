@@ -4,8 +4,8 @@ reference, and a benchmark suite for speed and long-tail accuracy.
 Importing cbbench never initialises CUDA and never fails because a compiled kernel is missing.
 """
 from . import functional, nn, ops, reference
-from .nn import (BalancedSoftmaxLoss, ClassBalancedLoss, LDAMLoss, LogitAdjustedLoss, SigmoidCrossEntropyLoss,
-                 SigmoidFocalLoss, SoftmaxCrossEntropyLoss)
+from .nn import (BalancedSoftmaxLoss, ClassBalancedLinearLoss, ClassBalancedLoss, LDAMLoss, LogitAdjustedLoss,
+                 SigmoidCrossEntropyLoss, SigmoidFocalLoss, SoftmaxCrossEntropyLoss)
 from .weights import class_balanced_weights, class_weights, effective_number, ldam_margins, log_prior
 
 __version__ = "0.1.0"
@@ -21,6 +21,7 @@ __all__ = [
     "log_prior",
     "ldam_margins",
     "ClassBalancedLoss",
+    "ClassBalancedLinearLoss",
     "SoftmaxCrossEntropyLoss",
     "SigmoidCrossEntropyLoss",
     "SigmoidFocalLoss",

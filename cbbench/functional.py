@@ -296,3 +296,237 @@ def sigmoid_focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] 
                                         alpha=alpha, backend=backend)
     return _sigmoid_family("sigmoid_focal_loss", logits, target, weight, gamma=gamma, alpha=alpha,
                            reduction=reduction, ignore_index=ignore_index, backend=backend)
+
+
+# ----------------------------------------------------------------------------------------------
+# classifier head + loss, chunked over rows (cbbench/linear.py): the (M, C) logits never exist
+# ----------------------------------------------------------------------------------------------
+from . import linear as _linear  # noqa: E402  (imports cbbench.ops and cbbench.distributed, never this module)
+
+__all__ += ["linear_softmax_cross_entropy", "linear_sigmoid_cross_entropy", "linear_sigmoid_focal_loss"]
+
+
+def _check_linear(hidden, linear_weight, linear_bias, fn: str):
+    """``hidden`` (*, H), ``linear_weight`` (C, H), ``linear_bias`` (C,) or ``None``, one dtype and
+    device; returns the rows (M, H) and a stand-in for the (M, C) logits (their shape, dtype and
+    device, no memory) for the loss checks above."""
+    for t, name in ((hidden, "hidden"), (linear_weight, "linear_weight")):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{fn}: {name} must be a floating-point tensor, got dtype {t.dtype}")
+    if hidden.dim() < 1:
+        raise ValueError(f"{fn}: hidden must have shape (*, H), got a 0-dim tensor")
+    if linear_weight.dim() != 2 or linear_weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"{fn}: linear_weight must have shape (C, H) with H = hidden.shape[-1] = {hidden.shape[-1]}, "
+                         f"got {tuple(linear_weight.shape)}")
+    if linear_weight.shape[0] == 0:
+        raise ValueError(f"{fn}: linear_weight must have at least one class (C >= 1), got {tuple(linear_weight.shape)}")
+    others = [(linear_weight, "linear_weight")]
+    if linear_bias is not None:
+        if not isinstance(linear_bias, torch.Tensor):
+            raise TypeError(f"{fn}: linear_bias must be a torch.Tensor or None, got {type(linear_bias).__name__}")
+        if tuple(linear_bias.shape) != (linear_weight.shape[0],):
+            raise ValueError(f"{fn}: linear_bias must have shape ({linear_weight.shape[0]},), got "
+                             f"{tuple(linear_bias.shape)}")
+        others.append((linear_bias, "linear_bias"))
+    for t, name in others:
+        if t.dtype != hidden.dtype:
+            raise TypeError(f"{fn}: {name} has dtype {t.dtype} but hidden has {hidden.dtype}")
+        if t.device != hidden.device:
+            raise ValueError(f"{fn}: {name} is on {t.device} but hidden is on {hidden.device}")
+    rows_h = hidden.reshape(-1, hidden.shape[-1])
+    stand_in = hidden.new_empty(()).expand(rows_h.shape[0], linear_weight.shape[0])
+    return rows_h, stand_in
+
+
+def _check_chunking(chunk_size, memory_budget, fn: str):
+    if chunk_size is not None:
+        chunk_size = _check_index(chunk_size, "chunk_size", fn)
+        if chunk_size < 1:
+            raise ValueError(f"{fn}: chunk_size must be >= 1 (rows per chunk), got {chunk_size}")
+    if memory_budget is not None:
+        memory_budget = _check_index(memory_budget, "memory_budget", fn)
+        if memory_budget < 1:
+            raise ValueError(f"{fn}: memory_budget must be >= 1 (bytes per chunk), got {memory_budget}")
+    return chunk_size, memory_budget
+
+
+def _linear_target(hidden: Tensor, target, num_classes: int, stand_in: Tensor, fn: str, *, multi_hot_ok: bool):
+    """Class indices of ``hidden``'s leading shape, flattened to (M,); or (sigmoid family) a float
+    multi-hot target of shape (*, C), flattened to (M, C)."""
+    lead = tuple(hidden.shape[:-1])
+    if multi_hot_ok and isinstance(target, torch.Tensor) and target.is_floating_point():
+        if tuple(target.shape) != lead + (num_classes,):
+            raise ValueError(f"{fn}: a floating-point (multi-hot) target must have shape {lead + (num_classes,)} "
+                             f"(hidden's leading shape and C), got {tuple(target.shape)}; integer targets are "
+                             "class indices")
+        _check_same_device(target, "target", stand_in, fn)
+        return target.reshape(-1, num_classes)
+    if isinstance(target, torch.Tensor) and tuple(target.shape) != lead:
+        raise ValueError(f"{fn}: target shape {tuple(target.shape)} does not match hidden shape "
+                         f"{tuple(hidden.shape)}; expected {lead}")
+    return _check_class_indices(stand_in, target.reshape(-1) if isinstance(target, torch.Tensor) else target, fn)
+
+
+def _linear_takes_reference(backend: str, stand_in: Tensor, *others: Optional[Tensor]) -> bool:
+    """:func:`_takes_reference`, and also under forward-mode AD and ``torch.compile`` (the chunked
+    head has no jvp and is not a registered op): there ``linear`` + the loss run instead."""
+    return (_takes_reference(backend, stand_in, *others) or ops.forward_ad_active()
+            or torch.compiler.is_compiling())
+
+
+def _linear_call(fused, args, hidden: Tensor, rows_h: Tensor, linear_weight: Tensor, linear_bias, chunk_size,
+                 memory_budget, fn: str) -> Tensor:
+    plan = _linear.make_plan(fused, args, rows_h, linear_weight, chunk_size=chunk_size, memory_budget=memory_budget)
+    try:
+        loss = _linear.linear_loss(plan, rows_h, linear_weight, linear_bias)
+    except ValueError as exc:  # the CPU kernels' target range check, named after the public function
+        if str(exc).startswith("target value"):
+            raise ValueError(f"{fn}: {exc}") from None
+        raise
+    return _linear_finish(loss, hidden, args.reduction)
+
+
+def _linear_unfused(loss_fn, hidden: Tensor, rows_h: Tensor, linear_weight: Tensor, linear_bias, target: Tensor,
+                    weight, reduction: str, **options) -> Tensor:
+    """``linear`` then the loss, on rows (the logits of (*, H) hidden are (*, C), not (N, C, d1, ...))."""
+    logits = torch.nn.functional.linear(rows_h, linear_weight, linear_bias)
+    loss = loss_fn(logits, target, weight, reduction=reduction, **options)
+    return _linear_finish(loss, hidden, reduction)
+
+
+def _linear_finish(loss: Tensor, hidden: Tensor, reduction: str) -> Tensor:
+    """Per-row losses of ``"none"`` in ``hidden``'s leading shape (already so for 2-D hidden)."""
+    if reduction != "none" or hidden.dim() == 2:
+        return loss
+    return loss.reshape(hidden.shape[:-1])
+
+
+def _linear_synchronised(public_fn, hidden, linear_weight, target, weight, *, linear_bias, reduction, ignore_index,
+                         process_group, fn: str, **options) -> Tensor:
+    """``sync_normalizer=True`` for a head: :func:`cbbench.distributed.synchronised` over the stand-in
+    logits (it needs their device and the flat target only)."""
+    _, stand_in = _check_linear(hidden, linear_weight, linear_bias, fn)
+    flat = target  # not a tensor: the loss below raises the error before the divisor is needed
+    if isinstance(target, torch.Tensor):
+        flat = target.reshape(-1, linear_weight.shape[0]) if target.is_floating_point() else target.reshape(-1)
+
+    def local(_logits, _target, w, **kw):
+        return public_fn(hidden, linear_weight, target, w, linear_bias=linear_bias, **kw)
+
+    return distributed.synchronised(local, stand_in, flat, weight, reduction=reduction, ignore_index=ignore_index,
+                                    process_group=process_group, **options)
+
+
+def linear_softmax_cross_entropy(hidden: Tensor, linear_weight: Tensor, target: Tensor,
+                                 weight: Optional[Tensor] = None, *, linear_bias: Optional[Tensor] = None,
+                                 reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0,
+                                 logit_offset: Optional[Tensor] = None, target_margin: Optional[Tensor] = None,
+                                 scale: float = 1.0, chunk_size: Optional[int] = None,
+                                 memory_budget: Optional[int] = None, backend: str = "auto",
+                                 sync_normalizer: bool = False, process_group=None) -> Tensor:
+    """:func:`softmax_cross_entropy` of the logits ``hidden @ linear_weight.T + linear_bias``, without
+    materialising them: the rows run in chunks (``cbbench/linear.py``), each chunk's logits are
+    computed, turned into loss and gradient by the fused kernel and multiplied straight back into the
+    gradients of ``hidden``, ``linear_weight`` and ``linear_bias``.
+
+    ``hidden`` (*, H), ``linear_weight`` (C, H), ``linear_bias`` (C,) or ``None``, ``target`` of
+    ``hidden``'s leading shape; every other argument as in :func:`softmax_cross_entropy` (``"none"``
+    returns the leading shape). ``chunk_size`` (rows) or ``memory_budget`` (bytes of one chunk's
+    logits and gradient) choose the chunks; by default a chunk's logits are 1/16 of the whole, its logits
+    and gradient together between 16 and 64 MiB (:func:`cbbench.linear.chunk_rows`). ``torch.func``, forward-mode AD, ``torch.compile``,
+    learnable ``weight`` / ``logit_offset`` / ``target_margin`` and ``backend="reference"`` take plain
+    ``linear`` + :func:`softmax_cross_entropy` (logits materialised), as do higher-order gradients.
+    """
+    fn = "linear_softmax_cross_entropy"
+    if sync_normalizer:
+        return _linear_synchronised(
+            linear_softmax_cross_entropy, hidden, linear_weight, target, weight, linear_bias=linear_bias,
+            reduction=reduction, ignore_index=ignore_index, process_group=process_group, fn=fn,
+            label_smoothing=label_smoothing, logit_offset=logit_offset, target_margin=target_margin, scale=scale,
+            chunk_size=chunk_size, memory_budget=memory_budget, backend=backend)
+    rows_h, stand_in = _check_linear(hidden, linear_weight, linear_bias, fn)
+    _check_reduction(reduction, fn)
+    ignore_index = _check_index(ignore_index, "ignore_index", fn)
+    label_smoothing = _check_real(label_smoothing, "label_smoothing", fn, low=0.0, high=1.0)
+    scale = _check_real(scale, "scale", fn, low=0.0, low_open=True)
+    chunk_size, memory_budget = _check_chunking(chunk_size, memory_budget, fn)
+    target = _linear_target(hidden, target, linear_weight.shape[0], stand_in, fn, multi_hot_ok=False)
+    weight = _check_class_vector(weight, "weight", stand_in, fn)
+    logit_offset = _check_class_vector(logit_offset, "logit_offset", stand_in, fn)
+    target_margin = _check_class_vector(target_margin, "target_margin", stand_in, fn)
+    _check_target_range(stand_in, target, ignore_index, fn)
+
+    if _linear_takes_reference(backend, stand_in, weight, logit_offset, target_margin):
+        return _linear_unfused(softmax_cross_entropy, hidden, rows_h, linear_weight, linear_bias, target, weight,
+                               reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                               logit_offset=logit_offset, target_margin=target_margin, scale=scale, backend=backend)
+    args = ops.SoftmaxArgs(None, target, _fused_vector(weight), _fused_vector(logit_offset),
+                           _fused_vector(target_margin), scale, label_smoothing, ignore_index, reduction, False)
+    return _linear_call(ops.SOFTMAX_CROSS_ENTROPY, args, hidden, rows_h, linear_weight, linear_bias, chunk_size,
+                        memory_budget, fn)
+
+
+def _linear_sigmoid_family(fn: str, hidden: Tensor, linear_weight: Tensor, target: Tensor, weight: Optional[Tensor], *,
+                           linear_bias, gamma: Optional[float], alpha: Optional[float], reduction: str,
+                           ignore_index: int, chunk_size, memory_budget, backend: str) -> Tensor:
+    rows_h, stand_in = _check_linear(hidden, linear_weight, linear_bias, fn)
+    _check_reduction(reduction, fn)
+    ignore_index = _check_index(ignore_index, "ignore_index", fn)
+    if gamma is not None:
+        gamma = _check_real(gamma, "gamma", fn, low=0.0)
+    if alpha is not None:
+        alpha = _check_real(alpha, "alpha", fn, low=0.0, high=1.0)
+    chunk_size, memory_budget = _check_chunking(chunk_size, memory_budget, fn)
+    target = _linear_target(hidden, target, linear_weight.shape[0], stand_in, fn, multi_hot_ok=True)
+    weight = _check_class_vector(weight, "weight", stand_in, fn)
+    if not target.is_floating_point():
+        _check_target_range(stand_in, target, ignore_index, fn)
+
+    if _linear_takes_reference(backend, stand_in, weight, target):
+        loss_fn = sigmoid_cross_entropy if gamma is None else sigmoid_focal_loss
+        extra = {} if gamma is None else {"gamma": gamma, "alpha": alpha}
+        return _linear_unfused(loss_fn, hidden, rows_h, linear_weight, linear_bias, target, weight, reduction,
+                               ignore_index=ignore_index, backend=backend, **extra)
+    args = ops.SigmoidFocalArgs(None, target, _fused_vector(weight), gamma or 0.0, -1.0 if alpha is None else alpha,
+                                ignore_index, gamma is not None, reduction, False)
+    return _linear_call(ops.SIGMOID_FOCAL, args, hidden, rows_h, linear_weight, linear_bias, chunk_size, memory_budget,
+                        fn)
+
+
+def linear_sigmoid_cross_entropy(hidden: Tensor, linear_weight: Tensor, target: Tensor,
+                                 weight: Optional[Tensor] = None, *, linear_bias: Optional[Tensor] = None,
+                                 reduction: str = "mean", ignore_index: int = -100, chunk_size: Optional[int] = None,
+                                 memory_budget: Optional[int] = None, backend: str = "auto",
+                                 sync_normalizer: bool = False, process_group=None) -> Tensor:
+    """:func:`sigmoid_cross_entropy` of ``hidden @ linear_weight.T + linear_bias`` without the logits;
+    the head's arguments and the chunking as in :func:`linear_softmax_cross_entropy`. A float target
+    of shape (*, C) is multi-hot (``weight`` per column)."""
+    fn = "linear_sigmoid_cross_entropy"
+    if sync_normalizer:
+        return _linear_synchronised(
+            linear_sigmoid_cross_entropy, hidden, linear_weight, target, weight, linear_bias=linear_bias,
+            reduction=reduction, ignore_index=ignore_index, process_group=process_group, fn=fn,
+            chunk_size=chunk_size, memory_budget=memory_budget, backend=backend)
+    return _linear_sigmoid_family(fn, hidden, linear_weight, target, weight, linear_bias=linear_bias, gamma=None,
+                                  alpha=None, reduction=reduction, ignore_index=ignore_index, chunk_size=chunk_size,
+                                  memory_budget=memory_budget, backend=backend)
+
+
+def linear_sigmoid_focal_loss(hidden: Tensor, linear_weight: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+                              *, linear_bias: Optional[Tensor] = None, gamma: float = 2.0,
+                              alpha: Optional[float] = None, reduction: str = "mean", ignore_index: int = -100,
+                              chunk_size: Optional[int] = None, memory_budget: Optional[int] = None,
+                              backend: str = "auto", sync_normalizer: bool = False, process_group=None) -> Tensor:
+    """:func:`sigmoid_focal_loss` of ``hidden @ linear_weight.T + linear_bias`` without the logits;
+    the head's arguments and the chunking as in :func:`linear_softmax_cross_entropy`."""
+    fn = "linear_sigmoid_focal_loss"
+    if sync_normalizer:
+        return _linear_synchronised(
+            linear_sigmoid_focal_loss, hidden, linear_weight, target, weight, linear_bias=linear_bias,
+            reduction=reduction, ignore_index=ignore_index, process_group=process_group, fn=fn, gamma=gamma,
+            alpha=alpha, chunk_size=chunk_size, memory_budget=memory_budget, backend=backend)
+    return _linear_sigmoid_family(fn, hidden, linear_weight, target, weight, linear_bias=linear_bias, gamma=gamma,
+                                  alpha=alpha, reduction=reduction, ignore_index=ignore_index, chunk_size=chunk_size,
+                                  memory_budget=memory_budget, backend=backend)

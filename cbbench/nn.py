@@ -190,3 +190,61 @@ class LDAMLoss(_CountsSoftmaxLoss):
         super().__init__(weight, reduction=reduction, ignore_index=ignore_index,
                          target_margin=ldam_margins(samples_per_class, max_margin), scale=scale, backend=backend,
                          sync_normalizer=sync_normalizer, process_group=process_group)
+
+
+class ClassBalancedLinearLoss(nn.Module):
+    """A classifier head (``in_features`` -> C) trained with a class-balanced loss, fused so that the
+    (N, C) logits never exist: ``forward(hidden, target)`` is the loss of ``self.linear(hidden)``,
+    computed by :func:`cbbench.functional.linear_softmax_cross_entropy` (``loss_type="softmax"``),
+    :func:`~cbbench.functional.linear_sigmoid_cross_entropy` (``"sigmoid"``) or
+    :func:`~cbbench.functional.linear_sigmoid_focal_loss` (``"focal"``) in row chunks.
+
+    ``self.linear`` is an ordinary ``nn.Linear`` (use it for predictions: ``module.linear(hidden)``);
+    the class-balanced weights are the buffer ``weight``, as in :class:`ClassBalancedLoss`. For the
+    sigmoid and focal losses the bias starts at ``-log(C - 1)`` (Cui et al.: every class starts at
+    prior 1/C instead of 1/2). ``chunk_size`` / ``memory_budget``: see
+    :func:`~cbbench.functional.linear_softmax_cross_entropy`.
+    """
+
+    def __init__(self, in_features: int, samples_per_class: CountsLike, beta: float = 0.9999,
+                 loss_type: str = "softmax", gamma: float = 2.0, *, bias: bool = True, reduction: str = "mean",
+                 empty: str = "raise", ignore_index: int = -100, chunk_size: Optional[int] = None,
+                 memory_budget: Optional[int] = None, backend: str = "auto", sync_normalizer: bool = False,
+                 process_group=None, device=None, dtype=None):
+        super().__init__()
+        self.loss = ClassBalancedLoss(samples_per_class, beta, loss_type, gamma, reduction=reduction, empty=empty,
+                                      backend=backend, ignore_index=ignore_index, sync_normalizer=sync_normalizer,
+                                      process_group=process_group)
+        num_classes = self.loss.weight.numel()
+        self.linear = nn.Linear(in_features, num_classes, bias=bias, device=device, dtype=dtype)
+        if bias and loss_type != "softmax" and num_classes > 1:
+            with torch.no_grad():
+                self.linear.bias.fill_(-math.log(num_classes - 1))
+        self.chunk_size = chunk_size
+        self.memory_budget = memory_budget
+
+    @property
+    def weight(self) -> Tensor:
+        """The class-balanced weights (C,) (the buffer of ``self.loss``)."""
+        return self.loss.weight
+
+    def set_weight(self, weight: Tensor) -> None:
+        """Replace the class weights in place (see :meth:`ClassBalancedLoss.set_weight`)."""
+        self.loss.set_weight(weight)
+
+    def forward(self, hidden: Tensor, target: Tensor) -> Tensor:
+        loss = self.loss
+        options = dict(linear_bias=self.linear.bias, reduction=loss.reduction, ignore_index=loss.ignore_index,
+                       chunk_size=self.chunk_size, memory_budget=self.memory_budget, backend=loss.backend,
+                       sync_normalizer=loss.sync_normalizer, process_group=loss.process_group)
+        if loss.loss_type == "softmax":
+            return F.linear_softmax_cross_entropy(hidden, self.linear.weight, target, loss.weight, **options)
+        if loss.loss_type == "sigmoid":
+            return F.linear_sigmoid_cross_entropy(hidden, self.linear.weight, target, loss.weight, **options)
+        return F.linear_sigmoid_focal_loss(hidden, self.linear.weight, target, loss.weight, gamma=loss.gamma, **options)
+
+    def extra_repr(self) -> str:
+        return f"chunk_size={self.chunk_size}, memory_budget={self.memory_budget}"
+
+
+__all__.append("ClassBalancedLinearLoss")

@@ -197,3 +197,110 @@ def make_inputs(case: Case, seed: int = 0) -> Inputs:
     target = torch.randint(0, case.c, (case.n,), generator=gen).to(device)
     weight = class_balanced_weights(long_tail_counts(case.c), CB_BETA).to(device=device, dtype=torch.float32)
     return Inputs(logits.requires_grad_(True), target, weight)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fused classifier heads (cbbench/bench/linear.py, benchmarks/bench_linear.py): hidden (N, H), C classes,
+# "NxHxC". "full" holds the shapes of the issue's targets (N 8192, H 1024, C 32000 and iNaturalist's
+# C 8142), "quick" the same comparisons at a size a test run affords, "asv" the asv tracks.
+# ----------------------------------------------------------------------------------------------
+HEAD_SETS = ("quick", "full", "asv")
+HEAD_TABLE: Tuple[Tuple[str, str, str, str, str], ...] = (
+    # loss, NxHxC, dtype, device, sets
+    ("softmax", "8192x1024x32000", "float32", "cpu", "full"),
+    ("sigmoid", "8192x1024x32000", "float32", "cpu", "full"),
+    ("focal", "8192x1024x32000", "float32", "cpu", "full"),
+    ("softmax", "8192x1024x8142", "float32", "cpu", "full asv"),
+    ("focal", "8192x1024x8142", "float32", "cpu", "full"),
+    ("softmax", "2048x512x8142", "float32", "cpu", "quick asv"),
+    ("focal", "2048x512x8142", "float32", "cpu", "quick asv"),
+    ("softmax", "1024x256x32000", "float32", "cpu", "quick"),
+    ("softmax", "16384x4096x131072", "bfloat16", "cuda", "quick full asv"),
+    ("softmax", "8192x1024x32000", "float32", "cuda", "quick full asv"),
+    ("focal", "8192x1024x32000", "bfloat16", "cuda", "full asv"),
+)
+
+
+@dataclass(frozen=True)
+class HeadCase:
+    loss: str
+    n: int
+    h: int
+    c: int
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    @property
+    def shape(self) -> str:
+        return f"{self.n}x{self.h}x{self.c}"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def logits_bytes(self) -> int:
+        """What the (N, C) logits would take (their gradient takes as much again)."""
+        return self.n * self.c * torch.empty((), dtype=self.torch_dtype).element_size()
+
+    def label(self) -> str:
+        return f"{self.loss} {self.shape} {DTYPE_SHORT[self.dtype]} {self.device}"
+
+
+def parse_head_shape(text: str) -> Tuple[int, int, int]:
+    """``"8192x1024x32000"`` -> ``(8192, 1024, 32000)``."""
+    try:
+        n, h, c = (int(part) for part in text.lower().split("x"))
+    except ValueError as exc:
+        raise ValueError(f"shape must look like NxHxC (e.g. 8192x1024x32000), got {text!r}") from exc
+    if n < 0 or h < 1 or c < 1:
+        raise ValueError(f"shape must have N >= 0, H >= 1 and C >= 1, got {text!r}")
+    return n, h, c
+
+
+def head_suite(device: str, set_name: str, losses=LOSSES) -> List[HeadCase]:
+    """The head cases of ``device`` in one of :data:`HEAD_SETS`, in the table's order."""
+    if set_name not in HEAD_SETS:
+        raise ValueError(f"set_name must be one of {HEAD_SETS}, got {set_name!r}")
+    return [HeadCase(loss, *parse_head_shape(shape), dtype, dev) for loss, shape, dtype, dev, sets in HEAD_TABLE
+            if dev == device and loss in losses and set_name in sets.split()]
+
+
+def head_case_id(case: HeadCase) -> str:
+    """``"softmax 8192x1024x32000 fp32"`` (the device is the benchmark class's)."""
+    return f"{case.loss} {case.shape} {DTYPE_SHORT[case.dtype]}"
+
+
+def parse_head_case_id(text: str, device: str) -> HeadCase:
+    """Inverse of :func:`head_case_id` on ``device``."""
+    names = {short: name for name, short in DTYPE_SHORT.items()}
+    parts = text.split()
+    if len(parts) != 3 or parts[0] not in LOSSES or parts[2] not in names:
+        raise ValueError(f"case must look like '<loss> NxHxC fp32|bf16|fp16|fp64', got {text!r}")
+    return HeadCase(parts[0], *parse_head_shape(parts[1]), names[parts[2]], device)
+
+
+@dataclass
+class HeadInputs:
+    hidden: torch.Tensor         # (N, H) leaf, requires grad
+    linear_weight: torch.Tensor  # (C, H) leaf, requires grad
+    linear_bias: torch.Tensor    # (C,) leaf, requires grad
+    target: torch.Tensor         # (N,) int64
+    weight: torch.Tensor         # (C,) float32 class-balanced weights
+
+
+def make_head_inputs(case: HeadCase, seed: int = 0) -> HeadInputs:
+    """Random features (std 1), a classifier of ``nn.Linear``'s scale (logits of std ~1), uniform
+    targets and the class-balanced weights of :func:`make_inputs`, on the case's device."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    device, dtype = torch.device(case.device), case.torch_dtype
+
+    def leaf(*shape, std):
+        return (std * torch.randn(*shape, generator=gen)).to(device=device, dtype=dtype).requires_grad_(True)
+
+    hidden = leaf(case.n, case.h, std=1.0)
+    linear_weight = leaf(case.c, case.h, std=case.h ** -0.5)
+    linear_bias = leaf(case.c, std=0.1)
+    target = torch.randint(0, case.c, (case.n,), generator=gen).to(device)
+    weight = class_balanced_weights(long_tail_counts(case.c), CB_BETA).to(device=device, dtype=torch.float32)
+    return HeadInputs(hidden, linear_weight, linear_bias, target, weight)

@@ -1,0 +1,238 @@
+"""A classifier head fused with a cbbench loss: ``loss(hidden @ W.T + b, target)`` without the (M, C) logits.
+
+For large class counts the logits and their gradient dominate memory (M = 8192, C = 32000 in float32:
+1 GB each). Here the rows are processed in chunks; for each chunk
+
+1. ``z = b + h_chunk @ W.T`` on the device's BLAS (only this chunk of logits exists),
+2. the fused row kernel of :mod:`cbbench.ops` (Cython on the CPU, CUDA on the GPU) writes the chunk's
+   summed loss and ``g = d loss / d z`` (kernel contract: ``cbbench/ops/__init__.py``, reduction
+   ``"sum"`` -- or ``"none"`` per row),
+3. ``g`` is multiplied straight back: ``dh[chunk] = g @ W``, ``dW += g.T @ h_chunk``, ``db += sum(g)``,
+   into buffers allocated once,
+
+and the chunk's logits and gradient are freed before the next one. The reduction's divisor is the
+global one, computed from the targets before the first chunk (``cbbench/shapes.py``: local_divisor /
+finish_divisor), and the summed loss and the gradients are divided by it once at the end with a
+0-dim tensor: nothing is read back to the host, so CUDA calls never synchronise. The order of every
+sum is fixed (chunks in order, the kernels' fixed-order sums): same inputs, same thread count, same
+bits.
+
+Autograd (:class:`LinearLossFunction`), as :mod:`cbbench.ops.autograd` does for the logits:
+
+* reduced losses compute the three gradients in the forward pass; the first backward hands them over,
+  scaled in place by ``grad_output`` (nothing to do when it is 1);
+* ``reduction="none"`` needs ``grad_output`` per row: the backward runs the chunks again, scaling each
+  chunk's gradient rows by it;
+* a further backward (``retain_graph=True``) runs the chunks again; ``create_graph=True``
+  differentiates the reference (``linear`` + the loss of :mod:`cbbench.reference`), so higher orders
+  work (the logits are materialised there).
+
+:mod:`cbbench.functional` (``linear_*``) checks the arguments and sends what the kernels cannot do
+(``torch.func``, forward-mode AD, ``torch.compile``, learnable class vectors or soft targets, the
+reference backend) to the plain ``linear`` + loss path.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+
+from . import distributed
+from .ops.library import FusedOp, scaled_grad
+from .shapes import finish_divisor
+
+Tensor = torch.Tensor
+
+__all__ = ["DEFAULT_MAX_CHUNK_BYTES", "DEFAULT_MIN_CHUNK_BYTES", "chunk_bytes_per_row", "chunk_rows", "LinearPlan",
+           "make_plan", "run_chunks", "linear_loss", "reference_loss", "LinearLossFunction"]
+
+# The default memory budget of one chunk (its logits and their gradient, plus the float32 copies the
+# CPU kernels make of half-precision rows): 1/32 of what the materialised logits and gradient would
+# take -- a chunk is then 1/16 of the logits -- within [16 MiB, 64 MiB]. Below ~256 rows a chunk's
+# matmuls lose speed (the weight gradient is read and written once per chunk; on a 2-core Xeon,
+# C = 8142, H = 512: 64-row chunks 1.3x slower than 256-row ones), so the floor keeps small batches
+# in large chunks; the ceiling bounds the memory of large ones (N = 8192, C = 32000 fp32: 256 rows).
+DEFAULT_MIN_CHUNK_BYTES = 16 << 20
+DEFAULT_MAX_CHUNK_BYTES = 64 << 20
+_DEFAULT_FRACTION = 32
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def chunk_bytes_per_row(num_classes: int, dtype: torch.dtype, device_type: str) -> int:
+    """Bytes one row of a chunk holds at its peak: the logits and their gradient in ``dtype``, and for
+    half precision the float32 rows the CPU kernels work on (logits and gradient) or, on the GPU, the
+    float32 copy of the gradient the weight gradient is accumulated from."""
+    size = torch.empty((), dtype=dtype).element_size()
+    per_element = 2 * size
+    if dtype in _HALF:
+        per_element += 8 if device_type == "cpu" else 4
+    return num_classes * per_element
+
+
+def chunk_rows(num_rows: int, num_classes: int, dtype: torch.dtype, device_type: str, *,
+               chunk_size: Optional[int] = None, memory_budget: Optional[int] = None) -> int:
+    """Rows per chunk: ``chunk_size`` when given, else as many as ``memory_budget`` bytes hold (see
+    :func:`chunk_bytes_per_row`; default: :data:`DEFAULT_MIN_CHUNK_BYTES` <= 1/32 of the full logits
+    and gradient <= :data:`DEFAULT_MAX_CHUNK_BYTES`); at least 1, at most ``num_rows``."""
+    if chunk_size is None:
+        per_row = chunk_bytes_per_row(num_classes, dtype, device_type)
+        if memory_budget is None:
+            memory_budget = min(max(num_rows * per_row // _DEFAULT_FRACTION, DEFAULT_MIN_CHUNK_BYTES),
+                                DEFAULT_MAX_CHUNK_BYTES)
+        chunk_size = memory_budget // per_row
+    return max(1, min(int(chunk_size), num_rows))
+
+
+class LinearPlan(NamedTuple):
+    """One fused head call: the loss (``fused``), its argument tuple for the chunks (``args``: logits
+    ``None``, the whole flat target, reduction ``"sum"`` or ``"none"``), the caller's ``reduction``,
+    the finished divisor (0-dim float64 on the device, ``None`` for ``"sum"`` / ``"none"``) and the
+    rows per chunk."""
+    fused: FusedOp
+    args: NamedTuple
+    reduction: str
+    divisor: Optional[Tensor]
+    rows: int
+
+
+def make_plan(fused: FusedOp, args: NamedTuple, hidden: Tensor, linear_weight: Tensor, *,
+              chunk_size: Optional[int] = None, memory_budget: Optional[int] = None) -> LinearPlan:
+    """The plan of ``fused`` on ``args`` (checked arguments, ``args.reduction`` the caller's, flat
+    target) for (M, H) ``hidden`` and (C, H) ``linear_weight``: the global divisor from the targets
+    first (the same function the distributed normaliser uses), then the chunks' arguments."""
+    reduction = args.reduction
+    num_rows, num_classes = hidden.shape[0], linear_weight.shape[0]
+    stand_in = hidden.new_empty(()).expand(num_rows, num_classes)  # device and shape only: no memory
+    weight = args.weight
+    local = distributed._local_divisor(stand_in, args.target, weight, reduction, args.ignore_index)
+    divisor = finish_divisor(reduction, local)
+    rows = chunk_rows(num_rows, num_classes, hidden.dtype, hidden.device.type, chunk_size=chunk_size,
+                      memory_budget=memory_budget)
+    chunk_args = args._replace(reduction="none" if reduction == "none" else "sum")
+    return LinearPlan(fused, chunk_args, reduction, divisor, rows)
+
+
+def _loss_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+Grads = Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]
+
+
+def run_chunks(plan: LinearPlan, hidden: Tensor, linear_weight: Tensor, linear_bias: Optional[Tensor],
+               want: Tuple[bool, bool, bool] = (False, False, False),
+               row_scale: Optional[Tensor] = None) -> Tuple[Tensor, Grads]:
+    """The loss and the gradients in ``want`` (hidden, weight, bias) of the plan, chunk by chunk; with
+    ``row_scale`` ((M,), reduction ``"none"``) each row's gradient is scaled by it (the backward of
+    ``"none"``). Gradients of a reduced loss are divided by the divisor; ``None`` where not wanted."""
+    num_rows, num_classes = hidden.shape[0], linear_weight.shape[0]
+    device, dtype = hidden.device, hidden.dtype
+    need_grad = any(want)
+    half = dtype in _HALF
+    acc_dtype = torch.float32 if half else dtype  # the weight and bias gradients sum over all chunks
+    dh = torch.empty_like(hidden) if want[0] else None
+    dw = torch.zeros(linear_weight.shape, dtype=acc_dtype, device=device) if want[1] else None
+    db = torch.zeros(num_classes, dtype=acc_dtype, device=device) if want[2] else None
+    none = plan.reduction == "none"
+    loss_dtype = _loss_dtype(dtype)
+    total = (torch.empty(num_rows, dtype=loss_dtype, device=device) if none
+             else torch.zeros((), dtype=torch.float64, device=device))
+    weight_t = linear_weight.t()
+    target = plan.args.target
+    for start in range(0, num_rows, plan.rows):
+        stop = min(start + plan.rows, num_rows)
+        h = hidden[start:stop]
+        z = torch.mm(h, weight_t) if linear_bias is None else torch.addmm(linear_bias, h, weight_t)
+        loss, g = plan.fused.run(plan.args._replace(logits=z, target=target[start:stop], need_grad=need_grad))
+        del z
+        if none:
+            total[start:stop] = loss
+        else:
+            total += loss
+        if not need_grad:
+            continue
+        if row_scale is not None:
+            g.mul_(row_scale[start:stop].unsqueeze(1).to(g.dtype))
+        if dh is not None:
+            torch.mm(g, linear_weight, out=dh[start:stop])
+        if db is not None:
+            db += g.sum(0, dtype=acc_dtype)
+        if dw is not None:
+            if half:  # accumulate in float32: one rounding at the end, not one per chunk
+                dw.addmm_(g.t().float(), h.float())
+            else:
+                dw.addmm_(g.t(), h)
+        del g
+    divisor = plan.divisor
+    if none:
+        loss = total
+    elif divisor is None:
+        loss = total.to(loss_dtype)
+    else:
+        loss = (total / divisor).to(loss_dtype)
+    if divisor is not None and need_grad:
+        inverse = divisor.reciprocal()
+        for grad in (dh, dw, db):
+            if grad is not None:
+                grad.mul_(inverse)
+    if half:
+        dw = None if dw is None else dw.to(dtype)
+        db = None if db is None else db.to(dtype)
+    return loss, (dh, dw, db)
+
+
+def reference_loss(plan: LinearPlan, hidden: Tensor, linear_weight: Tensor, linear_bias: Optional[Tensor]) -> Tensor:
+    """The same loss by ``linear`` and the reference (:mod:`cbbench.reference`): differentiable to any
+    order; materialises the logits."""
+    logits = torch.nn.functional.linear(hidden, linear_weight, linear_bias)
+    return plan.fused.reference(plan.args._replace(logits=logits, reduction=plan.reduction))
+
+
+def _scaled(grad: Optional[Tensor], grad_loss: Tensor) -> Optional[Tensor]:
+    """``grad * grad_output`` of a reduced loss, in place when possible (ops.library.scaled_grad:
+    nothing to do when it is 1 on the CPU, read on the device on the GPU)."""
+    if grad is None:
+        return None
+    if grad.dim() == 1:  # the bias gradient: scaled_grad takes (rows, columns)
+        return scaled_grad(grad.unsqueeze(0), grad_loss, "sum", in_place=True).squeeze(0)
+    return scaled_grad(grad, grad_loss, "sum", in_place=True)
+
+
+class LinearLossFunction(torch.autograd.Function):
+    """``apply(hidden, linear_weight, linear_bias, plan)``: the plan's loss, differentiable with respect
+    to the first three (see the module docstring for each kind of backward)."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, linear_weight: Tensor, linear_bias: Optional[Tensor], plan: LinearPlan):
+        want = tuple(ctx.needs_input_grad[:3])
+        ahead = plan.reduction != "none"  # a reduced loss: its gradients now, handed over by the backward
+        loss, grads = run_chunks(plan, hidden, linear_weight, linear_bias, want if ahead else (False,) * 3)
+        ctx.plan, ctx.want, ctx.grads = plan, want, grads if ahead else None
+        ctx.save_for_backward(hidden, linear_weight, linear_bias)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor):
+        plan, want = ctx.plan, ctx.want
+        grads, ctx.grads = ctx.grads, None
+        hidden, linear_weight, linear_bias = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference
+            inputs = [t for t, w in zip((hidden, linear_weight, linear_bias), want) if w]
+            with torch.enable_grad():
+                value = reference_loss(plan, hidden, linear_weight, linear_bias)
+            found = iter(torch.autograd.grad(value, inputs, grad_loss, create_graph=True))
+            return tuple(next(found) if w else None for w in want) + (None,)
+        if plan.reduction == "none":
+            _, grads = run_chunks(plan, hidden, linear_weight, linear_bias, want, row_scale=grad_loss.reshape(-1))
+            return grads + (None,)
+        if grads is None:  # the gradients were handed over by an earlier backward: run the chunks again
+            _, grads = run_chunks(plan, hidden, linear_weight, linear_bias, want)
+        return tuple(_scaled(g, grad_loss) for g in grads) + (None,)
+
+
+def linear_loss(plan: LinearPlan, hidden: Tensor, linear_weight: Tensor, linear_bias: Optional[Tensor]) -> Tensor:
+    """The plan's loss on (M, H) ``hidden``: through :class:`LinearLossFunction` when a gradient is
+    needed, the chunks alone otherwise."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, linear_weight, linear_bias)):
+        return LinearLossFunction.apply(hidden, linear_weight, linear_bias, plan)
+    return run_chunks(plan, hidden, linear_weight, linear_bias)[0]
