@@ -143,7 +143,8 @@ def test_synthetic_overlap_and_counts():
 
 
 def test_unknown_dataset_and_options():
-    assert DATASETS == ("digits-lt", "synthetic-lt", "prototypes-lt", "cifar10-lt", "cifar100-lt")
+    assert DATASETS == ("digits-lt", "synthetic-lt", "prototypes-lt", "cifar10-lt", "cifar100-lt", "folder", "list",
+                        "features", "imagenet-lt", "places-lt", "inat2018")
     with pytest.raises(ValueError, match="unknown dataset"):
         load_dataset("mnist-lt")
     with pytest.raises(ValueError, match="unexpected keyword"):

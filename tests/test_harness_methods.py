@@ -164,7 +164,7 @@ def test_random_crop_flip_is_a_padded_crop_or_its_mirror():
 
 @pytest.mark.parametrize("bad, match", [
     (dict(method="softmax_plus"), "unknown method"),
-    (dict(dataset="imagenet-lt"), "unknown dataset"),
+    (dict(dataset="imagenet-21k"), "unknown dataset"),
     (dict(epochs=0), "epochs"),
     (dict(beta=1.0), "beta"),
     (dict(model="resnet32"), "does not fit"),

@@ -167,13 +167,13 @@ def test_sigint_stops_within_seconds_and_keeps_finished_runs(tmp_path, sigint_ig
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
         sent = time.time()
-        _, err = proc.communicate(timeout=20)
+        _, err = proc.communicate(timeout=60)  # the old code never stopped: a hang fails here
         stopped_after = time.time() - sent
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err
-    assert stopped_after < 10
+    assert stopped_after < 20  # ~2 s on 2 busy cores; generous for CI runners under load
     assert "Traceback" not in err
     kept = list(out.glob("runs/*/result.json"))
     assert f"interrupted after {len(kept)} of " in err and "--resume" in err

@@ -16,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..harness import DATASETS, METHODS
+from ..harness import METHODS
+from ..harness.datasets import BUILTIN_DATASETS
 from .weights import write_weights_report
 
 DEFAULT_BETAS = (0.0, 0.9, 0.99, 0.999, 0.9999)
@@ -32,7 +33,7 @@ def register(subparsers) -> None:
                         "accuracy trains on cuda when chosen or present")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-accuracy", action="store_true")
-    p.add_argument("--dataset", default="digits-lt", choices=DATASETS,
+    p.add_argument("--dataset", default="digits-lt", choices=BUILTIN_DATASETS,
                    help="dataset of the accuracy comparison (default digits-lt)")
     p.add_argument("--data-dir", default=None, help="data directory of the CIFAR datasets (the folder holding "
                    "cifar-10-batches-py / cifar-100-python, or that folder itself)")

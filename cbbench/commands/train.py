@@ -15,16 +15,44 @@ _DATASET_HELP = ("digits-lt: scikit-learn's bundled digits, long-tailed train sp
                  "synthetic-lt: overlapping Gaussians; prototypes-lt: classes of 100 prototypes each (near-duplicate "
                  "examples, so the effective number is far below n; counts 2000 ... 20); cifar10-lt / cifar100-lt: "
                  "need --data-dir with the python pickles (cifar-10-batches-py / cifar-100-python), default "
-                 "imbalance 100")
+                 "imbalance 100; folder: --data-dir with train/<class>/* and test/<class>/* (or val/); list: "
+                 "--train-list and --eval-list ('relative/path label' lines, or iNaturalist json) with --data-dir "
+                 "the image root; features: --features FILE.npz; imagenet-lt, places-lt, inat2018: the published "
+                 "list files (--lists-dir, default --data-dir) and images under --data-dir")
+# command-line options that go to the dataset loader (cbbench.harness.userdata), as dataset_options
+_DATASET_OPTIONS = ("train_list", "eval_list", "lists_dir", "features", "eval_split", "images", "crop")
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``train`` and ``compare``; None means the dataset's recipe default."""
     parser.add_argument("--dataset", required=True, choices=DATASETS, help=_DATASET_HELP)
-    parser.add_argument("--data-dir", default=None, help="folder holding the CIFAR python pickles")
+    parser.add_argument("--data-dir", default=None,
+                        help="CIFAR: the folder holding the python pickles; folder: the image folder; list and "
+                             "presets: the root the list files' paths start from")
+    data = parser.add_argument_group("your own data and the large-scale benchmarks")
+    data.add_argument("--train-list", default=None, help="list: training list file (.txt lines 'path label', or "
+                      "an iNaturalist train2018.json)")
+    data.add_argument("--eval-list", default=None, help="list: evaluation list file (.txt or .json)")
+    data.add_argument("--lists-dir", default=None, help="presets: folder of the published list files "
+                      "(default: --data-dir)")
+    data.add_argument("--features", default=None, help="features: .npz with x_train, y_train, x_test, y_test")
+    data.add_argument("--eval-split", choices=("test", "val"), default=None,
+                      help="folder and presets: the split to evaluate on (default: test where there is one)")
+    data.add_argument("--images", choices=("auto", "memory", "stream"), default=None,
+                      help="folder and list: decode the images once into memory (CIFAR size) or stream them from "
+                           "disk through DataLoader workers; auto (default): memory when the first image is at most "
+                           "64 pixels a side")
+    data.add_argument("--crop", type=int, default=None, help="streamed images: crop size (default 224; test "
+                      "images are resized to 256/224 of it first)")
+    data.add_argument("--workers", type=int, default=None,
+                      help="streamed images: DataLoader worker processes (default: the CPUs, at most 8)")
+    data.add_argument("--init-weights", default=None,
+                      help="ImageNet ResNets: a state dict for the backbone (e.g. torchvision's resnet152 "
+                           "weights for the Places-LT recipe)")
     parser.add_argument("--imbalance", type=float, default=None,
                         help="imbalance factor n_max / n_min (default: " + ", ".join(
-                            f"{k} {v:g}" for k, v in DEFAULT_IMBALANCE.items()) + ")")
+                            f"{k} {v:g}" for k, v in DEFAULT_IMBALANCE.items()) + "; your own data: used as they "
+                        "are unless given, then cut with the CB/LDAM rule)")
     parser.add_argument("--beta", type=float, default=0.9999, help="class-balanced beta (default 0.9999)")
     parser.add_argument("--gamma", type=float, default=1.0, help="focal gamma (default 1.0)")
     parser.add_argument("--tau", type=float, default=1.0, help="logit-adjustment tau (default 1.0)")
@@ -35,7 +63,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=None, help="base learning rate (default: the recipe's)")
     parser.add_argument("--weight-decay", type=float, default=None, help="weight decay (default: the recipe's)")
     parser.add_argument("--model", choices=MODELS, default=None,
-                        help="model (default: mlp for digits, logistic for synthetic, resnet32 for CIFAR)")
+                        help="model (default: the recipe's: mlp for digits, logistic for synthetic and features, "
+                             "resnet32 for CIFAR-size images, resnet50 / resnext50 / resnet152 for the large ones)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     parser.add_argument("--accel", choices=ACCELS, default="auto",
                         help="auto: whole-step CUDA graph on CUDA, plain eager on CPU; compile: torch.compile")
@@ -48,10 +77,13 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
 def training_overrides(args) -> dict:
     overrides = {"beta": args.beta, "gamma": args.gamma, "tau": args.tau, "accel": args.accel,
                  "backend": args.backend}
-    for name in ("data_dir", "batch_size", "lr", "weight_decay", "model"):
+    for name in ("data_dir", "batch_size", "lr", "weight_decay", "model", "workers", "init_weights"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
+    options = {name: getattr(args, name) for name in _DATASET_OPTIONS if getattr(args, name) is not None}
+    if options:
+        overrides["dataset_options"] = options
     return overrides
 
 

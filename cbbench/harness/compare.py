@@ -41,7 +41,8 @@ _OVERRIDABLE = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name n
 # config fields that change how a run executes but not which experiment it is: a run resumed on another
 # device, backend, thread count or data location is the same run. The imbalance is checked through the
 # training counts it produces (a result records the dataset's resolved imbalance, the config may say None).
-_EXECUTION_FIELDS = frozenset({"device", "accel", "backend", "threads", "eval_batch_size", "data_dir", "imbalance"})
+_EXECUTION_FIELDS = frozenset({"device", "accel", "backend", "threads", "workers", "eval_batch_size", "data_dir",
+                               "imbalance"})
 RUNS_DIR = "runs"
 
 
@@ -355,7 +356,8 @@ def write_summary_md(runs: list, path: str, *, wall_time_s: Optional[float] = No
     cfg = first["config"]
     counts = first["train_counts"]
     seeds = sorted({r["seed"] for r in runs})
-    decays = ", ".join(f"x{f:g} at epoch {m}" for m, f in zip(cfg["milestones"], cfg["lr_factors"]))
+    decays = ("cosine decay to 0" if cfg.get("lr_schedule") == "cosine" else
+              ", ".join(f"x{f:g} at epoch {m}" for m, f in zip(cfg["milestones"], cfg["lr_factors"])))
     betas = sorted({r["beta"] for r in runs if r.get("beta") is not None})
     lines = [f"# {first['dataset']}: long-tailed method comparison", ""]
     if planned is not None and planned != len(runs):

@@ -1,4 +1,6 @@
-"""Long-tailed datasets: digits-LT, synthetic-LT, prototypes-LT, CIFAR-10-LT and CIFAR-100-LT.
+"""Long-tailed datasets: digits-LT, synthetic-LT, prototypes-LT, CIFAR-10-LT and CIFAR-100-LT built in;
+the user's own data (``folder``, ``list``, ``features``) and the large-scale benchmarks (``imagenet-lt``,
+``places-lt``, ``inat2018``) through :mod:`cbbench.harness.userdata`.
 
 Every dataset has a long-tailed training split and a balanced (or untouched) test split. The training
 subset follows the rule of the class-balanced (Cui et al. 2019) and LDAM (Cao et al. 2019) code: class
@@ -7,8 +9,9 @@ with numpy's legacy RNG seeded once with 0 and keeping the first ``n_i`` (classe
 RNG stream, exactly as ``IMBALANCECIFAR10.gen_imbalanced_data``). CIFAR-10-LT at IF 100 has 12,406
 training images.
 
-Images are kept as uint8 ``(N, 3, 32, 32)``; tabular features as float32 ``(N, D)``, standardised with
-the training split's statistics.
+Images in memory are uint8 ``(N, 3, H, W)`` (kind ``"image"``); large images stay files read while
+training (kind ``"image_files"``: arrays of paths); tabular features are float32 ``(N, D)`` (kind
+``"tabular"``), standardised with the training split's statistics for the built-in ones.
 """
 from __future__ import annotations
 
@@ -20,14 +23,21 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["DATASETS", "DATASET_KINDS", "DEFAULT_IMBALANCE", "LongTailedData", "long_tailed_counts", "long_tailed_indices",
+__all__ = ["DATASETS", "BUILTIN_DATASETS", "USER_DATASETS", "PRESET_DATASETS", "DATASET_KINDS", "dataset_kind",
+           "DEFAULT_IMBALANCE", "LongTailedData", "long_tailed_counts", "long_tailed_indices",
            "load_dataset", "load_digits_lt", "make_synthetic_lt", "make_prototypes_lt", "load_cifar_lt",
            "write_fake_cifar", "CIFAR_MEAN", "CIFAR_STD"]
 
-DATASETS = ("digits-lt", "synthetic-lt", "prototypes-lt", "cifar10-lt", "cifar100-lt")
-# what each dataset's examples are: "tabular" (float32 feature vectors) or "image" (uint8 3x32x32)
+BUILTIN_DATASETS = ("digits-lt", "synthetic-lt", "prototypes-lt", "cifar10-lt", "cifar100-lt")
+USER_DATASETS = ("folder", "list", "features")
+PRESET_DATASETS = ("imagenet-lt", "places-lt", "inat2018")
+DATASETS = BUILTIN_DATASETS + USER_DATASETS + PRESET_DATASETS
+# what each dataset's examples are: "tabular" (float32 feature vectors), "image" (uint8 in memory) or
+# "image_files" (files decoded while training); folder and list data are "image" or "image_files"
+# depending on their image size (see dataset_kind)
 DATASET_KINDS = {"digits-lt": "tabular", "synthetic-lt": "tabular", "prototypes-lt": "tabular", "cifar10-lt": "image",
-                 "cifar100-lt": "image"}
+                 "cifar100-lt": "image", "features": "tabular", "imagenet-lt": "image_files",
+                 "places-lt": "image_files", "inat2018": "image_files"}
 PROFILES = ("exp", "step")
 
 # digits: 50 test images per class leave >= 124 per class for training; n_max = 120 with IF 50 keeps
@@ -353,9 +363,29 @@ def load_cifar_lt(num_classes: int, data_dir, imbalance: Optional[float] = None,
                            "mean": CIFAR_MEAN[num_classes], "std": CIFAR_STD[num_classes]})
 
 
+def dataset_kind(name: str, data_dir=None, options: Optional[dict] = None) -> str:
+    """The kind of examples ``name`` gives (see :data:`DATASET_KINDS`); for folder and list data it
+    depends on ``options["images"]`` and, for ``"auto"``, on the size of the first training image."""
+    if name in DATASET_KINDS:
+        return DATASET_KINDS[name]
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    from . import userdata
+
+    options = options or {}
+    images = options.get("images", "auto")
+    if images == "auto":  # the loader reads the same first file; a missing one fails there with its message
+        first = userdata.first_training_file(name, data_dir, options)
+        images = userdata.image_mode("auto", first) if first else "stream"
+    else:
+        images = userdata.image_mode(images, "")
+    return "image" if images == "memory" else "image_files"
+
+
 def load_dataset(name: str, *, data_dir=None, imbalance: Optional[float] = None, **options) -> LongTailedData:
     """Load a dataset of :data:`DATASETS` by name; ``options`` go to its loader (e.g. ``n_max``,
-    ``separation`` for synthetic-lt, ``profile``)."""
+    ``separation`` for synthetic-lt, ``profile``; ``train_list``, ``eval_list``, ``eval_split``,
+    ``images``, ``crop`` for the image sources of :mod:`cbbench.harness.userdata`)."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     try:
@@ -365,6 +395,16 @@ def load_dataset(name: str, *, data_dir=None, imbalance: Optional[float] = None,
             return make_synthetic_lt(imbalance, **options)
         if name == "prototypes-lt":
             return make_prototypes_lt(imbalance, **options)
+        if name in USER_DATASETS or name in PRESET_DATASETS:
+            from . import userdata
+
+            if name == "folder":
+                return userdata.load_folder(data_dir, imbalance=imbalance, **options)
+            if name == "list":
+                return userdata.load_list(data_dir, imbalance=imbalance, **options)
+            if name == "features":
+                return userdata.load_features(options.pop("features", None), imbalance=imbalance, **options)
+            return userdata.load_preset(name, data_dir, imbalance=imbalance, **options)
     except TypeError as exc:
         if "unexpected keyword" in str(exc):
             raise ValueError(f"{name}: {exc}") from exc

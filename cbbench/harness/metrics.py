@@ -49,7 +49,7 @@ def evaluate(y_true, y_pred, train_counts) -> dict:
         raise ValueError(f"y_true holds labels outside 0..{num_classes - 1}")
     cm = confusion_matrix(y_true, y_pred, labels=np.arange(num_classes))
     support = cm.sum(axis=1)
-    per_class = [100.0 * cm[c, c] / support[c] if support[c] else None for c in range(num_classes)]
+    per_class = [float(100.0 * cm[c, c] / support[c]) if support[c] else None for c in range(num_classes)]
     groups = {g: [acc for acc, n in zip(per_class, train_counts) if shot_group(n) == g]
               for g in ("many", "medium", "few")}
     top1 = 100.0 * float(np.mean(y_true == y_pred))

@@ -1,23 +1,25 @@
 """Train one method on one long-tailed dataset and evaluate it.
 
-The CIFAR default is the recipe of Cui et al. (2019): ResNet-32, batch 128, 200 epochs, SGD momentum 0.9,
-lr 0.1 with a 5-epoch linear warm-up, x0.01 from epoch 160 and x0.0001 from epoch 180, weight decay 2e-4,
-pad-4 random crop and horizontal flip. The tabular datasets use the same schedule shape (decays at 80% and 90%
-of the epochs, gentler factors; see :data:`RECIPES`). Changing ``epochs`` scales warm-up, decays and the
-DRW/DRS switch epoch (= the first decay) proportionally.
+Defaults come from the dataset's recipe (:mod:`cbbench.harness.recipes`; CIFAR: Cui et al. 2019,
+ResNet-32, 200 epochs, lr 0.1 with a 5-epoch warm-up, x0.01 at 160 and x0.0001 at 180). Changing
+``epochs`` scales warm-up, decays and the DRW/DRS switch epoch (the first decay, or 80 % of the epochs
+under a cosine schedule) proportionally.
 
-All data live on the training device as tensors: mini-batches are gathered by index from the epoch's
-sampler, and crop/flip run batched on the device. On CUDA (``accel="auto"``) the whole training step —
-forward, the fused loss, backward and a fused SGD step with a device-resident learning rate — is
-captured once into a CUDA graph and replayed (static batch shape, so the last partial batch of each
-epoch is dropped there); ``accel="compile"`` runs ``torch.compile(model)`` in an eager loop instead.
+Tabular data and small images live on the training device as tensors: mini-batches are gathered by
+index from the epoch's sampler, and crop/flip run batched on the device; large images stream from disk
+through DataLoader workers (:mod:`cbbench.harness.inputs`). On CUDA (``accel="auto"``) the whole
+training step — forward, the fused loss, backward and a fused SGD step with a device-resident learning
+rate — is captured once into a CUDA graph and replayed (static batch shape, so the last partial batch
+of each epoch is dropped there); ``accel="compile"`` runs ``torch.compile(model)`` in an eager loop.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import datetime
+import itertools
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -25,40 +27,22 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..provenance import device_name, git_commit
-from .datasets import DATASET_KINDS, DATASETS, LongTailedData, load_dataset
+from .datasets import DATASETS, LongTailedData, dataset_kind, load_dataset
+from .inputs import make_inputs, random_crop_flip
 from .methods import Method, get_spec
 from .metrics import evaluate, no_metrics
-from .models import MODELS, build_model, init_sigmoid_bias
+from .models import IMAGE_MODELS, MODELS, TABULAR_MODELS, build_model, init_sigmoid_bias, load_backbone_weights
+from .recipes import RECIPES, recipe_for
 from .samplers import SamplingSchedule
 
-__all__ = ["TrainConfig", "RECIPES", "ACCELS", "resolve_config", "check_run", "lr_at_epoch", "random_crop_flip",
-           "train_run"]
+__all__ = ["TrainConfig", "RECIPES", "ACCELS", "LR_SCHEDULES", "resolve_config", "check_run", "lr_at_epoch",
+           "random_crop_flip", "train_run"]
 
 ACCELS = ("auto", "none", "compile", "cuda_graph")
-
-# Per-dataset defaults. CIFAR: the paper recipe. Tabular: the same shape (decays at 80% and 90% of the
-# epochs) with gentler decays, x0.1 and x0.01: x0.01 leaves a small model's deferred (DRW/DRS) phase too
-# little learning rate to move at all. digits: weight decay 5e-3 keeps the MLP from interpolating its 331
-# examples, where any re-weighting stops mattering (Byrd & Lipton 2019). prototypes-lt: the shortest schedule
-# after which plain softmax no longer improves (balanced accuracy ~72 % at 30 and at 60 epochs; 10 epochs of
-# batch 128 at lr 0.05 stopped at ~50 %), chosen on softmax alone, before looking at any weighted method.
-RECIPES = {
-    "cifar10-lt": dict(model="resnet32", epochs=200, batch_size=128, lr=0.1, weight_decay=2e-4, warmup_epochs=5,
-                       milestones=(160, 180), lr_factors=(0.01, 0.0001), augment=True),
-    "cifar100-lt": dict(model="resnet32", epochs=200, batch_size=128, lr=0.1, weight_decay=2e-4, warmup_epochs=5,
-                        milestones=(160, 180), lr_factors=(0.01, 0.0001), augment=True),
-    "digits-lt": dict(model="mlp", epochs=40, batch_size=32, lr=0.05, weight_decay=5e-3, warmup_epochs=1,
-                      milestones=(32, 36), lr_factors=(0.1, 0.01), augment=False),
-    "synthetic-lt": dict(model="logistic", epochs=20, batch_size=64, lr=0.05, weight_decay=1e-4, warmup_epochs=1,
-                         milestones=(16, 18), lr_factors=(0.1, 0.01), augment=False),
-    "prototypes-lt": dict(model="mlp", epochs=30, batch_size=256, lr=0.2, weight_decay=5e-4, warmup_epochs=1,
-                          milestones=(24, 27), lr_factors=(0.1, 0.01), augment=False),
-}
-
+LR_SCHEDULES = ("step", "cosine")
 
 @dataclass
 class TrainConfig:
@@ -77,6 +61,12 @@ class TrainConfig:
     warmup_epochs: Optional[int] = None
     milestones: Optional[tuple] = None
     lr_factors: Optional[tuple] = None
+    lr_schedule: Optional[str] = None  # "step" (warm-up, then lr_factors from milestones) or "cosine"
+    nesterov: Optional[bool] = None
+    norm_weight_decay: Optional[bool] = None  # False: no weight decay on normalisation weights and biases
+    backbone_lr_factor: Optional[float] = None  # lr of every parameter but the classifier's, relative to lr
+    switch_epoch: Optional[int] = None  # DRW/DRS switch; None: the first milestone (cosine: 80 % of epochs)
+    init_weights: Optional[str] = None  # a state dict for the backbone (e.g. torchvision ImageNet weights)
     model: Optional[str] = None
     hidden: int = 128
     augment: Optional[bool] = None
@@ -90,6 +80,7 @@ class TrainConfig:
     backend: str = "auto"
     eval_batch_size: int = 1000
     threads: Optional[int] = None
+    workers: Optional[int] = None  # DataLoader workers decoding image files (default: the CPUs, at most 8)
     dataset_options: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -129,12 +120,21 @@ def resolve_device(device) -> torch.device:
     return dev
 
 
+def _flag(value, name) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def resolve_config(config: TrainConfig) -> TrainConfig:
     """Fill recipe defaults, scale the schedule to ``epochs`` and validate every field."""
     if config.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
     get_spec(config.method)
-    recipe = RECIPES[config.dataset]
+    if not isinstance(config.dataset_options, dict):
+        raise ValueError(f"dataset_options must be a dict, got {config.dataset_options!r}")
+    kind = dataset_kind(config.dataset, config.data_dir, config.dataset_options)
+    recipe = recipe_for(config.dataset, kind)
     c = dataclasses.replace(config, dataset_options=dict(config.dataset_options))
     epochs = recipe["epochs"] if c.epochs is None else _positive_int(c.epochs, "epochs")
     scale = epochs / recipe["epochs"]
@@ -145,22 +145,31 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         for m in recipe["milestones"]:
             # strictly increasing after scaling, so short runs keep every lr phase they can
             scaled.append(max(int(m * scale), scaled[-1] + 1 if scaled else 1))
-        if epochs >= 2:  # both phases of DRW / DRS happen, whatever the epoch count
+        if epochs >= 2 and scaled:  # both phases of DRW / DRS happen, whatever the epoch count
             scaled[0] = min(scaled[0], epochs - 1)
         c.milestones = tuple(scaled)
     c.epochs = epochs
     c.milestones = tuple(int(m) for m in c.milestones)
-    if not c.milestones or list(c.milestones) != sorted(c.milestones) or c.milestones[0] < 0:
-        raise ValueError(f"milestones must be increasing epochs >= 0 (the first is the DRW/DRS switch), "
-                         f"got {c.milestones!r}")
-    if get_spec(c.method).switches and c.milestones[0] >= epochs:
-        raise ValueError(f"method {c.method!r} switches at milestone {c.milestones[0]}, which a run of {epochs} "
-                         "epochs never reaches: pass more epochs or an earlier first milestone")
+    if list(c.milestones) != sorted(set(c.milestones)) or (c.milestones and c.milestones[0] < 0):
+        raise ValueError(f"milestones must be strictly increasing epochs >= 0, got {c.milestones!r}")
     if c.lr_factors is None:
         c.lr_factors = recipe["lr_factors"]
     c.lr_factors = tuple(_real(f, "lr_factors", 0.0) for f in c.lr_factors)
     if len(c.lr_factors) != len(c.milestones):
         raise ValueError(f"lr_factors {c.lr_factors!r} need one factor per milestone {c.milestones!r}")
+    for name in ("lr_schedule", "nesterov", "norm_weight_decay", "backbone_lr_factor"):
+        if getattr(c, name) is None:
+            setattr(c, name, recipe[name])
+    if c.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {c.lr_schedule!r}")
+    if c.lr_schedule == "step" and not c.milestones:
+        raise ValueError("a step schedule needs milestones (the first is also the DRW/DRS switch)")
+    if c.switch_epoch is None:
+        c.switch_epoch = c.milestones[0] if c.milestones else min(int(0.8 * epochs), max(epochs - 1, 0))
+    c.switch_epoch = int(_real(c.switch_epoch, "switch_epoch", 0))
+    if get_spec(c.method).switches and c.switch_epoch >= epochs:
+        raise ValueError(f"method {c.method!r} switches at epoch {c.switch_epoch} (the first milestone), which a run "
+                         f"of {epochs} epochs never reaches: pass more epochs or an earlier switch")
     if isinstance(c.warmup_epochs, bool) or int(c.warmup_epochs) != c.warmup_epochs or c.warmup_epochs < 0:
         raise ValueError(f"warmup_epochs must be a whole number >= 0, got {c.warmup_epochs!r}")
     for name in ("batch_size", "lr", "weight_decay", "model", "augment"):
@@ -171,10 +180,18 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     c.hidden = _positive_int(c.hidden, "hidden")
     if c.threads is not None:
         c.threads = _positive_int(c.threads, "threads")
+    if c.workers is not None:
+        if isinstance(c.workers, bool) or not isinstance(c.workers, (int, np.integer)) or c.workers < 0:
+            raise ValueError(f"workers must be a whole number >= 0, got {c.workers!r}")
+        c.workers = int(c.workers)
     c.seed = int(_real(c.seed, "seed", 0, 2 ** 63 - 1))
     c.lr = _real(c.lr, "lr", 0.0)
     c.momentum = _real(c.momentum, "momentum", 0.0, 1.0, high_open=True)
     c.weight_decay = _real(c.weight_decay, "weight_decay", 0.0)
+    c.backbone_lr_factor = _real(c.backbone_lr_factor, "backbone_lr_factor", 0.0)
+    c.nesterov, c.norm_weight_decay = _flag(c.nesterov, "nesterov"), _flag(c.norm_weight_decay, "norm_weight_decay")
+    if c.nesterov and c.momentum == 0:
+        raise ValueError("nesterov needs momentum > 0")
     c.beta = _real(c.beta, "beta", 0.0, 1.0, high_open=True)
     c.gamma = _real(c.gamma, "gamma", 0.0)
     c.tau = _real(c.tau, "tau")
@@ -184,14 +201,15 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         raise ValueError("ldam_scale must be > 0")
     if c.imbalance is not None:
         c.imbalance = _real(c.imbalance, "imbalance", 1.0)
-    if c.model not in MODELS:
-        raise ValueError(f"unknown model {c.model!r}; choose one of {', '.join(MODELS)}")
-    image = DATASET_KINDS[c.dataset] == "image"
-    if image != (c.model == "resnet32"):
-        raise ValueError(f"model {c.model!r} does not fit dataset {c.dataset!r} "
-                         f"({'resnet32' if image else 'logistic or mlp'})")
-    if c.augment and not image:
+    _check_model(c.model, kind, c.dataset)
+    if c.augment and kind == "tabular":
         raise ValueError("augment (crop + flip) applies to image datasets only")
+    if c.init_weights is not None:
+        c.init_weights = os.fspath(c.init_weights)
+        if c.model not in IMAGE_MODELS or c.model == "resnet32":
+            raise ValueError(f"init_weights loads an ImageNet ResNet backbone; model {c.model!r} has none")
+        if not os.path.isfile(c.init_weights):
+            raise FileNotFoundError(f"{c.init_weights}: backbone weights file not found")
     if c.accel not in ACCELS:
         raise ValueError(f"accel must be one of {ACCELS}, got {c.accel!r}")
     device = resolve_device(c.device)
@@ -203,12 +221,25 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     return c
 
 
+def _check_model(model: str, kind: str, dataset: str) -> None:
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    fits = TABULAR_MODELS if kind == "tabular" else IMAGE_MODELS
+    if model not in fits:
+        raise ValueError(f"model {model!r} does not fit dataset {dataset!r} ({kind} data: {' or '.join(fits)})")
+
+
 def lr_at_epoch(config: TrainConfig, epoch: int) -> float:
     """Learning rate of 0-based ``epoch``: linear warm-up ``lr * (epoch+1) / warmup`` over the first
-    ``warmup_epochs``, then ``lr``, times ``lr_factors[k]`` from ``milestones[k]`` on (the paper: x0.01
-    from 160, x0.0001 from 180)."""
+    ``warmup_epochs``; then, for the step schedule, ``lr`` times ``lr_factors[k]`` from ``milestones[k]``
+    on (the paper: x0.01 from 160, x0.0001 from 180), for the cosine schedule
+    ``lr * (1 + cos(pi * t / T)) / 2`` with t the epochs since the warm-up of T (PyTorch's
+    ``CosineAnnealingLR`` to 0, stepped per epoch, as the decoupling code)."""
     if epoch < config.warmup_epochs:
         return config.lr * (epoch + 1) / config.warmup_epochs
+    if config.lr_schedule == "cosine":
+        span = max(1, config.epochs - config.warmup_epochs)
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - config.warmup_epochs) / span))
     factor = 1.0
     for milestone, f in zip(config.milestones, config.lr_factors):
         if epoch >= milestone:
@@ -216,66 +247,30 @@ def lr_at_epoch(config: TrainConfig, epoch: int) -> float:
     return config.lr * factor
 
 
-def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
-    """Batched pad-``padding`` random crop and horizontal flip of (B, C, H, W) images, on their device,
-    with one gather; padding is zeros (black), as ``transforms.RandomCrop(32, padding=4)``."""
-    b, _, h, w = images.shape
-    dev = images.device
-    padded = F.pad(images, (padding, padding, padding, padding))
-    oy = torch.randint(0, 2 * padding + 1, (b, 1), device=dev, generator=generator)
-    ox = torch.randint(0, 2 * padding + 1, (b, 1), device=dev, generator=generator)
-    rows = oy + torch.arange(h, device=dev)
-    cols = ox + torch.arange(w, device=dev)
-    flip = torch.rand((b, 1), device=dev, generator=generator) < 0.5
-    cols = torch.where(flip, cols.flip(1), cols)
-    batch = torch.arange(b, device=dev)[:, None, None, None]
-    chan = torch.arange(images.shape[1], device=dev)[None, :, None, None]
-    return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
-
-
-class _Inputs:
-    """Training and test tensors on the device, and the batch transform (normalise, augment)."""
-
-    def __init__(self, data: LongTailedData, config: TrainConfig, device: torch.device):
-        self.image = data.kind == "image"
-        self.x_train = torch.as_tensor(data.x_train).to(device)
-        self.y_train = torch.as_tensor(data.y_train, dtype=torch.int64).to(device)
-        self.x_test = torch.as_tensor(data.x_test).to(device)
-        self.y_test = data.y_test
-        self.augment = bool(config.augment)
-        self.channels_last = self.image and device.type == "cuda"
-        if self.image:
-            self.mean = torch.tensor(data.meta["mean"], device=device).view(1, -1, 1, 1) * 255.0
-            self.std = torch.tensor(data.meta["std"], device=device).view(1, -1, 1, 1) * 255.0
-
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.image:
-            return x
-        x = (x.float() - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def train_batch(self, idx: torch.Tensor, generator: torch.Generator):
-        x = self.x_train[idx]
-        if self.augment:
-            # crop before normalising, so the padding is black as in torchvision
-            x = random_crop_flip(x, generator)
-        return self._prepare(x), self.y_train[idx]
-
-    def test_batches(self, batch_size: int):
-        for start in range(0, len(self.x_test), batch_size):
-            yield self._prepare(self.x_test[start:start + batch_size])
-
-
 def _optimizer(model, config: TrainConfig, no_decay, device):
+    """SGD with parameter groups by weight decay (``no_decay`` parameters, plus normalisation weights and
+    biases when ``norm_weight_decay`` is False, get none) and by learning rate (every parameter but the
+    classifier's at ``backbone_lr_factor`` times the rate). Each group's learning rate is a tensor on the
+    device, changed in place each epoch (``group["lr_scale"]`` times :func:`lr_at_epoch`): a captured
+    step reads it. The fused kernel is one launch on CUDA; on the CPU it is far slower than foreach for
+    small models."""
     no_decay_ids = {id(p) for p in no_decay}
-    decay = [p for p in model.parameters() if id(p) not in no_decay_ids]
-    groups = [{"params": decay}]
-    if no_decay:
-        groups.append({"params": list(no_decay), "weight_decay": 0.0})
-    # a tensor learning rate on the device, changed in place each epoch: a captured step reads it. The
-    # fused kernel is one launch on CUDA; on the CPU it is far slower than foreach for small models.
-    lr = torch.tensor(lr_at_epoch(config, 0), device=device)
-    return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay,
+    if not config.norm_weight_decay:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._NormBase):
+                no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
+        no_decay_ids.update(id(p) for name, p in model.named_parameters() if name.endswith(".bias"))
+    classifier_ids = {id(p) for p in model.classifier.parameters()}
+    groups = {}
+    for p in model.parameters():
+        decays = id(p) not in no_decay_ids
+        scale = 1.0 if id(p) in classifier_ids else config.backbone_lr_factor
+        groups.setdefault((decays, scale), []).append(p)
+    param_groups = [{"params": params, "weight_decay": config.weight_decay if decays else 0.0, "lr_scale": scale,
+                     "lr": torch.tensor(lr_at_epoch(config, 0) * scale, device=device)}
+                    for (decays, scale), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
+    return torch.optim.SGD(param_groups, lr=torch.tensor(0.0), momentum=config.momentum,
+                           weight_decay=config.weight_decay, nesterov=config.nesterov,
                            fused=device.type == "cuda" or None)
 
 
@@ -331,8 +326,9 @@ def check_run(config: TrainConfig, data: LongTailedData) -> TrainConfig:
     if data.name != config.dataset:
         raise ValueError(f"data is {data.name!r} but config.dataset is {config.dataset!r}")
     spec = get_spec(config.method)
+    _check_model(config.model, data.kind, config.dataset)
     Method(config.method, data.train_counts, beta=config.beta, gamma=config.gamma, tau=config.tau,
-           ldam_max_margin=config.ldam_max_margin, ldam_scale=config.ldam_scale, switch_epoch=config.milestones[0],
+           ldam_max_margin=config.ldam_max_margin, ldam_scale=config.ldam_scale, switch_epoch=config.switch_epoch,
            backend=config.backend)
     if spec.sigmoid_family and data.num_classes < 2:
         raise ValueError(f"method {config.method!r}: sigmoid/focal losses need at least 2 classes, got "
@@ -379,7 +375,7 @@ def train_run(config: TrainConfig, data: Optional[LongTailedData] = None, *, pro
 def _train(config: TrainConfig, data: LongTailedData, threads: int, progress: bool) -> dict:
     device = torch.device(config.device)
     counts = data.train_counts
-    switch_epoch = config.milestones[0]
+    switch_epoch = config.switch_epoch
     spec = get_spec(config.method)
     torch.manual_seed(config.seed)
     method = Method(config.method, counts, beta=config.beta, gamma=config.gamma, tau=config.tau,
@@ -390,14 +386,16 @@ def _train(config: TrainConfig, data: LongTailedData, threads: int, progress: bo
     in_features = int(np.prod(data.x_train.shape[1:]))
     model = build_model(config.model, in_features, data.num_classes, hidden=config.hidden,
                         normed=spec.normed_classifier)
+    if config.init_weights is not None:
+        load_backbone_weights(model, config.init_weights)
     no_decay = [init_sigmoid_bias(model, data.num_classes)] if spec.sigmoid_family else []
-    inputs = _Inputs(data, config, device)
+    inputs = make_inputs(data, config, device)
+    streaming = data.kind == "image_files"
     model.to(device)
     if inputs.channels_last:
         model.to(memory_format=torch.channels_last)
     method.loss.to(device)
     optimizer = _optimizer(model, config, no_decay, device)
-    lr_tensors = [g["lr"] for g in optimizer.param_groups]
 
     sample_gen = torch.Generator().manual_seed(config.seed)
     aug_gen = torch.Generator(device=device).manual_seed(config.seed)
@@ -415,16 +413,17 @@ def _train(config: TrainConfig, data: LongTailedData, threads: int, progress: bo
     bar = tqdm(range(config.epochs), desc=f"{config.dataset} {config.method} seed {config.seed}",
                disable=not progress, leave=False, unit="epoch")
     for epoch in bar:
-        for lr in lr_tensors:
-            lr.fill_(lr_at_epoch(config, epoch))
+        for group in optimizer.param_groups:
+            group["lr"].fill_(lr_at_epoch(config, epoch) * group["lr_scale"])
         method.start_epoch(epoch)
         idx = schedule.epoch_indices(epoch, sample_gen).to(device, non_blocking=True)
         stop = n_train - n_train % bs if use_graph else n_train
         batches = [idx[i:i + bs] for i in range(0, stop, bs)]
         loss_sum = torch.zeros((), device=device)
         first = 0
+        batch_iter = inputs.epoch_batches(batches, epoch, aug_gen, progress=progress and streaming)
         if step is None:  # CUDA graph: the first batches are real warm-up steps, then the step is captured
-            warm = [inputs.train_batch(batch, aug_gen) for batch in batches[:3]]
+            warm = list(itertools.islice(batch_iter, 3))
             try:
                 step = _GraphStep(model, method.loss, optimizer, warm)
             except RuntimeError as exc:
@@ -434,8 +433,8 @@ def _train(config: TrainConfig, data: LongTailedData, threads: int, progress: bo
                 torch.cuda.synchronize(device)
                 step = _eager_step(model, method.loss, optimizer)
             first = len(warm)
-        for batch in batches[first:]:
-            loss_sum += step(*inputs.train_batch(batch, aug_gen))
+        for x, y in batch_iter:
+            loss_sum += step(x, y)
         # one host read per epoch (the steps themselves never synchronise): a NaN or inf anywhere in the
         # epoch propagates into the sum, and every later step would only compute on NaN weights
         epoch_loss = loss_sum.item() / max(1, len(batches) - first)
@@ -464,7 +463,7 @@ def _train(config: TrainConfig, data: LongTailedData, threads: int, progress: bo
                    "epochs_completed": epochs_done})
 
     cfg = config.to_dict()
-    cfg.update({"commit": git_commit(), "switch_epoch": switch_epoch if spec.switches else None, "n_train": int(n_train),
+    cfg.update({"commit": git_commit(), "n_train": int(n_train),
                 "test_counts": [int(c) for c in data.test_counts], "imbalance": data.imbalance,
                 "data": data.meta, "drop_last": use_graph, "accel_used": accel_used, "threads_used": threads,
                 "torch": torch.__version__, "cuda": torch.version.cuda, "device_name": device_name(device),
