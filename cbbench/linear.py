@@ -4,13 +4,15 @@ For large class counts the logits and their gradient dominate memory (M = 8192, 
 1 GB each). Here the rows are processed in chunks; for each chunk
 
 1. ``z = b + h_chunk @ W.T`` on the device's BLAS (only this chunk of logits exists),
-2. the fused row kernel of :mod:`cbbench.ops` (Cython on the CPU, CUDA on the GPU) writes the chunk's
-   summed loss and ``g = d loss / d z`` (kernel contract: ``cbbench/ops/__init__.py``, reduction
-   ``"sum"`` -- or ``"none"`` per row),
+2. the fused row kernel of :mod:`cbbench.ops` (Cython on the CPU, CUDA on the GPU) turns blocks of the
+   chunk's rows into their summed loss and ``g = d loss / d z`` (kernel contract:
+   ``cbbench/ops/__init__.py``, reduction ``"sum"`` -- or ``"none"`` per row); each block's gradient is
+   copied over its logits, so a chunk holds one (rows, C) buffer and one block (on the CPU a block
+   stays in a core's L2 cache, and the copy costs ~1 % of the time),
 3. ``g`` is multiplied straight back: ``dh[chunk] = g @ W``, ``dW += g.T @ h_chunk``, ``db += sum(g)``,
    into buffers allocated once,
 
-and the chunk's logits and gradient are freed before the next one. The reduction's divisor is the
+and the chunk's buffer is freed before the next one. The reduction's divisor is the
 global one, computed from the targets before the first chunk (``cbbench/shapes.py``: local_divisor /
 finish_divisor), and the summed loss and the gradients are divided by it once at the end with a
 0-dim tensor: nothing is read back to the host, so CUDA calls never synchronise. The order of every
@@ -43,56 +45,63 @@ from .shapes import finish_divisor
 
 Tensor = torch.Tensor
 
-__all__ = ["DEFAULT_MAX_CHUNK_BYTES", "DEFAULT_MIN_CHUNK_BYTES", "chunk_bytes_per_row", "chunk_rows", "LinearPlan",
-           "make_plan", "run_chunks", "linear_loss", "reference_loss", "LinearLossFunction"]
+__all__ = ["DEFAULT_MAX_CHUNK_BYTES", "DEFAULT_MIN_CHUNK_BYTES", "KERNEL_BLOCK_BYTES", "kernel_block_rows",
+           "chunk_rows", "LinearPlan", "make_plan", "run_chunks", "linear_loss", "reference_loss",
+           "LinearLossFunction"]
 
-# The default memory budget of one chunk (its logits and their gradient, plus the float32 copies the
-# CPU kernels make of half-precision rows): 1/32 of what the materialised logits and gradient would
-# take -- a chunk is then 1/16 of the logits -- within [16 MiB, 64 MiB]. Below ~256 rows a chunk's
-# matmuls lose speed (the weight gradient is read and written once per chunk; on a 2-core Xeon,
-# C = 8142, H = 512: 64-row chunks 1.3x slower than 256-row ones), so the floor keeps small batches
-# in large chunks; the ceiling bounds the memory of large ones (N = 8192, C = 32000 fp32: 256 rows).
+# The default memory budget of one chunk: 1/16 of what the materialised logits would take, within
+# [16 MiB, 64 MiB]. The floor keeps small batches in large chunks: below a few hundred rows a chunk's
+# matmuls lose speed (each chunk packs the classifier weight and reads and writes its gradient once:
+# on a 2-core Xeon, C = 8142, H = 512, 64-row chunks were 1.4x slower than 256-row ones); the ceiling
+# bounds the memory of large batches (N = 8192, C = 32000 fp32: 504 rows, kernel blocks of 8).
 DEFAULT_MIN_CHUNK_BYTES = 16 << 20
 DEFAULT_MAX_CHUNK_BYTES = 64 << 20
-_DEFAULT_FRACTION = 32
+_DEFAULT_FRACTION = 16
+# The kernel runs on blocks of a chunk's rows, and each block's gradient is copied back over its logits:
+# a chunk then holds one (rows, C) buffer, not two. On the CPU a block's logits and gradient stay in a
+# core's L2 cache (1 MiB each); on the GPU a block is large enough to fill the device.
+KERNEL_BLOCK_BYTES = {"cpu": 1 << 20, "cuda": 16 << 20}
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def chunk_bytes_per_row(num_classes: int, dtype: torch.dtype, device_type: str) -> int:
-    """Bytes one row of a chunk holds at its peak: the logits and their gradient in ``dtype``, and for
-    half precision the float32 rows the CPU kernels work on (logits and gradient) or, on the GPU, the
-    float32 copy of the gradient the weight gradient is accumulated from."""
-    size = torch.empty((), dtype=dtype).element_size()
-    per_element = 2 * size
-    if dtype in _HALF:
-        per_element += 8 if device_type == "cpu" else 4
-    return num_classes * per_element
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def kernel_block_rows(num_classes: int, dtype: torch.dtype, device_type: str) -> int:
+    """Rows per kernel call: :data:`KERNEL_BLOCK_BYTES` of the kernel's gradient (and, for half
+    precision on the CPU, of the float32 rows the kernel computes on)."""
+    per_row = num_classes * (_element_size(dtype) + (8 if dtype in _HALF and device_type == "cpu" else 0))
+    return max(1, KERNEL_BLOCK_BYTES.get(device_type, KERNEL_BLOCK_BYTES["cuda"]) // per_row)
 
 
 def chunk_rows(num_rows: int, num_classes: int, dtype: torch.dtype, device_type: str, *,
                chunk_size: Optional[int] = None, memory_budget: Optional[int] = None) -> int:
-    """Rows per chunk: ``chunk_size`` when given, else as many as ``memory_budget`` bytes hold (see
-    :func:`chunk_bytes_per_row`; default: :data:`DEFAULT_MIN_CHUNK_BYTES` <= 1/32 of the full logits
-    and gradient <= :data:`DEFAULT_MAX_CHUNK_BYTES`); at least 1, at most ``num_rows``."""
+    """Rows per chunk: ``chunk_size`` when given, else as many as fit ``memory_budget`` bytes beside one
+    kernel block (default: 1/16 of the logits, at least :data:`DEFAULT_MIN_CHUNK_BYTES`, at most
+    :data:`DEFAULT_MAX_CHUNK_BYTES`); at least 1, at most ``num_rows``."""
     if chunk_size is None:
-        per_row = chunk_bytes_per_row(num_classes, dtype, device_type)
+        per_row = num_classes * _element_size(dtype)
         if memory_budget is None:
             memory_budget = min(max(num_rows * per_row // _DEFAULT_FRACTION, DEFAULT_MIN_CHUNK_BYTES),
                                 DEFAULT_MAX_CHUNK_BYTES)
-        chunk_size = memory_budget // per_row
+        block = kernel_block_rows(num_classes, dtype, device_type) * (per_row + (
+            num_classes * 8 if dtype in _HALF and device_type == "cpu" else 0))
+        chunk_size = max(memory_budget - block, 0) // per_row
     return max(1, min(int(chunk_size), num_rows))
 
 
 class LinearPlan(NamedTuple):
     """One fused head call: the loss (``fused``), its argument tuple for the chunks (``args``: logits
     ``None``, the whole flat target, reduction ``"sum"`` or ``"none"``), the caller's ``reduction``,
-    the finished divisor (0-dim float64 on the device, ``None`` for ``"sum"`` / ``"none"``) and the
-    rows per chunk."""
+    the finished divisor (0-dim float64 on the device, ``None`` for ``"sum"`` / ``"none"``), the rows
+    per chunk and per kernel call."""
     fused: FusedOp
     args: NamedTuple
     reduction: str
     divisor: Optional[Tensor]
     rows: int
+    block_rows: int
 
 
 def make_plan(fused: FusedOp, args: NamedTuple, hidden: Tensor, linear_weight: Tensor, *,
@@ -108,8 +117,9 @@ def make_plan(fused: FusedOp, args: NamedTuple, hidden: Tensor, linear_weight: T
     divisor = finish_divisor(reduction, local)
     rows = chunk_rows(num_rows, num_classes, hidden.dtype, hidden.device.type, chunk_size=chunk_size,
                       memory_budget=memory_budget)
+    block = kernel_block_rows(num_classes, hidden.dtype, hidden.device.type)
     chunk_args = args._replace(reduction="none" if reduction == "none" else "sum")
-    return LinearPlan(fused, chunk_args, reduction, divisor, rows)
+    return LinearPlan(fused, chunk_args, reduction, divisor, rows, block)
 
 
 def _loss_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -117,6 +127,14 @@ def _loss_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 Grads = Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]
+
+
+def _add_loss(total: Tensor, loss: Tensor, none: bool, start: int, stop: int) -> None:
+    """The kernel's loss of rows [start, stop) into the running total (or the rows of ``"none"``)."""
+    if none:
+        total[start:stop] = loss
+    else:
+        total += loss
 
 
 def run_chunks(plan: LinearPlan, hidden: Tensor, linear_weight: Tensor, linear_bias: Optional[Tensor],
@@ -143,12 +161,20 @@ def run_chunks(plan: LinearPlan, hidden: Tensor, linear_weight: Tensor, linear_b
         stop = min(start + plan.rows, num_rows)
         h = hidden[start:stop]
         z = torch.mm(h, weight_t) if linear_bias is None else torch.addmm(linear_bias, h, weight_t)
-        loss, g = plan.fused.run(plan.args._replace(logits=z, target=target[start:stop], need_grad=need_grad))
-        del z
-        if none:
-            total[start:stop] = loss
+        if need_grad and plan.block_rows < stop - start:
+            g = z  # each block's gradient overwrites its logits: one (rows, C) buffer per chunk
+            for first in range(0, stop - start, plan.block_rows):
+                last = min(first + plan.block_rows, stop - start)
+                rows = plan.args._replace(logits=z[first:last], target=target[start + first:start + last],
+                                          need_grad=True)
+                loss, block = plan.fused.run(rows)
+                g[first:last].copy_(block)
+                del block
+                _add_loss(total, loss, none, start + first, start + last)
         else:
-            total += loss
+            loss, g = plan.fused.run(plan.args._replace(logits=z, target=target[start:stop], need_grad=need_grad))
+            _add_loss(total, loss, none, start, stop)
+        del z
         if not need_grad:
             continue
         if row_scale is not None:
@@ -159,7 +185,7 @@ def run_chunks(plan: LinearPlan, hidden: Tensor, linear_weight: Tensor, linear_b
             db += g.sum(0, dtype=acc_dtype)
         if dw is not None:
             if half:  # accumulate in float32: one rounding at the end, not one per chunk
-                dw.addmm_(g.t().float(), h.float())
+                dw += torch.mm(g.t(), h)
             else:
                 dw.addmm_(g.t(), h)
         del g

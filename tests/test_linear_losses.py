@@ -87,11 +87,20 @@ def _compare(name, hidden, weight, b, y, w, reduction, dtype, **kw):
 # ----------------------------------------------------------------------------------------------
 # parity with linear + the reference
 # ----------------------------------------------------------------------------------------------
+@pytest.fixture(params=["blocks of 2 rows", "one block per chunk"])
+def kernel_blocks(request, monkeypatch):
+    """The kernel on blocks of a chunk (gradient copied over the logits) or on whole chunks."""
+    if request.param == "blocks of 2 rows":
+        monkeypatch.setattr(L, "kernel_block_rows", lambda *args: 2)
+    return request.param
+
+
 @pytest.mark.parametrize("name", list(HEADS))
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("chunk_size", [1, 5, 37, None])
-def test_loss_and_three_gradients_match_linear_plus_reference(name, reduction, chunk_size):
-    # 37 rows in chunks of 5: the last chunk holds 2 rows; C = 23 is no multiple of anything here
+def test_loss_and_three_gradients_match_linear_plus_reference(name, reduction, chunk_size, kernel_blocks):
+    # 37 rows in chunks of 5 (blocks of 2): the last chunk holds 2 rows, the last block of a chunk 1;
+    # C = 23 is no multiple of anything here
     hidden, weight, b, y, w = _inputs()
     out = _compare(name, hidden, weight, b, y, w, reduction, torch.float64, chunk_size=chunk_size)
     assert out.grad_fn is not None and type(out.grad_fn).__name__ == "LinearLossFunctionBackward"
@@ -100,7 +109,7 @@ def test_loss_and_three_gradients_match_linear_plus_reference(name, reduction, c
 @pytest.mark.parametrize("name", list(HEADS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_low_precision_dtypes(name, dtype, reduction):
+def test_low_precision_dtypes(name, dtype, reduction, kernel_blocks):
     hidden, weight, b, y, w = _inputs(n=64, h=32, c=50, dtype=dtype)
     _compare(name, hidden, weight, b, y, w, reduction, dtype, chunk_size=9)
 
@@ -108,7 +117,7 @@ def test_low_precision_dtypes(name, dtype, reduction):
 @pytest.mark.parametrize("name", list(HEADS))
 @pytest.mark.parametrize("n", [0, 1])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_empty_and_single_row_batches(name, n, reduction):
+def test_empty_and_single_row_batches(name, n, reduction, kernel_blocks):
     hidden, weight, b, y, w = _inputs(n=n)
     out = _compare(name, hidden, weight, b, y, w, reduction, torch.float64, chunk_size=4)
     if n == 0:
@@ -158,7 +167,7 @@ def test_softmax_logit_adjustment_options():
 
 @pytest.mark.parametrize("name", ["sigmoid", "focal"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_multi_hot_targets(name, reduction):
+def test_multi_hot_targets(name, reduction, kernel_blocks):
     hidden, weight, b, _, w = _inputs(n=20, c=9)
     t = (torch.arange(20 * 9).reshape(20, 9) % 4 == 0).double()
     _compare(name, hidden, weight, b, t, w, reduction, torch.float64, chunk_size=6)
@@ -187,11 +196,11 @@ def _loss_and_grads(name, chunk_size=None, memory_budget=None, dtype=torch.float
 
 
 @pytest.mark.parametrize("name", list(HEADS))
-def test_bitwise_deterministic_and_chunking_only_reorders_sums(name):
+def test_bitwise_deterministic_and_chunking_only_reorders_sums(name, kernel_blocks):
     first, second = _loss_and_grads(name, chunk_size=64), _loss_and_grads(name, chunk_size=64)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     other = _loss_and_grads(name, chunk_size=7)
-    budget = _loss_and_grads(name, memory_budget=L.chunk_bytes_per_row(257, torch.float32, "cpu") * 50)
+    budget = _loss_and_grads(name, memory_budget=(L.kernel_block_rows(257, torch.float32, "cpu") + 50) * 257 * 4)
     for a, b, c in zip(first, other, budget):
         _close(b, a, torch.float32, "chunk 7 vs 64")
         _close(c, a, torch.float32, "budget of 50 rows vs 64")
@@ -199,20 +208,21 @@ def test_bitwise_deterministic_and_chunking_only_reorders_sums(name):
 
 def test_chunk_rows_policy():
     f32 = torch.float32
-    per_row = L.chunk_bytes_per_row(32000, f32, "cpu")
-    assert per_row == 32000 * 8
-    # the issue's shapes: a chunk's logits+gradient within 1/8 of the logits alone
+    # the issue's shapes: a chunk (logits, overwritten by their gradient) and one kernel block within
+    # 1/16 of the logits, and a few hundred rows for the matmuls
     for n, c in [(8192, 32000), (8192, 8142)]:
-        rows = L.chunk_rows(n, c, f32, "cpu")
-        assert rows * L.chunk_bytes_per_row(c, f32, "cpu") <= n * c * 4 / 8
-        assert rows >= 256  # and big enough for the matmuls
-    assert L.chunk_rows(8192, 131072, f32, "cpu") * 131072 * 8 <= L.DEFAULT_MAX_CHUNK_BYTES
+        rows, block = L.chunk_rows(n, c, f32, "cpu"), L.kernel_block_rows(c, f32, "cpu")
+        assert (rows + block) * c * 4 <= n * c * 4 / 15
+        assert rows >= 450 and block * c * 4 <= L.KERNEL_BLOCK_BYTES["cpu"]
+    assert L.chunk_rows(8192, 131072, f32, "cpu") * 131072 * 4 <= L.DEFAULT_MAX_CHUNK_BYTES
     assert L.chunk_rows(100, 10, f32, "cpu") == 100  # small problems: one chunk
     assert L.chunk_rows(1000, 10, f32, "cpu", chunk_size=7) == 7
     assert L.chunk_rows(5, 10, f32, "cpu", chunk_size=7) == 5
-    assert L.chunk_rows(1000, 10, f32, "cpu", memory_budget=800) == 10
+    block = L.kernel_block_rows(10, f32, "cpu") * 40
+    assert L.chunk_rows(1000, 10, f32, "cpu", memory_budget=block + 400) == 10
     assert L.chunk_rows(1000, 10, f32, "cpu", memory_budget=1) == 1
-    assert L.chunk_bytes_per_row(10, torch.bfloat16, "cpu") == 10 * (4 + 8)
+    # half precision on the CPU: the kernel's float32 rows count in its block
+    assert L.kernel_block_rows(1000, torch.bfloat16, "cpu") == (1 << 20) // (1000 * 10)
 
 
 class _LargestTensor(TorchDispatchMode):

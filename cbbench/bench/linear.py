@@ -12,9 +12,8 @@ every implementation that can, after checking its loss and its three gradients a
 * ``unfused`` -- ``F.linear`` followed by cbbench's fused loss (the logits materialised);
 * ``torch_chunked`` -- torch's ``F.linear_cross_entropy(..., options=LinearCrossEntropyOptions())``
   (its chunked path with its default chunks; weighted CE only);
-* ``torch_chunked_eqmem`` -- the same with ``batch_chunk_size`` twice the fused head's default rows
-  per chunk: torch keeps one (rows, C) buffer where cbbench keeps the logits and their gradient, so
-  both hold the same chunk memory;
+* ``torch_chunked_eqmem`` -- the same with ``batch_chunk_size`` = the fused head's default rows per
+  chunk and per kernel block: both then hold one buffer of that many rows of logits;
 * ``torch`` -- torch's ``F.linear_cross_entropy`` without options (``linear`` + ``F.cross_entropy``);
 * ``liger`` / ``cce`` -- Liger-Kernel's fused linear CE and cut-cross-entropy, on CUDA where installed
   (CCE has no class weights: it is checked against, and does the work of, the unweighted CE).
@@ -48,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import functional as cbf
-from ..linear import chunk_rows
+from ..linear import chunk_rows, kernel_block_rows
 from ..provenance import environment, load_average
 from .cases import (FOCAL_GAMMA, HEAD_SETS, LOSS_TITLES, REDUCTION, HeadCase, HeadInputs, head_case_id, head_suite,
                     make_head_inputs, parse_head_case_id)
@@ -121,7 +120,8 @@ def loss_fn(impl: str, case: HeadCase) -> Callable[[HeadInputs], torch.Tensor]:
             options = torch.nn.LinearCrossEntropyOptions()
         elif impl == "torch_chunked_eqmem":
             rows = chunk_rows(case.n, case.c, case.torch_dtype, case.device)
-            options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=2 * rows, chunking_method=None)
+            rows += kernel_block_rows(case.c, case.torch_dtype, case.device)
+            options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=rows, chunking_method=None)
         return lambda x: F.linear_cross_entropy(x.hidden, x.linear_weight, x.target, linear_bias=x.linear_bias,
                                                 weight=x.weight, options=options)
     if impl == "liger":
