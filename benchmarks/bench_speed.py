@@ -1,14 +1,19 @@
 """Speed of each loss x implementation x case on the CPU and on the GPU: one forward+backward (loss and
 d loss / d logits) and one forward, in seconds.
 
-Each benchmark times through the shared core (:func:`cbbench.bench.timing.measure`: warm calls on the
-host clock on the CPU, CUDA events with the L2 flushed on the GPU) and hands asv **every sample**
-(``{"samples": [...], "number": 1}``, which asv treats as timing samples): asv keeps them, reports the
-median and its spread, and ``asv continuous`` counts a change only when its Mann-Whitney U test finds
-it significant (p < 0.002) *and* the ratio passes the factor. asv runs a ``track_*`` benchmark in one
-round unless told otherwise (``--attribute rounds=N``: N fresh processes per commit, interleaved with
-the other commit's in ``asv continuous``, so that drifts of a shared machine fall on both). (asv's own ``time_*`` would re-run ``setup`` before every sample and time one cold call each, 1.5-2x
-the warm time at training-size shapes and far noisier.)
+Each benchmark times warm calls through the shared core (:func:`cbbench.bench.timing.measure`: host
+clock on the CPU, CUDA events with the L2 flushed on the GPU) and hands asv its samples
+(``{"samples": [...], "number": 1}``, which asv treats as timing samples): asv records them, reports
+their median and spread, and ``asv continuous`` counts a change only when its Mann-Whitney U test finds
+it significant (p < 0.002) *and* the ratio passes the factor. A sample is the median of one of
+:data:`WINDOWS` consecutive windows of calls, not a single call: calls close in time share the state of
+the machine (on a shared one, contention comes in episodes of seconds that slow every call by up to
+1.5x), so the windows, not the calls, are the units the test may treat as independent — with every call
+a sample, any episode during one commit's run is "significant". asv runs a ``track_*`` benchmark in
+one round per commit unless told otherwise (``--attribute rounds=N``: N fresh processes per commit,
+interleaved with the other commit's in ``asv continuous``). (asv's own ``time_*`` would re-run
+``setup`` before every sample and time one cold call each: 1.4-1.9x the warm time at 128x100, and far
+noisier.)
 
 The cases are the ``asv`` set of the one case table (:data:`cbbench.bench.cases.CASE_TABLE`). ``setup``
 checks the implementation against the reference on the timed inputs (a mismatch is a failure, not a
@@ -19,15 +24,26 @@ time (use it with ``OMP_NUM_THREADS=1``; the regression gate's test does). It ch
 code, so asv's version of the benchmarks stays the same.
 """
 import os
+import statistics
 
 from cbbench.bench.providers import MODES, PROVIDERS
 from cbbench.bench.timing import TimingPolicy, measure
 
 from .common import CPU_IMPLEMENTATIONS, CUDA_SPEED_IMPLEMENTATIONS, case_ids, prepare
 
-# per round: at least 10 warm samples, more for up to 0.5 s
+# per round: at least 10 warm calls, more for up to 0.5 s, in WINDOWS windows
 POLICY = TimingPolicy(warmup=3, min_repeat=10, max_repeat=500, budget_s=0.5)
+WINDOWS = 8
 CPU_CLOCK = os.environ.get("CBBENCH_ASV_CPU_CLOCK", "wall")
+
+
+def window_medians(samples, windows):
+    """The medians of ``windows`` consecutive, near-equal groups of ``samples`` (fewer when there are
+    fewer samples), in time order."""
+    n = len(samples)
+    k = max(1, min(windows, n))
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    return [statistics.median(samples[a:b]) for a, b in zip(bounds, bounds[1:])]
 
 
 class _LossSpeed:
@@ -44,7 +60,7 @@ class _LossSpeed:
 
     def _samples(self, mode):
         result = measure(self.steps[mode], self.device, POLICY, cpu_clock=CPU_CLOCK)
-        return {"samples": [ms * 1e-3 for ms in result.samples_ms], "number": 1}
+        return {"samples": [ms * 1e-3 for ms in window_medians(result.samples_ms, WINDOWS)], "number": 1}
 
     def track_fwd_bwd(self, impl, case):
         return self._samples("fwd_bwd")

@@ -66,9 +66,17 @@ def test_speed_setup_checks_skips_and_the_samples_are_asv_timing_samples(suite, 
     out = bench.track_fwd_bwd("reference", "128x100 fp32")
     # asv's runner reads a dict with "samples" and "number" as timing samples (seconds per call)
     assert set(out) == {"samples", "number"} and out["number"] == 1
-    assert len(out["samples"]) == 7 and all(0 < s < 10 for s in out["samples"])
+    assert len(out["samples"]) == 7 and all(0 < s < 10 for s in out["samples"])  # fewer calls than windows
     monkeypatch.setattr(speed, "CPU_CLOCK", "process")
-    assert len(bench.track_fwd("reference", "128x100 fp32")["samples"]) == 7
+    monkeypatch.setattr(speed, "WINDOWS", 3)
+    assert len(bench.track_fwd("reference", "128x100 fp32")["samples"]) == 3
+
+
+def test_window_medians(suite):
+    speed = suite["bench_speed"]
+    assert speed.window_medians([1, 2, 3, 10, 20, 30, 5, 6, 7], 3) == [2, 20, 6]
+    assert speed.window_medians([4.0, 1.0], 8) == [4.0, 1.0]
+    assert len(speed.window_medians(list(range(100)), 8)) == 8
     with pytest.raises(NotImplementedError):
         speed.FocalCPU().setup("liger", "128x100 fp32")
     if not torch.cuda.is_available():

@@ -4,8 +4,9 @@ passes a pair of identical commits three times.
 The test clones the repository's HEAD (the committed state, not the working tree) into a temporary
 folder, commits there, from HEAD ("base"):
 
-* ``slow``: ``cbbench.functional.softmax_cross_entropy`` does all its work twice (the fused CPU kernel
-  runs twice forward and backward; the values are unchanged, so the benchmark's reference check passes);
+* ``slow``: ``cbbench.functional.softmax_cross_entropy`` does its work twice: the fused CPU kernel, which
+  computes loss and gradient in the forward call, runs twice and the first result is dropped (the values
+  are unchanged, so the benchmark's reference check passes);
 * ``weights-ignored``: the same function drops its class weights (class-balanced softmax becomes plain
   softmax: an accuracy drop on the long-tailed data);
 * ``same``: an empty commit on top of base;
@@ -41,13 +42,14 @@ MACHINE = "gate-test"
 
 SLOWDOWN = f'''
 
-# planted by tests/test_bench_gate.py: the fused softmax cross-entropy does all its work twice
+# planted by tests/test_bench_gate.py: the fused softmax cross-entropy does its work twice (the fused
+# kernel computes loss and gradient in the forward call; the first result is thrown away)
 _planted_{PLANTED_FUNCTION} = {PLANTED_FUNCTION}
 
 
 def {PLANTED_FUNCTION}(*args, **kwargs):
-    first = _planted_{PLANTED_FUNCTION}(*args, **kwargs)
-    return (first + _planted_{PLANTED_FUNCTION}(*args, **kwargs)) / 2
+    _planted_{PLANTED_FUNCTION}(*args, **kwargs)
+    return _planted_{PLANTED_FUNCTION}(*args, **kwargs)
 '''
 
 WEIGHTS_IGNORED = f'''
@@ -77,14 +79,14 @@ def _plant(repo: Path, branch: str, code: str, message: str) -> None:
     _git(repo, "commit", "-q", "-am", message)
 
 
-@pytest.fixture(scope="module")
-def gate_repo(tmp_path_factory):
+def make_gate_repo(tmp: Path) -> dict:
+    """The throwaway clone with its planted branches, the overlay asv configuration, the environment of
+    the asv runs and a registered asv machine, under ``tmp``."""
     missing = [m for m in ("asv", "virtualenv") if importlib.util.find_spec(m) is None]
     if missing:
         pytest.fail(f"{missing} not installed: the gate needs the bench extra (pip install -e '.[bench]')")
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.fail("the gate test needs git and a git checkout of cbbench")
-    tmp = tmp_path_factory.mktemp("gate")
     repo = tmp / "repo"
     subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(ROOT), str(repo)], check=True)
     _git(repo, "config", "user.email", "gate-test@cbbench.invalid")
@@ -112,7 +114,13 @@ def gate_repo(tmp_path_factory):
     return {"repo": str(repo), "config": str(config), "env": env}
 
 
-def _gate(gate_repo, head):
+@pytest.fixture(scope="module")
+def gate_repo(tmp_path_factory):
+    return make_gate_repo(tmp_path_factory.mktemp("gate"))
+
+
+def run_pair(gate_repo, head):
+    """The gate from ``base`` to ``head`` on the gated subset."""
     result = gate.run_gate("base", head, bench=gate.exactly([SPEED, ACCURACY]), repo=gate_repo["repo"],
                            config=gate_repo["config"], machine=MACHINE, attributes=[f"rounds={ROUNDS}"],
                            env=gate_repo["env"], timeout=900)
@@ -127,16 +135,17 @@ def _ran_both(run: gate.AsvRun) -> None:
 
 
 def test_gate_fails_a_planted_2x_slowdown(gate_repo):
-    result = _gate(gate_repo, "slow")
+    result = run_pair(gate_repo, "slow")
     first = result.first
     assert first.decreased and first.returncode != 0, first.output[-4000:]
     _ran_both(first)
-    assert first.worse.get(SPEED, 0) >= 1.5 and ACCURACY not in first.worse, first.worse
+    # the planted ratio is 2; on a busy shared machine single runs have measured it from 1.26 to 3.1
+    assert first.worse.get(SPEED, 0) > gate.FACTOR and ACCURACY not in first.worse, first.worse
     assert result.failed and set(result.confirmed) == {SPEED} and len(result.runs) == 1 + gate.CONFIRM
 
 
 def test_gate_fails_a_planted_accuracy_drop(gate_repo):
-    result = _gate(gate_repo, "weights-ignored")
+    result = run_pair(gate_repo, "weights-ignored")
     first = result.first
     assert first.decreased and first.returncode != 0, first.output[-4000:]
     _ran_both(first)
@@ -148,7 +157,7 @@ def test_gate_fails_a_planted_accuracy_drop(gate_repo):
 
 @pytest.mark.parametrize("attempt", [1, 2, 3])
 def test_gate_passes_identical_commits(gate_repo, attempt):
-    result = _gate(gate_repo, "same")
+    result = run_pair(gate_repo, "same")
     _ran_both(result.first)
     assert ACCURACY not in result.first.worse  # training is deterministic: identical errors
     assert not result.failed, result.summary()

@@ -75,6 +75,17 @@ def test_report_from_fake_results(tmp_path):
     assert "Fake CPU" in text and "a note" in text and "total 12 s" in text
 
 
+def test_report_shows_the_implementations_on_the_held_vectors(tmp_path):
+    from cbbench.bench.conformance import Outcome
+
+    held = [Outcome("empty class", "cbbench", "raises ValueError (class(es) [1] have zero training samples)", True),
+            Outcome("empty class", "balanced-loss", "NaN loss", False)]
+    text = report.write_report(tmp_path, speed=[_fake_speed()], held_vectors=held).read_text()
+    assert "Peers on the held test vectors" in text
+    assert "| empty class |" in text and "| balanced-loss | NaN loss | no |" in text
+    assert "held test vectors" not in report.write_report(tmp_path / "none", speed=[_fake_speed()]).read_text()
+
+
 def test_report_with_nothing_run(tmp_path):
     text = report.write_report(tmp_path).read_text()
     assert text.count("Not run.") == 2 and "Not drawn." in text

@@ -337,6 +337,7 @@ def main(argv=None) -> int:
         asv_dir = Path(read_asv_config(config).get("env_dir", ".asv/env")).parent
         asv_dir.mkdir(parents=True, exist_ok=True)
         config = str(overlay_config(config, asv_dir / "asv.overlay.conf.json", prebuilt_dir=asv_dir / "prebuilt"))
+        seed_prebuilt(asv_dir / "prebuilt", Path(args.config).resolve().parent)  # this checkout, if built
     if args.machine:
         register_machine(args.machine, config=config)
     if args.confirm < 0:
