@@ -16,6 +16,11 @@ a rank's own value is not the global loss.
 Class counts are always those of the whole training set: :func:`broadcast_counts` takes them from one
 rank and :func:`check_counts_agree` verifies every rank computed the same -- never weights from a
 batch or a shard.
+
+Data: a training batch is one *global* batch drawn as one process would draw it, of which each rank
+takes its share (:func:`batch_share`: rows ``r, r + W, ...``); evaluation splits the test set into
+contiguous, unpadded shards (:func:`even_shard`; ``DistributedSampler`` pads with repeated examples,
+which biases per-class accuracy) and sums per-class tallies over the ranks (:func:`all_reduce_sum`).
 """
 from __future__ import annotations
 
@@ -29,7 +34,8 @@ from .weights import CountsLike, as_counts
 
 Tensor = torch.Tensor
 
-__all__ = ["is_distributed", "world_size", "rank", "synchronised", "broadcast_counts", "check_counts_agree"]
+__all__ = ["is_distributed", "world_size", "rank", "synchronised", "broadcast_counts", "check_counts_agree",
+           "batch_share", "even_shard", "all_reduce_sum", "broadcast_object"]
 
 
 def is_distributed(group=None) -> bool:
@@ -142,3 +148,45 @@ def _global_rank(group_rank: int, group) -> int:
     if group is None:
         return group_rank
     return dist.get_global_rank(group, group_rank)
+
+
+def batch_share(batch: Tensor, rank_: int, world: int) -> Tensor:
+    """Rank ``rank_``'s rows of a global batch of ``world`` ranks: rows ``rank_, rank_ + world, ...``.
+
+    Shares differ in size by at most one (a rank gets none when the batch has fewer rows than ranks), and
+    the ranks' shares together are the batch. With a batch size divisible by W, rank r's share of every
+    global batch is what ``DistributedSampler(shuffle=False)`` over the whole stream would give a
+    ``DataLoader`` of batch size B / W on that rank."""
+    if world < 1 or not 0 <= rank_ < world:
+        raise ValueError(f"rank must be in [0, world) with world >= 1, got rank {rank_} of {world}")
+    return batch[rank_::world]
+
+
+def even_shard(n: int, group=None) -> range:
+    """This rank's contiguous share of ``n`` items, unpadded: ``[n r / W, n (r + 1) / W)``. Every item is
+    on exactly one rank (shares differ in size by at most one)."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    size, r = world_size(group), rank(group)
+    return range(n * r // size, n * (r + 1) // size)
+
+
+def all_reduce_sum(values, group=None) -> Tensor:
+    """The sum over the ranks of ``values`` (a tensor or array of numbers; a new tensor, on the CPU). Without an
+    initialised process group, a copy of ``values``."""
+    values = torch.as_tensor(values)
+    if not is_distributed() or world_size(group) == 1:
+        return values.clone()
+    total = values.to(_collective_device(group), copy=True)
+    dist.all_reduce(total, group=group)
+    return total.cpu()
+
+
+def broadcast_object(obj, src: int = 0, group=None):
+    """``obj`` of rank ``src`` (any picklable object) on every rank; without a process group, ``obj``."""
+    if not is_distributed() or world_size(group) == 1:
+        return obj
+    holder = [obj if rank(group) == src else None]
+    dist.broadcast_object_list(holder, src=_global_rank(src, group), group=group,
+                               device=_collective_device(group))
+    return holder[0]

@@ -1,7 +1,8 @@
 """Metric arithmetic on hand-computed cases."""
+import numpy as np
 import pytest
 
-from cbbench.harness.metrics import evaluate, shot_group
+from cbbench.harness.metrics import class_tallies, evaluate, evaluate_distributed, metrics_from_tallies, shot_group
 
 
 def test_hand_case():
@@ -41,3 +42,23 @@ def test_bad_input():
         evaluate([0, 3], [0, 1], [1, 1])
     with pytest.raises(ValueError, match="shape"):
         evaluate([0, 1], [0], [1, 1])
+
+
+def test_tallies_of_shards_add_up_to_the_whole():
+    """Unpadded shards' per-class tallies summed give exactly the metrics of the whole split (what the
+    ranks all-reduce); padding a shard with a repeated example, as DistributedSampler does, does not."""
+    g = np.random.default_rng(1)
+    y_true = g.integers(0, 6, 101)
+    y_pred = np.where(g.random(101) < 0.7, y_true, g.integers(0, 6, 101))
+    counts = [300, 120, 50, 20, 9, 2]
+    whole = evaluate(y_true, y_pred, counts)
+    cuts = [0, 17, 17, 60, 101]  # one empty shard
+    tallies = sum(class_tallies(y_true[a:b], y_pred[a:b], 6) for a, b in zip(cuts, cuts[1:]))
+    assert metrics_from_tallies(tallies, counts) == whole
+    assert evaluate_distributed(y_true, y_pred, counts) == whole  # no process group: the plain evaluation
+    padded = tallies + class_tallies(y_true[:1], y_pred[:1], 6)
+    assert metrics_from_tallies(padded, counts) != whole
+    with pytest.raises(ValueError, match="correct <= total"):
+        metrics_from_tallies(np.array([[2, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]]), counts)
+    with pytest.raises(ValueError, match="no test examples"):
+        metrics_from_tallies(np.zeros((2, 6), dtype=np.int64), counts)

@@ -12,11 +12,12 @@ import sys
 
 from ..harness.methods import METHODS
 from .lists import parse_list, parse_methods, parse_seeds
-from .train import add_training_arguments, training_overrides
+from .train import TORCHRUN_NOTE, add_training_arguments, training_overrides
 
 
 def run(args) -> int:
     from ..harness.compare import finished_run_ids, plan_runs, run_comparison
+    from ..harness.ddp import is_main
 
     methods = parse_methods(args.methods, METHODS)
     seeds = parse_seeds(args.seeds)
@@ -24,7 +25,7 @@ def run(args) -> int:
     overrides = training_overrides(args)
     if betas is not None:
         overrides.pop("beta")  # the sweep replaces the single beta
-    if not args.resume and os.path.isdir(args.out):
+    if not args.resume and is_main() and os.path.isdir(args.out):
         plan = plan_runs(args.dataset, methods, seeds, betas=betas, imbalance=args.imbalance, epochs=args.epochs,
                          device=args.device, **overrides)
         kept = finished_run_ids(args.out, plan)
@@ -34,6 +35,8 @@ def run(args) -> int:
     run_comparison(args.dataset, methods, seeds, args.out, betas=betas, resume=args.resume,
                    imbalance=args.imbalance, epochs=args.epochs, device=args.device, progress=not args.no_progress,
                    **overrides)
+    if not is_main():
+        return 0
     with open(os.path.join(args.out, "summary.md")) as fh:
         print(fh.read(), end="")
     return 0
@@ -41,7 +44,7 @@ def run(args) -> int:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("compare", help="compare long-tail methods over seeds, write a summary",
-                                   description=__doc__)
+                                   description=__doc__ + TORCHRUN_NOTE)
     add_training_arguments(parser)
     parser.add_argument("--methods", default="all",
                         help="comma-separated methods or 'all' (default). Methods: " + ", ".join(METHODS))
@@ -51,4 +54,4 @@ def register(subparsers) -> None:
                              "beta; replaces --beta): the beta experiment, e.g. 0,0.9,0.99,0.999,0.9999")
     parser.add_argument("--resume", action="store_true",
                         help="keep the finished runs already in --out (same configuration) and train the rest")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, data_parallel=True)

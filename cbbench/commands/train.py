@@ -19,6 +19,9 @@ _DATASET_HELP = ("digits-lt: scikit-learn's bundled digits, long-tailed train sp
                  "--train-list and --eval-list ('relative/path label' lines, or iNaturalist json) with --data-dir "
                  "the image root; features: --features FILE.npz; imagenet-lt, places-lt, inat2018: the published "
                  "list files (--lists-dir, default --data-dir) and images under --data-dir")
+TORCHRUN_NOTE = (" Data parallel: torchrun --nproc_per_node=N -m cbbench ... trains each run on N processes (gloo "
+                  "on the CPU, NCCL on CUDA, one GPU per process) on the same global batches as one process "
+                  "(--batch-size is the global batch); rank 0 writes the results.")
 # command-line options that go to the dataset loader (cbbench.harness.userdata), as dataset_options
 _DATASET_OPTIONS = ("train_list", "eval_list", "lists_dir", "features", "eval_split", "images", "crop")
 
@@ -89,13 +92,16 @@ def training_overrides(args) -> dict:
 
 def run(args) -> int:
     from ..harness.compare import atomic_write, check_writable
+    from ..harness.ddp import is_main, on_main
     from ..harness.train import TrainConfig, resolve_config, train_run
 
     config = TrainConfig(args.dataset, args.method, seed=args.seed, imbalance=args.imbalance, epochs=args.epochs,
                          device=args.device, **training_overrides(args))
     resolve_config(config)
-    check_writable(args.out)  # before training, not after it
+    on_main(check_writable, args.out)  # before training, not after it (rank 0 writes, under torchrun)
     result = train_run(config, progress=not args.no_progress)
+    if not is_main():
+        return 0
     path = os.path.join(args.out, "result.json")
     atomic_write(path, json.dumps(result, indent=1))
     head = f"{args.dataset} {args.method} seed {args.seed}"
@@ -110,9 +116,9 @@ def run(args) -> int:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train one long-tail method, write OUT/result.json",
-                                   description=__doc__)
+                                   description=__doc__ + TORCHRUN_NOTE)
     add_training_arguments(parser)
     parser.add_argument("--method", required=True, choices=METHODS, metavar="METHOD",
                         help="one of: " + ", ".join(METHODS))
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, data_parallel=True)

@@ -11,6 +11,11 @@ interrupt (Ctrl-C, SIGINT) stops the running run, writes the summary of the fini
 
 With ``betas``, every method whose behaviour depends on the class-balanced beta (CB weights, DRW, CB
 sampling) runs once per beta: the beta experiment of Cui et al. (see :mod:`cbbench.harness.beta`).
+
+Under data parallelism (every rank of a process group calls it with the same arguments, as ``torchrun
+... -m cbbench compare`` does) the runs go one at a time, each trained by all ranks together; rank 0
+checks the output folder and reads the finished runs (every rank gets its verdict), and only rank 0
+writes files and shows progress bars.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .datasets import DATASETS, load_dataset
+from .ddp import is_main, on_main
 from .methods import get_spec
 from .metrics import SCALAR_METRICS
 from .train import TrainConfig, check_run, resolve_config, train_run
@@ -244,9 +250,12 @@ def run_comparison(dataset: str, methods: list, seeds: Union[int, list], out_dir
     counts = [int(c) for c in data.train_counts]
     done = {}
     if out_dir is not None:
-        check_writable(out_dir)
+        on_main(check_writable, out_dir)
         if resume:
-            done.update(_load_finished(out_dir, plan, counts))
+            done.update(on_main(_load_finished, out_dir, plan, counts))
+    main = is_main()
+    progress = progress and main
+    writes = out_dir if main else None  # every rank trains; rank 0 alone writes
     for result in reuse:
         for planned in plan:
             if planned.run_id not in done and result.get("method") == planned.config.method \
@@ -260,23 +269,24 @@ def run_comparison(dataset: str, methods: list, seeds: Union[int, list], out_dir
         for planned in bar:
             if planned.run_id in done:
                 result = done[planned.run_id]
-                if out_dir is not None and not os.path.isfile(_result_path(out_dir, planned.run_id)):
-                    atomic_write(_result_path(out_dir, planned.run_id), json.dumps(result, indent=1))
+                if writes is not None and not os.path.isfile(_result_path(writes, planned.run_id)):
+                    atomic_write(_result_path(writes, planned.run_id), json.dumps(result, indent=1))
             else:
                 result = dict(train_run(planned.config, data, progress=progress), run_id=planned.run_id)
-                if out_dir is not None:
-                    atomic_write(_result_path(out_dir, planned.run_id), json.dumps(result, indent=1))
+                if writes is not None:
+                    atomic_write(_result_path(writes, planned.run_id), json.dumps(result, indent=1))
             runs[planned.run_id] = result
-            if out_dir is not None:
-                write_results_csv(_in_order(plan, runs), os.path.join(out_dir, "results.csv"))
+            if writes is not None:
+                write_results_csv(_in_order(plan, runs), os.path.join(writes, "results.csv"))
     except KeyboardInterrupt:
         bar.close()
         finished = _in_order(plan, runs)
-        if out_dir is not None and finished:  # the quick files only: a second Ctrl-C must not wait for plots
-            write_summary_md(finished, os.path.join(out_dir, "summary.md"), planned=len(plan))
+        if writes is not None and finished:  # the quick files only: a second Ctrl-C must not wait for plots
+            write_summary_md(finished, os.path.join(writes, "summary.md"), planned=len(plan))
         raise ComparisonInterrupted(finished, len(plan), out_dir) from None
     runs = _in_order(plan, runs)
     wall = time.perf_counter() - start
+    out_dir = writes
     if out_dir is not None:
         write_summary_md(runs, os.path.join(out_dir, "summary.md"), wall_time_s=wall)
         atomic_write(os.path.join(out_dir, "runs.json"), json.dumps(runs, indent=1))

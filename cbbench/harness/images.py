@@ -197,12 +197,14 @@ def image_loader(dataset: ImageFiles, batches, *, workers: int, pin_memory: bool
 
 
 def default_workers() -> int:
-    """DataLoader workers by default: the CPUs this process may use, at most 8."""
+    """DataLoader workers by default: the CPUs this process may use, shared among the processes a launcher
+    started on this machine (``LOCAL_WORLD_SIZE``, set by torchrun), at most 8."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
-    return max(1, min(8, cpus))
+    local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, min(8, cpus // local_ranks))
 
 
 def probe_memory_size(path: str, max_side: int = 64) -> Optional[tuple]:

@@ -91,11 +91,12 @@ def get_spec(name: str) -> MethodSpec:
 
 
 class Method:
-    """A method bound to a training set's class counts: its loss module and per-epoch switches."""
+    """A method bound to a training set's class counts: its loss module and per-epoch switches.
+    ``sync_normalizer=True`` under data parallelism (see :mod:`cbbench.distributed`)."""
 
     def __init__(self, name: str, counts, *, beta: float = 0.9999, gamma: float = 1.0, tau: float = 1.0,
                  ldam_max_margin: float = 0.5, ldam_scale: float = 30.0, switch_epoch: Optional[int] = None,
-                 backend: str = "auto"):
+                 backend: str = "auto", sync_normalizer: bool = False):
         self.spec = get_spec(name)
         self.counts = torch.as_tensor(counts, dtype=torch.float64)
         if (self.counts <= 0).any():
@@ -117,7 +118,9 @@ class Method:
         # F.cross_entropy(weight=w) does: with the paper's "mean" (sum / N) the switch to weights that
         # sum to C would also shrink the step by the batch's mean weight (~0.2 on CIFAR-10-LT IF 100).
         self.reduction = "weighted_mean" if spec.deferred_weighting else "mean"
-        opts = dict(reduction=self.reduction, backend=backend)
+        # sync_normalizer (data parallel training): the reduction's divisor is all-reduced over the ranks,
+        # so DDP's averaged gradient is that of the global batch (cbbench/distributed.py)
+        opts = dict(reduction=self.reduction, backend=backend, sync_normalizer=sync_normalizer)
         if spec.loss == "softmax":
             self.loss: nn.Module = cbnn.SoftmaxCrossEntropyLoss(weight, **opts)
         elif spec.loss == "sigmoid":

@@ -7,19 +7,26 @@ instance-balanced to the class-balanced distribution over training,
 draws each example with probability proportional to the class-balanced weight of its class (Cui et
 al.), so class j gets ``p_j ~ n_j w_j``. A class distribution becomes per-example weights ``p_j / n_j``
 for :class:`torch.utils.data.WeightedRandomSampler` (with replacement, N draws per epoch).
+
+Every epoch's draws come from a generator seeded by (seed, epoch) alone (:func:`epoch_seed`), so one
+epoch's stream can be drawn on its own, in any order, by any process. Under data parallelism
+(:class:`GlobalBatchSampler`) each of the W ranks draws the same global stream, cuts it into the same
+global batches and takes its share of each (:func:`cbbench.distributed.batch_share`): 1 rank and W ranks
+train on the same global batches.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterator, List, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import RandomSampler, Sampler, WeightedRandomSampler
 
+from .. import distributed
 from ..weights import class_balanced_weights
 
 __all__ = ["SAMPLINGS", "power_class_probs", "progressive_class_probs", "cb_class_probs", "example_weights",
-           "SamplingSchedule"]
+           "epoch_seed", "SamplingSchedule", "GlobalBatchSampler"]
 
 # "instance": shuffling without replacement (q = 1); the others draw with replacement
 SAMPLINGS = ("instance", "class_balanced", "sqrt", "progressive", "cb", "deferred")
@@ -69,6 +76,17 @@ def example_weights(targets: np.ndarray, class_probs: np.ndarray) -> torch.Tenso
     return torch.from_numpy(per_class[targets])
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The generator seed of ``epoch`` in a run seeded ``seed``: a hash of the pair (NumPy's
+    ``SeedSequence``), so neighbouring runs never share an epoch's draws (``DistributedSampler`` seeds
+    epoch e with seed + e, which gives seed 1's epoch 0 the draws of seed 0's epoch 1)."""
+    if isinstance(seed, bool) or isinstance(epoch, bool) or int(seed) != seed or int(epoch) != epoch \
+            or seed < 0 or epoch < 0:
+        raise ValueError(f"seed and epoch must be whole numbers >= 0, got seed {seed!r}, epoch {epoch!r}")
+    state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, np.uint64)[0]
+    return int(state) & (2 ** 63 - 1)
+
+
 class SamplingSchedule:
     """The sampler of each epoch for one of :data:`SAMPLINGS`.
 
@@ -112,6 +130,66 @@ class SamplingSchedule:
         weights = example_weights(self.targets, self.class_probs(epoch))
         return WeightedRandomSampler(weights, num_samples=n, replacement=True, generator=generator)
 
-    def epoch_indices(self, epoch: int, generator: torch.Generator) -> torch.Tensor:
-        """The example indices of ``epoch`` in draw order (int64 CPU tensor)."""
+    def epoch_indices(self, epoch: int, seed: int) -> torch.Tensor:
+        """The example indices of ``epoch`` in draw order (int64 CPU tensor), drawn from a generator
+        seeded by :func:`epoch_seed` ``(seed, epoch)``: the same stream in every process."""
+        generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
         return torch.as_tensor(list(self.sampler(epoch, generator)), dtype=torch.int64)
+
+
+class GlobalBatchSampler(Sampler):
+    """A batch sampler for data parallel training: rank r's share of each global batch of one stream.
+
+    Epoch e's stream is ``schedule.epoch_indices(e, seed)``, the same on every rank whatever the world
+    size W; it is cut into global batches of ``batch_size`` (the last one shorter unless ``drop_last``)
+    and each rank takes :func:`cbbench.distributed.batch_share` of every global batch (rows r, r + W, ...;
+    B / W of them when W divides B). Every rank therefore has the same number of batches, the ranks'
+    batches of a step together are the global batch one process would train on, and a rank whose share
+    of a short last batch is empty gets an empty batch (the harness still steps on it, so the ranks'
+    collectives stay in step). As with ``DistributedSampler``, call :meth:`set_epoch` before each epoch;
+    without it every epoch repeats the draws of epoch 0.
+
+    Iterating yields lists of indices (``DataLoader(dataset, batch_sampler=...)``; a ``DataLoader``
+    cannot collate an empty batch, so pass ``drop_last=True`` or a batch size of at least W times the
+    ranks when the last batch may be short); :meth:`local_batches` gives int64 tensors.
+    ``num_replicas`` and ``rank`` default to those of the default process group (1 and 0 without one).
+    """
+
+    def __init__(self, schedule: SamplingSchedule, batch_size: int, *, seed: int = 0,
+                 num_replicas: Optional[int] = None, rank: Optional[int] = None, drop_last: bool = False):
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        self.num_replicas = distributed.world_size() if num_replicas is None else int(num_replicas)
+        self.rank = distributed.rank() if rank is None else int(rank)
+        if self.num_replicas < 1 or not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank must be in [0, num_replicas), got rank {self.rank} of {self.num_replicas}")
+        self.schedule, self.batch_size, self.seed = schedule, int(batch_size), int(seed)
+        self.drop_last = bool(drop_last)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose stream the next iteration draws (and whose class distribution it uses)."""
+        self.epoch = int(epoch)
+
+    def global_batches(self) -> List[torch.Tensor]:
+        """The current epoch's global batches (int64 CPU tensors), the same on every rank."""
+        stream = self.schedule.epoch_indices(self.epoch, self.seed)
+        n = len(stream)
+        stop = n - n % self.batch_size if self.drop_last else n
+        return [stream[i:i + self.batch_size] for i in range(0, stop, self.batch_size)]
+
+    def share(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a global batch."""
+        return distributed.batch_share(batch, self.rank, self.num_replicas)
+
+    def local_batches(self) -> List[torch.Tensor]:
+        """This rank's share of each of the current epoch's global batches (int64 CPU tensors)."""
+        return [self.share(batch) for batch in self.global_batches()]
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for batch in self.local_batches():
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        n = len(self.schedule.targets)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)

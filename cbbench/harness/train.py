@@ -11,6 +11,15 @@ through DataLoader workers (:mod:`cbbench.harness.inputs`). On CUDA (``accel="au
 training step — forward, the fused loss, backward and a fused SGD step with a device-resident learning
 rate — is captured once into a CUDA graph and replayed (static batch shape, so the last partial batch
 of each epoch is dropped there); ``accel="compile"`` runs ``torch.compile(model)`` in an eager loop.
+
+Data parallel (inside an initialised process group of W > 1 ranks, e.g. under ``torchrun``): the model is
+wrapped in ``DistributedDataParallel``, every rank draws the same global batches of ``batch_size`` (the
+*global* batch size) and trains on its share of each (:class:`~cbbench.harness.samplers.GlobalBatchSampler`),
+the losses all-reduce their normaliser (``sync_normalizer=True``), and the test split is evaluated in
+unpadded shards whose per-class tallies are summed: 1 rank and W ranks train on the same batches and
+end with the same model, up to floating-point rounding (a test checks it). The class counts are checked to
+agree across ranks. Eager steps only (``accel="auto"`` means ``"none"`` there; CUDA graphs are not
+captured under DDP).
 """
 from __future__ import annotations
 
@@ -27,16 +36,19 @@ from typing import Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..provenance import device_name, git_commit
 from .datasets import DATASETS, LongTailedData, dataset_kind, load_dataset
+from .ddp import is_main, rank_device
 from .inputs import make_inputs, random_crop_flip
 from .methods import Method, get_spec
-from .metrics import evaluate, no_metrics
+from .metrics import evaluate_distributed, no_metrics
 from .models import IMAGE_MODELS, MODELS, TABULAR_MODELS, build_model, init_sigmoid_bias, load_backbone_weights
 from .recipes import RECIPES, recipe_for
-from .samplers import SamplingSchedule
+from .samplers import GlobalBatchSampler, SamplingSchedule
 
 __all__ = ["TrainConfig", "RECIPES", "ACCELS", "LR_SCHEDULES", "resolve_config", "check_run", "lr_at_epoch",
            "random_crop_flip", "train_run"]
@@ -107,8 +119,10 @@ def _real(value, name, low=-math.inf, high=math.inf, high_open=False):
 
 
 def resolve_device(device) -> torch.device:
+    """``device`` as a ``torch.device``, checked; ``auto``: CUDA when available. With several ranks, CUDA
+    without an index is the rank's GPU, ``cuda:LOCAL_RANK`` (:func:`cbbench.harness.ddp.rank_device`)."""
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return rank_device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
@@ -117,7 +131,7 @@ def resolve_device(device) -> torch.device:
         raise ValueError(f"device {device!r} requested but CUDA is not available")
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be cpu, cuda[:i] or auto, got {device!r}")
-    return dev
+    return rank_device(dev)
 
 
 def _flag(value, name) -> bool:
@@ -214,10 +228,17 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"accel must be one of {ACCELS}, got {c.accel!r}")
     device = resolve_device(c.device)
     c.device = str(device)
+    parallel = distributed.world_size() > 1
     if c.accel == "auto":
-        c.accel = "cuda_graph" if device.type == "cuda" else "none"
+        c.accel = "cuda_graph" if device.type == "cuda" and not parallel else "none"
     if c.accel == "cuda_graph" and device.type != "cuda":
         raise ValueError("accel='cuda_graph' needs a CUDA device")
+    if c.accel == "cuda_graph" and parallel:
+        raise ValueError("accel='cuda_graph' is not available under data parallelism (the steps run eagerly there); "
+                         "use accel 'auto', 'none' or 'compile'")
+    if parallel and c.batch_size < distributed.world_size():
+        raise ValueError(f"batch_size {c.batch_size} is the global batch, shared by {distributed.world_size()} ranks: "
+                         "it must be at least the number of ranks")
     return c
 
 
@@ -339,11 +360,17 @@ def check_run(config: TrainConfig, data: LongTailedData) -> TrainConfig:
     return config
 
 
-def train_run(config: TrainConfig, data: Optional[LongTailedData] = None, *, progress: bool = True) -> dict:
+def train_run(config: TrainConfig, data: Optional[LongTailedData] = None, *, progress: bool = True,
+              return_model: bool = False):
     """Train ``config.method`` on ``config.dataset`` and return the result dict (the keys of
     ``result.json``: top1_error, balanced_accuracy, per_class_accuracy, many_shot, medium_shot, few_shot,
-    train_counts, method, dataset, config, plus seed, train_time_s, status, diverged_epoch and
-    epochs_completed). ``data`` skips loading.
+    train_counts, method, dataset, config, plus seed, train_time_s, train_loss (the mean training loss of
+    each epoch), status, diverged_epoch and epochs_completed). ``data`` skips loading; ``return_model``:
+    return ``(result, model)``, the trained model (on its device, outside any DDP wrapper).
+
+    Inside an initialised process group of several ranks, every rank calls it with the same arguments
+    and trains its share of each global batch (see the module docstring); every rank returns the same
+    metrics, and only rank 0 shows progress bars.
 
     A run whose training loss becomes non-finite stops at the end of that epoch with ``status``
     ``"diverged"`` and every metric ``None``; otherwise ``status`` is ``"ok"``.
@@ -366,7 +393,8 @@ def train_run(config: TrainConfig, data: Optional[LongTailedData] = None, *, pro
     try:
         # streams and graphs are created on the current device: make it the training device
         with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-            return _train(config, data, threads or previous[0], progress)
+            result, model = _train(config, data, threads or previous[0], progress and is_main())
+        return (result, model) if return_model else result
     finally:
         torch.set_num_threads(previous[0])
         torch.backends.cudnn.benchmark = previous[1]
@@ -377,10 +405,14 @@ def _train(config: TrainConfig, data: LongTailedData, threads: int, progress: bo
     counts = data.train_counts
     switch_epoch = config.switch_epoch
     spec = get_spec(config.method)
+    world, rank = distributed.world_size(), distributed.rank()
+    parallel = world > 1
+    if parallel:  # weights come from the whole training set's counts, the same on every rank
+        distributed.check_counts_agree(counts)
     torch.manual_seed(config.seed)
     method = Method(config.method, counts, beta=config.beta, gamma=config.gamma, tau=config.tau,
                     ldam_max_margin=config.ldam_max_margin, ldam_scale=config.ldam_scale,
-                    switch_epoch=switch_epoch, backend=config.backend)
+                    switch_epoch=switch_epoch, backend=config.backend, sync_normalizer=parallel)
     schedule = SamplingSchedule(spec.sampling, data.y_train, data.num_classes, config.epochs, beta=config.beta,
                                 switch_epoch=switch_epoch)
     in_features = int(np.prod(data.x_train.shape[1:]))
@@ -397,17 +429,23 @@ def _train(config: TrainConfig, data: LongTailedData, threads: int, progress: bo
     method.loss.to(device)
     optimizer = _optimizer(model, config, no_decay, device)
 
-    sample_gen = torch.Generator().manual_seed(config.seed)
-    aug_gen = torch.Generator(device=device).manual_seed(config.seed)
     use_graph = config.accel == "cuda_graph"
+    sampler = GlobalBatchSampler(schedule, config.batch_size, seed=config.seed, num_replicas=world, rank=rank,
+                                 drop_last=use_graph)
+    aug_gen = torch.Generator(device=device).manual_seed(config.seed)
     accel_used = config.accel
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    train_model = torch.compile(model) if config.accel == "compile" else model
+    train_model = model
+    if parallel:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.accel == "compile":
+        train_model = torch.compile(train_model)
     step = None if use_graph else _eager_step(train_model, method.loss, optimizer)
-    n_train, bs = len(data.y_train), config.batch_size
+    n_train = len(data.y_train)
 
-    diverged_epoch, epochs_done = None, 0
+    diverged_epoch, epochs_done, epoch_losses = None, 0, []
     start = time.perf_counter()
     model.train()
     bar = tqdm(range(config.epochs), desc=f"{config.dataset} {config.method} seed {config.seed}",
@@ -416,12 +454,14 @@ def _train(config: TrainConfig, data: LongTailedData, threads: int, progress: bo
         for group in optimizer.param_groups:
             group["lr"].fill_(lr_at_epoch(config, epoch) * group["lr_scale"])
         method.start_epoch(epoch)
-        idx = schedule.epoch_indices(epoch, sample_gen).to(device, non_blocking=True)
-        stop = n_train - n_train % bs if use_graph else n_train
-        batches = [idx[i:i + bs] for i in range(0, stop, bs)]
+        sampler.set_epoch(epoch)
+        global_batches = sampler.global_batches()
+        shares = [sampler.share(b) for b in global_batches]
+        batches = list(torch.cat(shares).to(device, non_blocking=True).split([len(b) for b in shares]))
         loss_sum = torch.zeros((), device=device)
         first = 0
-        batch_iter = inputs.epoch_batches(batches, epoch, aug_gen, progress=progress and streaming)
+        batch_iter = inputs.epoch_batches(batches, epoch, aug_gen, progress=progress and streaming,
+                                          shares=[(rank, world, len(b)) for b in global_batches] if parallel else None)
         if step is None:  # CUDA graph: the first batches are real warm-up steps, then the step is captured
             warm = list(itertools.islice(batch_iter, 3))
             try:
@@ -436,8 +476,13 @@ def _train(config: TrainConfig, data: LongTailedData, threads: int, progress: bo
         for x, y in batch_iter:
             loss_sum += step(x, y)
         # one host read per epoch (the steps themselves never synchronise): a NaN or inf anywhere in the
-        # epoch propagates into the sum, and every later step would only compute on NaN weights
+        # epoch propagates into the sum, and every later step would only compute on NaN weights. Under
+        # DDP a rank's synchronised loss is its share times W (cbbench/distributed.py): the mean over the
+        # ranks is the global batch's loss, and every rank sees the same value, so all stop together.
+        if parallel:
+            loss_sum = distributed.all_reduce_sum(loss_sum) / world
         epoch_loss = loss_sum.item() / max(1, len(batches) - first)
+        epoch_losses.append(epoch_loss)
         epochs_done = epoch + 1
         if not math.isfinite(epoch_loss):
             diverged_epoch = epoch
@@ -450,17 +495,20 @@ def _train(config: TrainConfig, data: LongTailedData, threads: int, progress: bo
     train_time = time.perf_counter() - start
 
     if diverged_epoch is None:
+        # the unwrapped model: ranks evaluate different numbers of batches, so no collective per forward
         model.eval()
+        rows = distributed.even_shard(len(data.y_test)) if parallel else range(len(data.y_test))
         with torch.no_grad():
-            preds = [method.predict(model(x)).cpu() for x in inputs.test_batches(config.eval_batch_size)]
-        result = evaluate(data.y_test, torch.cat(preds).numpy(), counts)
+            preds = [method.predict(model(x)).cpu() for x in inputs.test_batches(config.eval_batch_size, rows)]
+        preds = torch.cat(preds).numpy() if preds else np.empty(0, dtype=np.int64)
+        result = evaluate_distributed(np.asarray(data.y_test)[rows.start:rows.stop], preds, counts)
     else:  # the weights are NaN: no prediction means anything, so no metric is reported
         warnings.warn(f"{config.dataset} {config.method} seed {config.seed}: training loss became non-finite in "
                       f"epoch {diverged_epoch} (lr {lr_at_epoch(config, diverged_epoch):g}); run marked diverged",
                       RuntimeWarning)
         result = no_metrics(counts)
     result.update({"status": "ok" if diverged_epoch is None else "diverged", "diverged_epoch": diverged_epoch,
-                   "epochs_completed": epochs_done})
+                   "epochs_completed": epochs_done, "train_loss": epoch_losses})
 
     cfg = config.to_dict()
     cfg.update({"commit": git_commit(), "n_train": int(n_train),
@@ -468,10 +516,11 @@ def _train(config: TrainConfig, data: LongTailedData, threads: int, progress: bo
                 "data": data.meta, "drop_last": use_graph, "accel_used": accel_used, "threads_used": threads,
                 "torch": torch.__version__, "cuda": torch.version.cuda, "device_name": device_name(device),
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "loss_backend": _loss_backend(config.backend, device)})
+                "loss_backend": _loss_backend(config.backend, device), "world_size": world,
+                "dist_backend": dist.get_backend() if parallel else None})
     result.update({"method": config.method, "dataset": config.dataset, "config": cfg, "seed": config.seed,
                    "beta": config.beta if spec.uses_beta else None, "train_time_s": train_time})
-    return result
+    return result, model
 
 
 def _loss_backend(backend: str, device: torch.device) -> str:
