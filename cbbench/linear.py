@@ -169,7 +169,7 @@ def run_chunks(plan: LinearPlan, hidden: Tensor, linear_weight: Tensor, linear_b
                                           need_grad=True)
                 loss, block = plan.fused.run(rows)
                 g[first:last].copy_(block)
-                del block
+                del block, rows  # rows holds a view of this chunk's buffer
                 _add_loss(total, loss, none, start + first, start + last)
         else:
             loss, g = plan.fused.run(plan.args._replace(logits=z, target=target[start:stop], need_grad=need_grad))
