@@ -260,8 +260,8 @@ def test_no_tensor_larger_than_a_chunk_of_logits_is_made(name, reduction):
 @pytest.mark.slow
 def test_peak_resident_memory_stays_under_an_eighth_of_the_logits():
     """Fresh processes (cbbench/bench/linear.py's probe): one forward+backward at N 2048, H 64, C 32000
-    (logits: 250 MiB in float32) with the default chunks -- the fused head's extra memory <= 1/8 of the
-    logits, while the same probe sees linear + loss use more than the logits."""
+    (logits: 250 MiB in float32) with the default chunks -- the fused head's extra memory well under 1/8
+    of the logits, while the same probe sees linear + loss use more than the logits."""
     from cbbench.bench.cases import HeadCase
     from cbbench.bench.linear import measure_memory, proc_peak_unavailable
 
@@ -272,7 +272,9 @@ def test_peak_resident_memory_stays_under_an_eighth_of_the_logits():
     logits_mib = case.logits_bytes / 2 ** 20
     fused = measure_memory("fused", case)
     unfused = measure_memory("unfused", case)
-    assert fused["extra_mib"] <= logits_mib / 8, (fused, logits_mib)
+    # the issue's bound is 1/8; the default chunk is 1/16 of the logits (cbbench/linear.py), so a second
+    # chunk buffer left alive would break 1/12
+    assert fused["extra_mib"] <= logits_mib / 12, (fused, logits_mib)
     assert unfused["extra_mib"] >= logits_mib, (unfused, logits_mib)
     # the gradients returned are the parameters' and hidden's, in both
     assert fused["grads_mib"] == pytest.approx(unfused["grads_mib"])
