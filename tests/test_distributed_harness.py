@@ -22,7 +22,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from cbbench import distributed
+from cbbench.harness import ddp
 from cbbench.harness import methods as harness_methods
+from cbbench.harness.compare import check_writable
 from cbbench.harness import samplers as harness_samplers
 from cbbench.harness.datasets import load_dataset
 from cbbench.harness.methods import METHODS
@@ -86,6 +88,20 @@ def _evaluation_failures():
     return [f"{name}: {g} vs {want}" for name, g in (("shards", got), ("one empty shard", empty_shard)) if g != want]
 
 
+def _rank0_checks(out_dir):
+    """What rank 0 alone checks reaches every rank: its value, or its error (no rank left waiting)."""
+    blocker = os.path.join(out_dir, "a-file")
+    if dist.get_rank() == 0:
+        open(blocker, "w").close()
+    dist.barrier()
+    try:
+        ddp.on_main(check_writable, os.path.join(blocker, "out"))
+        error = None
+    except ValueError as exc:
+        error = str(exc)
+    return {"value": ddp.on_main(dist.get_rank), "error": error}
+
+
 @contextlib.contextmanager
 def _sabotaged(kind):
     """The harness with one thing broken: ``no_sync``, each rank divides by its own normaliser (as a plain
@@ -126,7 +142,8 @@ def _worker(rank, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
-    report = {"sampler_failures": _sampler_failures(), "evaluation_failures": _evaluation_failures()}
+    report = {"sampler_failures": _sampler_failures(), "evaluation_failures": _evaluation_failures(),
+              "rank0": _rank0_checks(out_dir)}
     data = load_dataset("digits-lt")
     for kind in ("none", "no_sync", "duplicate"):
         with _sabotaged(kind):
@@ -184,6 +201,12 @@ def test_sampler_streams_are_identical_across_world_sizes(two_ranks):
 def test_sharded_evaluation_equals_one_process(two_ranks):
     for report in two_ranks:
         assert report["evaluation_failures"] == []
+
+
+def test_rank0_checks_reach_every_rank(two_ranks):
+    for report in two_ranks:
+        assert report["rank0"]["value"] == 0
+        assert "a-file" in report["rank0"]["error"] and "is not writable" in report["rank0"]["error"]
 
 
 def test_two_ranks_train_the_model_of_one_process(two_ranks, single):
