@@ -150,8 +150,8 @@ class GlobalBatchSampler(Sampler):
     without it every epoch repeats the draws of epoch 0.
 
     Iterating yields lists of indices (``DataLoader(dataset, batch_sampler=...)``; a ``DataLoader``
-    cannot collate an empty batch, so pass ``drop_last=True`` or a batch size of at least W times the
-    ranks when the last batch may be short); :meth:`local_batches` gives int64 tensors.
+    cannot collate an empty batch, so pass ``drop_last=True`` when the last global batch may have fewer
+    rows than there are ranks); :meth:`local_batches` gives int64 tensors.
     ``num_replicas`` and ``rank`` default to those of the default process group (1 and 0 without one).
     """
 
