@@ -32,6 +32,8 @@ from cbbench.harness.metrics import evaluate, evaluate_distributed
 from cbbench.harness.samplers import SAMPLINGS, GlobalBatchSampler, SamplingSchedule
 from cbbench.harness.train import TrainConfig, train_run
 
+pytestmark = pytest.mark.slow  # 2 spawned processes: ~25 s on 2 busy cores, mostly imports
+
 WORLD = 2
 COUNTS = [40, 17, 9, 3, 2]
 TARGETS = np.repeat(np.arange(len(COUNTS)), COUNTS)  # 71 examples: batches of 7 end with a 1-row batch

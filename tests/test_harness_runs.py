@@ -188,10 +188,13 @@ def test_nan_inducing_learning_rate_marks_the_run_diverged():
         result = train_run(TrainConfig("digits-lt", "softmax", epochs=6, lr=1e6), progress=False)
     assert result["status"] == "diverged" and result["diverged_epoch"] == 0
     assert result["epochs_completed"] == 1  # stopped early, not after 6 epochs
+    assert result["train_loss"] == [None]  # a non-finite epoch loss is null in result.json (strict JSON)
+    json.dumps(result, allow_nan=False)
     assert result["top1_error"] is None and result["balanced_accuracy"] is None and result["many_shot"] is None
     assert result["per_class_accuracy"] is None and result["train_counts"][0] == 120
     ok = train_run(TrainConfig("digits-lt", "softmax", epochs=2), progress=False)
     assert ok["status"] == "ok" and ok["diverged_epoch"] is None and ok["epochs_completed"] == 2
+    assert len(ok["train_loss"]) == 2 and ok["train_loss"][1] < ok["train_loss"][0]
 
 
 def test_diverged_runs_show_as_such_in_summary_csv_and_plots(tmp_path, capsys):

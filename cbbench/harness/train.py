@@ -482,7 +482,7 @@ def _train(config: TrainConfig, data: LongTailedData, threads: int, progress: bo
         if parallel:
             loss_sum = distributed.all_reduce_sum(loss_sum) / world
         epoch_loss = loss_sum.item() / max(1, len(batches) - first)
-        epoch_losses.append(epoch_loss)
+        epoch_losses.append(epoch_loss if math.isfinite(epoch_loss) else None)
         epochs_done = epoch + 1
         if not math.isfinite(epoch_loss):
             diverged_epoch = epoch
@@ -495,7 +495,12 @@ def _train(config: TrainConfig, data: LongTailedData, threads: int, progress: bo
     train_time = time.perf_counter() - start
 
     if diverged_epoch is None:
-        # the unwrapped model: ranks evaluate different numbers of batches, so no collective per forward
+        # the unwrapped model: ranks evaluate different numbers of batches, so no collective per forward.
+        # DDP hands rank 0's buffers (BatchNorm statistics) to the others before each forward only, and each
+        # rank's last training forward updated its own: make every rank evaluate rank 0's model.
+        if parallel:
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
         model.eval()
         rows = distributed.even_shard(len(data.y_test)) if parallel else range(len(data.y_test))
         with torch.no_grad():
