@@ -23,6 +23,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .ddp import is_main
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "image_extensions", "open_rgb", "image_size", "decode_fixed",
            "channel_stats", "random_resized_crop_box", "ImageFiles", "collate_images", "image_loader",
            "default_workers", "probe_memory_size"]
@@ -79,7 +81,7 @@ def decode_fixed(paths: Sequence[str], size: tuple, *, desc: str = "decoding ima
     width, height = size
     out = np.empty((len(paths), 3, height, width), dtype=np.uint8)
     resized = 0
-    for k, path in enumerate(tqdm(paths, desc=desc, unit="img", disable=not progress, leave=False)):
+    for k, path in enumerate(tqdm(paths, desc=desc, unit="img", disable=not (progress and is_main()), leave=False)):
         img = open_rgb(path)
         if img.size != (width, height):
             img = img.resize((width, height), Image.Resampling.BILINEAR)

@@ -35,6 +35,7 @@ from typing import Optional, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from .ddp import is_main
 from .images import (IMAGENET_MEAN, IMAGENET_STD, channel_stats, decode_fixed, image_extensions,
                      probe_memory_size)
 
@@ -246,7 +247,7 @@ def _probe(first_path: str):
 
 
 def _check_files_exist(paths: Sequence[str], where: str, progress: bool) -> None:
-    for path in tqdm(paths, desc="checking image files", unit="file", disable=not progress or len(paths) < 20000,
+    for path in tqdm(paths, desc="checking image files", unit="file", disable=not (progress and is_main()) or len(paths) < 20000,
                      leave=False):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: image file not found (listed in {where})")
