@@ -62,7 +62,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs (default: the recipe's; CIFAR 200); warm-up, lr decays and the DRW/DRS "
                              "switch scale with it")
-    parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the recipe's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the recipe's); under torchrun the global batch, of "
+                        "which each process trains its share")
     parser.add_argument("--lr", type=float, default=None, help="base learning rate (default: the recipe's)")
     parser.add_argument("--weight-decay", type=float, default=None, help="weight decay (default: the recipe's)")
     parser.add_argument("--model", choices=MODELS, default=None,
