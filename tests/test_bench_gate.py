@@ -37,7 +37,7 @@ PLANTING_POINT = Path("cbbench") / "functional.py"
 PLANTED_FUNCTION = "softmax_cross_entropy"
 SPEED = "bench_speed.SoftmaxCPU.track_fwd_bwd('cpu', '256x1000 fp32')"
 ACCURACY = "bench_accuracy.SyntheticLT.track_top1_error('cb_softmax')"
-ROUNDS = 2  # per commit, interleaved with the other commit's
+ROUNDS = 3  # per commit, interleaved with the other commit's
 MACHINE = "gate-test"
 
 SLOWDOWN = f'''
