@@ -330,8 +330,9 @@ def _check_linear(hidden, linear_weight, linear_bias, fn: str):
             raise ValueError(f"{fn}: linear_bias must have shape ({linear_weight.shape[0]},), got "
                              f"{tuple(linear_bias.shape)}")
         others.append((linear_bias, "linear_bias"))
+    autocast = torch.is_autocast_enabled(hidden.device.type)  # then the head computes in autocast's dtype
     for t, name in others:
-        if t.dtype != hidden.dtype:
+        if t.dtype != hidden.dtype and not autocast:
             raise TypeError(f"{fn}: {name} has dtype {t.dtype} but hidden has {hidden.dtype}")
         if t.device != hidden.device:
             raise ValueError(f"{fn}: {name} is on {t.device} but hidden is on {hidden.device}")
@@ -378,6 +379,7 @@ def _linear_takes_reference(backend: str, stand_in: Tensor, *others: Optional[Te
 
 def _linear_call(fused, args, hidden: Tensor, rows_h: Tensor, linear_weight: Tensor, linear_bias, chunk_size,
                  memory_budget, fn: str) -> Tensor:
+    rows_h, linear_weight, linear_bias = _linear.autocast_inputs(rows_h, linear_weight, linear_bias)
     plan = _linear.make_plan(fused, args, rows_h, linear_weight, chunk_size=chunk_size, memory_budget=memory_budget)
     try:
         loss = _linear.linear_loss(plan, rows_h, linear_weight, linear_bias)
@@ -434,10 +436,11 @@ def linear_softmax_cross_entropy(hidden: Tensor, linear_weight: Tensor, target: 
     ``hidden`` (*, H), ``linear_weight`` (C, H), ``linear_bias`` (C,) or ``None``, ``target`` of
     ``hidden``'s leading shape; every other argument as in :func:`softmax_cross_entropy` (``"none"``
     returns the leading shape). ``chunk_size`` (rows) or ``memory_budget`` (bytes of one chunk's
-    logits and gradient) choose the chunks; by default a chunk's logits are 1/16 of the whole, its logits
-    and gradient together between 16 and 64 MiB (:func:`cbbench.linear.chunk_rows`). ``torch.func``, forward-mode AD, ``torch.compile``,
-    learnable ``weight`` / ``logit_offset`` / ``target_margin`` and ``backend="reference"`` take plain
-    ``linear`` + :func:`softmax_cross_entropy` (logits materialised), as do higher-order gradients.
+    buffer, which holds its logits and then their gradient) choose the chunks; by default a chunk is
+    1/16 of the logits, within 16 to 64 MiB (:func:`cbbench.linear.chunking`). Deterministic, and
+    on CUDA free of host synchronisation. ``torch.func``, forward-mode AD, ``torch.compile``, learnable
+    ``weight`` / ``logit_offset`` / ``target_margin`` and ``backend="reference"`` take plain ``linear``
+    + :func:`softmax_cross_entropy` (logits materialised), as do higher-order gradients.
     """
     fn = "linear_softmax_cross_entropy"
     if sync_normalizer:

@@ -12,7 +12,7 @@ For large class counts the logits and their gradient dominate memory (M = 8192, 
 3. ``g`` is multiplied straight back: ``dh[chunk] = g @ W``, ``dW += g.T @ h_chunk``, ``db += sum(g)``,
    into buffers allocated once,
 
-and the chunk's buffer is freed before the next one. The reduction's divisor is the
+and the next chunk reuses the buffer. The reduction's divisor is the
 global one, computed from the targets before the first chunk (``cbbench/shapes.py``: local_divisor /
 finish_divisor), and the summed loss and the gradients are divided by it once at the end with a
 0-dim tensor: nothing is read back to the host, so CUDA calls never synchronise. The order of every
@@ -45,8 +45,7 @@ from .shapes import finish_divisor
 
 Tensor = torch.Tensor
 
-__all__ = ["DEFAULT_MAX_CHUNK_BYTES", "DEFAULT_MIN_CHUNK_BYTES", "KERNEL_BLOCK_BYTES", "kernel_block_rows",
-           "chunk_rows", "LinearPlan", "make_plan", "run_chunks", "linear_loss", "reference_loss",
+__all__ = ["DEFAULT_MAX_CHUNK_BYTES", "DEFAULT_MIN_CHUNK_BYTES", "KERNEL_BLOCK_BYTES", "chunking", "LinearPlan", "make_plan", "autocast_inputs", "run_chunks", "linear_loss", "reference_loss",
            "LinearLossFunction"]
 
 # The default memory budget of one chunk: 1/16 of what the materialised logits would take, within
@@ -59,7 +58,8 @@ DEFAULT_MAX_CHUNK_BYTES = 64 << 20
 _DEFAULT_FRACTION = 16
 # The kernel runs on blocks of a chunk's rows, and each block's gradient is copied back over its logits:
 # a chunk then holds one (rows, C) buffer, not two. On the CPU a block's logits and gradient stay in a
-# core's L2 cache (1 MiB each); on the GPU a block is large enough to fill the device.
+# core's L2 cache (1 MiB each); on the GPU a block is large enough to fill the device. A block takes at
+# most a quarter of the budget.
 KERNEL_BLOCK_BYTES = {"cpu": 1 << 20, "cuda": 16 << 20}
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -68,27 +68,26 @@ def _element_size(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def kernel_block_rows(num_classes: int, dtype: torch.dtype, device_type: str) -> int:
-    """Rows per kernel call: :data:`KERNEL_BLOCK_BYTES` of the kernel's gradient (and, for half
-    precision on the CPU, of the float32 rows the kernel computes on)."""
-    per_row = num_classes * (_element_size(dtype) + (8 if dtype in _HALF and device_type == "cpu" else 0))
-    return max(1, KERNEL_BLOCK_BYTES.get(device_type, KERNEL_BLOCK_BYTES["cuda"]) // per_row)
-
-
-def chunk_rows(num_rows: int, num_classes: int, dtype: torch.dtype, device_type: str, *,
-               chunk_size: Optional[int] = None, memory_budget: Optional[int] = None) -> int:
-    """Rows per chunk: ``chunk_size`` when given, else as many as fit ``memory_budget`` bytes beside one
-    kernel block (default: 1/16 of the logits, at least :data:`DEFAULT_MIN_CHUNK_BYTES`, at most
-    :data:`DEFAULT_MAX_CHUNK_BYTES`); at least 1, at most ``num_rows``."""
+def chunking(num_rows: int, num_classes: int, dtype: torch.dtype, device_type: str, *,
+             chunk_size: Optional[int] = None, memory_budget: Optional[int] = None) -> Tuple[int, int]:
+    """``(rows per chunk, rows per kernel call)``. The chunk: ``chunk_size`` when given, else as many
+    rows as fit ``memory_budget`` bytes (default: 1/16 of the logits, at least
+    :data:`DEFAULT_MIN_CHUNK_BYTES`, at most :data:`DEFAULT_MAX_CHUNK_BYTES`) beside one kernel block;
+    at least 1, at most ``num_rows``. The block: :data:`KERNEL_BLOCK_BYTES` of the kernel's gradient
+    (and, for half precision on the CPU, of the float32 rows the kernel computes on), at most a quarter
+    of the budget and at most the chunk."""
+    per_row = num_classes * _element_size(dtype)
+    kernel_row = per_row + (num_classes * 8 if dtype in _HALF and device_type == "cpu" else 0)
+    block_bytes = KERNEL_BLOCK_BYTES.get(device_type, KERNEL_BLOCK_BYTES["cuda"])
     if chunk_size is None:
-        per_row = num_classes * _element_size(dtype)
         if memory_budget is None:
             memory_budget = min(max(num_rows * per_row // _DEFAULT_FRACTION, DEFAULT_MIN_CHUNK_BYTES),
                                 DEFAULT_MAX_CHUNK_BYTES)
-        block = kernel_block_rows(num_classes, dtype, device_type) * (per_row + (
-            num_classes * 8 if dtype in _HALF and device_type == "cpu" else 0))
-        chunk_size = max(memory_budget - block, 0) // per_row
-    return max(1, min(int(chunk_size), num_rows))
+        block_bytes = min(block_bytes, memory_budget // 4)
+        block = max(1, block_bytes // kernel_row)
+        chunk_size = max(memory_budget - block * kernel_row, 0) // per_row
+    rows = max(1, min(int(chunk_size), num_rows))
+    return rows, max(1, min(block_bytes // kernel_row, rows))
 
 
 class LinearPlan(NamedTuple):
@@ -115,11 +114,20 @@ def make_plan(fused: FusedOp, args: NamedTuple, hidden: Tensor, linear_weight: T
     weight = args.weight
     local = distributed._local_divisor(stand_in, args.target, weight, reduction, args.ignore_index)
     divisor = finish_divisor(reduction, local)
-    rows = chunk_rows(num_rows, num_classes, hidden.dtype, hidden.device.type, chunk_size=chunk_size,
-                      memory_budget=memory_budget)
-    block = kernel_block_rows(num_classes, hidden.dtype, hidden.device.type)
+    rows, block = chunking(num_rows, num_classes, hidden.dtype, hidden.device.type, chunk_size=chunk_size,
+                           memory_budget=memory_budget)
     chunk_args = args._replace(reduction="none" if reduction == "none" else "sum")
     return LinearPlan(fused, chunk_args, reduction, divisor, rows, block)
+
+
+def autocast_inputs(hidden: Tensor, linear_weight: Tensor, linear_bias: Optional[Tensor]):
+    """Under ``torch.autocast`` on the inputs' device, the inputs cast (differentiably, so their
+    gradients come back in their own dtypes) to autocast's dtype, which ``F.linear`` would compute in;
+    the chunks then run with autocast off. Otherwise the inputs as they are."""
+    if not torch.is_autocast_enabled(hidden.device.type):
+        return hidden, linear_weight, linear_bias
+    dtype = torch.get_autocast_dtype(hidden.device.type)
+    return hidden.to(dtype), linear_weight.to(dtype), None if linear_bias is None else linear_bias.to(dtype)
 
 
 def _loss_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -142,7 +150,14 @@ def run_chunks(plan: LinearPlan, hidden: Tensor, linear_weight: Tensor, linear_b
                row_scale: Optional[Tensor] = None) -> Tuple[Tensor, Grads]:
     """The loss and the gradients in ``want`` (hidden, weight, bias) of the plan, chunk by chunk; with
     ``row_scale`` ((M,), reduction ``"none"``) each row's gradient is scaled by it (the backward of
-    ``"none"``). Gradients of a reduced loss are divided by the divisor; ``None`` where not wanted."""
+    ``"none"``). Gradients of a reduced loss are divided by the divisor; ``None`` where not wanted.
+    Runs in the inputs' dtype, autocast off (see :func:`autocast_inputs`)."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _run_chunks(plan, hidden, linear_weight, linear_bias, want, row_scale)
+
+
+def _run_chunks(plan: LinearPlan, hidden: Tensor, linear_weight: Tensor, linear_bias: Optional[Tensor],
+                want: Tuple[bool, bool, bool], row_scale: Optional[Tensor]) -> Tuple[Tensor, Grads]:
     num_rows, num_classes = hidden.shape[0], linear_weight.shape[0]
     device, dtype = hidden.device, hidden.dtype
     need_grad = any(want)
@@ -157,38 +172,44 @@ def run_chunks(plan: LinearPlan, hidden: Tensor, linear_weight: Tensor, linear_b
              else torch.zeros((), dtype=torch.float64, device=device))
     weight_t = linear_weight.t()
     target = plan.args.target
+    # one chunk buffer for all chunks: a fresh one per chunk would be a fresh mapping on the CPU (glibc
+    # maps large blocks), its pages faulted and zeroed again every chunk (0.6 s of 15 at 8192x1024x32000)
+    buffer = torch.empty((min(plan.rows, num_rows), num_classes), dtype=dtype, device=device)
     for start in range(0, num_rows, plan.rows):
         stop = min(start + plan.rows, num_rows)
         h = hidden[start:stop]
-        z = torch.mm(h, weight_t) if linear_bias is None else torch.addmm(linear_bias, h, weight_t)
-        if need_grad and plan.block_rows < stop - start:
-            g = z  # each block's gradient overwrites its logits: one (rows, C) buffer per chunk
-            for first in range(0, stop - start, plan.block_rows):
-                last = min(first + plan.block_rows, stop - start)
-                rows = plan.args._replace(logits=z[first:last], target=target[start + first:start + last],
-                                          need_grad=True)
-                loss, block = plan.fused.run(rows)
-                g[first:last].copy_(block)
-                del block, rows  # rows holds a view of this chunk's buffer
-                _add_loss(total, loss, none, start + first, start + last)
+        z = buffer[:stop - start]
+        if linear_bias is None:
+            torch.mm(h, weight_t, out=z)
         else:
-            loss, g = plan.fused.run(plan.args._replace(logits=z, target=target[start:stop], need_grad=need_grad))
-            _add_loss(total, loss, none, start, stop)
-        del z
+            torch.addmm(linear_bias, h, weight_t, out=z)
         if not need_grad:
+            loss, _ = plan.fused.run(plan.args._replace(logits=z, target=target[start:stop], need_grad=False))
+            _add_loss(total, loss, none, start, stop)
             continue
-        if row_scale is not None:
-            g.mul_(row_scale[start:stop].unsqueeze(1).to(g.dtype))
+        # the kernel on blocks of rows; each block's gradient is scaled (rows of "none"), summed into the
+        # bias gradient and copied over its logits while it is in cache
+        for first in range(0, stop - start, plan.block_rows):
+            last = min(first + plan.block_rows, stop - start)
+            rows = plan.args._replace(logits=z[first:last], target=target[start + first:start + last],
+                                      need_grad=True)
+            loss, block = plan.fused.run(rows)
+            del rows  # holds a view of the chunk buffer
+            _add_loss(total, loss, none, start + first, start + last)
+            if row_scale is not None:
+                block.mul_(row_scale[start + first:start + last].unsqueeze(1).to(block.dtype))
+            if db is not None:
+                db += block.sum(0, dtype=acc_dtype)
+            z[first:last].copy_(block)
+            del block
+        g = z  # now the chunk's gradient
         if dh is not None:
             torch.mm(g, linear_weight, out=dh[start:stop])
-        if db is not None:
-            db += g.sum(0, dtype=acc_dtype)
         if dw is not None:
             if half:  # accumulate in float32: one rounding at the end, not one per chunk
                 dw += torch.mm(g.t(), h)
             else:
                 dw.addmm_(g.t(), h)
-        del g
     divisor = plan.divisor
     if none:
         loss = total

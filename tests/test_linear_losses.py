@@ -13,6 +13,7 @@ import cbbench
 from cbbench import functional as F
 from cbbench import linear as L
 from cbbench import ops
+from cuda_support import CUDA_MARKS
 
 pytestmark = pytest.mark.skipif(ops.kernel_module("cpu") is None, reason="CPU kernels not built")
 
@@ -91,7 +92,8 @@ def _compare(name, hidden, weight, b, y, w, reduction, dtype, **kw):
 def kernel_blocks(request, monkeypatch):
     """The kernel on blocks of a chunk (gradient copied over the logits) or on whole chunks."""
     if request.param == "blocks of 2 rows":
-        monkeypatch.setattr(L, "kernel_block_rows", lambda *args: 2)
+        real = L.chunking
+        monkeypatch.setattr(L, "chunking", lambda *args, **kw: (real(*args, **kw)[0], 2))
     return request.param
 
 
@@ -200,29 +202,33 @@ def test_bitwise_deterministic_and_chunking_only_reorders_sums(name, kernel_bloc
     first, second = _loss_and_grads(name, chunk_size=64), _loss_and_grads(name, chunk_size=64)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     other = _loss_and_grads(name, chunk_size=7)
-    budget = _loss_and_grads(name, memory_budget=(L.kernel_block_rows(257, torch.float32, "cpu") + 50) * 257 * 4)
+    budget = _loss_and_grads(name, memory_budget=50 * 257 * 4 * 4 // 3)  # 50 rows beside a block of a quarter
     for a, b, c in zip(first, other, budget):
         _close(b, a, torch.float32, "chunk 7 vs 64")
         _close(c, a, torch.float32, "budget of 50 rows vs 64")
 
 
-def test_chunk_rows_policy():
+def test_chunking_policy():
     f32 = torch.float32
     # the issue's shapes: a chunk (logits, overwritten by their gradient) and one kernel block within
-    # 1/16 of the logits, and a few hundred rows for the matmuls
+    # 1/16 of the logits (about: the budget's floor is 16 MiB), and a few hundred rows for the matmuls
     for n, c in [(8192, 32000), (8192, 8142)]:
-        rows, block = L.chunk_rows(n, c, f32, "cpu"), L.kernel_block_rows(c, f32, "cpu")
+        rows, block = L.chunking(n, c, f32, "cpu")
         assert (rows + block) * c * 4 <= n * c * 4 / 15
         assert rows >= 450 and block * c * 4 <= L.KERNEL_BLOCK_BYTES["cpu"]
-    assert L.chunk_rows(8192, 131072, f32, "cpu") * 131072 * 4 <= L.DEFAULT_MAX_CHUNK_BYTES
-    assert L.chunk_rows(100, 10, f32, "cpu") == 100  # small problems: one chunk
-    assert L.chunk_rows(1000, 10, f32, "cpu", chunk_size=7) == 7
-    assert L.chunk_rows(5, 10, f32, "cpu", chunk_size=7) == 5
-    block = L.kernel_block_rows(10, f32, "cpu") * 40
-    assert L.chunk_rows(1000, 10, f32, "cpu", memory_budget=block + 400) == 10
-    assert L.chunk_rows(1000, 10, f32, "cpu", memory_budget=1) == 1
+    rows, block = L.chunking(8192, 131072, f32, "cpu")
+    assert (rows + block) * 131072 * 4 <= L.DEFAULT_MAX_CHUNK_BYTES
+    assert L.chunking(100, 10, f32, "cpu")[0] == 100  # small problems: one chunk
+    assert L.chunking(1000, 10, f32, "cpu", chunk_size=7) == (7, 7)
+    assert L.chunking(5, 10, f32, "cpu", chunk_size=7) == (5, 5)
+    assert L.chunking(10**6, 10, f32, "cpu", chunk_size=10**5) == (10**5, (1 << 20) // 40)
+    assert L.chunking(1000, 10, f32, "cpu", memory_budget=800) == (15, 5)  # block: a quarter of the budget
+    assert L.chunking(1000, 10, f32, "cpu", memory_budget=1) == (1, 1)
     # half precision on the CPU: the kernel's float32 rows count in its block
-    assert L.kernel_block_rows(1000, torch.bfloat16, "cpu") == (1 << 20) // (1000 * 10)
+    assert L.chunking(10**6, 1000, torch.bfloat16, "cpu", chunk_size=10**6)[1] == (1 << 20) // (1000 * 10)
+    # the GPU's larger blocks never crowd the chunk out of a small budget
+    rows, block = L.chunking(4096, 32000, f32, "cuda", memory_budget=16 << 20)
+    assert block * 32000 * 4 <= (16 << 20) // 4 and (rows + block) * 32000 * 4 <= 16 << 20 and rows >= 3 * block
 
 
 class _LargestTensor(TorchDispatchMode):
@@ -423,16 +429,8 @@ def test_class_balanced_linear_loss_module(loss_type):
 # ----------------------------------------------------------------------------------------------
 # CUDA
 # ----------------------------------------------------------------------------------------------
-def _cuda_reason():
-    if not (torch.version.cuda and torch.cuda.is_available()):
-        return "needs a CUDA device"
-    if ops.kernel_module("cuda") is None:
-        return f"cbbench._cuda is not built ({ops.kernel_status('cuda')})"
-    return None
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(_cuda_reason() is not None, reason=_cuda_reason() or "")
+@CUDA_MARKS[0]
+@CUDA_MARKS[1]
 @pytest.mark.parametrize("name", list(HEADS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_parity_without_host_synchronisation(name, dtype):
@@ -449,3 +447,78 @@ def test_cuda_parity_without_host_synchronisation(name, dtype):
     ref = _reference(name, hidden, weight, b, y, w, "mean", **OPTIONS[name])
     for a, e in zip((out,) + grads, (ref,) + torch.autograd.grad(ref, (hidden, weight, b))):
         _close(a, e, dtype, name)
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_autocast_computes_in_its_dtype_and_returns_gradients_in_the_parameters(name):
+    hidden, weight, b, y, w = _inputs(n=64, h=32, c=50, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = HEADS[name][0](hidden, weight, y, w, linear_bias=b, chunk_size=9, **OPTIONS[name])
+        ref = _reference(name, hidden, weight, b, y, w, "mean", **OPTIONS[name])
+    got = torch.autograd.grad(out, (hidden, weight, b))
+    want = torch.autograd.grad(ref, (hidden, weight, b))
+    _close(out, ref, torch.bfloat16, "loss")
+    for a, e, leaf in zip(got, want, (hidden, weight, b)):
+        assert a.dtype == torch.float32 == leaf.dtype
+        _close(a, e, torch.bfloat16, "gradient")
+    # the head did compute in bfloat16: it differs from the float32 head as the reference does
+    plain = HEADS[name][0](hidden, weight, y, w, linear_bias=b, chunk_size=9, **OPTIONS[name])
+    assert (plain - out).abs().item() > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# data parallel: 2 gloo ranks on uneven shards (as tests/test_distributed_losses.py does for the losses)
+# ----------------------------------------------------------------------------------------------
+_SHARDS = [slice(0, 3), slice(3, 10)]
+
+
+def _ddp_worker(rank, port, out_path, sync):
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    failures = []
+    hidden, weight, b, y, w = _inputs(n=10, h=5, c=7)
+    y[[1, 4, 8]] = -100
+    for name in HEADS:
+        for reduction in REDUCTIONS:
+            wr = weight.detach().clone().requires_grad_(True)
+            loss = HEADS[name][0](hidden.detach()[_SHARDS[rank]], wr, y[_SHARDS[rank]], w, linear_bias=b.detach(),
+                                  reduction=reduction, sync_normalizer=sync, chunk_size=2)
+            (loss.sum() if reduction == "none" else loss).backward()
+            grad = wr.grad.clone()
+            dist.all_reduce(grad)
+            grad /= 2  # DDP's averaging of the classifier's gradient
+            wf = weight.detach().clone().requires_grad_(True)
+            want = HEADS[name][0](hidden.detach(), wf, y, w, linear_bias=b.detach(), reduction=reduction)
+            (want.sum() if reduction == "none" else want).backward()
+            if not torch.allclose(grad, wf.grad, rtol=1e-10, atol=1e-12):
+                failures.append(f"{name} {reduction}")
+    with open(f"{out_path}{rank}.json", "w") as fh:
+        json.dump(failures, fh)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_give_the_single_process_classifier_gradient(tmp_path):
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    def run(sync):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        out = str(tmp_path / f"sync{int(sync)}_rank")
+        mp.spawn(_ddp_worker, args=(port, out, sync), nprocs=2, join=True)
+        return [json.loads(open(f"{out}{r}.json").read()) for r in range(2)]
+
+    assert run(True) == [[], []]
+    # without the sync the uneven shards make every normalised reduction wrong (the check can fail)
+    unsynced = run(False)[0]
+    assert {f"{name} {r}" for name in HEADS for r in REDUCTIONS} <= set(unsynced)

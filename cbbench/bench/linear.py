@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import functional as cbf
-from ..linear import chunk_rows, kernel_block_rows
+from ..linear import chunking
 from ..provenance import environment, load_average
 from .cases import (FOCAL_GAMMA, HEAD_SETS, LOSS_TITLES, REDUCTION, HeadCase, HeadInputs, head_case_id, head_suite,
                     make_head_inputs, parse_head_case_id)
@@ -119,8 +119,7 @@ def loss_fn(impl: str, case: HeadCase) -> Callable[[HeadInputs], torch.Tensor]:
         if impl == "torch_chunked":
             options = torch.nn.LinearCrossEntropyOptions()
         elif impl == "torch_chunked_eqmem":
-            rows = chunk_rows(case.n, case.c, case.torch_dtype, case.device)
-            rows += kernel_block_rows(case.c, case.torch_dtype, case.device)
+            rows = sum(chunking(case.n, case.c, case.torch_dtype, case.device))
             options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=rows, chunking_method=None)
         return lambda x: F.linear_cross_entropy(x.hidden, x.linear_weight, x.target, linear_bias=x.linear_bias,
                                                 weight=x.weight, options=options)
