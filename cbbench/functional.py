@@ -437,7 +437,7 @@ def linear_softmax_cross_entropy(hidden: Tensor, linear_weight: Tensor, target: 
     ``hidden``'s leading shape; every other argument as in :func:`softmax_cross_entropy` (``"none"``
     returns the leading shape). ``chunk_size`` (rows) or ``memory_budget`` (bytes of one chunk's
     buffer, which holds its logits and then their gradient) choose the chunks; by default a chunk is
-    1/16 of the logits, within 16 to 64 MiB (:func:`cbbench.linear.chunking`). Deterministic, and
+    1/12 of the logits, within 16 to 96 MiB (:func:`cbbench.linear.chunking`). Deterministic, and
     on CUDA free of host synchronisation. ``torch.func``, forward-mode AD, ``torch.compile``, learnable
     ``weight`` / ``logit_offset`` / ``target_margin`` and ``backend="reference"`` take plain ``linear``
     + :func:`softmax_cross_entropy` (logits materialised), as do higher-order gradients.

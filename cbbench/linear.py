@@ -48,14 +48,16 @@ Tensor = torch.Tensor
 __all__ = ["DEFAULT_MAX_CHUNK_BYTES", "DEFAULT_MIN_CHUNK_BYTES", "KERNEL_BLOCK_BYTES", "chunking", "LinearPlan", "make_plan", "autocast_inputs", "run_chunks", "linear_loss", "reference_loss",
            "LinearLossFunction"]
 
-# The default memory budget of one chunk: 1/16 of what the materialised logits would take, within
-# [16 MiB, 64 MiB]. The floor keeps small batches in large chunks: below a few hundred rows a chunk's
-# matmuls lose speed (each chunk packs the classifier weight and reads and writes its gradient once:
-# on a 2-core Xeon, C = 8142, H = 512, 64-row chunks were 1.4x slower than 256-row ones); the ceiling
-# bounds the memory of large batches (N = 8192, C = 32000 fp32: 504 rows, kernel blocks of 8).
+# The default memory budget of one chunk: 1/12 of what the materialised logits would take, within
+# [16 MiB, 96 MiB]. Every chunk reads the classifier weight twice and reads and writes its gradient once,
+# so the fewer the chunks the less of that traffic; on the CPU it is what the chunked head pays against
+# one large matmul (at 8192x1024x32000 fp32 on a 2-core Xeon: 1000-row chunks beat linear + loss, 500-row
+# ones did not, cbbench/bench/linear.py). The floor keeps small batches in large chunks; the ceiling and
+# the fraction keep the issue's bound of 1/8 of the logits (8192x1024x32000 fp32: 674 rows, 8 per kernel
+# call; 8192x1024x8142: 650 rows, 32 per call).
 DEFAULT_MIN_CHUNK_BYTES = 16 << 20
-DEFAULT_MAX_CHUNK_BYTES = 64 << 20
-_DEFAULT_FRACTION = 16
+DEFAULT_MAX_CHUNK_BYTES = 96 << 20
+_DEFAULT_FRACTION = 12
 # The kernel runs on blocks of a chunk's rows, and each block's gradient is copied back over its logits:
 # a chunk then holds one (rows, C) buffer, not two. On the CPU a block's logits and gradient stay in a
 # core's L2 cache (1 MiB each); on the GPU a block is large enough to fill the device. A block takes at
@@ -71,7 +73,7 @@ def _element_size(dtype: torch.dtype) -> int:
 def chunking(num_rows: int, num_classes: int, dtype: torch.dtype, device_type: str, *,
              chunk_size: Optional[int] = None, memory_budget: Optional[int] = None) -> Tuple[int, int]:
     """``(rows per chunk, rows per kernel call)``. The chunk: ``chunk_size`` when given, else as many
-    rows as fit ``memory_budget`` bytes (default: 1/16 of the logits, at least
+    rows as fit ``memory_budget`` bytes (default: 1/12 of the logits, at least
     :data:`DEFAULT_MIN_CHUNK_BYTES`, at most :data:`DEFAULT_MAX_CHUNK_BYTES`) beside one kernel block;
     at least 1, at most ``num_rows``. The block: :data:`KERNEL_BLOCK_BYTES` of the kernel's gradient
     (and, for half precision on the CPU, of the float32 rows the kernel computes on), at most a quarter
