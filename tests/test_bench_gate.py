@@ -128,6 +128,12 @@ def run_pair(gate_repo, head):
     return result
 
 
+def _explain(result: gate.GateResult) -> str:
+    """The gate's summary and the end of every asv run's output, for a failing assertion."""
+    tails = [f"--- run {i + 1}, exit {run.returncode} ---\n{run.output[-2500:]}" for i, run in enumerate(result.runs)]
+    return "\n".join([result.summary(), *tails])
+
+
 def _ran_both(run: gate.AsvRun) -> None:
     for name in (SPEED, ACCURACY):
         # asv lists every benchmark it ran in its progress output; a skipped or failed one says so
@@ -141,7 +147,8 @@ def test_gate_fails_a_planted_2x_slowdown(gate_repo):
     _ran_both(first)
     # the planted ratio is 2; on a busy shared machine single runs have measured it from 1.26 to 3.1
     assert first.worse.get(SPEED, 0) > gate.FACTOR and ACCURACY not in first.worse, first.worse
-    assert result.failed and set(result.confirmed) == {SPEED} and len(result.runs) == 1 + gate.CONFIRM
+    assert result.failed and set(result.confirmed) == {SPEED} and len(result.runs) == 1 + gate.CONFIRM, \
+        _explain(result)
 
 
 def test_gate_fails_a_planted_accuracy_drop(gate_repo):
@@ -152,7 +159,7 @@ def test_gate_fails_a_planted_accuracy_drop(gate_repo):
     # cb_softmax 26.4 % -> plain softmax 40.4 % top-1 error on synthetic-LT
     assert first.worse.get(ACCURACY, 0) >= 1.3, first.worse
     # an error rate has no samples: the first flag is final, nothing is re-run
-    assert result.failed and set(result.confirmed) == {ACCURACY} and len(result.runs) == 1
+    assert result.failed and set(result.confirmed) == {ACCURACY} and len(result.runs) == 1, _explain(result)
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3])
@@ -160,4 +167,4 @@ def test_gate_passes_identical_commits(gate_repo, attempt):
     result = run_pair(gate_repo, "same")
     _ran_both(result.first)
     assert ACCURACY not in result.first.worse  # training is deterministic: identical errors
-    assert not result.failed, result.summary()
+    assert not result.failed, _explain(result)

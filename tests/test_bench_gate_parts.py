@@ -34,6 +34,7 @@ def test_parse_reads_the_marked_rows_and_which_have_samples():
     assert run.worse == {SPEED: 1.89, ACCURACY: 1.53}
     assert run.better == {"bench_speed.FocalCPU.track_fwd('cpu', '8x10 fp32')": 0.67}
     assert run.sampled == {SPEED, "bench_speed.FocalCPU.track_fwd('cpu', '8x10 fp32')"}
+    assert run.ratios["bench_speed.FocalCPU.track_fwd('eager', '8x10 fp32')"] == 1.19  # unmarked "~1.19"
     assert run.decreased and run.flagged
     calm = gate.parse_output(0, "BENCHMARKS NOT SIGNIFICANTLY CHANGED.")
     assert not calm.worse and not calm.flagged
@@ -67,14 +68,24 @@ def test_a_timed_flag_must_reproduce_and_an_error_flag_is_final(monkeypatch):
     assert calls[0] == gate.GATE_BENCH and calls[1] == calls[2] == gate.exactly([SPEED])  # only the timed one
 
 
-def test_a_timed_flag_that_does_not_reproduce_passes(monkeypatch):
+def test_a_timed_flag_that_a_rerun_measures_within_the_factor_passes(monkeypatch):
     one = f"| + | 1.0±0.1ms | 1.3±0.1ms | 1.30 | {SPEED} |\nPERFORMANCE DECREASED."
-    calls = _fake_runs(monkeypatch, [(1, one), (0, "BENCHMARKS NOT SIGNIFICANTLY CHANGED."), (1, one)])
+    within = f"|   | 1.0±0.1ms | 1.05±0.1ms | 1.05 | {SPEED} |\nBENCHMARKS NOT SIGNIFICANTLY CHANGED."
+    calls = _fake_runs(monkeypatch, [(1, one), (0, within), (1, one)])
     result = gate.run_gate("base", "head")
     assert not result.failed and not result.confirmed and len(calls) == 2
     assert "gate passed" in result.summary()
     _fake_runs(monkeypatch, [(1, one)])
     assert gate.run_gate("base", "head", confirm=0).failed  # no re-runs: asv's verdict
+
+
+def test_a_rerun_that_is_not_significant_but_past_the_factor_does_not_clear(monkeypatch):
+    one = f"| + | 1.0±0.1ms | 2.0±0.1ms | 2.00 | {SPEED} |\nPERFORMANCE DECREASED."
+    unsure = f"|   | 1.0±0.5ms | 1.4±0.6ms | ~1.40 | {SPEED} |\nBENCHMARKS NOT SIGNIFICANTLY CHANGED."
+    silent = "BENCHMARKS NOT SIGNIFICANTLY CHANGED."  # the row missing (e.g. the benchmark failed): no evidence
+    _fake_runs(monkeypatch, [(1, one), (0, unsure), (0, silent)])
+    result = gate.run_gate("base", "head")
+    assert result.failed and result.confirmed == {SPEED: 1.40} and len(result.runs) == 3
 
 
 def test_an_asv_error_without_a_table_fails_the_gate(monkeypatch):
@@ -88,6 +99,7 @@ def test_continuous_command_is_the_gate_command():
     assert cmd[1:4] == ["-m", "asv", "continuous"]
     assert cmd[cmd.index("--factor") + 1] == "1.15" and cmd[cmd.index("--bench") + 1] == gate.GATE_BENCH
     assert cmd[-2:] == ["main", "HEAD"] and "--attribute" in cmd and "--machine" in cmd
+    assert "--no-only-changed" in cmd  # every row's ratio, for the re-runs' verdict
 
 
 def test_overlay_config_installs_only_cbbench_and_keeps_paths(tmp_path):

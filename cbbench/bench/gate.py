@@ -8,10 +8,11 @@ Every quantity the asv suite records is lower-is-better (time, peak memory, impo
 the gate takes all of it by default (:data:`GATE_BENCH`). asv flags a benchmark when it is worse by more
 than the factor *and*, where it has samples (the speed and import times), significantly so
 (Mann-Whitney U, p < 0.002); values without samples (memory, error) by the factor alone. A timed
-benchmark the first run flags is measured again, alone, up to :data:`CONFIRM` times, and fails the gate
-only if every run flags it: on a busy shared machine a single run can flag an unchanged commit by more
-than 15 % (README, "The regression gate, measured"), a real regression reproduces. A value without
-samples fails on the first flag (it is deterministic or nearly so).
+benchmark the first run flags is measured again, alone, up to :data:`CONFIRM` times, and passes only
+if a re-run measures it within the factor: on a busy shared machine a single run can flag an unchanged
+commit by more than 15 % (README, "The regression gate, measured"), while a real regression stays past
+the factor (a re-run that finds it "not significant" but still slower by the factor does not clear
+it). A value without samples fails on the first flag (it is deterministic or nearly so).
 
 ``--overlay``: asv's own environments build torch and every dependency per configuration and cbbench
 per commit (about a minute of compiling each). The overlay environment instead lets asv create its
@@ -64,6 +65,8 @@ class AsvRun:
     better: Dict[str, float] = field(default_factory=dict)
     # marked rows whose values carry a spread ("1.2±0.1ms"): measured from samples, so noisy
     sampled: Set[str] = field(default_factory=set)
+    # every row's ratio, marked or not (asv prints "~1.40" for a change it did not find significant)
+    ratios: Dict[str, float] = field(default_factory=dict)
 
     @property
     def decreased(self) -> bool:
@@ -80,12 +83,15 @@ def parse_output(returncode: int, output: str) -> AsvRun:
     run = AsvRun(returncode, output)
     for line in output.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 5 or cells[0] not in ("+", "-", "!") or not cells[4].startswith("bench_"):
+        if len(cells) != 5 or not cells[4].startswith("bench_"):
             continue
         try:
             ratio = float(cells[3].lstrip("~"))
         except ValueError:
             ratio = float("nan")
+        run.ratios[cells[4]] = ratio
+        if cells[0] not in ("+", "-", "!"):
+            continue
         (run.better if cells[0] == "-" else run.worse)[cells[4]] = ratio
         if "±" in cells[1] or "±" in cells[2]:
             run.sampled.add(cells[4])
@@ -95,9 +101,10 @@ def parse_output(returncode: int, output: str) -> AsvRun:
 @dataclass
 class GateResult:
     """The gate's verdict over its runs: the first ``asv continuous`` run over the whole selection,
-    then re-runs of only the sampled (timed) benchmarks it flagged. A timed benchmark fails the gate when
-    every run flags it; a flag that a re-run does not reproduce was noise of the machine. A value without
-    samples (an error rate, a memory peak) fails on the first run's flag. ``confirmed``: what fails."""
+    then re-runs of only the sampled (timed) benchmarks it flagged. A timed benchmark fails the gate
+    unless a re-run measures it within the factor (then the flag was noise of the machine). A value
+    without samples (an error rate, a memory peak) fails on the first run's flag. ``confirmed``: what
+    fails, with its last ratio."""
 
     runs: List[AsvRun]
     confirmed: Dict[str, float]
@@ -124,7 +131,7 @@ def continuous_command(base: str, head: str, *, config: str, factor: float = FAC
                        python: str = sys.executable) -> List[str]:
     """The ``asv continuous`` command line of the gate."""
     cmd = [python, "-m", "asv", "continuous", "--config", str(config), "--factor", str(factor), "--split",
-           "--show-stderr", "--bench", bench]
+           "--no-only-changed", "--show-stderr", "--bench", bench]
     for attr in attributes:
         cmd += ["--attribute", attr]
     if machine:
@@ -148,21 +155,26 @@ def run_asv(base: str, head: str, *, repo: str = ".", env: Optional[dict] = None
     return parse_output(proc.returncode, proc.stdout)
 
 
-def run_gate(base: str, head: str, *, bench: str = GATE_BENCH, confirm: int = CONFIRM, **options) -> GateResult:
+def run_gate(base: str, head: str, *, bench: str = GATE_BENCH, confirm: int = CONFIRM, factor: float = FACTOR,
+             **options) -> GateResult:
     """The gate for ``base`` -> ``head``: ``asv continuous`` over ``bench``, then up to ``confirm``
-    re-runs of the timed benchmarks it flagged worse; fails on what every run flagged (values without
-    samples: on the first flag), or on an asv error. ``options``: of :func:`run_asv` (repo, config,
-    factor, machine, attributes, env, timeout, echo)."""
-    first = run_asv(base, head, bench=bench, **options)
+    re-runs of the timed benchmarks it flagged worse. A re-run clears a flag only when it measures the
+    benchmark within the factor (a ratio below it, significant or not); a flag no re-run clears fails
+    the gate, as does a flag on a value without samples, or an asv error. ``options``: of
+    :func:`run_asv` (repo, config, machine, attributes, env, timeout, echo)."""
+    first = run_asv(base, head, bench=bench, factor=factor, **options)
     runs = [first]
     final = {name: ratio for name, ratio in first.worse.items() if name not in first.sampled}
     timed = {name: ratio for name, ratio in first.worse.items() if name in first.sampled}
     for _ in range(confirm):
         if not timed:
             break
-        again = run_asv(base, head, bench=exactly(timed), **options)
+        again = run_asv(base, head, bench=exactly(timed), factor=factor, **options)
         runs.append(again)
-        timed = {name: again.worse[name] for name in timed if name in again.worse}
+        # still worse: flagged again, or a ratio at or past the factor asv did not find significant
+        # (a missing ratio, e.g. the benchmark failed, does not clear it either)
+        timed = {name: again.ratios.get(name, ratio) for name, ratio in timed.items()
+                 if name in again.worse or not again.ratios.get(name, float("inf")) < factor}
     return GateResult(runs, {**final, **timed})
 
 
