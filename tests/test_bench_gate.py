@@ -156,7 +156,7 @@ def test_gate_fails_a_planted_accuracy_drop(gate_repo):
     first = result.first
     assert first.decreased and first.returncode != 0, first.output[-4000:]
     _ran_both(first)
-    # cb_softmax 26.4 % -> plain softmax 40.4 % top-1 error on synthetic-LT
+    # cb_softmax about 26.5 % -> plain softmax about 40.3 % top-1 error on synthetic-LT (x1.51-x1.53)
     assert first.worse.get(ACCURACY, 0) >= 1.3, first.worse
     # an error rate has no samples: the first flag is final, nothing is re-run
     assert result.failed and set(result.confirmed) == {ACCURACY} and len(result.runs) == 1, _explain(result)
