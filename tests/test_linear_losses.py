@@ -522,3 +522,18 @@ def test_two_ranks_give_the_single_process_classifier_gradient(tmp_path):
     # without the sync the uneven shards make every normalised reduction wrong (the check can fail)
     unsynced = run(False)[0]
     assert {f"{name} {r}" for name in HEADS for r in REDUCTIONS} <= set(unsynced)
+
+
+@pytest.mark.slow
+def test_torch_compile_takes_linear_plus_the_registered_loss():
+    hidden, weight, b, y, w = _inputs(n=12, h=6, c=9, dtype=torch.float32)
+
+    def step(hh, ww, bb):
+        return F.linear_sigmoid_focal_loss(hh, ww, y, w, linear_bias=bb, gamma=1.5, chunk_size=5)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    out = compiled(hidden, weight, b)
+    ref = _reference("focal", hidden, weight, b, y, w, "mean", gamma=1.5)
+    _close(out, ref, torch.float32, "compiled loss")
+    for a, e in zip(torch.autograd.grad(out, (hidden, weight, b)), torch.autograd.grad(ref, (hidden, weight, b))):
+        _close(a, e, torch.float32, "compiled gradient")

@@ -12,8 +12,9 @@ every implementation that can, after checking its loss and its three gradients a
 * ``unfused`` -- ``F.linear`` followed by cbbench's fused loss (the logits materialised);
 * ``torch_chunked`` -- torch's ``F.linear_cross_entropy(..., options=LinearCrossEntropyOptions())``
   (its chunked path with its default chunks; weighted CE only);
-* ``torch_chunked_eqmem`` -- the same with ``batch_chunk_size`` = the fused head's default rows per
-  chunk and per kernel block: both then hold one buffer of that many rows of logits;
+* ``torch_chunked_eqmem`` -- the same at the fused head's memory: ``batch_chunk_size`` half the fused
+  head's default rows per chunk and kernel block (torch's chunked path holds two (rows, C) buffers --
+  157 MiB at 682 rows of 32000 classes -- where cbbench holds one);
 * ``torch`` -- torch's ``F.linear_cross_entropy`` without options (``linear`` + ``F.cross_entropy``);
 * ``liger`` / ``cce`` -- Liger-Kernel's fused linear CE and cut-cross-entropy, on CUDA where installed
   (CCE has no class weights: it is checked against, and does the work of, the unweighted CE).
@@ -119,7 +120,7 @@ def loss_fn(impl: str, case: HeadCase) -> Callable[[HeadInputs], torch.Tensor]:
         if impl == "torch_chunked":
             options = torch.nn.LinearCrossEntropyOptions()
         elif impl == "torch_chunked_eqmem":
-            rows = sum(chunking(case.n, case.c, case.torch_dtype, case.device))
+            rows = (sum(chunking(case.n, case.c, case.torch_dtype, case.device)) + 1) // 2
             options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=rows, chunking_method=None)
         return lambda x: F.linear_cross_entropy(x.hidden, x.linear_weight, x.target, linear_bias=x.linear_bias,
                                                 weight=x.weight, options=options)
@@ -306,16 +307,18 @@ def run_case(case: HeadCase, impls, *, repeats: int = 3, cpu_clock: str = "proce
 
 
 def _add_ratios(rows: List[dict]) -> None:
-    """``fused_speedup`` = this row's median / the fused head's, on the same case (> 1: fused faster)."""
-    fused = next((r["median_s"] for r in rows if r["impl"] == "fused" and r.get("median_s")), None)
+    """``fused_speedup``: the median over the rounds of this row's time / the fused head's in the same
+    round (> 1: fused faster), on the same case; the implementations take turns within a round, so a
+    drift of a shared machine falls on both sides of each ratio."""
+    fused = next((r["samples_s"] for r in rows if r["impl"] == "fused" and r.get("samples_s")), None)
     for r in rows:
-        if r.get("median_s") and fused:
-            r["fused_speedup"] = r["median_s"] / fused
+        if r.get("samples_s") and fused:
+            r["fused_speedup"] = statistics.median(t / f for t, f in zip(r["samples_s"], fused))
 
 
 def table(rows: List[dict]) -> str:
     """A markdown table of the rows: time, extra memory (and its share of the logits), speed-ups."""
-    lines = ["| case | implementation | fwd+bwd (s) | extra memory (MiB) | extra / logits | fused is x faster |",
+    lines = ["| case | implementation | fwd+bwd (s) | extra memory (MiB) | extra / logits | fused is x faster (per round) |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         if r["status"] != "ok":
