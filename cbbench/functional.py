@@ -126,7 +126,9 @@ def _check_real(value, name: str, fn: str, *, low: float = -math.inf, high: floa
         value = float(value)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{fn}: {name} must be a real number, got {value!r}") from exc
-    ok = math.isfinite(value) and (value > low if low_open else value >= low) and (
+    # comparisons, not math.isfinite: under torch.compile a float argument that changed between calls
+    # is a SymFloat, which math.isfinite cannot trace (fullgraph=True would fail); NaN fails them all
+    ok = -math.inf < value < math.inf and (value > low if low_open else value >= low) and (
         value < high if high_open else value <= high)
     if not ok:
         lb = "(" if low_open else "["

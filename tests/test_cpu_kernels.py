@@ -501,3 +501,18 @@ def test_torch_compile_fullgraph_matches_eager():
     got.backward()
     torch.testing.assert_close(got, eager)
     torch.testing.assert_close(z2.grad, z1.grad)
+
+
+def test_torch_compile_fullgraph_with_float_options_that_change_between_calls():
+    # Dynamo makes a float argument that changed since the last call symbolic (a SymFloat): the
+    # argument checks must trace it (math.isfinite cannot: fullgraph=True failed on the second value)
+    torch._dynamo.reset()
+    logits, target, weight = _inputs(16, 5, seed=21)
+
+    def total(z, s):
+        return (F.softmax_cross_entropy(z, target, weight, scale=s, label_smoothing=s / 10, backend="cpu")
+                + F.sigmoid_focal_loss(z, target, weight, gamma=s, alpha=s / 4, backend="cpu"))
+
+    compiled = torch.compile(total, fullgraph=True, backend="aot_eager")
+    for s in (1.0, 2.0, 3.0):
+        torch.testing.assert_close(compiled(logits, s), total(logits, s))
