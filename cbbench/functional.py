@@ -8,7 +8,7 @@ formulas and the conventions of each reduction).
 Which path a call takes:
 
 * the reference (:mod:`cbbench.reference`) for ``backend="reference"``, under ``torch.func``
-  transforms, and when an input other than the logits requires grad (a learnable ``weight``, soft
+  transforms and ``torch.jit.trace`` (which records only ATen ops), and when an input other than the logits requires grad (a learnable ``weight``, soft
   targets, offsets or margins): the kernels give the gradient of the logits only;
 * the fused op otherwise (:mod:`cbbench.ops`): eager autograd, or the registered op under
   ``torch.compile``; plain 2-D CPU inputs first try the C++ fast path (``cbbench._C``), which runs
@@ -144,8 +144,9 @@ def _fused_vector(vec: Optional[Tensor]) -> Optional[Tensor]:
 
 
 def _takes_reference(backend: str, logits: Tensor, *others: Optional[Tensor]) -> bool:
-    """See the module docstring: reference backend, torch.func, or gradients the kernels do not give."""
-    if not ops.uses_kernels(backend, logits) or ops.transforms_active():
+    """See the module docstring: reference backend, torch.func, ``torch.jit.trace``, or gradients the
+    kernels do not give."""
+    if not ops.uses_kernels(backend, logits) or ops.transforms_active() or ops.jit_tracing():
         return True
     return any(t is not None and t.requires_grad for t in others)
 

@@ -241,3 +241,30 @@ def test_training_step_reduces_loss():
     pred = model(x).argmax(1)
     recall = [(pred[y == c] == c).float().mean().item() for c in range(3)]
     assert min(recall) > 0.5, recall
+
+
+@pytest.mark.parametrize("backend", ["auto", "cpu", "reference"])
+def test_jit_trace_records_the_loss_not_a_constant(backend):
+    # the tracer records only ATen ops: a kernel call was recorded as the empty tensor it fills, so the
+    # traced module returned garbage (0) for every new input; traced calls take the reference
+    if backend == "cpu" and ops.kernel_module("cpu") is None:
+        pytest.skip("CPU kernels not built")
+    import warnings
+    counts = [50, 20, 5, 2]
+    z, y, _ = _inputs(6, 4, seed=3)
+    fresh = torch.randn(6, 4, generator=torch.Generator().manual_seed(4)) * 5
+    hidden, fresh_hidden = torch.randn(6, 8), torch.randn(6, 8)
+    modules = [(cbbench.ClassBalancedLoss(counts, 0.99, loss_type, backend=backend), z, fresh)
+               for loss_type in ("softmax", "sigmoid", "focal")]
+    modules.append((cbbench.nn.ClassBalancedLinearLoss(8, counts, 0.99, backend=backend), hidden, fresh_hidden))
+    for module, example, new in modules:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.trace is deprecated
+            traced = torch.jit.trace(module, (example, y), check_trace=False)
+        a = new.clone().requires_grad_(True)
+        b = new.clone().requires_grad_(True)
+        got, want = traced(a, y), module(b, y)
+        torch.testing.assert_close(got, want)
+        got.backward()
+        want.backward()
+        torch.testing.assert_close(a.grad, b.grad)

@@ -51,6 +51,7 @@ __all__ = [
     "fast_path_backend",
     "fast_path_allowed",
     "transforms_active",
+    "jit_tracing",
     "forward_ad_active",
     "call",
     "SoftmaxArgs",
@@ -67,6 +68,13 @@ def transforms_active() -> bool:
     return torch._C._are_functorch_transforms_active()
 
 
+def jit_tracing() -> bool:
+    """Whether ``torch.jit.trace`` (or ``torch.onnx.export``'s tracer) records this call: the tracer sees
+    only ATen ops, so a kernel call would be recorded as the empty output tensor it fills (a traced loss
+    that returns garbage); such calls take the reference, whose ops the tracer records."""
+    return torch._C._is_tracing()
+
+
 def forward_ad_active() -> bool:
     """Whether a ``torch.autograd.forward_ad.dual_level`` is open (dual logits need the autograd
     function's ``jvp`` even where no gradient is needed)."""
@@ -75,11 +83,12 @@ def forward_ad_active() -> bool:
 
 def fast_path_allowed(backend: str):
     """The fast-path module (``cbbench._C``) when this call may try it, else ``None``: CPU backend,
-    no torch.compile tracing, no torch.func transform, no forward-mode AD (the module itself
-    declines any argument outside its scope)."""
+    no torch.compile tracing, no torch.func transform, no forward-mode AD, no ``torch.jit.trace``
+    (the module itself declines any argument outside its scope)."""
     fast = fast_path()
     if fast is None or not fast_path_backend(backend) or torch.compiler.is_compiling() \
-            or torch._C._are_functorch_transforms_active() or torch.autograd.forward_ad._current_level >= 0:
+            or torch._C._are_functorch_transforms_active() or torch.autograd.forward_ad._current_level >= 0 \
+            or torch._C._is_tracing():
         return None
     return fast
 
