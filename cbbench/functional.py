@@ -137,6 +137,17 @@ def _check_real(value, name: str, fn: str, *, low: float = -math.inf, high: floa
     return value
 
 
+def _check_alpha(alpha, fn: str) -> Optional[float]:
+    """RetinaNet's alpha: a number in [0, 1], or ``None`` / ``-1`` (torchvision's "ignore") for none."""
+    if alpha is None:
+        return None
+    try:
+        off = float(alpha) == -1.0
+    except (TypeError, ValueError):
+        off = False  # _check_real names the bad value
+    return None if off else _check_real(alpha, "alpha", fn, low=0.0, high=1.0)
+
+
 def _fused_vector(vec: Optional[Tensor]) -> Optional[Tensor]:
     if vec is None or (vec.dtype == torch.float32 and vec.is_contiguous()):
         return vec
@@ -243,8 +254,7 @@ def _sigmoid_family(fn: str, logits: Tensor, target: Tensor, weight: Optional[Te
     ignore_index = _check_index(ignore_index, "ignore_index", fn)
     if gamma is not None:
         gamma = _check_real(gamma, "gamma", fn, low=0.0)
-    if alpha is not None:
-        alpha = _check_real(alpha, "alpha", fn, low=0.0, high=1.0)
+    alpha = _check_alpha(alpha, fn)
     if isinstance(target, torch.Tensor) and target.is_floating_point():
         if tuple(target.shape) != tuple(logits.shape):
             raise ValueError(f"{fn}: a floating-point (multi-hot) target must have the logits' shape "
@@ -290,7 +300,8 @@ def sigmoid_focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] 
     The modulator is computed in log space, ``exp(-gamma * (t z + softplus(-z)))``, so it never
     overflows (the official TensorFlow form gives the hardest positives a modulator of 0 below
     z = -88.7 in float32). ``gamma=0`` equals :func:`sigmoid_cross_entropy`; ``alpha`` is RetinaNet's
-    optional positive/negative balance (``None``: off). ``sync_normalizer`` / ``process_group``: as in
+    optional positive/negative balance, ``alpha t + (1 - alpha)(1 - t)`` (``None`` or ``-1``, as in
+    ``torchvision.ops.sigmoid_focal_loss``: off). ``sync_normalizer`` / ``process_group``: as in
     :func:`softmax_cross_entropy`.
     """
     if sync_normalizer:
@@ -482,8 +493,7 @@ def _linear_sigmoid_family(fn: str, hidden: Tensor, linear_weight: Tensor, targe
     ignore_index = _check_index(ignore_index, "ignore_index", fn)
     if gamma is not None:
         gamma = _check_real(gamma, "gamma", fn, low=0.0)
-    if alpha is not None:
-        alpha = _check_real(alpha, "alpha", fn, low=0.0, high=1.0)
+    alpha = _check_alpha(alpha, fn)
     chunk_size, memory_budget = _check_chunking(chunk_size, memory_budget, fn)
     target = _linear_target(hidden, target, linear_weight.shape[0], stand_in, fn, multi_hot_ok=True)
     weight = _check_class_vector(weight, "weight", stand_in, fn)

@@ -268,3 +268,29 @@ def test_jit_trace_records_the_loss_not_a_constant(backend):
         got.backward()
         want.backward()
         torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("backend", ["auto", "cpu", "reference"])
+def test_focal_alpha_minus_one_is_torchvisions_no_alpha(backend):
+    # torchvision.ops.sigmoid_focal_loss: "alpha ... or -1 for ignore"; its formula (from its docs),
+    # summed over classes per sample
+    if backend == "cpu" and ops.kernel_module("cpu") is None:
+        pytest.skip("CPU kernels not built")
+    z, y, w = _inputs(8, 4, seed=5)
+    t = TF.one_hot(y, 4).float()
+    p = torch.sigmoid(z)
+    p_t = p * t + (1 - p) * (1 - t)
+    per_element = TF.binary_cross_entropy_with_logits(z, t, reduction="none") * (1 - p_t) ** 2
+    for alpha in (-1, -1.0):
+        got = F.sigmoid_focal_loss(z, y, gamma=2.0, alpha=alpha, reduction="sum", backend=backend)
+        torch.testing.assert_close(got, per_element.sum())
+        torch.testing.assert_close(got, F.sigmoid_focal_loss(z, y, gamma=2.0, alpha=None, reduction="sum",
+                                                             backend=backend), rtol=0, atol=0)
+        head = F.linear_sigmoid_focal_loss(torch.eye(4), torch.eye(4), torch.arange(4), alpha=alpha,
+                                           backend=backend)
+        assert torch.isfinite(head)
+    with_alpha = (0.25 * t + 0.75 * (1 - t)) * per_element
+    torch.testing.assert_close(F.sigmoid_focal_loss(z, y, gamma=2.0, alpha=0.25, reduction="sum", backend=backend),
+                               with_alpha.sum())
+    with pytest.raises(ValueError, match="alpha"):
+        F.sigmoid_focal_loss(z, y, alpha=-0.5, backend=backend)
