@@ -128,8 +128,16 @@ class ClassBalancedLoss(nn.Module):
         self.process_group = process_group
 
     def set_weight(self, weight: Tensor) -> None:
-        """Replace the class weights in place (e.g. deferred re-weighting switches them on mid-training)."""
-        self.weight.copy_(torch.as_tensor(weight, dtype=self.weight.dtype, device=self.weight.device))
+        """Replace the class weights in place (e.g. deferred re-weighting switches them on mid-training):
+        a (C,) vector, or a scalar for the same weight on every class."""
+        try:
+            new = torch.as_tensor(weight, dtype=self.weight.dtype, device=self.weight.device)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"set_weight: weight must be a (C,) vector of numbers, got {type(weight).__name__}") from exc
+        if new.dim() != 0 and tuple(new.shape) != tuple(self.weight.shape):
+            raise ValueError(f"set_weight: weight must have shape ({self.weight.numel()},) (one value per class) "
+                             f"or be a scalar, got {tuple(new.shape)}")
+        self.weight.copy_(new)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         _check_num_classes("weight", self.weight, logits, "samples_per_class")

@@ -294,3 +294,19 @@ def test_focal_alpha_minus_one_is_torchvisions_no_alpha(backend):
                                with_alpha.sum())
     with pytest.raises(ValueError, match="alpha"):
         F.sigmoid_focal_loss(z, y, alpha=-0.5, backend=backend)
+
+
+def test_set_weight_takes_one_value_per_class_or_a_scalar():
+    # a wrong shape raised torch's bare broadcasting RuntimeError ((2,) into (3,)) or, for (1, 3),
+    # "output with shape [3] doesn't match the broadcast shape"
+    for module in (cbbench.ClassBalancedLoss([10, 5, 1], beta=0.99),
+                   cbbench.nn.ClassBalancedLinearLoss(4, [10, 5, 1], beta=0.99)):
+        for bad in ([1.0, 2.0], torch.ones(1, 3), torch.ones(4)):
+            with pytest.raises(ValueError, match=r"set_weight: weight must have shape \(3,\)"):
+                module.set_weight(bad)
+        with pytest.raises(TypeError, match="set_weight"):
+            module.set_weight("abc")
+        module.set_weight([1.0, 2.0, 3.0])
+        torch.testing.assert_close(module.weight, torch.tensor([1.0, 2.0, 3.0]))
+        module.set_weight(0.5)
+        torch.testing.assert_close(module.weight, torch.full((3,), 0.5))
