@@ -36,7 +36,17 @@ def _check_num_classes(buffer_name: str, buffer: Optional[Tensor], logits: Tenso
                          f"(shape {tuple(logits.shape)})")
 
 
-class _WeightedLoss(nn.Module):
+class _NotScriptable:
+    """``torch.jit.script`` of a cbbench module (or of a model holding one) fails with a clear error
+    instead of TorchScript's complaint about the first Python construct it meets in ``forward``."""
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(f"{type(self).__module__}.{type(self).__qualname__} cannot be compiled by torch.jit.script: its forward "
+                           "runs Python argument checks and compiled kernels outside TorchScript; use "
+                           "torch.compile (the losses are registered ops), or torch.jit.trace / torch.export")
+
+
+class _WeightedLoss(_NotScriptable, nn.Module):
     """Holds the options every loss module shares. ``sync_normalizer=True`` (data parallel training):
     the reduction divides by the divisor all-reduced over ``process_group`` (default: the world); see
     :mod:`cbbench.distributed`."""
@@ -101,7 +111,7 @@ class SigmoidFocalLoss(_WeightedLoss):
         return f"gamma={self.gamma}, alpha={self.alpha}, " + super().extra_repr()
 
 
-class ClassBalancedLoss(nn.Module):
+class ClassBalancedLoss(_NotScriptable, nn.Module):
     """Class-balanced loss (Cui et al., CVPR 2019) from whole-training-set class counts.
 
     ``loss_type`` is ``"softmax"``, ``"sigmoid"`` or ``"focal"`` (sigmoid focal with ``gamma``). The
@@ -200,7 +210,7 @@ class LDAMLoss(_CountsSoftmaxLoss):
                          sync_normalizer=sync_normalizer, process_group=process_group)
 
 
-class ClassBalancedLinearLoss(nn.Module):
+class ClassBalancedLinearLoss(_NotScriptable, nn.Module):
     """A classifier head (``in_features`` -> C) trained with a class-balanced loss, fused so that the
     (N, C) logits never exist: ``forward(hidden, target)`` is the loss of ``self.linear(hidden)``,
     computed by :func:`cbbench.functional.linear_softmax_cross_entropy` (``loss_type="softmax"``),

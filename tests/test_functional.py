@@ -310,3 +310,22 @@ def test_set_weight_takes_one_value_per_class_or_a_scalar():
         torch.testing.assert_close(module.weight, torch.tensor([1.0, 2.0, 3.0]))
         module.set_weight(0.5)
         torch.testing.assert_close(module.weight, torch.full((3,), 0.5))
+
+
+def test_jit_script_gives_a_clear_error():
+    # TorchScript used to fail on the first Python construct of forward ("keyword-arg expansion is not
+    # supported", "cannot statically infer the expected size of a list"), also inside a user's model
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 3)
+            self.criterion = cbbench.nn.LDAMLoss([5, 3, 1])
+
+        def forward(self, x, y):
+            return self.criterion(self.fc(x), y)
+
+    counts = [5, 3, 1]
+    for module in (cbbench.ClassBalancedLoss(counts), cbbench.nn.SigmoidFocalLoss(), cbbench.nn.BalancedSoftmaxLoss(counts),
+                   cbbench.nn.ClassBalancedLinearLoss(3, counts), Model()):
+        with pytest.raises(RuntimeError, match=r"cannot be compiled by torch.jit.script.*torch.compile"):
+            torch.jit.script(module)
