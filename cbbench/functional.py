@@ -344,13 +344,16 @@ def _check_linear(hidden, linear_weight, linear_bias, fn: str):
             raise ValueError(f"{fn}: linear_bias must have shape ({linear_weight.shape[0]},), got "
                              f"{tuple(linear_bias.shape)}")
         others.append((linear_bias, "linear_bias"))
-    autocast = torch.is_autocast_enabled(hidden.device.type)  # then the head computes in autocast's dtype
+    try:  # under autocast the head computes in autocast's dtype
+        autocast = torch.is_autocast_enabled(hidden.device.type)
+    except RuntimeError:  # a device type autocast does not know (meta): no autocast there
+        autocast = False
     for t, name in others:
         if t.dtype != hidden.dtype and not autocast:
             raise TypeError(f"{fn}: {name} has dtype {t.dtype} but hidden has {hidden.dtype}")
         if t.device != hidden.device:
             raise ValueError(f"{fn}: {name} is on {t.device} but hidden is on {hidden.device}")
-    rows_h = hidden.reshape(-1, hidden.shape[-1])
+    rows_h = hidden.reshape(math.prod(hidden.shape[:-1]), hidden.shape[-1])  # not -1: H may be 0
     stand_in = hidden.new_empty(()).expand(rows_h.shape[0], linear_weight.shape[0])
     return rows_h, stand_in
 

@@ -537,3 +537,24 @@ def test_torch_compile_takes_linear_plus_the_registered_loss():
     _close(out, ref, torch.float32, "compiled loss")
     for a, e in zip(torch.autograd.grad(out, (hidden, weight, b)), torch.autograd.grad(ref, (hidden, weight, b))):
         _close(a, e, torch.float32, "compiled gradient")
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_zero_features_and_meta_tensors(name):
+    # H = 0 (logits = bias): hidden.reshape(-1, 0) raised torch's "cannot reshape tensor of 0 elements";
+    # meta tensors: torch.is_autocast_enabled("meta") raised "unknown device type for autocast"
+    g = torch.Generator().manual_seed(7)
+    bias = torch.randn(6, generator=g, dtype=torch.float64).requires_grad_(True)
+    y = torch.randint(0, 6, (2, 5), generator=g)
+    for backend in ("auto", "reference"):
+        hidden = torch.zeros(2, 5, 0, dtype=torch.float64, requires_grad=True)
+        weight = torch.zeros(6, 0, dtype=torch.float64, requires_grad=True)
+        out = HEADS[name][0](hidden, weight, y, linear_bias=bias, backend=backend, **OPTIONS[name])
+        ref = HEADS[name][1](bias.expand(10, 6), y.reshape(-1), backend="reference", **OPTIONS[name])
+        torch.testing.assert_close(out, ref)
+        got = torch.autograd.grad(out, (hidden, weight, bias))
+        torch.testing.assert_close(got[2], torch.autograd.grad(ref, bias)[0])
+        assert got[0].shape == hidden.shape and got[1].shape == weight.shape
+        meta = HEADS[name][0](torch.randn(4, 3, device="meta"), torch.randn(6, 3, device="meta"),
+                              torch.zeros(4, dtype=torch.long, device="meta"), reduction="none", backend=backend)
+        assert meta.device.type == "meta" and meta.shape == (4,)
