@@ -85,7 +85,13 @@ def _check_class_vector(vec, name: str, logits: Tensor, fn: str) -> Optional[Ten
     if vec is None:
         return None
     if not isinstance(vec, torch.Tensor):
-        vec = torch.as_tensor(vec, dtype=torch.float32)
+        try:
+            vec = torch.as_tensor(vec, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"{fn}: {name} must be a tensor or a sequence of numbers (one per class), got "
+                            f"{type(vec).__name__}") from exc
+    if vec.is_complex():
+        raise TypeError(f"{fn}: {name} must hold real numbers, got dtype {vec.dtype}")
     if not vec.is_floating_point():
         vec = vec.float()
     num_classes = logits.shape[1]

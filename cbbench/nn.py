@@ -124,9 +124,7 @@ class ClassBalancedLoss(_NotScriptable, nn.Module):
         super().__init__()
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
-        gamma = float(gamma)
-        if not math.isfinite(gamma) or gamma < 0:
-            raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
+        gamma = F._check_real(gamma, "gamma", "ClassBalancedLoss", low=0.0)
         self.register_buffer("weight", class_balanced_weights(samples_per_class, beta, empty=empty))
         self.beta = float(beta)
         self.loss_type = loss_type
@@ -190,9 +188,7 @@ class LogitAdjustedLoss(_CountsSoftmaxLoss):
     def __init__(self, samples_per_class: CountsLike, tau: float = 1.0, weight=None, *, reduction: str = "mean",
                  ignore_index: int = -100, backend: str = "auto",
                  sync_normalizer: bool = False, process_group=None):
-        tau = float(tau)
-        if not math.isfinite(tau):
-            raise ValueError(f"tau must be finite, got {tau!r}")
+        tau = F._check_real(tau, "tau", "LogitAdjustedLoss")
         super().__init__(weight, reduction=reduction, ignore_index=ignore_index,
                          logit_offset=tau * log_prior(samples_per_class), backend=backend,
                          sync_normalizer=sync_normalizer, process_group=process_group)

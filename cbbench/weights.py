@@ -55,15 +55,20 @@ def as_counts(counts: CountsLike, name: str = "counts") -> torch.Tensor:
     return t
 
 
-def _check_beta(beta: float) -> float:
-    if isinstance(beta, torch.Tensor):
-        if beta.numel() != 1:
-            raise ValueError(f"beta must be a scalar, got shape {tuple(beta.shape)}")
-        beta = beta.item()
+def _real(value, name: str, what: str = "a real number") -> float:
+    """``value`` (a Python / NumPy number or a one-element tensor) as a float; TypeError otherwise."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got shape {tuple(value.shape)}")
+        value = value.item()
     try:
-        beta = float(beta)
+        return float(value)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"beta must be a real number in [0, 1), got {beta!r}") from exc
+        raise TypeError(f"{name} must be {what}, got {value!r}") from exc
+
+
+def _check_beta(beta: float) -> float:
+    beta = _real(beta, "beta", "a real number in [0, 1)")
     if not (0.0 <= beta < 1.0):  # also rejects NaN
         raise ValueError(f"beta must be in [0, 1), got {beta!r}")
     return beta
@@ -141,7 +146,7 @@ def class_weights(counts: CountsLike, scheme: str = "cb", *, beta: float = 0.999
         return torch.ones(n.numel(), dtype=torch.float32)
     if scheme == "sqrt_inverse":
         power = 0.5
-    power = float(power)
+    power = _real(power, "power")
     if not math.isfinite(power) or power < 0:
         raise ValueError(f"power must be a finite number >= 0, got {power!r}")
     present = _empty_mask(n, empty, f"class_weights(scheme={scheme!r})")
@@ -165,7 +170,7 @@ def ldam_margins(counts: CountsLike, max_margin: float = 0.5) -> torch.Tensor:
     n = as_counts(counts)
     _empty_mask(n, "raise", "ldam_margins", why_not_empty="its margin n^(-1/4) would be infinite; every class "
                 "needs at least one training sample (drop empty classes from the label set)")
-    max_margin = float(max_margin)
+    max_margin = _real(max_margin, "max_margin")
     if not math.isfinite(max_margin) or max_margin < 0:
         raise ValueError(f"max_margin must be a finite number >= 0, got {max_margin!r}")
     raw = n.pow(-0.25)

@@ -329,3 +329,22 @@ def test_jit_script_gives_a_clear_error():
                    cbbench.nn.ClassBalancedLinearLoss(3, counts), Model()):
         with pytest.raises(RuntimeError, match=r"cannot be compiled by torch.jit.script.*torch.compile"):
             torch.jit.script(module)
+
+
+def test_non_numeric_options_are_clear_type_errors():
+    # weight="abc" escaped as torch's "new(): invalid data type 'str'"; gamma="x" / tau="x" as
+    # float()'s "could not convert string to float"
+    z, y, _ = _inputs()
+    for name, fn in LOSSES.items():
+        with pytest.raises(TypeError, match=f"{fn.__name__}: weight must be a tensor or a sequence of numbers"):
+            fn(z, y, "abcd")
+        with pytest.raises(TypeError, match=f"{fn.__name__}: weight must hold real numbers"):
+            fn(z, y, torch.ones(4, dtype=torch.complex64))
+    with pytest.raises(TypeError, match="ClassBalancedLoss: gamma must be a real number"):
+        cbbench.ClassBalancedLoss([5, 3], loss_type="focal", gamma="x")
+    with pytest.raises(ValueError, match="ClassBalancedLoss: gamma"):
+        cbbench.ClassBalancedLoss([5, 3], loss_type="focal", gamma=-1.0)
+    with pytest.raises(TypeError, match="LogitAdjustedLoss: tau must be a real number"):
+        cbbench.LogitAdjustedLoss([5, 3], tau="x")
+    with pytest.raises(ValueError, match="LogitAdjustedLoss: tau"):
+        cbbench.LogitAdjustedLoss([5, 3], tau=float("nan"))

@@ -153,3 +153,15 @@ def test_as_counts_returns_float64_copy():
     out = as_counts(src)
     assert out.dtype == torch.float64 and out.tolist() == [3.0, 4.0]
     assert math.isclose(out.sum().item(), 7.0)
+
+
+def test_non_numeric_power_and_max_margin_are_type_errors():
+    # float("x") used to escape as "ValueError: could not convert string to float: 'x'"
+    with pytest.raises(TypeError, match="power must be a real number"):
+        cbbench.class_weights([5, 3], "inverse", power="x")
+    with pytest.raises(TypeError, match="max_margin must be a real number"):
+        cbbench.weights.ldam_margins([5, 3], max_margin=None)
+    with pytest.raises(ValueError, match="max_margin must be a scalar"):
+        cbbench.weights.ldam_margins([5, 3], max_margin=torch.tensor([0.5, 0.2]))
+    torch.testing.assert_close(cbbench.weights.ldam_margins([1, 16], max_margin=torch.tensor(0.5)),
+                               torch.tensor([0.5, 0.25]))
