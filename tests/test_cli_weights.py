@@ -57,3 +57,10 @@ def test_import_does_not_initialise_cuda():
     code = "import torch, cbbench; print(torch.cuda.is_initialized())"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False"
+
+
+def test_write_weights_report_with_counts_beyond_float32(tmp_path):
+    # the plot's grid was built from a float32 tensor: counts above 3.4e37 gave an infinite grid and
+    # "counts must be finite, got [nan, inf, ...]"
+    paths = write_weights_report([1e300, 10, 1], betas=(0.9, 0.999), out_dir=str(tmp_path))
+    assert [p.rsplit("/", 1)[-1] for p in paths] == ["effective_number.png", "class_weights.png"]

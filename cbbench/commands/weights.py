@@ -5,6 +5,7 @@ paper's Figure 1 style) and the per-class weights of each scheme.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import List, Sequence
 
@@ -44,7 +45,9 @@ def write_weights_report(counts: Sequence[float], betas: Sequence[float] = DEFAU
     paths = []
 
     n_max = max(float(n.max().item()), 10.0)
-    grid = torch.logspace(0, torch.log10(torch.tensor(n_max * 10)).item(), 400, dtype=torch.float64).round()
+    # in float64 (a float32 tensor made counts above 3.4e37 an infinite grid and a "counts must be
+    # finite" error about numbers the user never gave)
+    grid = torch.logspace(0, math.log10(n_max) + 1, 400, dtype=torch.float64).round()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for beta in betas:
         ax.plot(grid.numpy(), effective_number(grid, beta).numpy(), label=f"beta = {beta}")
