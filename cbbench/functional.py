@@ -42,10 +42,18 @@ def _check_logits(logits, fn: str) -> None:
         raise TypeError(f"{fn}: logits must be a torch.Tensor, got {type(logits).__name__}")
     if not logits.is_floating_point():
         raise TypeError(f"{fn}: logits must be a floating-point tensor, got dtype {logits.dtype}")
+    _check_dense(logits, "logits", fn)
     if logits.dim() < 2:
         raise ValueError(f"{fn}: logits must have shape (N, C) or (N, C, d1, ...), got {tuple(logits.shape)}")
     if logits.shape[1] == 0:
         raise ValueError(f"{fn}: logits must have at least one class (C >= 1), got shape {tuple(logits.shape)}")
+
+
+def _check_dense(t: Tensor, name: str, fn: str) -> None:
+    if t.layout != torch.strided or t.is_nested:
+        kind = "nested" if t.is_nested else str(t.layout).replace("torch.", "")
+        hint = ".to_padded_tensor(padding)" if t.is_nested else ".to_dense()"
+        raise TypeError(f"{fn}: {name} must be a dense (strided) tensor, got a {kind} tensor; convert it with {hint}")
 
 
 def _check_same_device(t: Tensor, name: str, logits: Tensor, fn: str) -> None:
@@ -59,6 +67,7 @@ def _check_class_indices(logits: Tensor, target, fn: str) -> Tensor:
     dtype = target.dtype
     if dtype is not torch.int64 and (dtype == torch.bool or target.is_floating_point() or target.is_complex()):
         raise TypeError(f"{fn}: target must hold integer class indices, got dtype {dtype}")
+    _check_dense(target, "target", fn)
     if target.dim() != logits.dim() - 1 or target.shape != sample_shape(logits):
         raise ValueError(f"{fn}: target shape {tuple(target.shape)} does not match logits shape "
                          f"{tuple(logits.shape)}; expected {sample_shape(logits)}")
@@ -265,6 +274,7 @@ def _sigmoid_family(fn: str, logits: Tensor, target: Tensor, weight: Optional[Te
         if tuple(target.shape) != tuple(logits.shape):
             raise ValueError(f"{fn}: a floating-point (multi-hot) target must have the logits' shape "
                              f"{tuple(logits.shape)}, got {tuple(target.shape)}; integer targets are class indices")
+        _check_dense(target, "target", fn)
         _check_same_device(target, "target", logits, fn)
     else:
         target = _check_class_indices(logits, target, fn)

@@ -348,3 +348,19 @@ def test_non_numeric_options_are_clear_type_errors():
         cbbench.LogitAdjustedLoss([5, 3], tau="x")
     with pytest.raises(ValueError, match="LogitAdjustedLoss: tau"):
         cbbench.LogitAdjustedLoss([5, 3], tau=float("nan"))
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_sparse_and_nested_inputs_are_clear_errors(name):
+    # torch's internals answered: "unsupported memory format option Contiguous", "reshape is not
+    # implemented for sparse tensors", "NestedTensorImpl doesn't support sizes"
+    z, y, _ = _inputs()
+    fn = LOSSES[name]
+    cases = [(z.to_sparse(), y, "logits", "sparse_coo"), (z.to_sparse_csr(), y, "logits", "sparse_csr"),
+             (torch.nested.nested_tensor([z, z[:3]]), y, "logits", "nested"), (z, y.to_sparse(), "target", "sparse_coo")]
+    if name != "softmax":
+        cases.append((z, torch.zeros_like(z).to_sparse(), "target", "sparse_coo"))  # multi-hot
+    for backend in ("auto", "reference"):
+        for logits, target, what, kind in cases:
+            with pytest.raises(TypeError, match=f"{fn.__name__}: {what} must be a dense .strided. tensor, got a {kind}"):
+                fn(logits, target, backend=backend)
