@@ -137,6 +137,9 @@ def _check_index(value, name: str, fn: str) -> int:
 
 def _check_real(value, name: str, fn: str, *, low: float = -math.inf, high: float = math.inf,
                 low_open: bool = False, high_open: bool = False) -> float:
+    if isinstance(value, torch.Tensor) and value.requires_grad:
+        raise TypeError(f"{fn}: {name} is a tensor that requires grad, but it is taken as a plain number, so "
+                        f"its gradient would silently be lost; pass a number (or {name}.detach())")
     try:
         value = float(value)
     except (TypeError, ValueError) as exc:

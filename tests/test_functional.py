@@ -364,3 +364,16 @@ def test_sparse_and_nested_inputs_are_clear_errors(name):
         for logits, target, what, kind in cases:
             with pytest.raises(TypeError, match=f"{fn.__name__}: {what} must be a dense .strided. tensor, got a {kind}"):
                 fn(logits, target, backend=backend)
+
+
+def test_scalar_options_that_require_grad_are_rejected_not_detached():
+    # float(tensor) dropped the gradient of a learnable scale / gamma with only a UserWarning
+    z, y, _ = _inputs()
+    learnable = torch.tensor(2.0, requires_grad=True)
+    for backend in ("auto", "reference"):
+        with pytest.raises(TypeError, match="softmax_cross_entropy: scale is a tensor that requires grad"):
+            F.softmax_cross_entropy(z, y, scale=learnable, backend=backend)
+        with pytest.raises(TypeError, match="sigmoid_focal_loss: gamma is a tensor that requires grad"):
+            F.sigmoid_focal_loss(z, y, gamma=learnable, backend=backend)
+        torch.testing.assert_close(F.softmax_cross_entropy(z, y, scale=learnable.detach(), backend=backend),
+                                   F.softmax_cross_entropy(z, y, scale=2.0, backend=backend))
