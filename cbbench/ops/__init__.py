@@ -71,8 +71,9 @@ def transforms_active() -> bool:
 def jit_tracing() -> bool:
     """Whether ``torch.jit.trace`` (or ``torch.onnx.export``'s tracer) records this call: the tracer sees
     only ATen ops, so a kernel call would be recorded as the empty output tensor it fills (a traced loss
-    that returns garbage); such calls take the reference, whose ops the tracer records."""
-    return torch._C._is_tracing()
+    that returns garbage); such calls take the reference, whose ops the tracer records. (Dynamo cannot
+    trace ``_is_tracing``; under torch.compile it is not asked.)"""
+    return not torch.compiler.is_compiling() and torch._C._is_tracing()
 
 
 def forward_ad_active() -> bool:
