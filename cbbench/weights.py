@@ -28,6 +28,8 @@ def as_counts(counts: CountsLike, name: str = "counts") -> torch.Tensor:
     Counts must be a non-empty 1-D sequence of finite, non-negative whole numbers.
     """
     if isinstance(counts, torch.Tensor):
+        if counts.device.type == "meta":
+            raise ValueError(f"{name} is a tensor on the meta device, which holds no values; pass the real counts")
         t = counts.detach().to("cpu")
     else:
         try:

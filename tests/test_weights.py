@@ -165,3 +165,9 @@ def test_non_numeric_power_and_max_margin_are_type_errors():
         cbbench.weights.ldam_margins([5, 3], max_margin=torch.tensor([0.5, 0.2]))
     torch.testing.assert_close(cbbench.weights.ldam_margins([1, 16], max_margin=torch.tensor(0.5)),
                                torch.tensor([0.5, 0.25]))
+
+
+def test_counts_on_the_meta_device_are_a_clear_error():
+    # .to("cpu") of a meta tensor raised torch's "Cannot copy out of meta tensor; no data!"
+    with pytest.raises(ValueError, match="counts is a tensor on the meta device"):
+        cbbench.class_balanced_weights(torch.tensor([5, 3]).to("meta"), 0.9)
