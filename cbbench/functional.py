@@ -8,8 +8,9 @@ formulas and the conventions of each reduction).
 Which path a call takes:
 
 * the reference (:mod:`cbbench.reference`) for ``backend="reference"``, under ``torch.func``
-  transforms and ``torch.jit.trace`` (which records only ATen ops), and when an input other than the logits requires grad (a learnable ``weight``, soft
-  targets, offsets or margins): the kernels give the gradient of the logits only;
+  transforms and ``torch.jit.trace`` (which records only ATen ops), and when an input other than
+  the logits requires grad (a learnable ``weight``, soft targets, offsets or margins): the kernels
+  give the gradient of the logits only;
 * the fused op otherwise (:mod:`cbbench.ops`): eager autograd, or the registered op under
   ``torch.compile``; plain 2-D CPU inputs first try the C++ fast path (``cbbench._C``), which runs
   the same kernels and backward in one call and declines everything else.
