@@ -41,9 +41,10 @@ class _NotScriptable:
     instead of TorchScript's complaint about the first Python construct it meets in ``forward``."""
 
     def __prepare_scriptable__(self):
-        raise RuntimeError(f"{type(self).__module__}.{type(self).__qualname__} cannot be compiled by torch.jit.script: its forward "
-                           "runs Python argument checks and compiled kernels outside TorchScript; use "
-                           "torch.compile (the losses are registered ops), or torch.jit.trace / torch.export")
+        name = f"{type(self).__module__}.{type(self).__qualname__}"
+        raise RuntimeError(f"{name} cannot be compiled by torch.jit.script: its forward runs Python argument "
+                           "checks and compiled kernels outside TorchScript; use torch.compile (the losses are "
+                           "registered ops), or torch.jit.trace / torch.export")
 
 
 class _WeightedLoss(_NotScriptable, nn.Module):
@@ -141,7 +142,8 @@ class ClassBalancedLoss(_NotScriptable, nn.Module):
         try:
             new = torch.as_tensor(weight, dtype=self.weight.dtype, device=self.weight.device)
         except (TypeError, ValueError, RuntimeError) as exc:
-            raise TypeError(f"set_weight: weight must be a (C,) vector of numbers, got {type(weight).__name__}") from exc
+            raise TypeError(f"set_weight: weight must be a (C,) vector of numbers, got "
+                            f"{type(weight).__name__}") from exc
         if new.dim() != 0 and tuple(new.shape) != tuple(self.weight.shape):
             raise ValueError(f"set_weight: weight must have shape ({self.weight.numel()},) (one value per class) "
                              f"or be a scalar, got {tuple(new.shape)}")

@@ -325,8 +325,8 @@ def test_jit_script_gives_a_clear_error():
             return self.criterion(self.fc(x), y)
 
     counts = [5, 3, 1]
-    for module in (cbbench.ClassBalancedLoss(counts), cbbench.nn.SigmoidFocalLoss(), cbbench.nn.BalancedSoftmaxLoss(counts),
-                   cbbench.nn.ClassBalancedLinearLoss(3, counts), Model()):
+    for module in (cbbench.ClassBalancedLoss(counts), cbbench.nn.SigmoidFocalLoss(),
+                   cbbench.nn.BalancedSoftmaxLoss(counts), cbbench.nn.ClassBalancedLinearLoss(3, counts), Model()):
         with pytest.raises(RuntimeError, match=r"cannot be compiled by torch.jit.script.*torch.compile"):
             torch.jit.script(module)
 
@@ -357,12 +357,14 @@ def test_sparse_and_nested_inputs_are_clear_errors(name):
     z, y, _ = _inputs()
     fn = LOSSES[name]
     cases = [(z.to_sparse(), y, "logits", "sparse_coo"), (z.to_sparse_csr(), y, "logits", "sparse_csr"),
-             (torch.nested.nested_tensor([z, z[:3]]), y, "logits", "nested"), (z, y.to_sparse(), "target", "sparse_coo")]
+             (torch.nested.nested_tensor([z, z[:3]]), y, "logits", "nested"),
+             (z, y.to_sparse(), "target", "sparse_coo")]
     if name != "softmax":
         cases.append((z, torch.zeros_like(z).to_sparse(), "target", "sparse_coo"))  # multi-hot
     for backend in ("auto", "reference"):
         for logits, target, what, kind in cases:
-            with pytest.raises(TypeError, match=f"{fn.__name__}: {what} must be a dense .strided. tensor, got a {kind}"):
+            match = f"{fn.__name__}: {what} must be a dense .strided. tensor, got a {kind}"
+            with pytest.raises(TypeError, match=match):
                 fn(logits, target, backend=backend)
 
 
