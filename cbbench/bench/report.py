@@ -40,13 +40,14 @@ def plot_speed(result: dict, path) -> Optional[Path]:
     plt = _pyplot()
     losses = [l for l in LOSSES if any(r["loss"] == l for r in rows)]
     impls = [i for i in IMPLEMENTATIONS if any(r["impl"] == i for r in rows)]
-    fig, axes = plt.subplots(1, len(losses), figsize=(4.2 * len(losses) + 1, 4.2), squeeze=False)
+    cases_of = {loss: list(dict.fromkeys((r["shape"], r["dtype"]) for r in rows if r["loss"] == loss))
+                for loss in losses}
+    # each panel as wide as its cases need (0.95 inch a case, so the shape labels never overlap)
+    widths = [max(len(cases_of[loss]), 3) for loss in losses]
+    fig, axes = plt.subplots(1, len(losses), figsize=(0.95 * sum(widths) + 2.5, 4.2), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
     for ax, loss in zip(axes[0], losses):
-        cases = []
-        for r in rows:
-            key = (r["shape"], r["dtype"])
-            if r["loss"] == loss and key not in cases:
-                cases.append(key)
+        cases = cases_of[loss]
         width = 0.8 / len(impls)
         for k, impl in enumerate(impls):
             xs, ys = [], []
