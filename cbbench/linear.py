@@ -166,7 +166,10 @@ def _run_chunks(plan: LinearPlan, hidden: Tensor, linear_weight: Tensor, linear_
     half = dtype in _HALF
     acc_dtype = torch.float32 if half else dtype  # the weight and bias gradients sum over all chunks
     dh = torch.empty_like(hidden) if want[0] else None
-    dw = torch.zeros(linear_weight.shape, dtype=acc_dtype, device=device) if want[1] else None
+    # the weight gradient is written by the first chunk's matmul, not zeroed first (a zero fill is one more
+    # pass over (C, H): 65 ms of 4.1 s at 2048x1024x32000 on one CPU thread); zeroed only if no chunk runs
+    dw = torch.empty(linear_weight.shape, dtype=acc_dtype, device=device) if want[1] else None
+    dw_written = False
     db = torch.zeros(num_classes, dtype=acc_dtype, device=device) if want[2] else None
     none = plan.reduction == "none"
     loss_dtype = _loss_dtype(dtype)
@@ -209,9 +212,19 @@ def _run_chunks(plan: LinearPlan, hidden: Tensor, linear_weight: Tensor, linear_
             torch.mm(g, linear_weight, out=dh[start:stop])
         if dw is not None:
             if half:  # accumulate in float32: one rounding at the end, not one per chunk
-                dw += torch.mm(g.t(), h)
-            else:
+                part = torch.mm(g.t(), h)
+                if dw_written:
+                    dw.add_(part)
+                else:
+                    dw.copy_(part)
+                del part
+            elif dw_written:
                 dw.addmm_(g.t(), h)
+            else:
+                torch.mm(g.t(), h, out=dw)
+            dw_written = True
+    if dw is not None and not dw_written:  # no rows: no chunk ran
+        dw.zero_()
     divisor = plan.divisor
     if none:
         loss = total
