@@ -38,12 +38,17 @@ __all__ = ["softmax_cross_entropy", "sigmoid_cross_entropy", "sigmoid_focal_loss
 # ----------------------------------------------------------------------------------------------
 # argument checks
 # ----------------------------------------------------------------------------------------------
+def _check_float_tensor(t, name: str, fn: str) -> None:
+    """``t`` is a dense floating-point tensor (logits, hidden features, a classifier weight)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{fn}: {name} must be a floating-point tensor, got dtype {t.dtype}")
+    _check_dense(t, name, fn)
+
+
 def _check_logits(logits, fn: str) -> None:
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"{fn}: logits must be a torch.Tensor, got {type(logits).__name__}")
-    if not logits.is_floating_point():
-        raise TypeError(f"{fn}: logits must be a floating-point tensor, got dtype {logits.dtype}")
-    _check_dense(logits, "logits", fn)
+    _check_float_tensor(logits, "logits", fn)
     if logits.dim() < 2:
         raise ValueError(f"{fn}: logits must have shape (N, C) or (N, C, d1, ...), got {tuple(logits.shape)}")
     if logits.shape[1] == 0:
@@ -344,11 +349,8 @@ def _check_linear(hidden, linear_weight, linear_bias, fn: str):
     """``hidden`` (*, H), ``linear_weight`` (C, H), ``linear_bias`` (C,) or ``None``, one dtype and
     device; returns the rows (M, H) and a stand-in for the (M, C) logits (their shape, dtype and
     device, no memory) for the loss checks above."""
-    for t, name in ((hidden, "hidden"), (linear_weight, "linear_weight")):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"{fn}: {name} must be a floating-point tensor, got dtype {t.dtype}")
+    _check_float_tensor(hidden, "hidden", fn)
+    _check_float_tensor(linear_weight, "linear_weight", fn)
     if hidden.dim() < 1:
         raise ValueError(f"{fn}: hidden must have shape (*, H), got a 0-dim tensor")
     if linear_weight.dim() != 2 or linear_weight.shape[1] != hidden.shape[-1]:

@@ -396,6 +396,12 @@ def test_bad_inputs_are_clear_errors():
         F.linear_sigmoid_cross_entropy(hidden, weight, torch.zeros(37, 5, dtype=torch.float64))
     with pytest.raises(ValueError, match="gamma"):
         F.linear_sigmoid_focal_loss(hidden, weight, y, gamma=-1.0)
+    with pytest.raises(TypeError, match="hidden must be a dense"):
+        fn(hidden.to_sparse(), weight, y)
+    with pytest.raises(TypeError, match="linear_weight must be a dense"):
+        F.linear_sigmoid_focal_loss(hidden, weight.to_sparse(), y)
+    with pytest.raises(TypeError, match="hidden must be a floating-point tensor"):
+        fn(hidden.long(), weight, y)
 
 
 # ----------------------------------------------------------------------------------------------
