@@ -1,6 +1,7 @@
 """The fused-head benchmark (cbbench/bench/linear.py, benchmarks/bench_linear.py): cases from the one
 case table, every implementation checked against linear + the reference before it is timed (a wrong
 one is reported, not timed), the asv classes' parameters, skips and samples."""
+import dataclasses
 import importlib
 import sys
 from pathlib import Path
@@ -63,7 +64,7 @@ def test_asv_head_benchmarks(monkeypatch):
     from cbbench.bench.timing import TimingPolicy
 
     monkeypatch.setattr(bench, "POLICY", TimingPolicy(warmup=0, min_repeat=3, max_repeat=3, budget_s=0.0))
-    monkeypatch.setattr(bench, "parse_head_case_id", lambda text, device: TINY)
+    monkeypatch.setattr(bench, "parse_head_case_id", lambda text, device: dataclasses.replace(TINY, device=device))
     speed = bench.HeadSpeedCPU()
     speed.setup("fused", "tiny")
     out = speed.track_fwd_bwd("fused", "tiny")

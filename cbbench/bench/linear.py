@@ -74,6 +74,8 @@ class HeadImpl:
             return f"{self.name} has no {LOSS_TITLES[case.loss]}"
         if case.device not in self.devices:
             return f"{self.name} runs on {'/'.join(self.devices)} only"
+        if case.device == "cuda" and not torch.cuda.is_available():
+            return "no CUDA device"
         if self.package is not None and importlib.util.find_spec(self.package) is None:
             return f"{self.package} is not installed"
         return None
