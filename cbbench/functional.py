@@ -83,7 +83,8 @@ def _check_class_indices(logits: Tensor, target, fn: str) -> Tensor:
 
 def _check_target_range(logits: Tensor, target: Tensor, ignore_index: int, fn: str) -> None:
     """Host-side range check for the reference path on CPU tensors (the CPU kernels check in their
-    own pass; on CUDA it would synchronise; under ``torch.compile`` and ``vmap`` it is data-dependent)."""
+    own pass; on CUDA it would synchronise; under ``torch.compile`` and ``vmap`` it is data-dependent).
+    The fused heads run it on every CPU call, before the first chunk's matmul."""
     if (target.device.type != "cpu" or target.numel() == 0 or torch.compiler.is_compiling()
             or ops.transforms_active()):
         return
@@ -417,16 +418,11 @@ def _linear_takes_reference(backend: str, stand_in: Tensor, *others: Optional[Te
 
 
 def _linear_call(fused, args, hidden: Tensor, rows_h: Tensor, linear_weight: Tensor, linear_bias, chunk_size,
-                 memory_budget, fn: str) -> Tensor:
+                 memory_budget) -> Tensor:
     rows_h, linear_weight, linear_bias = _linear.autocast_inputs(rows_h, linear_weight, linear_bias)
     plan = _linear.make_plan(fused, args, rows_h, linear_weight, chunk_size=chunk_size, memory_budget=memory_budget)
-    try:
-        loss = _linear.linear_loss(plan, rows_h, linear_weight, linear_bias)
-    except ValueError as exc:  # the CPU kernels' target range check, named after the public function
-        if str(exc).startswith("target value"):
-            raise ValueError(f"{fn}: {exc}") from None
-        raise
-    return _linear_finish(loss, hidden, args.reduction)
+    # no kernel range error to rename here: the heads check CPU targets before the first chunk
+    return _linear_finish(_linear.linear_loss(plan, rows_h, linear_weight, linear_bias), hidden, args.reduction)
 
 
 def _linear_unfused(loss_fn, hidden: Tensor, rows_h: Tensor, linear_weight: Tensor, linear_bias, target: Tensor,
@@ -507,7 +503,7 @@ def linear_softmax_cross_entropy(hidden: Tensor, linear_weight: Tensor, target: 
     args = ops.SoftmaxArgs(None, target, _fused_vector(weight), _fused_vector(logit_offset),
                            _fused_vector(target_margin), scale, label_smoothing, ignore_index, reduction, False)
     return _linear_call(ops.SOFTMAX_CROSS_ENTROPY, args, hidden, rows_h, linear_weight, linear_bias, chunk_size,
-                        memory_budget, fn)
+                        memory_budget)
 
 
 def _linear_sigmoid_family(fn: str, hidden: Tensor, linear_weight: Tensor, target: Tensor, weight: Optional[Tensor], *,
@@ -532,8 +528,7 @@ def _linear_sigmoid_family(fn: str, hidden: Tensor, linear_weight: Tensor, targe
                                ignore_index=ignore_index, backend=backend, **extra)
     args = ops.SigmoidFocalArgs(None, target, _fused_vector(weight), gamma or 0.0, -1.0 if alpha is None else alpha,
                                 ignore_index, gamma is not None, reduction, False)
-    return _linear_call(ops.SIGMOID_FOCAL, args, hidden, rows_h, linear_weight, linear_bias, chunk_size, memory_budget,
-                        fn)
+    return _linear_call(ops.SIGMOID_FOCAL, args, hidden, rows_h, linear_weight, linear_bias, chunk_size, memory_budget)
 
 
 def linear_sigmoid_cross_entropy(hidden: Tensor, linear_weight: Tensor, target: Tensor,
