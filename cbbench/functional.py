@@ -396,6 +396,8 @@ def _check_chunking(chunk_size, memory_budget, fn: str):
 def _linear_target(hidden: Tensor, target, num_classes: int, stand_in: Tensor, fn: str, *, multi_hot_ok: bool):
     """Class indices of ``hidden``'s leading shape, flattened to (M,); or (sigmoid family) a float
     multi-hot target of shape (*, C), flattened to (M, C)."""
+    if isinstance(target, torch.Tensor):
+        _check_dense(target, "target", fn)  # before the reshapes below, which sparse tensors refuse
     lead = tuple(hidden.shape[:-1])
     if multi_hot_ok and isinstance(target, torch.Tensor) and target.is_floating_point():
         if tuple(target.shape) != lead + (num_classes,):

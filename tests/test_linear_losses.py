@@ -402,6 +402,10 @@ def test_bad_inputs_are_clear_errors():
         F.linear_sigmoid_focal_loss(hidden, weight.to_sparse(), y)
     with pytest.raises(TypeError, match="hidden must be a floating-point tensor"):
         fn(hidden.long(), weight, y)
+    with pytest.raises(TypeError, match="target must be a dense"):
+        fn(hidden, weight, y.to_sparse())
+    with pytest.raises(TypeError, match="target must be a dense"):
+        F.linear_sigmoid_cross_entropy(hidden, weight, torch.zeros(37, 23, dtype=torch.float64).to_sparse())
 
 
 # ----------------------------------------------------------------------------------------------
