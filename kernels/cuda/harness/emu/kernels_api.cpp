@@ -1,0 +1,45 @@
+// C entry points to the project's CUDA launchers (kernels/cuda/cb_kernels.h), run by the emulator:
+// the Python check (check.py) fills the argument structs through these with ctypes. Dtype codes are
+// cb::Dtype's: 0 f32, 1 f16, 2 bf16, 3 f64. Each call makes `device` the current device first.
+#include "cb_kernels.h"
+#include "cuda_emu_api.h"
+
+extern "C" {
+
+int cbk_softmax_ce(int device, void* stream, int dtype, const void* logits, const int64_t* target, const float* weight,
+                   const float* logit_offset, const float* target_margin, double scale, double label_smoothing,
+                   int64_t ignore_index, const void* grad_scale, void* loss_rows, void* grad, int64_t rows,
+                   int64_t classes, void* workspace) {
+  cbemu_set_current_device(device);
+  cb::SoftmaxCeArgs a{logits,         target,   weight, logit_offset, target_margin, scale,   label_smoothing,
+                      ignore_index,   grad_scale, loss_rows, grad,      rows,          classes, workspace};
+  return int(cb::softmax_ce(a, cb::Dtype(dtype), device, static_cast<cudaStream_t>(stream)));
+}
+
+std::size_t cbk_softmax_ce_workspace_bytes(int64_t rows, int64_t classes, int dtype, int device) {
+  return cb::softmax_ce_workspace_bytes(rows, classes, cb::Dtype(dtype), device);
+}
+
+void cbk_softmax_ce_plan(int64_t classes, int dtype, int device, void* stream, char* out, std::size_t len) {
+  cbemu_set_current_device(device);
+  cb::softmax_ce_plan(classes, cb::Dtype(dtype), device, out, len, static_cast<cudaStream_t>(stream));
+}
+
+int cbk_sigmoid_focal(int device, void* stream, int dtype, const void* logits, const int64_t* class_target,
+                      const void* multi_hot_target, const float* weight, double gamma, double alpha,
+                      int64_t ignore_index, int focal, const void* grad_scale, void* loss_rows, void* grad,
+                      int64_t rows, int64_t classes) {
+  cbemu_set_current_device(device);
+  cb::SigmoidFocalArgs a{logits, class_target, multi_hot_target, weight, gamma, alpha, ignore_index, focal != 0,
+                         grad_scale, loss_rows, grad, rows, classes};
+  return int(cb::sigmoid_focal(a, cb::Dtype(dtype), device, static_cast<cudaStream_t>(stream)));
+}
+
+int cbk_scale_in_place(int device, void* stream, int dtype, void* grad, int64_t numel, const void* grad_output,
+                       int grad_output_is_double) {
+  cbemu_set_current_device(device);
+  return int(cb::scale_in_place(grad, numel, cb::Dtype(dtype), grad_output, grad_output_is_double != 0, device,
+                                static_cast<cudaStream_t>(stream)));
+}
+
+}  // extern "C"
