@@ -9,10 +9,10 @@ NVCC   ?= nvcc
 CUDA_ARCH ?= 90
 OUT    ?= report
 
-KERNEL_SOURCES := $(wildcard kernels/include/*.h kernels/cpu/*.h kernels/cpu/*.pyx kernels/cpu/*.pxd kernels/cuda/*)
+KERNEL_SOURCES := $(wildcard kernels/include/*.h kernels/cpu/*.h kernels/cpu/*.pyx kernels/cpu/*.pxd kernels/cpu/*.cpp kernels/cuda/*.cu kernels/cuda/*.cuh kernels/cuda/*.h kernels/cuda/*.cpp)
 STAMP := $(VENV)/.cbbench-installed
 
-.PHONY: setup test bench weights cuda-check clean
+.PHONY: setup test bench weights cuda-check cuda-emu-check clean
 
 $(STAMP): setup.py pyproject.toml $(KERNEL_SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,9 @@ $(STAMP): setup.py pyproject.toml $(KERNEL_SOURCES)
 
 setup: $(STAMP)
 
+# The CUDA kernels run emulated first wherever the CUDA toolkit's headers and g++ exist (CI's machine).
 test: $(STAMP)
+	@if $(BIN)/python $(EMU)/build_emulator.py --probe; then $(MAKE) --no-print-directory cuda-emu-check; fi
 	$(BIN)/python -m pytest -q
 
 # BENCH_FLAGS: e.g. --quick, --skip-accuracy, --device cpu, --seeds 3 (see `cbbench bench --help`)
@@ -62,6 +64,13 @@ cuda-check:
 	$(NVCC) $(CUDA_CHECK_FLAGS) $$gencode kernels/cuda/harness/plan_check.cu $$tmp/*.o -o $$tmp/plan_check; \
 	$$tmp/plan_check; \
 	$$tmp/device_math_check; echo "cuda-check: OK"
+
+# Execute every CUDA kernel on the CPU under the test-only emulator (kernels/cuda/harness/emu/README.md):
+# every launch path, dtype and option, the loss and every gradient entry against cbbench/reference.py,
+# under several fiber orders and on a device without clusters. No GPU, no CUDA runtime.
+EMU := kernels/cuda/harness/emu
+cuda-emu-check: $(STAMP)
+	$(BIN)/python $(EMU)/check_kernels.py
 
 clean:
 	rm -rf build *.egg-info cbbench/*.so kernels/cpu/*.cpp $(OUT)

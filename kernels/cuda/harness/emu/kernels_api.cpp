@@ -1,8 +1,11 @@
 // C entry points to the project's CUDA launchers (kernels/cuda/cb_kernels.h), run by the emulator:
-// the Python check (check.py) fills the argument structs through these with ctypes. Dtype codes are
+// the Python check (check_kernels.py) fills the argument structs through these with ctypes. Compiled
+// like a kernel source (with cuda_emu.h), so the kernels' plan helpers are callable too. Dtype codes are
 // cb::Dtype's: 0 f32, 1 f16, 2 bf16, 3 f64. Each call makes `device` the current device first.
+#include <cstdio>
+
 #include "cb_kernels.h"
-#include "cuda_emu_api.h"
+#include "cb_sigmoid_rows.cuh"
 
 extern "C" {
 
@@ -33,6 +36,19 @@ int cbk_sigmoid_focal(int device, void* stream, int dtype, const void* logits, c
   cb::SigmoidFocalArgs a{logits, class_target, multi_hot_target, weight, gamma, alpha, ignore_index, focal != 0,
                          grad_scale, loss_rows, grad, rows, classes};
   return int(cb::sigmoid_focal(a, cb::Dtype(dtype), device, static_cast<cudaStream_t>(stream)));
+}
+
+// The sigmoid / focal kernels' layout of a row of `classes` elements: "group<G>" or "block<threads>".
+void cbk_sigmoid_focal_plan(int64_t classes, int dtype, char* out, std::size_t len) {
+  int g = 0;
+  switch (cb::Dtype(dtype)) {
+    case cb::Dtype::f32: g = cb::sigmoid::lanes_per_row<float>(classes); break;
+    case cb::Dtype::f16: g = cb::sigmoid::lanes_per_row<__half>(classes); break;
+    case cb::Dtype::bf16: g = cb::sigmoid::lanes_per_row<__nv_bfloat16>(classes); break;
+    case cb::Dtype::f64: g = cb::sigmoid::lanes_per_row<double>(classes); break;
+  }
+  if (g > 0) std::snprintf(out, len, "group%d", g);
+  else std::snprintf(out, len, "block%d", cb::sigmoid::kRowBlock);
 }
 
 int cbk_scale_in_place(int device, void* stream, int dtype, void* grad, int64_t numel, const void* grad_output,

@@ -6,7 +6,7 @@
 //     stack, a guard page below it) that switch only at a synchronisation point: __syncthreads, a warp
 //     shuffle or vote, a cluster barrier. Which fiber runs next is the configured order: lowest thread
 //     first, highest first, or seeded random — a missing barrier that one order hides another exposes.
-//   * `__shared__` variables are thread_local (rewritten by build.py), so one instance per block;
+//   * `__shared__` variables are thread_local (rewritten by build_emulator.py), so one instance per block;
 //     distributed shared memory maps an address into another block's instance by its offset from a
 //     thread_local anchor (one module, one TLS layout in every thread).
 //   * A shuffle waits for the lanes of its mask in its own warp; __syncthreads for the block's threads
@@ -483,6 +483,7 @@ void fiber_main() {
 
 // ---- crash reports --------------------------------------------------------------------------------------
 thread_local const Block* crash_block = nullptr;
+char crash_context[256] = "";  // what the host was running (cbemu_set_context), for the report
 
 void on_fault(int sig, siginfo_t* info, void*) {
   char msg[512];
@@ -499,6 +500,10 @@ void on_fault(int sig, siginfo_t* info, void*) {
                       info->si_addr);
   }
   if (n > 0) (void)!write(2, msg, size_t(std::min<int>(n, int(sizeof msg) - 1)));
+  if (crash_context[0]) {
+    n = std::snprintf(msg, sizeof msg, "cbemu: while running %s\n", crash_context);
+    if (n > 0) (void)!write(2, msg, size_t(std::min<int>(n, int(sizeof msg) - 1)));
+  }
   _exit(70);
 }
 
@@ -934,6 +939,10 @@ const char* cbemu_last_failure() {
   std::lock_guard<std::mutex> lock(failure_mutex);
   copy = last_failure;
   return copy.c_str();
+}
+
+void cbemu_set_context(const char* what) {
+  std::snprintf(crash_context, sizeof crash_context, "%s", what ? what : "");
 }
 
 // Reports an invalid memory access of a kernel (naming its block and thread) and exits with status 70.

@@ -134,6 +134,8 @@ int cbemu_canaries_intact(void* p);
 void cbemu_free(void* p);
 // Reports an invalid memory access of a kernel, naming its block and thread, and exits with status 70.
 void cbemu_install_fault_handler();
+// A label the fault report repeats (e.g. the case being run).
+void cbemu_set_context(const char* what);
 }
 
 #endif  // CBEMU_CUDA_EMU_API_H_

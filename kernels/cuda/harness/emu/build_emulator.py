@@ -15,7 +15,7 @@ so the device branches are the ones compiled) against the CUDA toolkit's headers
 the emulator runtime (runtime.cpp) and the C entry points (kernels_api.cpp). Objects are cached by the
 hash of everything that goes into them.
 
-    python kernels/cuda/harness/emu/build.py [--kernels DIR] [--out DIR] [--sources a.cu b.cu]
+    python kernels/cuda/harness/emu/build_emulator.py [--kernels DIR] [--out DIR] [--sources a.cu b.cu]
 
 prints the path of the library.
 """
@@ -63,6 +63,18 @@ def cuda_include_dir() -> Path:
     raise FileNotFoundError("no CUDA toolkit headers (cuda_runtime.h) found: set CUDA_HOME")
 
 
+def toolchain_missing() -> str:
+    """What the emulator's build lacks on this machine ("" when nothing)."""
+    cxx = os.environ.get("CXX") or "g++"
+    if shutil.which(cxx) is None:
+        return f"{cxx} is not on PATH"
+    try:
+        cuda_include_dir()
+    except FileNotFoundError as e:
+        return str(e)
+    return ""
+
+
 def _matching(text: str, open_at: int) -> int:
     """Index of the parenthesis closing the one at ``open_at``."""
     depth = 0
@@ -103,7 +115,7 @@ def _rewrite_bounds(text: str) -> str:
         if not m:
             return text
         close = _matching(text, m.end() - 1)
-        bounds = text[m.end():close]
+        bounds = " ".join(text[m.end():close].split())  # one line: the removed newlines are kept below
         body = text.index("{", close)
         # keep the newlines of the removed text so line numbers stay
         removed = "\n" * text[m.start():close + 1].count("\n")
@@ -144,14 +156,18 @@ def _hash(*parts: bytes) -> str:
 
 
 def build(kernels: Path = KERNELS, out: Path = DEFAULT_OUT, sources: list[str] | None = None,
-          selftest: bool = True, jobs: int | None = None, cxx: str | None = None, verbose: bool = False) -> Path:
-    """Rewrites and compiles; returns the path of the shared library."""
+          selftest: bool = True, jobs: int | None = None, cxx: str | None = None, verbose: bool = False,
+          cache: Path | None = None) -> Path:
+    """Rewrites and compiles; returns the path of the shared library. Objects are kept in ``cache``
+    (default: build/cuda-emu/obj, shared by every build folder), named by the hash of their source, the
+    headers they may include and the compiler command, so a build from a modified copy of the kernels
+    recompiles only what the change reaches."""
     kernels = Path(kernels).resolve()
     math_dir = kernels.parent / "include" if (kernels.parent / "include" / "cb_math.h").is_file() else SHARED_MATH
     cxx = cxx or os.environ.get("CXX") or "g++"
     cuda_inc = cuda_include_dir()
     src_dir = out / "src"
-    obj_dir = out / "obj"
+    obj_dir = Path(cache) if cache else DEFAULT_OUT / "obj"
     src_dir.mkdir(parents=True, exist_ok=True)
     obj_dir.mkdir(parents=True, exist_ok=True)
 
@@ -160,26 +176,35 @@ def build(kernels: Path = KERNELS, out: Path = DEFAULT_OUT, sources: list[str] |
         cu_files = [kernels / s for s in sources]
     headers = sorted(p for p in kernels.iterdir() if p.suffix in (".cuh", ".h"))
     for path in headers + cu_files:
-        text = f'#line 1 "{path}"\n' + rewrite(path.read_text(), path.name)
+        # named as in the repository whichever copy is built: unchanged files of a copy hit the cache
+        text = f'#line 1 "kernels/cuda/{path.name}"\n' + rewrite(path.read_text(), path.name)
         dest = src_dir / path.name
         if not dest.exists() or dest.read_text() != text:
             dest.write_text(text)
     if selftest:
-        (src_dir / SELFTEST.name).write_text(f'#line 1 "{SELFTEST}"\n' + rewrite(SELFTEST.read_text(), SELFTEST.name))
+        text = f'#line 1 "{SELFTEST.relative_to(ROOT)}"\n' + rewrite(SELFTEST.read_text(), SELFTEST.name)
+        dest = src_dir / SELFTEST.name
+        if not dest.exists() or dest.read_text() != text:
+            dest.write_text(text)
 
-    include_flags = [f"-I{HERE / 'include'}", f"-I{src_dir}", f"-I{math_dir}", f"-I{cuda_inc}"]
-    header_bytes = b"".join(p.read_bytes() for p in sorted((HERE / "include").iterdir()) + sorted(math_dir.glob("*.h")))
-    header_bytes += b"".join((src_dir / h.name).read_bytes() for h in headers)
+    emu_headers = b"".join(p.read_bytes() for p in sorted((HERE / "include").iterdir()))
+    kernel_headers = b"".join(p.read_bytes() for p in sorted(math_dir.glob("*.h")))
+    kernel_headers += b"".join((src_dir / h.name).read_bytes() for h in headers)
+    emu_flags = [f"-I{HERE / 'include'}", f"-I{cuda_inc}"]
+    kernel_flags = [f"-I{HERE / 'include'}", f"-I{src_dir}", f"-I{math_dir}", f"-I{cuda_inc}", "-include",
+                    "cuda_emu.h"]
 
-    units = [(src_dir / p.name, ["-include", "cuda_emu.h"]) for p in cu_files]
+    # (source, flags, what else it may include): the runtime sees only the emulator's headers
+    units = [(src_dir / p.name, kernel_flags, kernel_headers) for p in cu_files]
     if selftest:
-        units.append((src_dir / SELFTEST.name, ["-include", "cuda_emu.h"]))
-    units += [(HERE / "runtime.cpp", []), (HERE / "kernels_api.cpp", [f"-I{kernels}"])]
+        units.append((src_dir / SELFTEST.name, kernel_flags, kernel_headers))
+    units += [(HERE / "runtime.cpp", emu_flags, b""), (HERE / "kernels_api.cpp", kernel_flags, kernel_headers)]
 
     def compile_one(unit):
-        src, extra = unit
-        cmd = [cxx, *CXXFLAGS, *include_flags, *extra, "-x", "c++", "-c", str(src)]
-        key = _hash(src.read_bytes(), header_bytes, " ".join(cmd).encode())
+        src, flags, deps = unit
+        cmd = [cxx, *CXXFLAGS, *flags, "-x", "c++", "-c", str(src)]
+        portable = " ".join(cmd).replace(str(src_dir), "<src>").replace(str(math_dir), "<math>")
+        key = _hash(src.read_bytes(), emu_headers, deps, portable.encode())
         obj = obj_dir / f"{src.stem}-{key}.o"
         if not obj.exists():
             tmp = obj.with_suffix(".tmp.o")
@@ -209,8 +234,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="build folder (default build/cuda-emu)")
     ap.add_argument("--sources", nargs="*", help="only these .cu files of the folder")
     ap.add_argument("--no-selftest", action="store_true", help="leave out the emulator's own test kernels")
+    ap.add_argument("--probe", action="store_true",
+                    help="exit 0 when g++ and the CUDA headers are there, else say what is missing and exit 1")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
+    if args.probe:
+        missing = toolchain_missing()
+        if missing:
+            print(f"cuda-emu-check: skipped ({missing})")
+        return 1 if missing else 0
     print(build(args.kernels, args.out, args.sources, selftest=not args.no_selftest, verbose=args.verbose))
     return 0
 
