@@ -9,7 +9,7 @@ NVCC   ?= nvcc
 CUDA_ARCH ?= 90
 OUT    ?= report
 
-KERNEL_SOURCES := $(wildcard kernels/include/*.h kernels/cpu/*.h kernels/cpu/*.pyx kernels/cpu/*.pxd kernels/cpu/*.cpp kernels/cuda/*.cu kernels/cuda/*.cuh kernels/cuda/*.h kernels/cuda/*.cpp)
+KERNEL_SOURCES := $(wildcard kernels/include/*.h kernels/ops/*.h kernels/ops/*.cpp kernels/cpu/*.h kernels/cpu/*.pyx kernels/cpu/*.pxd kernels/cpu/*.cpp kernels/cuda/*.cu kernels/cuda/*.cuh kernels/cuda/*.h kernels/cuda/*.cpp)
 STAMP := $(VENV)/.cbbench-installed
 
 .PHONY: setup test bench weights cuda-check cuda-emu-check clean
@@ -73,4 +73,4 @@ cuda-emu-check: $(STAMP)
 	$(BIN)/python $(EMU)/check_kernels.py
 
 clean:
-	rm -rf build *.egg-info cbbench/*.so kernels/cpu/*.cpp $(OUT)
+	rm -rf build *.egg-info cbbench/*.so kernels/cpu/_cpu.cpp kernels/cpu/_cpu.h $(OUT)

@@ -1,12 +1,12 @@
-"""Build cbbench's compiled kernels.
+"""Build cbbench's compiled kernels (all are torch extensions: build against the torch that is installed,
+``pip install --no-build-isolation``, as the Makefile does).
 
-* ``cbbench._cpu`` — Cython kernels (kernels/cpu), always built; OpenMP when the compiler has it.
-* ``cbbench._C`` — the CPU losses' small-batch fast path (kernels/cpu/fast_path.cpp), a torch
-  extension: built when torch is importable at build time (``--no-build-isolation``, as the Makefile
-  installs), ``CBBENCH_FAST_PATH=0`` turns it off.
-* ``cbbench._cuda`` — CUDA kernels (kernels/cuda) with a thin torch binding; built when torch has CUDA
-  and nvcc is found, or when ``CBBENCH_CUDA=1``; ``CBBENCH_CUDA=0`` turns it off. Needs torch at build
-  time: ``pip install --no-build-isolation -e .``.
+* ``cbbench._C`` -- the ops, defined once (kernels/ops/ops.cpp): schemas, autograd, composites.
+* ``cbbench._cpu`` -- the CPU kernels: a Cython extension (kernels/cpu/_cpu.pyx) compiled as C++ against
+  torch, whose row loops run the shared row math, registered for the CPU dispatch key; OpenMP when the
+  compiler has it.
+* ``cbbench._cuda`` -- the CUDA kernels (kernels/cuda) registered for the CUDA dispatch key; built when
+  torch has CUDA and nvcc is found, or when ``CBBENCH_CUDA=1``; ``CBBENCH_CUDA=0`` turns it off.
 """
 import os
 import re
@@ -46,63 +46,50 @@ def _compiler_has_openmp() -> bool:
     return _compiler_accepts(["-fopenmp"], _OPENMP_PROBE)
 
 
-def cpu_extensions():
-    from Cython.Build import cythonize
+# The row kernels' flags: -ffp-contract=fast lets the polynomials use FMA; -fno-math-errno keeps libm calls
+# pure; -fno-trapping-math (FP exception flags only) lets GCC if-convert the selects of the simd loops,
+# which otherwise stay scalar; -fno-wrapv undoes Python's -fwrapv, under which GCC cannot assume the int
+# column index never wraps and vectorises short rows badly (C = 10 rows 2.5x slower). No -ffast-math: it
+# would break the inf/NaN handling we promise. No -std: torch's BuildExtension adds the standard its
+# headers need.
+ROW_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast", "-fno-wrapv", "-g0"]
 
+
+def op_extensions():
+    """``cbbench._C`` (the ops) and ``cbbench._cpu`` (the Cython CPU kernels), both against torch; none
+    when torch is not importable at build time (the losses then run the reference, and say so)."""
+    try:
+        from Cython.Build import cythonize
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError as exc:
+        print(f"cbbench build: NO compiled kernels ({exc}): build with torch and Cython installed and "
+              "`pip install --no-build-isolation`")
+        return [], {}
     openmp = os.environ.get("CBBENCH_OPENMP", "1") != "0" and _compiler_has_openmp()
-    # -ffp-contract=fast lets the polynomials use FMA; -fno-math-errno keeps libm calls pure;
-    # -fno-trapping-math (FP exception flags only) lets GCC if-convert the selects of the simd loops,
-    # which otherwise stay scalar; -fno-wrapv undoes Python's -fwrapv, under which GCC cannot assume
-    # the int column index never wraps and vectorises short rows badly (C = 10 rows 2.5x slower).
-    # No -ffast-math: it would break the inf/NaN handling we promise.
-    compile_args = ["-O3", "-std=c++17", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast", "-fno-wrapv"]
-    link_args = []
+    flags = list(ROW_FLAGS)
+    link = []
     if openmp:
-        compile_args.append("-fopenmp")
-        link_args.append("-fopenmp")
+        flags.append("-fopenmp")
+        link.append("-fopenmp")
     elif _compiler_accepts(["-fopenmp-simd"], _SIMD_PROBE):
-        # no threads, but `#pragma omp simd` still vectorises the row loops
-        compile_args.append("-fopenmp-simd")
-    ext = Extension(
+        flags.append("-fopenmp-simd")  # no threads, but `#pragma omp simd` still vectorises the row loops
+    ops_dir = str(ROOT / "kernels" / "ops")
+    ops = CppExtension("cbbench._C", sources=[str(Path("kernels") / "ops" / "ops.cpp")], include_dirs=[ops_dir],
+                       depends=[str(ROOT / "kernels" / "ops" / "cb_ops.h")], extra_compile_args=["-O2", "-g0"])
+    cpu = CppExtension(
         "cbbench._cpu",
         sources=[str(Path("kernels") / "cpu" / "_cpu.pyx")],
-        include_dirs=[INCLUDE, str(ROOT / "kernels" / "cpu")],
-        depends=[str(p) for p in sorted((ROOT / "kernels" / "cpu").glob("*.h"))] + [str(Path(INCLUDE) / "cb_math.h")],
-        language="c++",
-        define_macros=[("CB_BUILD_FLAGS", '"' + " ".join(compile_args) + '"')],
-        extra_compile_args=compile_args,
-        extra_link_args=link_args,
-    )
-    print(f"cbbench build: Cython CPU kernels, OpenMP={'on' if openmp else 'off'}, flags={compile_args}")
-    return cythonize([ext], language_level=3, compiler_directives={"boundscheck": False, "wraparound": False})
-
-
-def fast_path_extensions():
-    """``cbbench._C`` (kernels/cpu/fast_path.cpp): the CPU losses and their autograd node in one C++
-    call for small batches; a torch extension, so only where torch is importable at build time
-    (``--no-build-isolation``); ``CBBENCH_FAST_PATH=0`` turns it off. cbbench works without it."""
-    if os.environ.get("CBBENCH_FAST_PATH", "").strip() == "0":
-        print("cbbench build: CPU fast path off (CBBENCH_FAST_PATH=0)")
-        return [], {}
-    try:
-        from torch.utils.cpp_extension import BuildExtension, CppExtension
-    except ImportError:
-        print("cbbench build: CPU fast path off (torch not importable at build time: use --no-build-isolation)")
-        return [], {}
-    openmp = os.environ.get("CBBENCH_OPENMP", "1") != "0" and _compiler_has_openmp()
-    # the row kernels' flags (see cpu_extensions); no -std: BuildExtension picks torch's
-    flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast", "-fno-wrapv"]
-    flags += ["-fopenmp"] if openmp else []
-    ext = CppExtension(
-        "cbbench._C",
-        sources=[str(Path("kernels") / "cpu" / "fast_path.cpp")],
-        include_dirs=[INCLUDE, str(ROOT / "kernels" / "cpu")],
-        depends=[str(p) for p in sorted((ROOT / "kernels" / "cpu").glob("*.h"))] + [str(Path(INCLUDE) / "cb_math.h")],
+        include_dirs=[INCLUDE, str(ROOT / "kernels" / "cpu"), ops_dir],
+        depends=[str(p) for p in sorted((ROOT / "kernels" / "cpu").glob("*.h"))]
+        + [str(Path(INCLUDE) / "cb_math.h"), str(ROOT / "kernels" / "ops" / "cb_ops.h")],
+        define_macros=[("CB_BUILD_FLAGS", '"' + " ".join(flags) + '"')],
         extra_compile_args=flags,
-        extra_link_args=["-fopenmp"] if openmp else [],
+        extra_link_args=link,
     )
-    print(f"cbbench build: CPU fast path (torch extension), flags={flags}")
-    return [ext], {"build_ext": BuildExtension}
+    cpu = cythonize([cpu], language_level=3, compiler_directives={"boundscheck": False, "wraparound": False})
+    print(f"cbbench build: ops (cbbench._C) and Cython CPU kernels (cbbench._cpu), OpenMP={'on' if openmp else 'off'}, "
+          f"flags={flags}")
+    return [ops, *cpu], {"build_ext": BuildExtension}
 
 
 def _want_cuda():
@@ -205,7 +192,7 @@ def cuda_extensions():
     ext = CUDAExtension(
         "cbbench._cuda",
         sources=sources,
-        include_dirs=[INCLUDE, str(ROOT / "kernels" / "cuda")],
+        include_dirs=[INCLUDE, str(ROOT / "kernels" / "cuda"), str(ROOT / "kernels" / "ops")],
         # No -std for the host compiler: torch's BuildExtension adds the standard its headers need
         # (C++20 for torch 2.13), the one `make cuda-check` compiles binding.cpp with.
         extra_compile_args={"cxx": ["-O3"], "nvcc": nvcc_flags},
@@ -214,7 +201,6 @@ def cuda_extensions():
 
 
 if __name__ == "__main__":  # pip / setuptools run this file as __main__; tests import cuda_arch_flags
-    exts = cpu_extensions()
-    fast_exts, fast_cmdclass = fast_path_extensions()
-    cuda_exts, cmdclass = cuda_extensions()
-    setup(ext_modules=exts + fast_exts + cuda_exts, cmdclass={**fast_cmdclass, **cmdclass})
+    exts, cmdclass = op_extensions()
+    cuda_exts, cuda_cmdclass = cuda_extensions()
+    setup(ext_modules=exts + cuda_exts, cmdclass={**cmdclass, **cuda_cmdclass})

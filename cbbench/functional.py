@@ -5,15 +5,13 @@ were built, and the pure-PyTorch reference otherwise; the environment variable `
 overrides ``"auto"``. All backends compute the same numbers (see :mod:`cbbench.reference` for the
 formulas and the conventions of each reduction).
 
-Which path a call takes:
+Which path a call takes: the checks below (the one place the public errors are raised), then
 
-* the reference (:mod:`cbbench.reference`) for ``backend="reference"``, under ``torch.func``
-  transforms and ``torch.jit.trace`` (which records only ATen ops), and when an input other than
-  the logits requires grad (a learnable ``weight``, soft targets, offsets or margins): the kernels
-  give the gradient of the logits only;
-* the fused op otherwise (:mod:`cbbench.ops`): eager autograd, or the registered op under
-  ``torch.compile``; plain 2-D CPU inputs first try the C++ fast path (``cbbench._C``), which runs
-  the same kernels and backward in one call and declines everything else.
+* the op ``torch.ops.cbbench.*`` (:mod:`cbbench.ops`) wherever the kernels of the logits' device are
+  built -- eager, ``torch.compile``, ``torch.jit.trace`` and ``torch.func`` alike; its C++ autograd takes
+  the op's differentiable composite where the fused kernels cannot serve (forward-mode AD, functorch
+  transforms, gradients for inputs other than the logits);
+* the reference (:mod:`cbbench.reference`) for ``backend="reference"`` and where no kernels are built.
 
 Target range: the CPU kernels reject a target outside ``[0, C)`` that is not ``ignore_index`` with a
 ``ValueError`` (as does the reference path for CPU tensors). For CUDA tensors the check would
@@ -83,14 +81,18 @@ def _check_class_indices(logits: Tensor, target, fn: str) -> Tensor:
 
 def _check_target_range(logits: Tensor, target: Tensor, ignore_index: int, fn: str) -> None:
     """Host-side range check for the reference path on CPU tensors (the CPU kernels check in their
-    own pass; on CUDA it would synchronise; under ``torch.compile`` and ``vmap`` it is data-dependent).
-    The fused heads run it on every CPU call, before the first chunk's matmul."""
-    if (target.device.type != "cpu" or target.numel() == 0 or torch.compiler.is_compiling()
-            or ops.transforms_active()):
+    own pass, with the same message: kernels/ops/cb_ops.h; on CUDA it would synchronise; under
+    ``torch.compile`` it is data-dependent). The fused heads run it on every CPU call, before the first
+    chunk's matmul."""
+    if target.device.type != "cpu" or target.numel() == 0 or torch.compiler.is_compiling():
         return
     num_classes = logits.shape[1]
     bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
-    if bad.any():
+    try:
+        found = bool(bad.any())
+    except RuntimeError:  # vmap: data-dependent control flow is refused; the reference's gather then checks
+        return
+    if found:
         value = target[bad][0].item()
         raise ValueError(f"{fn}: target value {value} is out of range for {num_classes} classes "
                          f"(valid: 0..{num_classes - 1} or ignore_index={ignore_index})")
@@ -173,20 +175,6 @@ def _check_alpha(alpha, fn: str) -> Optional[float]:
     return None if off else _check_real(alpha, "alpha", fn, low=0.0, high=1.0)
 
 
-def _fused_vector(vec: Optional[Tensor]) -> Optional[Tensor]:
-    if vec is None or (vec.dtype == torch.float32 and vec.is_contiguous()):
-        return vec
-    return vec.float().contiguous()
-
-
-def _takes_reference(backend: str, logits: Tensor, *others: Optional[Tensor]) -> bool:
-    """See the module docstring: reference backend, torch.func, ``torch.jit.trace``, or gradients the
-    kernels do not give."""
-    if not ops.uses_kernels(backend, logits) or ops.transforms_active() or ops.jit_tracing():
-        return True
-    return any(t is not None and t.requires_grad for t in others)
-
-
 def _rows(x: Tensor) -> Tensor:
     return x if x.dim() == 2 else rows(x)
 
@@ -229,12 +217,6 @@ def softmax_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tenso
             softmax_cross_entropy, logits, target, weight, reduction=reduction, ignore_index=ignore_index,
             process_group=process_group, label_smoothing=label_smoothing, logit_offset=logit_offset,
             target_margin=target_margin, scale=scale, backend=backend)
-    fast = ops.fast_path_allowed(backend)
-    if fast is not None:  # plain 2-D CPU inputs in one C++ call; None: declined, take the checks below
-        loss = fast.softmax_cross_entropy(logits, target, weight, logit_offset, target_margin, scale, label_smoothing,
-                                          ignore_index, reduction)
-        if loss is not None:
-            return loss
     fn = "softmax_cross_entropy"
     _check_logits(logits, fn)
     _check_reduction(reduction, fn)
@@ -246,34 +228,37 @@ def softmax_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tenso
     logit_offset = _check_class_vector(logit_offset, "logit_offset", logits, fn)
     target_margin = _check_class_vector(target_margin, "target_margin", logits, fn)
 
-    if _takes_reference(backend, logits, weight, logit_offset, target_margin):
+    if not ops.uses_kernels(backend, logits):
         _check_target_range(logits, target, ignore_index, fn)
         return reference.softmax_cross_entropy(logits, target, weight, reduction=reduction, ignore_index=ignore_index,
                                                label_smoothing=label_smoothing, logit_offset=logit_offset,
                                                target_margin=target_margin, scale=scale)
-    args = ops.SoftmaxArgs(_rows(logits), _flat(target), _fused_vector(weight), _fused_vector(logit_offset),
-                           _fused_vector(target_margin), scale, label_smoothing, ignore_index, reduction,
-                           logits.requires_grad and torch.is_grad_enabled())
-    return _finish(_fused_call(ops.SOFTMAX_CROSS_ENTROPY, args, fn), logits, reduction)
+    with _named(fn):
+        loss = torch.ops.cbbench.softmax_cross_entropy(_rows(logits), _flat(target), weight, logit_offset,
+                                                       target_margin, scale, label_smoothing, ignore_index, reduction)
+    return _finish(loss, logits, reduction)
 
 
-def _fused_call(fused, args, fn: str) -> Tensor:
-    try:
-        return ops.call(fused, args)
-    except ValueError as exc:  # the CPU kernels' target range check, named after the public function
-        if str(exc).startswith("target value"):
-            raise ValueError(f"{fn}: {exc}") from None
-        raise
+class _named:
+    """Names the public function in the kernels' target range error (``ValueError: target value ...``)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: str):
+        self.fn = fn
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if kind is ValueError and str(exc).startswith("target value"):
+            raise ValueError(f"{self.fn}: {exc}") from None
+        return False
 
 
 def _sigmoid_family(fn: str, logits: Tensor, target: Tensor, weight: Optional[Tensor], *, gamma: Optional[float],
                     alpha: Optional[float], reduction: str, ignore_index: int, backend: str) -> Tensor:
     """The sigmoid / focal losses without normaliser synchronisation."""
-    fast = ops.fast_path_allowed(backend)
-    if fast is not None:  # as in softmax_cross_entropy
-        loss = fast.sigmoid_focal(logits, target, weight, gamma, alpha, ignore_index, reduction)
-        if loss is not None:
-            return loss
     _check_logits(logits, fn)
     _check_reduction(reduction, fn)
     ignore_index = _check_index(ignore_index, "ignore_index", fn)
@@ -290,15 +275,17 @@ def _sigmoid_family(fn: str, logits: Tensor, target: Tensor, weight: Optional[Te
         target = _check_class_indices(logits, target, fn)
     weight = _check_class_vector(weight, "weight", logits, fn)
 
-    if _takes_reference(backend, logits, weight, target):
+    if not ops.uses_kernels(backend, logits):
         if not target.is_floating_point():
             _check_target_range(logits, target, ignore_index, fn)
         return reference.sigmoid_focal_loss(logits, target, weight, gamma=gamma or 0.0, alpha=alpha,
                                             reduction=reduction, ignore_index=ignore_index)
-    args = ops.SigmoidFocalArgs(_rows(logits), _rows(target) if target.is_floating_point() else _flat(target),
-                                _fused_vector(weight), gamma or 0.0, -1.0 if alpha is None else alpha, ignore_index,
-                                gamma is not None, reduction, logits.requires_grad and torch.is_grad_enabled())
-    return _finish(_fused_call(ops.SIGMOID_FOCAL, args, fn), logits, reduction)
+    with _named(fn):
+        loss = torch.ops.cbbench.sigmoid_focal(_rows(logits), _rows(target) if target.is_floating_point()
+                                               else _flat(target), weight, gamma or 0.0,
+                                               -1.0 if alpha is None else alpha, ignore_index, gamma is not None,
+                                               reduction)
+    return _finish(loss, logits, reduction)
 
 
 def sigmoid_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, *,
@@ -412,19 +399,18 @@ def _linear_target(hidden: Tensor, target, num_classes: int, stand_in: Tensor, f
     return _check_class_indices(stand_in, target.reshape(-1) if isinstance(target, torch.Tensor) else target, fn)
 
 
-def _linear_takes_reference(backend: str, stand_in: Tensor, *others: Optional[Tensor]) -> bool:
-    """:func:`_takes_reference`, and also under forward-mode AD and ``torch.compile`` (the chunked
-    head has no jvp and is not a registered op): there ``linear`` + the loss run instead."""
-    return (_takes_reference(backend, stand_in, *others) or ops.forward_ad_active()
-            or torch.compiler.is_compiling())
+def _linear_unfused_only(backend: str, stand_in: Tensor, tensors, others) -> bool:
+    """Whether a head takes ``linear`` + the loss instead of the chunks (:func:`cbbench.linear.unfused_only`):
+    no kernels for the device, or a feature the chunked autograd does not have."""
+    return not ops.uses_kernels(backend, stand_in) or _linear.unfused_only(tensors, others)
 
 
-def _linear_call(fused, args, hidden: Tensor, rows_h: Tensor, linear_weight: Tensor, linear_bias, chunk_size,
-                 memory_budget) -> Tensor:
+def _linear_call(loss: "_linear.HeadLoss", hidden: Tensor, rows_h: Tensor, linear_weight: Tensor, linear_bias,
+                 chunk_size, memory_budget) -> Tensor:
     rows_h, linear_weight, linear_bias = _linear.autocast_inputs(rows_h, linear_weight, linear_bias)
-    plan = _linear.make_plan(fused, args, rows_h, linear_weight, chunk_size=chunk_size, memory_budget=memory_budget)
+    plan = _linear.make_plan(loss, rows_h, linear_weight, chunk_size=chunk_size, memory_budget=memory_budget)
     # no kernel range error to rename here: the heads check CPU targets before the first chunk
-    return _linear_finish(_linear.linear_loss(plan, rows_h, linear_weight, linear_bias), hidden, args.reduction)
+    return _linear_finish(_linear.linear_loss(plan, rows_h, linear_weight, linear_bias), hidden, loss.reduction)
 
 
 def _linear_unfused(loss_fn, hidden: Tensor, rows_h: Tensor, linear_weight: Tensor, linear_bias, target: Tensor,
@@ -498,14 +484,14 @@ def linear_softmax_cross_entropy(hidden: Tensor, linear_weight: Tensor, target: 
     target_margin = _check_class_vector(target_margin, "target_margin", stand_in, fn)
     _check_target_range(stand_in, target, ignore_index, fn)
 
-    if _linear_takes_reference(backend, stand_in, weight, logit_offset, target_margin):
+    if _linear_unfused_only(backend, stand_in, (hidden, linear_weight, linear_bias),
+                            (weight, logit_offset, target_margin)):
         return _linear_unfused(softmax_cross_entropy, hidden, rows_h, linear_weight, linear_bias, target, weight,
                                reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
                                logit_offset=logit_offset, target_margin=target_margin, scale=scale, backend=backend)
-    args = ops.SoftmaxArgs(None, target, _fused_vector(weight), _fused_vector(logit_offset),
-                           _fused_vector(target_margin), scale, label_smoothing, ignore_index, reduction, False)
-    return _linear_call(ops.SOFTMAX_CROSS_ENTROPY, args, hidden, rows_h, linear_weight, linear_bias, chunk_size,
-                        memory_budget)
+    loss = _linear.HeadLoss.softmax(target, weight, reduction, ignore_index, logit_offset=logit_offset,
+                                    target_margin=target_margin, scale=scale, label_smoothing=label_smoothing)
+    return _linear_call(loss, hidden, rows_h, linear_weight, linear_bias, chunk_size, memory_budget)
 
 
 def _linear_sigmoid_family(fn: str, hidden: Tensor, linear_weight: Tensor, target: Tensor, weight: Optional[Tensor], *,
@@ -523,14 +509,13 @@ def _linear_sigmoid_family(fn: str, hidden: Tensor, linear_weight: Tensor, targe
     if not target.is_floating_point():
         _check_target_range(stand_in, target, ignore_index, fn)
 
-    if _linear_takes_reference(backend, stand_in, weight, target):
+    if _linear_unfused_only(backend, stand_in, (hidden, linear_weight, linear_bias), (weight, target)):
         loss_fn = sigmoid_cross_entropy if gamma is None else sigmoid_focal_loss
         extra = {} if gamma is None else {"gamma": gamma, "alpha": alpha}
         return _linear_unfused(loss_fn, hidden, rows_h, linear_weight, linear_bias, target, weight, reduction,
                                ignore_index=ignore_index, backend=backend, **extra)
-    args = ops.SigmoidFocalArgs(None, target, _fused_vector(weight), gamma or 0.0, -1.0 if alpha is None else alpha,
-                                ignore_index, gamma is not None, reduction, False)
-    return _linear_call(ops.SIGMOID_FOCAL, args, hidden, rows_h, linear_weight, linear_bias, chunk_size, memory_budget)
+    loss = _linear.HeadLoss.sigmoid(target, weight, reduction, ignore_index, gamma=gamma, alpha=alpha)
+    return _linear_call(loss, hidden, rows_h, linear_weight, linear_bias, chunk_size, memory_budget)
 
 
 def linear_sigmoid_cross_entropy(hidden: Tensor, linear_weight: Tensor, target: Tensor,

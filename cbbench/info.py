@@ -27,7 +27,7 @@ def collect() -> dict:
             "cuda": ops.kernel_status("cuda"),
         },
     }
-    info["cpu_fast_path"] = ops.fast_path_status()  # cbbench._C: small CPU batches in one C++ call
+    info["ops"] = "available" if ops.ops_available() else ops.kernel_status("cpu")  # cbbench._C
     cpu = ops.kernel_module("cpu")
     if cpu is not None and hasattr(cpu, "build_info"):
         info["cpu_kernels"] = cpu.build_info()

@@ -4,22 +4,23 @@ For large class counts the logits and their gradient dominate memory (M = 8192, 
 1 GB each). Here the rows are processed in chunks; for each chunk
 
 1. ``z = b + h_chunk @ W.T`` on the device's BLAS (only this chunk of logits exists),
-2. the fused row kernel of :mod:`cbbench.ops` (Cython on the CPU, CUDA on the GPU) turns blocks of the
-   chunk's rows into their summed loss and ``g = d loss / d z`` (kernel contract:
-   ``cbbench/ops/__init__.py``, reduction ``"sum"`` -- or ``"none"`` per row); each block's gradient is
+2. the loss's fused op (``torch.ops.cbbench.*_fused``: the same device kernels as the losses; contract
+   in ``cbbench/ops/__init__.py``) turns blocks of the chunk's rows into their summed loss and
+   ``g = d loss / d z`` (reduction ``"sum"`` -- or ``"none"`` per row); each block's gradient is
    copied over its logits, so a chunk holds one (rows, C) buffer and one block (on the CPU a block
    stays in a core's L2 cache, and the copy costs ~1 % of the time),
 3. ``g`` is multiplied straight back: ``dh[chunk] = g @ W``, ``dW += g.T @ h_chunk``, ``db += sum(g)``,
    into buffers allocated once,
 
 and the next chunk reuses the buffer. The reduction's divisor is the
-global one, computed from the targets before the first chunk (``cbbench/shapes.py``: local_divisor /
-finish_divisor), and the summed loss and the gradients are divided by it once at the end with a
-0-dim tensor: nothing is read back to the host, so CUDA calls never synchronise. The order of every
+global one, computed from the targets before the first chunk by the kernel module of the device
+(``torch.ops.cbbench.loss_divisor``), and the summed loss and the gradients are divided by it once at the
+end with a 0-dim tensor: nothing is read back to the host, so CUDA calls never synchronise. The order of every
 sum is fixed (chunks in order, the kernels' fixed-order sums): same inputs, same thread count, same
 bits.
 
-Autograd (:class:`LinearLossFunction`), as :mod:`cbbench.ops.autograd` does for the logits:
+Autograd (:class:`LinearLossFunction`: a function of hidden, weight and bias, which the ops' autograd --
+a function of the logits -- cannot express; docs/design.md, "Autograd"), in the ops' manner:
 
 * reduced losses compute the three gradients in the forward pass; the first backward hands them over,
   scaled in place by ``grad_output`` (nothing to do when it is 1);
@@ -29,23 +30,23 @@ Autograd (:class:`LinearLossFunction`), as :mod:`cbbench.ops.autograd` does for 
   differentiates the reference (``linear`` + the loss of :mod:`cbbench.reference`), so higher orders
   work (the logits are materialised there).
 
-:mod:`cbbench.functional` (``linear_*``) checks the arguments and sends what the kernels cannot do
-(``torch.func``, forward-mode AD, ``torch.compile``, learnable class vectors or soft targets, the
-reference backend) to the plain ``linear`` + loss path.
+:mod:`cbbench.functional` (``linear_*``) checks the arguments and sends what the chunks cannot do
+(:func:`unfused_only`: ``torch.func``, forward-mode AD, ``torch.compile``, ``torch.jit.trace``, learnable
+class vectors or soft targets; the reference backend) to the plain ``linear`` + loss path.
 """
 from __future__ import annotations
 
 from typing import NamedTuple, Optional, Tuple
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 
-from . import distributed
-from .ops.library import FusedOp, scaled_grad
-from .shapes import finish_divisor
+from . import reference
 
 Tensor = torch.Tensor
 
-__all__ = ["DEFAULT_MAX_CHUNK_BYTES", "DEFAULT_MIN_CHUNK_BYTES", "KERNEL_BLOCK_BYTES", "chunking", "LinearPlan", "make_plan", "autocast_inputs", "run_chunks", "linear_loss", "reference_loss",
+__all__ = ["DEFAULT_MAX_CHUNK_BYTES", "DEFAULT_MIN_CHUNK_BYTES", "KERNEL_BLOCK_BYTES", "chunking", "HeadLoss",
+           "LinearPlan", "make_plan", "unfused_only", "autocast_inputs", "run_chunks", "linear_loss", "reference_loss",
            "LinearLossFunction"]
 
 # The default memory budget of one chunk: 1/12 of what the materialised logits would take, within
@@ -92,34 +93,96 @@ def chunking(num_rows: int, num_classes: int, dtype: torch.dtype, device_type: s
     return rows, max(1, min(block_bytes // kernel_row, rows))
 
 
-class LinearPlan(NamedTuple):
-    """One fused head call: the loss (``fused``), its argument tuple for the chunks (``args``: logits
-    ``None``, the whole flat target, reduction ``"sum"`` or ``"none"``), the caller's ``reduction``,
-    the finished divisor (0-dim float64 on the device, ``None`` for ``"sum"`` / ``"none"``), the rows
-    per chunk and per kernel call."""
-    fused: FusedOp
-    args: NamedTuple
+class HeadLoss(NamedTuple):
+    """The loss of a head (checked arguments): ``kind`` ``"softmax"`` or ``"sigmoid"``, the whole flat
+    ``target`` ((M,) class indices, or (M, C) multi-hot), the class ``weight``, the caller's ``reduction``,
+    ``ignore_index`` and the loss's options (softmax: logit_offset, target_margin, scale, label_smoothing;
+    sigmoid: gamma -- ``None`` for sigmoid cross-entropy -- and alpha)."""
+    kind: str
+    target: Tensor
+    weight: Optional[Tensor]
     reduction: str
+    ignore_index: int
+    options: tuple
+
+    @classmethod
+    def softmax(cls, target, weight, reduction, ignore_index, *, logit_offset, target_margin, scale,
+                label_smoothing) -> "HeadLoss":
+        return cls("softmax", target, weight, reduction, ignore_index,
+                   (logit_offset, target_margin, scale, label_smoothing))
+
+    @classmethod
+    def sigmoid(cls, target, weight, reduction, ignore_index, *, gamma, alpha) -> "HeadLoss":
+        return cls("sigmoid", target, weight, reduction, ignore_index, (gamma, alpha))
+
+    def fused(self, logits: Tensor, target: Tensor, reduction: str, need_grad: bool) -> Tuple[Tensor, Tensor]:
+        """The fused op on rows of logits: ``(loss, d loss / d logits)``."""
+        if self.kind == "softmax":
+            offset, margin, scale, eps = self.options
+            return torch.ops.cbbench.softmax_cross_entropy_fused(logits, target, self.weight, offset, margin, scale,
+                                                                 eps, self.ignore_index, reduction, need_grad)
+        gamma, alpha = self.options
+        return torch.ops.cbbench.sigmoid_focal_fused(logits, target, self.weight, gamma or 0.0,
+                                                     -1.0 if alpha is None else alpha, self.ignore_index,
+                                                     gamma is not None, reduction, need_grad)
+
+    def reference(self, logits: Tensor) -> Tensor:
+        """The loss of ``logits`` by :mod:`cbbench.reference` (differentiable to any order)."""
+        if self.kind == "softmax":
+            offset, margin, scale, eps = self.options
+            return reference.softmax_cross_entropy(logits, self.target, self.weight, reduction=self.reduction,
+                                                   ignore_index=self.ignore_index, label_smoothing=eps,
+                                                   logit_offset=offset, target_margin=margin, scale=scale)
+        gamma, alpha = self.options
+        return reference.sigmoid_focal_loss(logits, self.target, self.weight, gamma=gamma or 0.0, alpha=alpha,
+                                            reduction=self.reduction, ignore_index=self.ignore_index)
+
+
+def _functorch_active() -> bool:
+    """Whether a ``torch.func`` transform is running. torch has no public query (docs/design.md, "Private
+    APIs"; tests/test_linear_losses.py checks this one still answers); a Python ``autograd.Function``
+    without ``setup_context`` -- the chunked head's -- cannot run under a transform."""
+    return torch._C._are_functorch_transforms_active()
+
+
+def unfused_only(tensors, others) -> bool:
+    """Whether a head must run as ``linear`` + the loss (the logits materialised) rather than in chunks:
+    under ``torch.compile``, ``torch.jit.trace`` or a ``torch.func`` transform, with a dual input
+    (forward-mode AD: the chunked head has no jvp), or when one of ``others`` (class vectors, a soft
+    target) needs a gradient -- the chunks give those of hidden, weight and bias only."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or _functorch_active():
+        return True
+    present = [t for t in (*tensors, *others) if t is not None]
+    if any(t.requires_grad for t in others if t is not None):
+        return True
+    return any(forward_ad.unpack_dual(t).tangent is not None for t in present)
+
+
+class LinearPlan(NamedTuple):
+    """One fused head call: its ``loss``, the finished divisor (0-dim float64 on the device, ``None`` for
+    ``"sum"`` / ``"none"``), the rows per chunk and per kernel call."""
+    loss: HeadLoss
     divisor: Optional[Tensor]
     rows: int
     block_rows: int
 
+    @property
+    def reduction(self) -> str:
+        return self.loss.reduction
 
-def make_plan(fused: FusedOp, args: NamedTuple, hidden: Tensor, linear_weight: Tensor, *,
-              chunk_size: Optional[int] = None, memory_budget: Optional[int] = None) -> LinearPlan:
-    """The plan of ``fused`` on ``args`` (checked arguments, ``args.reduction`` the caller's, flat
-    target) for (M, H) ``hidden`` and (C, H) ``linear_weight``: the global divisor from the targets
-    first (the same function the distributed normaliser uses), then the chunks' arguments."""
-    reduction = args.reduction
+
+def make_plan(loss: HeadLoss, hidden: Tensor, linear_weight: Tensor, *, chunk_size: Optional[int] = None,
+              memory_budget: Optional[int] = None) -> LinearPlan:
+    """The plan of ``loss`` for (M, H) ``hidden`` and (C, H) ``linear_weight``: the global divisor from
+    the targets first (by the kernel module of the device), then the chunking."""
     num_rows, num_classes = hidden.shape[0], linear_weight.shape[0]
-    stand_in = hidden.new_empty(()).expand(num_rows, num_classes)  # device and shape only: no memory
-    weight = args.weight
-    local = distributed._local_divisor(stand_in, args.target, weight, reduction, args.ignore_index)
-    divisor = finish_divisor(reduction, local)
+    divisor = None
+    if loss.reduction in ("mean", "weighted_mean"):
+        divisor = torch.ops.cbbench.loss_divisor(loss.target, loss.weight, num_classes, loss.ignore_index,
+                                                 loss.reduction, True)
     rows, block = chunking(num_rows, num_classes, hidden.dtype, hidden.device.type, chunk_size=chunk_size,
                            memory_budget=memory_budget)
-    chunk_args = args._replace(reduction="none" if reduction == "none" else "sum")
-    return LinearPlan(fused, chunk_args, reduction, divisor, rows, block)
+    return LinearPlan(loss, divisor, rows, block)
 
 
 def autocast_inputs(hidden: Tensor, linear_weight: Tensor, linear_bias: Optional[Tensor]):
@@ -176,7 +239,8 @@ def _run_chunks(plan: LinearPlan, hidden: Tensor, linear_weight: Tensor, linear_
     total = (torch.empty(num_rows, dtype=loss_dtype, device=device) if none
              else torch.zeros((), dtype=torch.float64, device=device))
     weight_t = linear_weight.t()
-    target = plan.args.target
+    target = plan.loss.target
+    chunk_reduction = "none" if none else "sum"
     # one chunk buffer for all chunks: a fresh one per chunk would be a fresh mapping on the CPU (glibc
     # maps large blocks), its pages faulted and zeroed again every chunk (0.6 s of 15 at 8192x1024x32000)
     buffer = torch.empty((min(plan.rows, num_rows), num_classes), dtype=dtype, device=device)
@@ -189,17 +253,14 @@ def _run_chunks(plan: LinearPlan, hidden: Tensor, linear_weight: Tensor, linear_
         else:
             torch.addmm(linear_bias, h, weight_t, out=z)
         if not need_grad:
-            loss, _ = plan.fused.run(plan.args._replace(logits=z, target=target[start:stop], need_grad=False))
+            loss, _ = plan.loss.fused(z, target[start:stop], chunk_reduction, False)
             _add_loss(total, loss, none, start, stop)
             continue
         # the kernel on blocks of rows; each block's gradient is scaled (rows of "none"), summed into the
         # bias gradient and copied over its logits while it is in cache
         for first in range(0, stop - start, plan.block_rows):
             last = min(first + plan.block_rows, stop - start)
-            rows = plan.args._replace(logits=z[first:last], target=target[start + first:start + last],
-                                      need_grad=True)
-            loss, block = plan.fused.run(rows)
-            del rows  # holds a view of the chunk buffer
+            loss, block = plan.loss.fused(z[first:last], target[start + first:start + last], chunk_reduction, True)
             _add_loss(total, loss, none, start + first, start + last)
             if row_scale is not None:
                 block.mul_(row_scale[start + first:start + last].unsqueeze(1).to(block.dtype))
@@ -247,17 +308,19 @@ def reference_loss(plan: LinearPlan, hidden: Tensor, linear_weight: Tensor, line
     """The same loss by ``linear`` and the reference (:mod:`cbbench.reference`): differentiable to any
     order; materialises the logits."""
     logits = torch.nn.functional.linear(hidden, linear_weight, linear_bias)
-    return plan.fused.reference(plan.args._replace(logits=logits, reduction=plan.reduction))
+    return plan.loss.reference(logits)
 
 
 def _scaled(grad: Optional[Tensor], grad_loss: Tensor) -> Optional[Tensor]:
-    """``grad * grad_output`` of a reduced loss, in place when possible (ops.library.scaled_grad:
-    nothing to do when it is 1 on the CPU, read on the device on the GPU)."""
+    """``grad * grad_output`` of a reduced loss, in place (``torch.ops.cbbench.scale_grad_``: nothing to do
+    when it is 1, read on the device on the GPU)."""
     if grad is None:
         return None
-    if grad.dim() == 1:  # the bias gradient: scaled_grad takes (rows, columns)
-        return scaled_grad(grad.unsqueeze(0), grad_loss, "sum", in_place=True).squeeze(0)
-    return scaled_grad(grad, grad_loss, "sum", in_place=True)
+    try:
+        torch.ops.cbbench.scale_grad_(grad, grad_loss)
+    except RuntimeError:  # a batch of grad_outputs (jacobian(vectorize=True)): one product each
+        return (grad * grad_loss).to(grad.dtype)
+    return grad
 
 
 class LinearLossFunction(torch.autograd.Function):

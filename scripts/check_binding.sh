@@ -42,7 +42,7 @@ echo "check_binding: $CXX -std=c++20 kernels/cuda/binding.cpp (torch headers fro
 "$CXX" -std=c++20 -fPIC -O0 -c kernels/cuda/binding.cpp -o "$shim/binding.o" \
   -DTORCH_API_INCLUDE_EXTENSION_H -DTORCH_EXTENSION_NAME=_cuda \
   -I"$shim" -isystem "$TORCH_INC" -isystem "$TORCH_INC/torch/csrc/api/include" -isystem "$PY_INC" \
-  -isystem "$CUDA_INC" -Ikernels/include -Ikernels/cuda -Wall -Wextra -Werror
+  -isystem "$CUDA_INC" -Ikernels/include -Ikernels/cuda -Ikernels/ops -Wall -Wextra -Werror
 
 # Every cb:: function the binding needs must be defined by a kernel object (C++ mangling encodes the
 # parameter types, so a signature drift between cb_kernels.h and a .cu file shows up here).

@@ -59,29 +59,30 @@ def _check_rows(name, loss, grad, y, c):
 
 
 def softmax_case(n, c, dtype, *, unaligned=False, need_grad=True, seed=0):
-    kern = ops.kernel_module("cuda")
     z, y, w = _inputs(n, c, dtype, seed)
     if unaligned:
         z = _unaligned(z)
     off = torch.randn(c, device=DEV)
     margin = torch.rand(c, device=DEV)
     # "none": per-row losses, to check each row; "weighted_mean": the device-side divisor and sum
-    loss, grad = kern.softmax_ce(z, y, w, off, margin, 1.5, 0.1, -100, "none", need_grad)
-    reduced, _ = kern.softmax_ce(z, y, w, off, margin, 1.5, 0.1, -100, "weighted_mean", need_grad)
+    loss, grad = torch.ops.cbbench.softmax_cross_entropy_fused(z, y, w, off, margin, 1.5, 0.1, -100, "none", need_grad)
+    grad = grad if need_grad else None  # (0,) without need_grad
+    reduced, _ = torch.ops.cbbench.softmax_cross_entropy_fused(z, y, w, off, margin, 1.5, 0.1, -100, "weighted_mean", need_grad)
     torch.cuda.synchronize()
     return _check_rows("softmax", loss, grad, y, c) and reduced.dim() == 0
 
 
 def sigmoid_case(n, c, dtype, *, multi_hot=False, focal=True, unaligned=False, need_grad=True, seed=0):
-    kern = ops.kernel_module("cuda")
     z, y, w = _inputs(n, c, dtype, seed)
     if unaligned:
         z = _unaligned(z)
     target = (torch.rand(n, c, device=DEV) < 0.3).to(dtype) if multi_hot else y
     if multi_hot and unaligned:
         target = _unaligned(target)
-    loss, grad = kern.sigmoid_focal(z, target, w, 2.0 if focal else 0.0, 0.25, -100, focal, "none", need_grad)
-    reduced, _ = kern.sigmoid_focal(z, target, w, 2.0 if focal else 0.0, 0.25, -100, focal, "mean", need_grad)
+    loss, grad = torch.ops.cbbench.sigmoid_focal_fused(z, target, w, 2.0 if focal else 0.0, 0.25, -100, focal, "none",
+                                                       need_grad)
+    grad = grad if need_grad else None  # (0,) without need_grad
+    reduced, _ = torch.ops.cbbench.sigmoid_focal_fused(z, target, w, 2.0 if focal else 0.0, 0.25, -100, focal, "mean", need_grad)
     torch.cuda.synchronize()
     if reduced.dim() != 0:
         return False
@@ -114,7 +115,6 @@ def mask_vector_starts(z, y, keep_last: bool):
 def softmax_masked_case(n, c, dtype, *, keep_last=False, via_offset=False, seed=0):
     """Masked classes at every vector start (in the logits, or in logit_offset), no smoothing: every
     row's loss and gradient finite and equal to the reference's."""
-    kern = ops.kernel_module("cuda")
     z, y, w = _inputs(n, c, dtype, seed)
     y = torch.where((y >= 0) & (y < c), y, torch.zeros_like(y))  # valid or ignored targets only
     y[1] = -100
@@ -124,7 +124,7 @@ def softmax_masked_case(n, c, dtype, *, keep_last=False, via_offset=False, seed=
         off = off.masked_fill(masked, float("-inf"))
     else:
         z = masked_z
-    loss, grad = kern.softmax_ce(z, y, w, off, None, 1.0, 0.0, -100, "none", True)
+    loss, grad = torch.ops.cbbench.softmax_cross_entropy_fused(z, y, w, off, None, 1.0, 0.0, -100, "none", True)
     ref = z.double().requires_grad_(True)
     want = F.softmax_cross_entropy(ref, y, w.double(), logit_offset=off.double(), reduction="none",
                                    backend="reference")
@@ -179,13 +179,12 @@ def graph_case(n, c, dtype, *, seed=0):
 
 
 def scale_case(dtype):
-    kern = ops.kernel_module("cuda")
     g = torch.randn(37, 1001, device=DEV).to(dtype)
     keep = g.clone()
     go_type = torch.float64 if dtype == torch.float64 else torch.float32
-    kern.scaled_grad(g, torch.ones((), device=DEV, dtype=go_type))
+    torch.ops.cbbench.scale_grad_(g, torch.ones((), device=DEV, dtype=go_type))
     same = torch.equal(g, keep)
-    kern.scaled_grad(g[1:], torch.full((), 2.0, device=DEV, dtype=go_type))  # starts off a 16-byte boundary
+    torch.ops.cbbench.scale_grad_(g[1:], torch.full((), 2.0, device=DEV, dtype=go_type))  # starts off a 16-byte boundary
     torch.cuda.synchronize()
     return same and torch.equal(g[1:], (keep[1:].to(go_type) * 2).to(dtype)) and torch.equal(g[0], keep[0])
 

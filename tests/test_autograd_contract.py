@@ -1,9 +1,9 @@
-"""Every loss behaves like a PyTorch loss under every autograd feature, on every CPU front end.
+"""Every loss behaves like a PyTorch loss under every autograd feature, on both CPU paths.
 
-Front ends: the reference (``backend="reference"``), the C++ fast path (``cbbench._C``, plain 2-D
-inputs), and the Python op path over the Cython kernels (fast path off). Each is checked against
-independent ground truth: float64 ``gradcheck`` / ``gradgradcheck`` (finite differences), the
-reference differentiated by autograd, and ``torch.func`` on the reference.
+Paths: the reference (``backend="reference"``) and the op (``torch.ops.cbbench.*``: the C++ autograd of
+kernels/ops/ops.cpp over the Cython CPU kernels, and its composite). Each is checked against independent
+ground truth: float64 ``gradcheck`` / ``gradgradcheck`` (finite differences, batched gradients included),
+the reference differentiated by autograd, and ``torch.func`` on the reference.
 """
 import itertools
 import os
@@ -19,21 +19,16 @@ import cbbench
 from cbbench import functional as F
 from cbbench import ops
 
-FRONT_ENDS = ["reference", "fast", "python"]
+PATHS = ["reference", "op"]
 
 
-@pytest.fixture(params=FRONT_ENDS)
-def backend(request, monkeypatch):
-    """The backend string of a front end (the ``python`` front end: fast path off)."""
+@pytest.fixture(params=PATHS)
+def backend(request):
+    """The backend string of a path."""
     if request.param == "reference":
         return "reference"
     if ops.kernel_module("cpu") is None:
-        pytest.skip("CPU kernels not built")
-    if request.param == "fast":
-        if ops.fast_path() is None:
-            pytest.skip(f"fast path not built ({ops.fast_path_status()})")
-    else:
-        monkeypatch.setattr(ops.loading, "_fast", (None, "off in this test"))
+        pytest.skip(f"CPU kernels not built ({ops.kernel_status('cpu')})")
     return "cpu"
 
 
@@ -77,8 +72,11 @@ def test_gradcheck_and_gradgradcheck(backend, name, call, reduction):
     z, y, w = _inputs()
     z.requires_grad_(True)
     fn = lambda x: _scalar(call(x, y, w, reduction, backend))  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (z,), eps=1e-6, atol=1e-7, rtol=1e-5)
+    assert torch.autograd.gradcheck(fn, (z,), eps=1e-6, atol=1e-7, rtol=1e-5, check_batched_grad=True)
     assert torch.autograd.gradgradcheck(fn, (z,), eps=1e-6, atol=1e-6, rtol=1e-4)
+    # the loss itself, unscaled: for "none" a batch of per-row grad_outputs reaches the backward
+    raw = lambda x: call(x, y, w, reduction, backend)  # noqa: E731
+    assert torch.autograd.gradcheck(raw, (z,), eps=1e-6, atol=1e-7, rtol=1e-5, check_batched_grad=True)
 
 
 def _grad_and_hvp(call, backend, reduction, v):
@@ -228,67 +226,84 @@ def test_no_graph_without_grad(backend):
 
 
 # ----------------------------------------------------------------------------------------------
-# the fast path and the Python path run the same kernels: bitwise the same results
+# one path: eager and compiled calls run the same kernels; the C++ autograd node; direct op calls
 # ----------------------------------------------------------------------------------------------
-def test_fast_path_and_python_path_agree_bitwise(monkeypatch):
-    if ops.fast_path() is None:
-        pytest.skip(f"fast path not built ({ops.fast_path_status()})")
-    cases = list(itertools.product((torch.float32, torch.float64), (1, 3, 10, 1000), REDUCTIONS, (True, False)))
-    for dtype, c, reduction, with_weight in cases:
-        g = torch.Generator().manual_seed(c)
-        z0 = torch.randn(70, c, generator=g).to(dtype) * 3
-        y = torch.randint(0, c, (70,), generator=g)
-        y[5] = -100
-        w = torch.rand(c, generator=g) + 0.5 if with_weight else None
-        calls = [lambda z: F.softmax_cross_entropy(z, y, w, reduction=reduction, label_smoothing=0.1, scale=2.0),
-                 lambda z: F.sigmoid_focal_loss(z, y, w, gamma=2.0, alpha=0.3, reduction=reduction),
-                 lambda z: F.sigmoid_cross_entropy(z, y, w, reduction=reduction)]
-        for fn in calls:
-            outs = []
-            for fast in (True, False):
-                with monkeypatch.context() as mp:
-                    if not fast:
-                        mp.setattr(ops.loading, "_fast", (None, "off"))
-                    z = z0.clone().requires_grad_(True)
-                    loss = fn(z)
-                    _scalar(loss).backward()
-                    outs.append((loss.detach(), z.grad))
-            assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+def _need_kernels():
+    if ops.kernel_module("cpu") is None:
+        pytest.skip(f"CPU kernels not built ({ops.kernel_status('cpu')})")
 
 
-def test_fast_front_end_runs_the_cpp_autograd_node():
-    if ops.fast_path() is None:
-        pytest.skip(f"fast path not built ({ops.fast_path_status()})")
+def test_eager_and_compiled_calls_agree_bitwise():
+    _need_kernels()
+    g = torch.Generator().manual_seed(5)
+    z0 = torch.randn(70, 13, generator=g) * 3
+    y = torch.randint(0, 13, (70,), generator=g)
+    y[5] = -100
+    w = torch.rand(13, generator=g) + 0.5
+    for reduction in REDUCTIONS:
+        def step(z):
+            return _scalar(F.softmax_cross_entropy(z, y, w, reduction=reduction, label_smoothing=0.1, scale=2.0)
+                           + F.sigmoid_focal_loss(z, y, w, gamma=2.0, alpha=0.3, reduction=reduction))
+        outs = []
+        for fn in (step, torch.compile(step, fullgraph=True, backend="aot_eager")):
+            z = z0.clone().requires_grad_(True)
+            loss = fn(z)
+            loss.backward()
+            outs.append((loss.detach(), z.grad))
+        assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1]), reduction
+
+
+def test_the_op_path_runs_the_cpp_autograd_node():
+    _need_kernels()
     z, y, w = _inputs()
     for name, call in LOSSES:
         for reduction in REDUCTIONS:
             loss = call(z.clone().requires_grad_(True), y, w, reduction, "cpu")
-            want = "CbbenchFusedLossBackward" if name != "multi-hot focal" else "FusedFunctionBackward"
-            assert loss.grad_fn.name() == want, (name, reduction)
+            want = "SoftmaxFunction" if name.startswith("softmax") else "SigmoidFunction"
+            assert want in loss.grad_fn.name(), (name, reduction, loss.grad_fn.name())
 
 
-def test_fast_path_declines_what_it_does_not_cover():
-    fast = ops.fast_path()
-    if fast is None:
-        pytest.skip(f"fast path not built ({ops.fast_path_status()})")
+def test_direct_op_calls_check_their_invariants():
+    """The public functions check the arguments; a direct ``torch.ops.cbbench`` call with bad ones must
+    raise, never read out of bounds."""
+    _need_kernels()
     z, y, w = _inputs()
-    args = dict(logit_offset=None, target_margin=None, scale=1.0, label_smoothing=0.0, ignore_index=-100,
-                reduction="mean")
+    op = torch.ops.cbbench.softmax_cross_entropy_fused
 
     def call(**kw):
-        a = dict(logits=z, target=y, weight=w.float(), **args)
+        a = dict(logits=z, target=y, weight=w, logit_offset=None, target_margin=None, scale=1.0,
+                 label_smoothing=0.0, ignore_index=-100, reduction="mean", need_grad=True)
         a.update(kw)
-        return fast.softmax_cross_entropy(*a.values())
+        return op(*a.values())
 
-    assert call() is not None
-    declined = [dict(logits=z.float().half()), dict(logits=z.reshape(3, 2, 5).transpose(1, 2)),
-                dict(logits=z.t().contiguous().t()), dict(target=y.int()),
-                dict(target=torch.tensor([0, 1, 9, 0, 0, 0])), dict(weight=w.float()[:4]), dict(weight=w.int()),
-                dict(weight=w.float().requires_grad_()), dict(scale=0.0), dict(scale=float("inf")),
-                dict(label_smoothing=1.5), dict(ignore_index=2 ** 63), dict(ignore_index=np.int64(-100)),
-                dict(reduction="avg"), dict(logits=z[:, :0])]
-    for kw in declined:
-        assert call(**kw) is None, kw
+    assert call()[0].dim() == 0
+    bad = [dict(logits=z[0]), dict(logits=z.int()), dict(logits=z[:, :0]), dict(target=y.int()),
+           dict(target=y[:3]), dict(target=torch.tensor([0, 1, 9, 0, 0, 0])), dict(weight=w[:4]),
+           dict(weight=w.int()), dict(reduction="avg")]
+    for kw in bad:
+        with pytest.raises((RuntimeError, ValueError, TypeError)):
+            call(**kw)
+    loss, _ = call(logits=z.t().contiguous().t())  # non-contiguous logits are made contiguous
+    torch.testing.assert_close(loss, call()[0])
+    with pytest.raises(RuntimeError):  # a multi-hot target of the wrong shape
+        torch.ops.cbbench.sigmoid_focal_fused(z, y.double(), w, 2.0, -1.0, -100, True, "mean", True)
+
+
+def test_opcheck_of_every_op():
+    _need_kernels()
+    z, y, w = _inputs()
+    t = (torch.rand(z.shape, generator=torch.Generator().manual_seed(1)) < 0.3).double()
+    for reduction in REDUCTIONS:
+        zz = z.clone().requires_grad_(True)
+        torch.library.opcheck(torch.ops.cbbench.softmax_cross_entropy.default,
+                              (zz, y, w, None, None, 1.5, 0.1, -100, reduction))
+        torch.library.opcheck(torch.ops.cbbench.sigmoid_focal.default, (zz, y, w, 2.0, 0.25, -100, True, reduction))
+        torch.library.opcheck(torch.ops.cbbench.sigmoid_focal.default, (zz, t, None, 0.0, -1.0, -100, False, reduction))
+        torch.library.opcheck(torch.ops.cbbench.softmax_cross_entropy_fused.default,
+                              (z, y, w, None, None, 1.0, 0.0, -100, reduction, True))
+        torch.library.opcheck(torch.ops.cbbench.sigmoid_focal_fused.default,
+                              (z, y, w, 2.0, -1.0, -100, True, reduction, False))
+        torch.library.opcheck(torch.ops.cbbench.loss_divisor.default, (y, w, 5, -100, reduction, True))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -44,6 +44,6 @@ def test_no_citation_of_a_design_document_outside_the_repository():
     cited = [p.relative_to(ROOT).as_posix() for p in paths if p.is_file() and pattern.search(p.read_text(errors="ignore"))]
     assert not cited, cited
     design = (ROOT / "docs" / "design.md").read_text()
-    for section in ("Math", "Conventions", "Kernel contract", "Performance model", "Distributed semantics",
+    for section in ("Math", "Conventions", "The op path", "Performance model", "Distributed semantics",
                     "Benchmarks and the regression gate"):
         assert f"\n## {section}\n" in design

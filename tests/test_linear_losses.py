@@ -568,3 +568,21 @@ def test_zero_features_and_meta_tensors(name):
         meta = HEADS[name][0](torch.randn(4, 3, device="meta"), torch.randn(6, 3, device="meta"),
                               torch.zeros(4, dtype=torch.long, device="meta"), reduction="none", backend=backend)
         assert meta.device.type == "meta" and meta.shape == (4,)
+
+
+def test_the_functorch_query_the_heads_use_still_answers():
+    """cbbench/linear.py asks torch's private ``_are_functorch_transforms_active`` (no public query exists,
+    docs/design.md "Private APIs"): it must still exist and answer, or the heads would run their Python
+    autograd.Function under a transform."""
+    from cbbench import linear
+
+    seen = []
+
+    def probe(x):
+        seen.append(linear._functorch_active())
+        return x.sum()
+
+    assert linear._functorch_active() is False
+    torch.func.grad(probe)(torch.ones(3))
+    torch.func.vmap(probe)(torch.ones(2, 3))
+    assert seen == [True, True]

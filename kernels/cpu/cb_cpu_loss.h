@@ -1,28 +1,27 @@
-// A whole CPU loss call over (M, C) logits, on top of the row kernels of cb_cpu_rows.h: the
-// reduction's divisor (one pass over the targets), the rows in fixed chunks spread over OpenMP
-// threads, and the reduced loss. Written once for both CPU front ends: cbbench._cpu (Cython, any
-// build) and cbbench._C (the torch extension that also builds the autograd node, for small batches).
+// The CPU kernel module's share of a loss call beside the row kernels (cb_cpu_rows.h): the reduction's
+// divisor -- its one CPU implementation -- and how many threads and chunks the rows take. Used by
+// kernels/cpu/cpu_ops.h (the CPU kernels of the ops) and by the Cython row loops of kernels/cpu/_cpu.pyx.
 //
-// The rows' gradients are written already divided by the divisor, so it is computed first.
-// Divisors (cbbench/reference.py, reduction_denominator): "mean" = number of valid rows (targets
-// that are not ignore_index); "weighted_mean" = sum of their weights ("mean" without a weight);
-// "sum"/"none" = 1; a divisor of exactly 0 (nothing to average) becomes 1, a negative weight sum is
-// kept. Each chunk's loss sum is kept apart and the sums are added in chunk order, so the reduced
-// loss is bitwise the same at any thread count and schedule.
+// Divisors (cbbench/reference.py, reduction_denominator; cbbench/shapes.py documents the formula):
+// class-index targets: "mean" = number of valid rows (targets that are not ignore_index),
+// "weighted_mean" = sum of their weights ("mean" without a weight); multi-hot targets: "mean" = number of
+// positives (sum of the targets), "weighted_mean" = rows times the mean column weight (rows without a
+// weight); "sum" / "none" = 1. The *local* divisor is additive over disjoint rows (the distributed
+// normaliser all-reduces it); the *finished* one floors it: "mean" at 1, a "weighted_mean" of exactly 0
+// becomes 1 (a negative weight sum is kept).
 #ifndef CBBENCH_CB_CPU_LOSS_H_
 #define CBBENCH_CB_CPU_LOSS_H_
 
 #include <stdint.h>
-#include <stdlib.h>
-
-#include "cb_cpu_rows.h"
 
 enum { CB_RED_NONE = 0, CB_RED_SUM = 1, CB_RED_MEAN = 2, CB_RED_WEIGHTED_MEAN = 3 };
 
 // Below this many logits a second thread costs more (wake-up, cache traffic) than it saves.
 static const int64_t CB_MIN_ELEMENTS_PER_THREAD = 32768;
 // Rows are handed out in chunks of about this many logits (dynamic schedule): a thread that the OS
-// preempts (the cores are shared) then delays only its chunk, not a static half of the batch.
+// preempts (the cores are shared) then delays only its chunk, not a static half of the batch. Each
+// chunk's loss sum is kept apart and the sums are added in chunk order, so the reduced loss is bitwise
+// the same at any thread count and schedule.
 static const int64_t CB_ELEMENTS_PER_CHUNK = 65536;
 
 static inline int cb_loss_threads(int64_t M, int64_t C, int max_threads) {
@@ -38,10 +37,15 @@ static inline int64_t cb_chunk_rows(int64_t C) {
   return rows < 1 ? 1 : rows;
 }
 
-// Divisor for class-index targets; *bad_row is the first row whose target is neither ignore_index
-// nor in [0, C), else -1 (the rows are then not worth running: callers raise).
-static inline double cb_index_divisor(const int64_t* y, int64_t M, int64_t C, const float* weight,
-                                      int64_t ignore_index, int red, int64_t* bad_row) {
+static inline int64_t cb_chunk_count(int64_t M, int64_t C) {
+  const int64_t chunk = cb_chunk_rows(C);
+  return (M + chunk - 1) / chunk;
+}
+
+// The local divisor of class-index targets; *bad_row is the first row whose target is neither
+// ignore_index nor in [0, C), else -1 (callers raise).
+static inline double cb_index_local_divisor(const int64_t* y, int64_t M, int64_t C, const float* weight,
+                                            int64_t ignore_index, int red, int64_t* bad_row) {
   int64_t count = 0;
   double wsum = 0.0;
   *bad_row = -1;
@@ -55,61 +59,32 @@ static inline double cb_index_divisor(const int64_t* y, int64_t M, int64_t C, co
     ++count;
     if (weight) wsum += weight[yi];
   }
-  if (red == CB_RED_WEIGHTED_MEAN && weight) return wsum != 0.0 ? wsum : 1.0;
-  if (red == CB_RED_MEAN || red == CB_RED_WEIGHTED_MEAN) return count > 0 ? (double)count : 1.0;
+  if (red == CB_RED_WEIGHTED_MEAN && weight) return wsum;
+  if (red == CB_RED_MEAN || red == CB_RED_WEIGHTED_MEAN) return (double)count;
   return 1.0;
 }
 
-// Sum of row(i) over chunks of rows, each chunk's sum in chunk_sums (n_chunks of them), added in order.
-template <typename Row>
-static inline double cb_chunked_rows(int64_t M, int64_t chunk, int n_threads, double* chunk_sums, const Row& row) {
-  const int64_t n_chunks = (M + chunk - 1) / chunk;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads) if (n_threads > 1)
-  for (int64_t k = 0; k < n_chunks; ++k) {
-    const int64_t hi = (k + 1) * chunk < M ? (k + 1) * chunk : M;
-    double acc = 0.0;
-    for (int64_t i = k * chunk; i < hi; ++i) acc += row(i);
-    chunk_sums[k] = acc;
+// The local divisor of (M, C) multi-hot targets (summed in row-major order).
+template <typename T>
+static inline double cb_multi_hot_local_divisor(const T* t, int64_t M, int64_t C, const float* weight, int red) {
+  if (red == CB_RED_MEAN) {
+    double s = 0.0;
+    for (int64_t i = 0; i < M * C; ++i) s += (double)t[i];
+    return s;
   }
-  double total = 0.0;
-  for (int64_t k = 0; k < n_chunks; ++k) total += chunk_sums[k];
-  return total;
+  if (red == CB_RED_WEIGHTED_MEAN) {
+    if (!weight) return (double)M;
+    double s = 0.0;
+    for (int64_t j = 0; j < C; ++j) s += (double)weight[j];
+    return s / (double)C * (double)M;
+  }
+  return 1.0;
 }
 
-static inline double* cb_chunk_buffer(int64_t M, int64_t chunk) {
-  const int64_t n = (M + chunk - 1) / chunk;
-  return (double*)malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
-}
-
-// Softmax cross-entropy rows: returns the sum of the row losses; row losses to loss_rows (or NULL),
-// g * d row loss / d z to grad (or NULL). chunk_sums: cb_chunk_buffer(M, cb_chunk_rows(C)).
-template <typename T>
-static inline double cb_softmax_rows(int isa, const T* z, const int64_t* y, int64_t M, int64_t C,
-                                     const float* weight, const float* offset, const float* margin, T scale,
-                                     T eps, int64_t ignore_index, T g, T* loss_rows, T* grad, int n_threads,
-                                     double* chunk_sums) {
-  return cb_chunked_rows(M, cb_chunk_rows(C), n_threads, chunk_sums, [&](int64_t i) {
-    const T v = cb_softmax_ce_row(isa, z + i * C, C, y[i], weight, offset, margin, scale, eps, ignore_index, g,
-                                  grad ? grad + i * C : (T*)0);
-    if (loss_rows) loss_rows[i] = v;
-    return (double)v;
-  });
-}
-
-// Sigmoid cross-entropy / focal rows with class-index targets y (multi_hot NULL) or (M, C)
-// multi-hot targets (y NULL); as cb_softmax_rows otherwise.
-template <typename T>
-static inline double cb_sigmoid_rows(int isa, const T* z, const int64_t* y, const T* multi_hot, int64_t M, int64_t C,
-                                     const float* weight, T gamma, T alpha, bool focal, int64_t ignore_index, T g,
-                                     T* loss_rows, T* grad, int n_threads, double* chunk_sums) {
-  return cb_chunked_rows(M, cb_chunk_rows(C), n_threads, chunk_sums, [&](int64_t i) {
-    T* grad_row = grad ? grad + i * C : (T*)0;
-    const T v = multi_hot
-        ? cb_sigmoid_multihot_row(isa, z + i * C, multi_hot + i * C, C, weight, gamma, alpha, focal, g, grad_row)
-        : cb_sigmoid_index_row(isa, z + i * C, C, y[i], weight, gamma, alpha, focal, ignore_index, g, grad_row);
-    if (loss_rows) loss_rows[i] = v;
-    return (double)v;
-  });
+static inline double cb_finish_divisor(int red, double d) {
+  if (red == CB_RED_MEAN) return d < 1.0 ? 1.0 : d;  // as clamp_min(1): NaN stays NaN
+  if (red == CB_RED_WEIGHTED_MEAN) return d != 0.0 ? d : 1.0;
+  return 1.0;
 }
 
 #endif  // CBBENCH_CB_CPU_LOSS_H_

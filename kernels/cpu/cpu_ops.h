@@ -1,0 +1,189 @@
+// The CPU kernels of the cbbench ops (schemas: kernels/ops/ops.cpp), registered for the CPU dispatch key.
+// Included by the Cython module kernels/cpu/_cpu.pyx (cbbench._cpu), which is this header's only
+// translation unit and supplies the row loops it calls: cbcpu_*_rows below are Cython `cdef public`
+// functions (prange over chunks of rows, each row by the shared row math of cb_cpu_rows.h, the chunk
+// sums added in order). This header does the rest of a call: the internal checks, float32 compute for
+// float16/bfloat16 logits, the divisor (cb_cpu_loss.h) before the rows -- so their gradients are written
+// already divided -- the outputs, and the reduced loss.
+#ifndef CBBENCH_CPU_OPS_H_
+#define CBBENCH_CPU_OPS_H_
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+#include "cb_cpu_loss.h"
+#include "cb_ops.h"
+
+// The Cython row loops (kernels/cpu/_cpu.pyx): the sum of the row losses; row losses into loss_rows (or
+// NULL), g * d row loss / d z into grad (or NULL); chunk_sums holds cb_chunk_count(M, C) doubles. (Cython
+// gives `cdef public` functions C++ linkage in a C++ module.)
+double cbcpu_softmax_rows_f32(const float* z, const int64_t* y, int64_t M, int64_t C, const float* weight,
+                              const float* offset, const float* margin, float scale, float eps, int64_t ignore_index,
+                              float g, float* loss_rows, float* grad, int n_threads, double* chunk_sums);
+double cbcpu_softmax_rows_f64(const double* z, const int64_t* y, int64_t M, int64_t C, const float* weight,
+                              const float* offset, const float* margin, double scale, double eps,
+                              int64_t ignore_index, double g, double* loss_rows, double* grad, int n_threads,
+                              double* chunk_sums);
+double cbcpu_sigmoid_rows_f32(const float* z, const int64_t* y, const float* multi_hot, int64_t M, int64_t C,
+                              const float* weight, float gamma, float alpha, int focal, int64_t ignore_index,
+                              float g, float* loss_rows, float* grad, int n_threads, double* chunk_sums);
+double cbcpu_sigmoid_rows_f64(const double* z, const int64_t* y, const double* multi_hot, int64_t M, int64_t C,
+                              const float* weight, double gamma, double alpha, int focal, int64_t ignore_index,
+                              double g, double* loss_rows, double* grad, int n_threads, double* chunk_sums);
+
+namespace cbcpu {
+
+using at::Tensor;
+using cbops::OptTensor;
+using cbops::Reduction;
+using Pair = std::tuple<Tensor, Tensor>;
+
+inline const float* ptr(const OptTensor& t) { return t.has_value() ? t->data_ptr<float>() : nullptr; }
+
+// The logits the row kernels read: float32 or float64, contiguous (float16 / bfloat16 computed in float32).
+inline Tensor compute_logits(const Tensor& logits) {
+  const auto t = logits.scalar_type();
+  const Tensor z = (t == at::kHalf || t == at::kBFloat16) ? logits.to(at::kFloat) : logits;
+  return z.contiguous();
+}
+
+inline void check_classes(const Tensor& z) {
+  // a row is indexed with int (vector compares of j == y); M is int64
+  TORCH_CHECK(z.size(1) < (int64_t(1) << 31), "cbbench CPU kernels: at most 2**31 - 1 classes, got ", z.size(1));
+}
+
+// The reduced loss (0-dim, loss dtype) or the rows, and the gradient in the logits' dtype ((0,) without one).
+inline Pair finish(const Tensor& logits, const Tensor& loss_rows, Tensor grad, Reduction red, double total,
+                   double divisor) {
+  Tensor loss = red == Reduction::none
+                    ? loss_rows
+                    : at::scalar_tensor(total / divisor, logits.options().dtype(cbops::loss_dtype(logits.scalar_type())));
+  if (!grad.defined()) return {loss, at::empty({0}, logits.options())};
+  if (grad.scalar_type() != logits.scalar_type()) grad = grad.to(logits.scalar_type());
+  return {loss, grad};
+}
+
+inline Pair softmax_cross_entropy(const Tensor& logits, const Tensor& target, const OptTensor& weight,
+                                  const OptTensor& logit_offset, const OptTensor& target_margin, double scale,
+                                  double label_smoothing, int64_t ignore_index, c10::string_view reduction,
+                                  bool need_grad) {
+  cbops::check_fused_args("cbbench::softmax_cross_entropy_fused", logits, target, false,
+                          {{"weight", &weight}, {"logit_offset", &logit_offset}, {"target_margin", &target_margin}});
+  const Reduction red = cbops::parse_reduction(reduction);
+  const Tensor z = compute_logits(logits);
+  check_classes(z);
+  const Tensor y = target.contiguous();
+  const OptTensor w = cbops::float_vector(weight), off = cbops::float_vector(logit_offset),
+                  mar = cbops::float_vector(target_margin);
+  const int64_t M = z.size(0), C = z.size(1);
+  const int64_t* yp = y.data_ptr<int64_t>();
+  int64_t bad = -1;
+  const double divisor =
+      cb_finish_divisor(int(red), cb_index_local_divisor(yp, M, C, ptr(w), ignore_index, int(red), &bad));
+  TORCH_CHECK_VALUE(bad < 0, cbops::target_range_message(bad < 0 ? 0 : yp[bad], C, ignore_index));
+  const Tensor loss_rows = red == Reduction::none ? at::empty({M}, z.options()) : Tensor();
+  Tensor grad = need_grad ? at::empty_like(z) : Tensor();
+  const int threads = cb_loss_threads(M, C, at::get_num_threads());
+  std::vector<double> sums(size_t(cb_chunk_count(M, C)) + 1);
+  double total = 0.0;
+  if (z.scalar_type() == at::kFloat) {
+    total = cbcpu_softmax_rows_f32(z.data_ptr<float>(), yp, M, C, ptr(w), ptr(off), ptr(mar), float(scale),
+                                   float(label_smoothing), ignore_index, float(1.0 / divisor),
+                                   loss_rows.defined() ? loss_rows.data_ptr<float>() : nullptr,
+                                   grad.defined() ? grad.data_ptr<float>() : nullptr, threads, sums.data());
+  } else {
+    total = cbcpu_softmax_rows_f64(z.data_ptr<double>(), yp, M, C, ptr(w), ptr(off), ptr(mar), scale, label_smoothing,
+                                   ignore_index, 1.0 / divisor,
+                                   loss_rows.defined() ? loss_rows.data_ptr<double>() : nullptr,
+                                   grad.defined() ? grad.data_ptr<double>() : nullptr, threads, sums.data());
+  }
+  return finish(logits, loss_rows, grad, red, total, divisor);
+}
+
+inline Pair sigmoid_focal(const Tensor& logits, const Tensor& target, const OptTensor& weight, double gamma,
+                          double alpha, int64_t ignore_index, bool focal, c10::string_view reduction, bool need_grad) {
+  cbops::check_fused_args("cbbench::sigmoid_focal_fused", logits, target, true, {{"weight", &weight}});
+  TORCH_CHECK(gamma >= 0, "cbbench::sigmoid_focal_fused: gamma must be >= 0, got ", gamma);
+  const Reduction red = cbops::parse_reduction(reduction);
+  const Tensor z = compute_logits(logits);
+  check_classes(z);
+  const OptTensor w = cbops::float_vector(weight);
+  const int64_t M = z.size(0), C = z.size(1);
+  const bool multi_hot = target.is_floating_point();
+  const Tensor t = multi_hot ? target.to(z.scalar_type()).contiguous() : target.contiguous();
+  double local = 1.0;
+  const int64_t* yp = multi_hot ? nullptr : t.data_ptr<int64_t>();
+  if (multi_hot) {
+    local = z.scalar_type() == at::kFloat ? cb_multi_hot_local_divisor(t.data_ptr<float>(), M, C, ptr(w), int(red))
+                                          : cb_multi_hot_local_divisor(t.data_ptr<double>(), M, C, ptr(w), int(red));
+  } else {
+    int64_t bad = -1;
+    local = cb_index_local_divisor(yp, M, C, ptr(w), ignore_index, int(red), &bad);
+    TORCH_CHECK_VALUE(bad < 0, cbops::target_range_message(bad < 0 ? 0 : yp[bad], C, ignore_index));
+  }
+  const double divisor = cb_finish_divisor(int(red), local);
+  const Tensor loss_rows = red == Reduction::none ? at::empty({M}, z.options()) : Tensor();
+  Tensor grad = need_grad ? at::empty_like(z) : Tensor();
+  const int threads = cb_loss_threads(M, C, at::get_num_threads());
+  std::vector<double> sums(size_t(cb_chunk_count(M, C)) + 1);
+  double total = 0.0;
+  if (z.scalar_type() == at::kFloat) {
+    total = cbcpu_sigmoid_rows_f32(z.data_ptr<float>(), yp, multi_hot ? t.data_ptr<float>() : nullptr, M, C, ptr(w),
+                                   float(gamma), float(alpha), focal, ignore_index, float(1.0 / divisor),
+                                   loss_rows.defined() ? loss_rows.data_ptr<float>() : nullptr,
+                                   grad.defined() ? grad.data_ptr<float>() : nullptr, threads, sums.data());
+  } else {
+    total = cbcpu_sigmoid_rows_f64(z.data_ptr<double>(), yp, multi_hot ? t.data_ptr<double>() : nullptr, M, C,
+                                   ptr(w), gamma, alpha, focal, ignore_index, 1.0 / divisor,
+                                   loss_rows.defined() ? loss_rows.data_ptr<double>() : nullptr,
+                                   grad.defined() ? grad.data_ptr<double>() : nullptr, threads, sums.data());
+  }
+  return finish(logits, loss_rows, grad, red, total, divisor);
+}
+
+inline Tensor loss_divisor(const Tensor& target, const OptTensor& weight, int64_t num_classes, int64_t ignore_index,
+                           c10::string_view reduction, bool floor) {
+  const Reduction red = cbops::parse_reduction(reduction);
+  const OptTensor w = cbops::float_vector(weight);
+  TORCH_CHECK(!w.has_value() || w->numel() == num_classes, "cbbench::loss_divisor: weight must have ", num_classes,
+              " elements, got ", w.has_value() ? w->numel() : 0);
+  double local = 1.0;
+  if (target.is_floating_point()) {
+    TORCH_CHECK(target.dim() == 2 && target.size(1) == num_classes, "cbbench::loss_divisor: a multi-hot target "
+                "must be (rows, ", num_classes, "), got ", target.sizes());
+    const Tensor t = target.to(at::kDouble).contiguous();
+    local = cb_multi_hot_local_divisor(t.data_ptr<double>(), t.size(0), num_classes, ptr(w), int(red));
+  } else {
+    TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, "cbbench::loss_divisor: class targets must be int64, got ",
+                     target.scalar_type());
+    const Tensor y = target.contiguous();
+    const int64_t* yp = y.data_ptr<int64_t>();
+    int64_t bad = -1;
+    local = cb_index_local_divisor(yp, y.numel(), num_classes, ptr(w), ignore_index, int(red), &bad);
+    TORCH_CHECK_VALUE(bad < 0, cbops::target_range_message(bad < 0 ? 0 : yp[bad], num_classes, ignore_index));
+  }
+  return at::scalar_tensor(floor ? cb_finish_divisor(int(red), local) : local, target.options().dtype(at::kDouble));
+}
+
+// grad *= grad_output: grad_output is read on the host (a CPU tensor), and 1 costs nothing.
+inline void scale_grad_(Tensor& grad, const Tensor& grad_output) {
+  TORCH_CHECK(grad_output.numel() == 1, "cbbench::scale_grad_: grad_output must have one element, got shape ",
+              grad_output.sizes());
+  if (grad_output.item<double>() != 1.0) grad.mul_(grad_output);
+}
+
+}  // namespace cbcpu
+
+TORCH_LIBRARY_IMPL(cbbench, CPU, m) {
+  m.impl("softmax_cross_entropy_fused", &cbcpu::softmax_cross_entropy);
+  m.impl("sigmoid_focal_fused", &cbcpu::sigmoid_focal);
+  m.impl("loss_divisor", &cbcpu::loss_divisor);
+  m.impl("scale_grad_", &cbcpu::scale_grad_);
+}
+
+#endif  // CBBENCH_CPU_OPS_H_
