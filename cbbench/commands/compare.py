@@ -3,9 +3,9 @@ results.csv, summary.md and PNG plots.
 
 Every run's configuration, every input file and the output folder are checked before the first run; the
 folder is locked against a second writer. Ctrl-C (or SIGTERM) stops within seconds and keeps the finished
-runs; ``--resume`` continues from them (refusing runs of another configuration or other data). ``--betas 0,0.9,0.99,0.999,0.9999``
-runs the methods that use beta (cb_*, cb_drw, ldam_drw, cb_sampling) once per beta: the beta
-experiment of Cui et al. (plot: beta_experiment.png)."""
+runs; ``--resume`` continues from them (refusing runs of another configuration or other data).
+``--betas 0,0.9,0.99,0.999,0.9999`` runs the methods that use beta (cb_*, cb_drw, ldam_drw, cb_sampling)
+once per beta: the beta experiment of Cui et al. (plot: beta_experiment.png)."""
 from __future__ import annotations
 
 import os

@@ -309,7 +309,8 @@ def _read_cifar_pickle(path: str, label_key: bytes):
     except OSError as exc:
         raise DataError(f"{path}: cannot read it ({exc.strerror or exc}); {expected}") from None
     except Exception as exc:  # a truncated or corrupted pickle raises any of a dozen exception types
-        raise DataError(f"{path}: corrupted or truncated ({type(exc).__name__}: {str(exc)[:120]}); {expected}") from None
+        raise DataError(f"{path}: corrupted or truncated ({type(exc).__name__}: {str(exc)[:120]}); "
+                        f"{expected}") from None
     if not isinstance(entry, dict):
         raise DataError(f"{path}: holds a {type(entry).__name__}; {expected}")
     from .userdata import check_values

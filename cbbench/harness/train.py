@@ -222,9 +222,9 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     # the largest rate a parameter group gets (lr_at_epoch times its group's factor) is a float32 tensor too
     peak = c.lr * max([1.0, *c.lr_factors]) * max(1.0, c.backbone_lr_factor)
     if peak > FLOAT32_MAX:
-        raise UsageError(f"lr {c.lr!r}: the learning rate reaches {peak:.4g} (times lr_factors {list(c.lr_factors)} and "
-                         f"backbone_lr_factor {c.backbone_lr_factor:g}), beyond float32's range (+-{FLOAT32_MAX:.4g}), "
-                         "the type the optimizer holds it in; pass a smaller --lr")
+        raise UsageError(f"lr {c.lr!r}: the learning rate reaches {peak:.4g} (times lr_factors {list(c.lr_factors)} "
+                         f"and backbone_lr_factor {c.backbone_lr_factor:g}), beyond float32's range "
+                         f"(+-{FLOAT32_MAX:.4g}), the type the optimizer holds it in; pass a smaller --lr")
     c.beta = _real(c.beta, "beta", 0.0, 1.0, high_open=True)
     c.gamma = _real(c.gamma, "gamma", 0.0)
     c.tau = _real(c.tau, "tau")
