@@ -58,7 +58,7 @@ def main(argv=None) -> int:
             return int(args.func(args) or 0)
     except KeyboardInterrupt as exc:  # a comparison says what it kept; anything else kept nothing
         stopped = "terminated (SIGTERM)" if signal_exit_code(exc) == 128 + signal.SIGTERM else "interrupted"
-        print(f"\n{head}: {exc or stopped}", file=sys.stderr)
+        print(f"\n{head}: {str(exc) or stopped}", file=sys.stderr)
         return signal_exit_code(exc)
     except CbbenchError as exc:
         print(f"{head}: error: {exc}", file=sys.stderr)
