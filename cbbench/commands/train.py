@@ -6,7 +6,7 @@ import json
 import os
 
 from ..harness.datasets import CLI_DATASET_OPTIONS, DATASETS, DEFAULT_IMBALANCE
-from ..harness.errors import UsageError
+from ..harness.errors import OutputError, UsageError
 from ..harness.methods import METHODS, get_spec
 from ..harness.models import MODELS
 from ..harness.train import ACCELS, TrainConfig
@@ -131,7 +131,12 @@ def run(args) -> int:
         if not is_main():
             return 0
         path = os.path.join(args.out, "result.json")
-        atomic_write(path, json.dumps(result, indent=1))
+        text = json.dumps(result, indent=1)
+        try:
+            atomic_write(path, text)
+        except OutputError as exc:  # the disk filled up during training: the result is not lost with it
+            print(text)
+            raise OutputError(f"{exc} (the run's result is printed on stdout instead)") from None
     head = f"{args.dataset} {args.method} seed {args.seed}"
     if result["status"] == "diverged":
         print(f"{head}: DIVERGED (training loss non-finite in epoch {result['diverged_epoch']}; no metrics), "
