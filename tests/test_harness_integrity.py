@@ -174,6 +174,19 @@ def test_a_second_writer_is_refused_and_a_stale_lock_is_taken_over(tmp_path, cap
             proc.wait()
 
 
+def test_a_file_system_without_locks_runs_unlocked_after_a_warning(tmp_path, monkeypatch, capsys):
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    out = tmp_path / "cmp"
+    assert main(COMPARE_TINY + ["--out", str(out)]) == 0
+    assert f"warning: {out}: cannot lock the folder (No locks available)" in capsys.readouterr().err
+    assert (out / "summary.md").exists() and not (out / ".cbbench.lock").exists()
+
+
 # -- 3. every input file checked before the first epoch ------------------------------------------------
 
 def test_a_truncated_test_image_fails_before_the_first_epoch(tmp_path, monkeypatch, capsys):

@@ -29,7 +29,7 @@ from typing import Optional, Union
 from .errors import FolderBusy, OutputError
 
 __all__ = ["LOCK_NAME", "output_error", "check_writable", "atomic_write", "save_figure", "folder_lock",
-           "main_folder_lock", "lock_holder"]
+           "main_folder_lock"]
 
 LOCK_NAME = ".cbbench.lock"
 
@@ -96,16 +96,6 @@ def save_figure(fig, path: str, **savefig_kwargs) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def lock_holder(out_dir: str) -> Optional[dict]:
-    """What ``OUT/.cbbench.lock`` says about its holder (pid, host, command, started), or None."""
-    try:
-        with open(os.path.join(out_dir, LOCK_NAME), encoding="utf-8") as fh:
-            holder = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    return holder if isinstance(holder, dict) else None
-
-
 def _describe(holder: Optional[dict]) -> str:
     if not holder:
         return "a process that has not yet written its name"
@@ -147,11 +137,14 @@ def folder_lock(out_dir: str, command: Optional[str] = None, *, note=None):
                              f"--out (two commands writing one folder would overwrite each other's results; "
                              f"lock file {path})") from None
         except OSError as exc:  # no flock on this file system (some FUSE and network mounts)
+            with contextlib.suppress(OSError):
+                if os.fstat(fd).st_size == 0:  # the empty file this call created: no holder to name
+                    os.unlink(path)
             os.close(fd)
             note(f"warning: {out_dir}: cannot lock the folder ({exc.strerror or exc}); another cbbench writing "
                  "there at the same time would not be detected")
-            yield
-            return
+            fd = None
+            break
         # a holder releasing the lock unlinks the file after we opened it: then ours is a dead inode
         try:
             if os.path.samestat(os.fstat(fd), os.stat(path)):
@@ -159,6 +152,9 @@ def folder_lock(out_dir: str, command: Optional[str] = None, *, note=None):
         except FileNotFoundError:
             pass
         os.close(fd)
+    if fd is None:
+        yield
+        return
     try:
         stale = _read_fd(fd)
         if stale and (stale.get("pid"), stale.get("host")) != (os.getpid(), socket.gethostname()):
