@@ -144,15 +144,15 @@ def no_speed(monkeypatch):
     monkeypatch.setattr(speed, "run_speed", fail)
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["--dataset", "cifar10-lt"], "data directory"),
-    (["--seeds", "0"], "seeds"),
-    (["--epochs", "0"], "epochs"),
-    (["--dataset", "cifar100-lt", "--data-dir", "/nonexistent"], "no CIFAR-100 data"),
-    (["--threads", "0"], "threads"),
+@pytest.mark.parametrize("argv,match,code", [
+    (["--dataset", "cifar10-lt"], "data directory", 2),
+    (["--seeds", "0"], "seeds", 2),
+    (["--epochs", "0"], "epochs", 2),
+    (["--dataset", "cifar100-lt", "--data-dir", "/nonexistent"], "no CIFAR-100 data", 3),  # data, not usage
+    (["--threads", "0"], "threads", 2),
 ])
-def test_bench_command_checks_arguments_before_the_speed_phase(tmp_path, capsys, no_speed, argv, match):
-    assert cli.main(["bench", "--out", str(tmp_path / "r"), "--device", "cpu"] + argv) == 2
+def test_bench_command_checks_arguments_before_the_speed_phase(tmp_path, capsys, no_speed, argv, match, code):
+    assert cli.main(["bench", "--out", str(tmp_path / "r"), "--device", "cpu"] + argv) == code
     assert match in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 

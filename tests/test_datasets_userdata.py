@@ -15,6 +15,7 @@ from cbbench.cli import main
 from cbbench.harness import TrainConfig, train_run
 from cbbench.harness import userdata
 from cbbench.harness.datasets import dataset_kind, load_dataset, long_tailed_counts
+from cbbench.harness.errors import EXIT_DATA
 from cbbench.harness.images import ImageFiles, random_resized_crop_box
 from cbbench.harness.inputs import StreamInputs
 from cbbench.harness.train import resolve_config
@@ -296,7 +297,9 @@ def test_bad_list_inputs_name_the_file(tmp_path, case, small_presets):
         expected, exc = f"{train_txt}:13: the label 'two' is not a whole number", ValueError
     elif case == "eval_label_beyond":
         test_txt.write_text(test_txt.read_text() + "test/cat/000.jpg 3\n")
-        expected, exc = f"{train_txt}: 1 class(es) have no training example, e.g. [3]", ValueError
+        # blamed on the evaluation list's line (it was "train.txt: 1 class(es) have no training example")
+        expected, exc = f"{test_txt}:7: label 3 is outside the 3 classes 0..2 of the training data ({train_txt})", \
+            ValueError
     else:  # preset_label_out_of_range
         name = "places-lt"
         lists = tmp_path / "lists"
@@ -323,7 +326,7 @@ def test_unreadable_image_is_one_error_line_in_the_cli(tmp_path, capsys):
                    "--crop", "32", "--epochs", "1", "--batch-size", "12", "--workers", workers, "--device", "cpu",
                    "--out", str(tmp_path / "run"), "--no-progress"])
         err = capsys.readouterr().err.strip()
-        assert rc == 2 and err.startswith(f"cbbench train: error: {bad}: unreadable image"), err
+        assert rc == EXIT_DATA and err.startswith(f"cbbench train: error: {bad}: unreadable image"), err
         assert len(err.splitlines()) == 1
     # small images are decoded when the data load: the same error, before training
     write_folder(tmp_path / "small")

@@ -25,6 +25,7 @@ from cbbench import distributed
 from cbbench.harness import ddp
 from cbbench.harness import methods as harness_methods
 from cbbench.harness.compare import check_writable
+from cbbench.harness.output import folder_lock, main_folder_lock
 from cbbench.harness import samplers as harness_samplers
 from cbbench.harness.datasets import load_dataset
 from cbbench.harness.methods import METHODS
@@ -100,8 +101,18 @@ def _rank0_checks(out_dir):
         ddp.on_main(check_writable, os.path.join(blocker, "out"))
         error = None
     except ValueError as exc:
-        error = str(exc)
-    return {"value": ddp.on_main(dist.get_rank), "error": error}
+        error = f"{type(exc).__name__}: {exc}"  # the class crosses ranks too: it sets the exit code
+    # a folder another process holds (here rank 1): rank 0 finds it busy, and every rank stops with that
+    locked = os.path.join(out_dir, "locked")
+    with folder_lock(locked) if dist.get_rank() == 1 else contextlib.nullcontext():
+        dist.barrier()
+        try:
+            with main_folder_lock(locked):
+                busy = None
+        except ValueError as exc:
+            busy = f"{type(exc).__name__}: {exc}"
+        dist.barrier()
+    return {"value": ddp.on_main(dist.get_rank), "error": error, "busy": busy}
 
 
 @contextlib.contextmanager
@@ -208,7 +219,9 @@ def test_sharded_evaluation_equals_one_process(two_ranks):
 def test_rank0_checks_reach_every_rank(two_ranks):
     for report in two_ranks:
         assert report["rank0"]["value"] == 0
+        assert report["rank0"]["error"].startswith("OutputError: ")
         assert "a-file" in report["rank0"]["error"] and "is not writable" in report["rank0"]["error"]
+        assert report["rank0"]["busy"].startswith("FolderBusy: ") and "pid" in report["rank0"]["busy"]
 
 
 def test_two_ranks_train_the_model_of_one_process(two_ranks, single):

@@ -9,6 +9,7 @@ import torch
 from cbbench.cli import main
 from cbbench.harness import DATASETS, METHODS, TrainConfig, run_comparison, train_run
 from cbbench.harness.datasets import load_dataset, long_tailed_counts, write_fake_cifar
+from cbbench.harness.errors import EXIT_DATA
 
 RESULT_KEYS = {"top1_error", "balanced_accuracy", "per_class_accuracy", "many_shot", "medium_shot", "few_shot",
                "train_counts", "method", "dataset", "config"}
@@ -48,7 +49,7 @@ def test_cli_compare_writes_csv_summary_and_plots(tmp_path):
 def test_cli_errors(tmp_path, capsys):
     rc = main(["train", "--dataset", "cifar10-lt", "--data-dir", str(tmp_path), "--method", "softmax",
                "--device", "cpu", "--out", str(tmp_path / "x")])
-    assert rc == 2
+    assert rc == EXIT_DATA
     assert "cifar-10-batches-py" in capsys.readouterr().err
     rc = main(["compare", "--dataset", "digits-lt", "--methods", "softmax,magic", "--out", str(tmp_path / "y")])
     assert rc == 2

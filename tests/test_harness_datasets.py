@@ -147,5 +147,5 @@ def test_unknown_dataset_and_options():
                         "features", "imagenet-lt", "places-lt", "inat2018")
     with pytest.raises(ValueError, match="unknown dataset"):
         load_dataset("mnist-lt")
-    with pytest.raises(ValueError, match="unexpected keyword"):
+    with pytest.raises(ValueError, match="separation does not apply to --dataset digits-lt"):
         load_dataset("digits-lt", separation=1.0)

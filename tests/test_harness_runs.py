@@ -16,6 +16,7 @@ from cbbench.harness import compare as compare_mod
 from cbbench.harness import train as train_mod
 from cbbench.harness.compare import ComparisonInterrupted, run_comparison
 from cbbench.harness.datasets import load_dataset, write_fake_cifar
+from cbbench.harness.errors import EXIT_DATA, EXIT_OUTPUT
 from cbbench.harness.train import TrainConfig, train_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ def test_unwritable_out_is_found_before_training(tmp_path, counted, capsys):
     assert counted == []
     rc = main(["compare", "--dataset", "synthetic-lt", "--methods", "softmax", "--seeds", "1", "--epochs", "1",
                "--device", "cpu", "--out", str(out), "--no-progress"])
-    assert rc == 2 and "not writable" in capsys.readouterr().err and counted == []
+    assert rc == EXIT_OUTPUT and "not writable" in capsys.readouterr().err and counted == []
 
 
 def test_train_checks_out_before_training(tmp_path, monkeypatch, capsys):
@@ -76,7 +77,7 @@ def test_train_checks_out_before_training(tmp_path, monkeypatch, capsys):
     rc = main(["train", "--dataset", "digits-lt", "--method", "softmax", "--epochs", "1", "--device", "cpu",
                "--out", str(_blocked_dir(tmp_path)), "--no-progress"])
     err = capsys.readouterr().err
-    assert rc == 2 and "not writable" in err and str(tmp_path / "a_file") in err
+    assert rc == EXIT_OUTPUT and "not writable" in err and str(tmp_path / "a_file") in err
     assert calls == []
 
 
@@ -233,7 +234,7 @@ def test_corrupted_cifar_pickle_is_one_clear_error_naming_the_file(tmp_path, dam
     rc = main(["train", "--dataset", "cifar10-lt", "--data-dir", str(tmp_path), "--imbalance", "2", "--method",
                "softmax", "--device", "cpu", "--out", str(tmp_path / "r"), "--no-progress"])
     err = capsys.readouterr().err
-    assert rc == 2 and bad in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert rc == EXIT_DATA and bad in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 # -- strict CLI lists ---------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ Accuracy: every method of the long-tail harness on digits-LT (3 seeds unless ``-
 effective number and class-weight curves for the digits-LT training counts. Writes ``OUT/summary.md``
 and PNGs, ``OUT/speed/<device>/speed.{csv,json}`` and the harness's result files (no plots: the report
 draws them) in ``OUT/accuracy/``, and prints the summary tables. The accuracy arguments are checked
-before the speed phase starts, so a bad one fails at once.
+before the speed phase starts, so a bad one fails at once; an option for a phase that is skipped is
+refused. ``OUT`` is locked for the whole run (one writer per folder, :mod:`cbbench.harness.output`).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def register(subparsers) -> None:
                    help="dataset of the accuracy comparison (default digits-lt)")
     p.add_argument("--data-dir", default=None, help="data directory of the CIFAR datasets (the folder holding "
                    "cifar-10-batches-py / cifar-100-python, or that folder itself)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per method for accuracy (default 3: mean ± std)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per method for accuracy (default 3: mean ± std)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the dataset's recipe; "
                    "halved by --quick)")
     p.add_argument("--threads", type=int, default=None,
@@ -60,17 +61,42 @@ def _log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def _refuse_inapplicable(args) -> None:
+    """UsageError for an option of a phase that ``--skip-speed`` / ``--skip-accuracy`` leave out."""
+    from ..harness.datasets import check_dataset_options
+    from ..harness.errors import UsageError
+
+    given = {"--threads": args.threads is not None, "--seeds": args.seeds is not None,
+             "--epochs": args.epochs is not None, "--quick": args.quick}
+    skipped = {"--threads": ("--skip-speed", args.skip_speed, "the speed phase's CPU threads"),
+               "--seeds": ("--skip-accuracy", args.skip_accuracy, "the accuracy phase's seeds"),
+               "--epochs": ("--skip-accuracy", args.skip_accuracy, "the accuracy phase's training epochs"),
+               "--quick": ("--skip-speed and --skip-accuracy", args.skip_speed and args.skip_accuracy,
+                           "a shorter speed and accuracy phase")}
+    for option, (skip, is_skipped, what) in skipped.items():
+        if given[option] and is_skipped:
+            raise UsageError(f"{option} does not apply with {skip}: it sets {what}, which is not run; remove "
+                             f"{option}")
+    check_dataset_options(args.dataset, args.data_dir)  # --data-dir: the CIFAR datasets only
+
+
 def run(args) -> int:
     from ..bench import accuracy as acc
     from ..bench import conformance, report, speed
+    from ..harness.output import folder_lock
 
+    _refuse_inapplicable(args)
     devices, train_device = _speed_devices(args.device)
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     # every accuracy argument is checked here, before minutes of timing
     plan = None if args.skip_accuracy else _accuracy_plan(args, train_device)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(str(out)):  # created, checked writable and locked before the timing starts
+        return _run_phases(args, out, devices, train_device, plan, acc, conformance, report, speed)
+
+
+def _run_phases(args, out, devices, train_device, plan, acc, conformance, report, speed) -> int:
     notes, phases = [], {}
     began = time.perf_counter()
 
@@ -146,7 +172,7 @@ def _accuracy_plan(args, train_device):
     from ..harness.datasets import load_dataset
     from ..harness.train import TrainConfig, resolve_config
 
-    seeds = compare.parse_seeds(args.seeds)
+    seeds = compare.parse_seeds(3 if args.seeds is None else args.seeds)
     overrides = {}
     if args.epochs is not None:
         overrides["epochs"] = args.epochs

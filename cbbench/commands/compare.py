@@ -1,18 +1,20 @@
 """``cbbench compare``: methods x (betas) x seeds on one dataset; writes each run as it finishes, then
 results.csv, summary.md and PNG plots.
 
-Every run's configuration and the output folder are checked before the first run. Ctrl-C stops within
-seconds and keeps the finished runs; ``--resume`` continues from them. ``--betas 0,0.9,0.99,0.999,0.9999``
-runs the methods that use beta (cb_*, cb_drw, ldam_drw, cb_sampling) once per beta: the beta
-experiment of Cui et al. (plot: beta_experiment.png)."""
+Every run's configuration, every input file and the output folder are checked before the first run; the
+folder is locked against a second writer. Ctrl-C (or SIGTERM) stops within seconds and keeps the finished
+runs; ``--resume`` continues from them (refusing runs of another configuration or other data).
+``--betas 0,0.9,0.99,0.999,0.9999`` runs the methods that use beta (cb_*, cb_drw, ldam_drw, cb_sampling)
+once per beta: the beta experiment of Cui et al. (plot: beta_experiment.png)."""
 from __future__ import annotations
 
 import os
 import sys
 
+from ..harness.errors import UsageError
 from ..harness.methods import METHODS
 from .lists import parse_list, parse_methods, parse_seeds
-from .train import TORCHRUN_NOTE, add_training_arguments, training_overrides
+from .train import TORCHRUN_NOTE, add_training_arguments, check_method_options, training_overrides
 
 
 def run(args) -> int:
@@ -22,9 +24,10 @@ def run(args) -> int:
     methods = parse_methods(args.methods, METHODS)
     seeds = parse_seeds(args.seeds)
     betas = None if args.betas is None else parse_list(args.betas, float, "--betas")
+    if betas is not None and args.beta is not None:
+        raise UsageError("--beta and --betas: pass one beta for every method (--beta) or a sweep (--betas), not both")
+    check_method_options(args, methods)
     overrides = training_overrides(args)
-    if betas is not None:
-        overrides.pop("beta")  # the sweep replaces the single beta
     if not args.resume and is_main() and os.path.isdir(args.out):
         plan = plan_runs(args.dataset, methods, seeds, betas=betas, imbalance=args.imbalance, epochs=args.epochs,
                          device=args.device, **overrides)

@@ -5,10 +5,11 @@ import argparse
 import json
 import os
 
-from ..harness.datasets import DATASETS, DEFAULT_IMBALANCE
-from ..harness.methods import METHODS
+from ..harness.datasets import CLI_DATASET_OPTIONS, DATASETS, DEFAULT_IMBALANCE
+from ..harness.errors import OutputError, UsageError
+from ..harness.methods import METHODS, get_spec
 from ..harness.models import MODELS
-from ..harness.train import ACCELS
+from ..harness.train import ACCELS, TrainConfig
 
 _DATASET_HELP = ("digits-lt: scikit-learn's bundled digits, long-tailed train split (default imbalance "
                  f"{DEFAULT_IMBALANCE['digits-lt']:g}, so every class keeps >= 2 images), balanced test split; "
@@ -23,7 +24,18 @@ TORCHRUN_NOTE = (" Data parallel: torchrun --nproc_per_node=N -m cbbench ... tra
                   "on the CPU, NCCL on CUDA, one GPU per process) on the same global batches as one process "
                   "(--batch-size is the global batch); rank 0 writes the results.")
 # command-line options that go to the dataset loader (cbbench.harness.userdata), as dataset_options
-_DATASET_OPTIONS = ("train_list", "eval_list", "lists_dir", "features", "eval_split", "images", "crop")
+_DATASET_OPTIONS = CLI_DATASET_OPTIONS
+# options of the loss that only some methods use: the option and the MethodSpec property naming those methods;
+# given for methods that all ignore it, the option is refused (check_method_options)
+METHOD_OPTIONS = {"beta": "uses_beta", "gamma": "uses_gamma", "tau": "uses_tau"}
+
+
+def _default(name: str):
+    return TrainConfig.__dataclass_fields__[name].default
+
+
+def _users(option: str) -> list:
+    return [m for m in METHODS if getattr(get_spec(m), METHOD_OPTIONS[option])]
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,9 +68,12 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                         help="imbalance factor n_max / n_min (default: " + ", ".join(
                             f"{k} {v:g}" for k, v in DEFAULT_IMBALANCE.items()) + "; your own data: used as they "
                         "are unless given, then cut with the CB/LDAM rule)")
-    parser.add_argument("--beta", type=float, default=0.9999, help="class-balanced beta (default 0.9999)")
-    parser.add_argument("--gamma", type=float, default=1.0, help="focal gamma (default 1.0)")
-    parser.add_argument("--tau", type=float, default=1.0, help="logit-adjustment tau (default 1.0)")
+    parser.add_argument("--beta", type=float, default=None, help=f"class-balanced beta (default {_default('beta')}); "
+                        f"for the methods that use it: {', '.join(_users('beta'))}")
+    parser.add_argument("--gamma", type=float, default=None, help=f"focal gamma (default {_default('gamma')}); for "
+                        f"the methods that use it: {', '.join(_users('gamma'))}")
+    parser.add_argument("--tau", type=float, default=None, help=f"logit-adjustment tau (default {_default('tau')}); "
+                        f"for the methods that use it: {', '.join(_users('tau'))}")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs (default: the recipe's; CIFAR 200); warm-up, lr decays and the DRW/DRS "
                              "switch scale with it")
@@ -75,13 +90,23 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("auto", "reference", "cpu", "cuda"), default="auto",
                         help="loss backend (default auto: the fused kernels where built)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (none at all: loading, "
+                        "checking, training)")
+
+
+def check_method_options(args, methods) -> None:
+    """UsageError for ``--beta`` / ``--gamma`` / ``--tau`` given while none of ``methods`` uses it."""
+    for option, uses in METHOD_OPTIONS.items():
+        if getattr(args, option) is not None and not any(getattr(get_spec(m), uses) for m in methods):
+            chosen = f"method {methods[0]}" if len(methods) == 1 else f"methods {', '.join(methods)}"
+            raise UsageError(f"--{option} does not apply: the {chosen} do{'es' if len(methods) == 1 else ''} not use "
+                             f"it (it changes {', '.join(_users(option))}); remove --{option}")
 
 
 def training_overrides(args) -> dict:
-    overrides = {"beta": args.beta, "gamma": args.gamma, "tau": args.tau, "accel": args.accel,
-                 "backend": args.backend}
-    for name in ("data_dir", "batch_size", "lr", "weight_decay", "model", "workers", "init_weights"):
+    overrides = {"accel": args.accel, "backend": args.backend}
+    for name in ("beta", "gamma", "tau", "data_dir", "batch_size", "lr", "weight_decay", "model", "workers",
+                 "init_weights"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
@@ -92,19 +117,26 @@ def training_overrides(args) -> dict:
 
 
 def run(args) -> int:
-    from ..harness.compare import atomic_write, check_writable
-    from ..harness.ddp import is_main, on_main
-    from ..harness.train import TrainConfig, resolve_config, train_run
+    from ..harness.ddp import is_main
+    from ..harness.output import atomic_write, main_folder_lock
+    from ..harness.train import resolve_config, train_run
 
+    check_method_options(args, [args.method])
     config = TrainConfig(args.dataset, args.method, seed=args.seed, imbalance=args.imbalance, epochs=args.epochs,
                          device=args.device, **training_overrides(args))
     resolve_config(config)
-    on_main(check_writable, args.out)  # before training, not after it (rank 0 writes, under torchrun)
-    result = train_run(config, progress=not args.no_progress)
-    if not is_main():
-        return 0
-    path = os.path.join(args.out, "result.json")
-    atomic_write(path, json.dumps(result, indent=1))
+    # the folder is checked writable and locked before training, not after it (rank 0 writes, under torchrun)
+    with main_folder_lock(args.out):
+        result = train_run(config, progress=not args.no_progress)
+        if not is_main():
+            return 0
+        path = os.path.join(args.out, "result.json")
+        text = json.dumps(result, indent=1)
+        try:
+            atomic_write(path, text)
+        except OutputError as exc:  # the disk filled up during training: the result is not lost with it
+            print(text)
+            raise OutputError(f"{exc} (the run's result is printed on stdout instead)") from None
     head = f"{args.dataset} {args.method} seed {args.seed}"
     if result["status"] == "diverged":
         print(f"{head}: DIVERGED (training loss non-finite in epoch {result['diverged_epoch']}; no metrics), "

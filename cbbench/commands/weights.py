@@ -11,6 +11,7 @@ from typing import List, Sequence
 
 import torch
 
+from ..harness.output import check_writable, save_figure
 from ..weights import as_counts, class_weights, effective_number
 from .lists import parse_list
 
@@ -34,14 +35,15 @@ def weights_table(counts: Sequence[float], betas: Sequence[float]) -> str:
 
 def write_weights_report(counts: Sequence[float], betas: Sequence[float] = DEFAULT_BETAS,
                          out_dir: str = "report") -> List[str]:
-    """Write ``effective_number.png`` and ``class_weights.png`` into ``out_dir``; return their paths."""
+    """Write ``effective_number.png`` and ``class_weights.png`` into ``out_dir`` (each whole, permissions from
+    the umask; OutputError if the folder cannot be written); return their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     n = as_counts(counts)
-    os.makedirs(out_dir, exist_ok=True)
+    check_writable(out_dir)
     paths = []
 
     n_max = max(float(n.max().item()), 10.0)
@@ -61,7 +63,7 @@ def write_weights_report(counts: Sequence[float], betas: Sequence[float] = DEFAU
     ax.legend()
     fig.tight_layout()
     paths.append(os.path.join(out_dir, "effective_number.png"))
-    fig.savefig(paths[-1], dpi=120)
+    save_figure(fig, paths[-1], dpi=120)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -80,7 +82,7 @@ def write_weights_report(counts: Sequence[float], betas: Sequence[float] = DEFAU
     ax.legend(fontsize=8)
     fig.tight_layout()
     paths.append(os.path.join(out_dir, "class_weights.png"))
-    fig.savefig(paths[-1], dpi=120)
+    save_figure(fig, paths[-1], dpi=120)
     plt.close(fig)
     return paths
 
@@ -91,6 +93,8 @@ def run(args) -> int:
     as_counts(counts, "--counts")
     for b in betas:
         effective_number([1], b)  # validates beta with a clear message
+    if args.out:
+        check_writable(args.out)  # a read-only --out fails before the table, not after it
     print(weights_table(counts, betas))
     if args.out:
         for path in write_weights_report(counts, betas, args.out):

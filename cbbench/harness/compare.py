@@ -5,9 +5,12 @@ bench``). Before the first run it checks every run's configuration against the l
 output folder can be written, so a bad grid fails in seconds, not after hours. Each finished run goes at
 once to ``OUT/runs/<run id>/result.json``, and ``OUT/results.csv`` is rewritten (both atomically: a
 temporary file renamed over the old one); ``resume=True`` skips the runs whose result is already there
-(with the same configuration). ``summary.md``, ``runs.json`` and the plots follow at the end. An
-interrupt (Ctrl-C, SIGINT) stops the running run, writes the summary of the finished ones and raises
-:class:`ComparisonInterrupted`, which says what was kept.
+(with the same configuration and the same data: each result records the data's fingerprint,
+:mod:`cbbench.harness.fingerprint`; a result of other data or another configuration is refused, never
+mixed in). ``summary.md``, ``runs.json`` and the plots follow at the end. The output folder is locked for
+the whole comparison (``OUT/.cbbench.lock``, :mod:`cbbench.harness.output`): a second writer stops at
+once. An interrupt (Ctrl-C / SIGINT, or SIGTERM under the command line) stops the running run, writes the
+summary of the finished ones and raises :class:`ComparisonInterrupted`, which says what was kept.
 
 With ``betas``, every method whose behaviour depends on the class-balanced beta (CB weights, DRW, CB
 sampling) runs once per beta: the beta experiment of Cui et al. (see :mod:`cbbench.harness.beta`).
@@ -19,13 +22,14 @@ writes files and shows progress bars.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
 import json
 import math
 import os
-import tempfile
+import signal
 import time
 from typing import Iterable, List, Optional, Sequence, Union
 
@@ -34,13 +38,16 @@ from tqdm.auto import tqdm
 
 from .datasets import DATASETS, load_dataset
 from .ddp import is_main, on_main
-from .methods import get_spec
+from .errors import OutputError, ResumeConflict, UsageError
+from .fingerprint import data_fingerprint
+from .methods import METHODS, get_spec
 from .metrics import SCALAR_METRICS
-from .train import TrainConfig, check_run, resolve_config, train_run
+from .output import atomic_write, check_writable, main_folder_lock
+from .train import TrainConfig, check_inputs, check_run, resolve_config, train_run
 
 __all__ = ["run_comparison", "plan_runs", "PlannedRun", "ComparisonInterrupted", "parse_seeds", "parse_betas",
            "run_label", "summarize", "mean_std_count", "write_results_csv", "write_summary_md", "finished_run_ids",
-           "SCALAR_METRICS"]
+           "SCALAR_METRICS", "atomic_write", "check_writable"]  # the last two: cbbench.harness.output's, re-exported
 
 _RESERVED = {"dataset", "method", "seed", "imbalance", "epochs", "device", "beta"}
 _OVERRIDABLE = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in _RESERVED) + ("beta",)
@@ -61,14 +68,16 @@ class PlannedRun:
 
 
 class ComparisonInterrupted(KeyboardInterrupt):
-    """A comparison stopped by an interrupt; ``runs`` are the finished ones (written to ``out_dir``)."""
+    """A comparison stopped by an interrupt (``signum``: SIGINT, or SIGTERM); ``runs`` are the finished
+    ones (written to ``out_dir``)."""
 
-    def __init__(self, runs: list, planned: int, out_dir: Optional[str]):
-        self.runs, self.planned, self.out_dir = runs, planned, out_dir
+    def __init__(self, runs: list, planned: int, out_dir: Optional[str], signum: int = signal.SIGINT):
+        self.runs, self.planned, self.out_dir, self.signum = runs, planned, out_dir, int(signum)
         where = (f"kept in {out_dir}: {os.path.join(RUNS_DIR, '<run>', 'result.json')} per finished run, "
                  "results.csv and summary.md; rerun the same command with --resume to continue"
                  if out_dir else "nothing written (no output folder)")
-        super().__init__(f"interrupted after {len(runs)} of {planned} runs; {where}")
+        how = "terminated (SIGTERM)" if self.signum == signal.SIGTERM else "interrupted"
+        super().__init__(f"{how} after {len(runs)} of {planned} runs; {where}")
 
 
 def parse_seeds(seeds: Union[int, Iterable[int]]) -> list:
@@ -140,6 +149,10 @@ def plan_runs(dataset: str, methods: Sequence[str], seeds: Union[int, list], *, 
         raise ValueError(f"unknown option(s) {unknown}; valid: {', '.join(_OVERRIDABLE)}")
     if betas is not None and "beta" in overrides:
         raise ValueError("pass either beta (one value for every method) or betas (a sweep), not both")
+    if betas is not None and not any(spec.uses_beta for spec in specs):
+        users = ", ".join(m for m in METHODS if get_spec(m).uses_beta)
+        raise UsageError(f"--betas does not apply: none of the methods {', '.join(methods)} uses beta (the methods "
+                         f"that do: {users}); add one of them, or remove --betas")
     plan = []
     for method, spec in zip(methods, specs):
         method_betas = betas if (betas is not None and spec.uses_beta) else [overrides.get("beta")]
@@ -162,13 +175,45 @@ _TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 
 
 def _same_run(planned: PlannedRun, result: dict, train_counts: list) -> Optional[str]:
-    """``None`` when ``result`` is the finished ``planned`` run, else what differs."""
+    """``None`` when ``result`` is the finished ``planned`` run (its configuration), else what differs."""
     want = _identity(json.loads(json.dumps(planned.config.to_dict())))
     have = _identity(result.get("config", {}))
     diff = [f"{k}: {have.get(k)!r} there, {want[k]!r} now" for k in want if have.get(k) != want[k]]
     if result.get("train_counts") != list(train_counts):
         diff.append(f"training counts {result.get('train_counts')} there, {list(train_counts)} now")
     return "; ".join(diff) or None
+
+
+def _same_data(result: dict, fingerprint: str) -> Optional[str]:
+    """``None`` when ``result`` was trained on the data of ``fingerprint``, else what differs."""
+    have = result.get("data_fingerprint")
+    if have == fingerprint:
+        return None
+    if have is None:
+        return "it records no data fingerprint (an older cbbench wrote it), so its data cannot be checked"
+    return f"data fingerprint {have} there, {fingerprint} now"
+
+
+# what the summary, the CSV and the plots read from a result, and the JSON types they expect
+_RESULT_TYPES = {"method": str, "dataset": str, "seed": int, "status": str, "config": dict, "train_counts": list,
+                 "train_time_s": (int, float), "per_class_accuracy": (list, type(None)),
+                 **{key: (int, float, type(None)) for key in SCALAR_METRICS}}
+_JSON_NAMES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
+
+
+def _check_result(path: str, result) -> None:
+    """ResumeConflict unless ``result`` (read from ``path``) has the shape of a run's result."""
+    fix = "remove that file to train the run again"
+    if not isinstance(result, dict):
+        raise ResumeConflict(f"{path}: holds JSON {_JSON_NAMES.get(type(result), type(result).__name__)}, not a run's "
+                             f"result (an object); {fix}")
+    for key, types in _RESULT_TYPES.items():
+        if key not in result:
+            raise ResumeConflict(f"{path}: not a run's result (no {key!r}); {fix}")
+        if isinstance(result[key], bool) or not isinstance(result[key], types):
+            raise ResumeConflict(f"{path}: {key!r} is {_JSON_NAMES.get(type(result[key]), type(result[key]).__name__)},"
+                                 f" not what a run's result holds there; {fix}")
 
 
 def _result_path(out_dir: str, run_id: str) -> str:
@@ -180,49 +225,32 @@ def finished_run_ids(out_dir: str, plan: Sequence[PlannedRun]) -> list:
     return [p.run_id for p in plan if os.path.isfile(_result_path(out_dir, p.run_id))]
 
 
-def _load_finished(out_dir: str, plan: Sequence[PlannedRun], train_counts: list) -> dict:
-    """run id -> result of every planned run already written under ``out_dir`` with the same config;
-    a result written with another config is an error (the folder belongs to another comparison)."""
+def _load_finished(out_dir: str, plan: Sequence[PlannedRun], train_counts: list, fingerprint: str) -> dict:
+    """run id -> result of every planned run already written under ``out_dir`` with the same config and
+    data; anything else there is a ResumeConflict (the folder belongs to another comparison, or its data
+    changed): refused, never mixed into the summary."""
     finished = {}
     for planned in plan:
         path = _result_path(out_dir, planned.run_id)
         if not os.path.isfile(path):
             continue
         try:
-            with open(path) as fh:
+            with open(path, encoding="utf-8") as fh:
                 result = json.load(fh)
         except (OSError, ValueError) as exc:
-            raise ValueError(f"{path}: unreadable result ({exc}); remove it to retrain that run") from None
+            raise ResumeConflict(f"{path}: unreadable result ({exc}); remove it to retrain that run") from None
+        _check_result(path, result)
         diff = _same_run(planned, result, train_counts)
         if diff:
-            raise ValueError(f"{path} was trained with another configuration ({diff}); resume with the original "
-                             "options, or use another output folder")
+            raise ResumeConflict(f"{path} was trained with another configuration ({diff}); resume with the original "
+                                 "options, or use another output folder")
+        diff = _same_data(result, fingerprint)
+        if diff:
+            raise ResumeConflict(f"{path} was trained on other data ({diff}): the input files, their sizes or "
+                                 "modification times differ; resume on the data it was trained on, or use another "
+                                 "output folder (or remove its runs/ to train them all again)")
         finished[planned.run_id] = result
     return finished
-
-
-def check_writable(out_dir: str) -> None:
-    """Create ``out_dir`` and write (then remove) a file in it, or raise ValueError naming the folder."""
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise ValueError(f"output folder {out_dir!r} is not writable ({exc.strerror or exc})") from None
-
-
-def atomic_write(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, renamed over it."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def run_comparison(dataset: str, methods: list, seeds: Union[int, list], out_dir: Optional[str] = None, *,
@@ -244,27 +272,38 @@ def run_comparison(dataset: str, methods: list, seeds: Union[int, list], out_dir
     plan = plan_runs(dataset, methods, seeds, betas=betas, imbalance=imbalance, epochs=epochs, device=device,
                      **overrides)
     first = plan[0].config
-    data = load_dataset(dataset, data_dir=first.data_dir, imbalance=imbalance, **first.dataset_options)
+    data = load_dataset(dataset, data_dir=first.data_dir, imbalance=imbalance, progress=progress and is_main(),
+                        **first.dataset_options)
     for planned in plan:
         check_run(planned.config, data)
+    with contextlib.ExitStack() as held:
+        if out_dir is not None:  # one writer per folder, from the resume check to the last plot
+            held.enter_context(main_folder_lock(out_dir))
+        return _run_plan(plan, data, out_dir, resume=resume, reuse=reuse, progress=progress, plots=plots)
+
+
+def _run_plan(plan: List[PlannedRun], data, out_dir: Optional[str], *, resume: bool, reuse: Sequence[dict],
+              progress: bool, plots: bool) -> list:
     counts = [int(c) for c in data.train_counts]
+    fingerprint = data_fingerprint(data)
     done = {}
-    if out_dir is not None:
-        on_main(check_writable, out_dir)
-        if resume:
-            done.update(on_main(_load_finished, out_dir, plan, counts))
+    if out_dir is not None and resume:  # the folder is locked and checked writable (run_comparison)
+        done.update(on_main(_load_finished, out_dir, plan, counts, fingerprint))
     main = is_main()
     progress = progress and main
     writes = out_dir if main else None  # every rank trains; rank 0 alone writes
     for result in reuse:
         for planned in plan:
             if planned.run_id not in done and result.get("method") == planned.config.method \
-                    and result.get("seed") == planned.config.seed and not _same_run(planned, result, counts):
+                    and result.get("seed") == planned.config.seed and not _same_run(planned, result, counts) \
+                    and not _same_data(result, fingerprint):
                 done[planned.run_id] = dict(result, run_id=planned.run_id)
+    if any(p.run_id not in done for p in plan):
+        check_inputs(data, plan[0].config, progress)  # every input file, before the first epoch
 
     start = time.perf_counter()
     runs = {}
-    bar = tqdm(plan, desc=f"{dataset} comparison", disable=not progress, unit="run")
+    bar = tqdm(plan, desc=f"{data.name} comparison", disable=not progress, unit="run")
     try:
         for planned in bar:
             if planned.run_id in done:
@@ -278,12 +317,16 @@ def run_comparison(dataset: str, methods: list, seeds: Union[int, list], out_dir
             runs[planned.run_id] = result
             if writes is not None:
                 write_results_csv(_in_order(plan, runs), os.path.join(writes, "results.csv"))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         bar.close()
         finished = _in_order(plan, runs)
         if writes is not None and finished:  # the quick files only: a second Ctrl-C must not wait for plots
             write_summary_md(finished, os.path.join(writes, "summary.md"), planned=len(plan))
-        raise ComparisonInterrupted(finished, len(plan), out_dir) from None
+        raise ComparisonInterrupted(finished, len(plan), out_dir, getattr(exc, "signum", signal.SIGINT)) from None
+    except OutputError as exc:
+        kept = f"the {len(runs)} finished run(s) before it are in {os.path.join(out_dir, RUNS_DIR)}; " \
+            "--resume continues from them" if runs else "no run had finished"
+        raise OutputError(f"{exc} ({kept})") from None
     runs = _in_order(plan, runs)
     wall = time.perf_counter() - start
     out_dir = writes

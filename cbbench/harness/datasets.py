@@ -15,6 +15,7 @@ training (kind ``"image_files"``: arrays of paths); tabular features are float32
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import pickle
@@ -23,15 +24,22 @@ from typing import Optional
 
 import numpy as np
 
+from .errors import DataError, DataFileNotFound, MissingOption, UsageError
+
 __all__ = ["DATASETS", "BUILTIN_DATASETS", "USER_DATASETS", "PRESET_DATASETS", "DATASET_KINDS", "dataset_kind",
            "DEFAULT_IMBALANCE", "LongTailedData", "long_tailed_counts", "long_tailed_indices",
            "load_dataset", "load_digits_lt", "make_synthetic_lt", "make_prototypes_lt", "load_cifar_lt",
-           "write_fake_cifar", "CIFAR_MEAN", "CIFAR_STD"]
+           "write_fake_cifar", "CIFAR_MEAN", "CIFAR_STD", "DATA_DIR_DATASETS", "CLI_DATASET_OPTIONS",
+           "dataset_options", "check_dataset_options", "option_flag"]
 
 BUILTIN_DATASETS = ("digits-lt", "synthetic-lt", "prototypes-lt", "cifar10-lt", "cifar100-lt")
 USER_DATASETS = ("folder", "list", "features")
 PRESET_DATASETS = ("imagenet-lt", "places-lt", "inat2018")
 DATASETS = BUILTIN_DATASETS + USER_DATASETS + PRESET_DATASETS
+# the datasets read from a data folder (--data-dir); the others are generated, or read from --features
+DATA_DIR_DATASETS = ("cifar10-lt", "cifar100-lt", "folder", "list") + PRESET_DATASETS
+# loader options that are command-line options of `cbbench train` / `compare` (--train-list, ...)
+CLI_DATASET_OPTIONS = ("train_list", "eval_list", "lists_dir", "features", "eval_split", "images", "crop")
 # what each dataset's examples are: "tabular" (float32 feature vectors), "image" (uint8 in memory) or
 # "image_files" (files decoded while training); folder and list data are "image" or "image_files"
 # depending on their image size (see dataset_kind)
@@ -72,6 +80,11 @@ class LongTailedData:
     kind: str  # "tabular" or "image"
     imbalance: float
     meta: dict = field(default_factory=dict)
+    # the data's identity (cbbench.harness.fingerprint): set by the loader of streamed image files,
+    # computed from the arrays on first use otherwise
+    fingerprint: Optional[str] = field(default=None, repr=False)
+    # streamed image files: every file decoded once before training (cbbench.harness.userdata.check_files)
+    files_checked: bool = field(default=False, repr=False)
 
     @property
     def train_counts(self) -> np.ndarray:
@@ -88,7 +101,7 @@ def _check_imbalance(imbalance) -> float:
     except (TypeError, ValueError) as exc:
         raise TypeError(f"imbalance must be a number >= 1, got {imbalance!r}") from exc
     if not math.isfinite(value) or value < 1.0:
-        raise ValueError(f"imbalance (n_max / n_min) must be a finite number >= 1, got {imbalance!r}")
+        raise UsageError(f"imbalance (n_max / n_min) must be a finite number >= 1, got {imbalance!r}")
     return value
 
 
@@ -114,7 +127,7 @@ def long_tailed_counts(n_max: int, num_classes: int, imbalance: float, profile: 
         half = num_classes // 2
         counts = [n_max] * half + [int(n_max * imb_factor)] * (num_classes - half)
     if min(counts) < 1:
-        raise ValueError(f"imbalance {imbalance} with n_max {n_max} leaves class(es) with no example "
+        raise UsageError(f"imbalance {imbalance} with n_max {n_max} leaves class(es) with no example "
                          f"(counts {counts}); choose a smaller imbalance, so that the rarest class keeps at least one")
     return counts
 
@@ -280,12 +293,12 @@ def _cifar_folder(data_dir, num_classes: int) -> str:
                 f"(N x 3072 uint8) and {CIFAR_LAYOUT[num_classes][3]!r}; pass --data-dir DIR (or the {folder} "
                 "folder itself)")
     if data_dir is None:
-        raise FileNotFoundError(f"cifar{num_classes}-lt needs a data directory; {expected}")
+        raise MissingOption(f"cifar{num_classes}-lt needs a data directory; {expected}")
     data_dir = os.fspath(data_dir)
     for candidate in (os.path.join(data_dir, folder), data_dir):
         if all(os.path.isfile(os.path.join(candidate, f)) for f in train_files + [test_file]):
             return candidate
-    raise FileNotFoundError(f"no CIFAR-{num_classes} data under {data_dir!r}; {expected}")
+    raise DataFileNotFound(f"no CIFAR-{num_classes} data under {data_dir!r}; {expected}")
 
 
 def _read_cifar_pickle(path: str, label_key: bytes):
@@ -294,20 +307,26 @@ def _read_cifar_pickle(path: str, label_key: bytes):
         with open(path, "rb") as fh:
             entry = pickle.load(fh, encoding="bytes")
     except OSError as exc:
-        raise ValueError(f"{path}: cannot read it ({exc.strerror or exc}); {expected}") from None
+        raise DataError(f"{path}: cannot read it ({exc.strerror or exc}); {expected}") from None
     except Exception as exc:  # a truncated or corrupted pickle raises any of a dozen exception types
-        raise ValueError(f"{path}: corrupted or truncated ({type(exc).__name__}: {str(exc)[:120]}); {expected}") from None
+        raise DataError(f"{path}: corrupted or truncated ({type(exc).__name__}: {str(exc)[:120]}); "
+                        f"{expected}") from None
     if not isinstance(entry, dict):
-        raise ValueError(f"{path}: holds a {type(entry).__name__}; {expected}")
+        raise DataError(f"{path}: holds a {type(entry).__name__}; {expected}")
+    from .userdata import check_values
+
     try:
-        data = np.asarray(entry[b"data"], dtype=np.uint8)
-        labels = np.asarray(entry[label_key], dtype=np.int64)
+        # checked before the casts, which would wrap 256 to 0 and truncate 1.5 to 1 without a word
+        data = check_values(np.asarray(entry[b"data"]), np.uint8, f"{path} (b'data')")
+        labels = check_values(np.asarray(entry[label_key]), np.int64, f"{path} ({label_key!r})")
     except KeyError as exc:
-        raise ValueError(f"{path}: not a CIFAR python pickle (missing key {exc.args[0]!r}); {expected}") from None
+        raise DataError(f"{path}: not a CIFAR python pickle (missing key {exc.args[0]!r}); {expected}") from None
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: unreadable arrays ({exc}); {expected}") from None
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{path}: unreadable arrays ({exc}); {expected}") from None
     if data.ndim != 2 or data.shape[1] != 3072 or labels.ndim != 1 or len(labels) != len(data):
-        raise ValueError(f"{path}: expected b'data' of shape (N, 3072) and N labels, got {data.shape} and "
+        raise DataError(f"{path}: expected b'data' of shape (N, 3072) and N labels, got {data.shape} and "
                          f"{labels.shape} labels")
     return data.reshape(-1, 3, 32, 32), labels
 
@@ -353,7 +372,7 @@ def load_cifar_lt(num_classes: int, data_dir, imbalance: Optional[float] = None,
     x_test, y_test = _read_cifar_pickle(os.path.join(folder, test_file), label_key)
     for split, y in (("training", y_all), ("test", y_test)):
         if y.min() < 0 or y.max() >= num_classes:
-            raise ValueError(f"{folder}: {split} labels outside 0..{num_classes - 1}")
+            raise DataError(f"{folder}: {split} labels outside 0..{num_classes - 1}")
     per_class = np.bincount(y_all, minlength=num_classes)
     n_max = int(per_class.min())
     counts = long_tailed_counts(n_max, num_classes, imbalance, profile)
@@ -382,33 +401,72 @@ def dataset_kind(name: str, data_dir=None, options: Optional[dict] = None) -> st
     return "image" if images == "memory" else "image_files"
 
 
-def load_dataset(name: str, *, data_dir=None, imbalance: Optional[float] = None, **options) -> LongTailedData:
+def _loader(name: str):
+    from . import userdata
+
+    return {"digits-lt": load_digits_lt, "synthetic-lt": make_synthetic_lt, "prototypes-lt": make_prototypes_lt,
+            "cifar10-lt": load_cifar_lt, "cifar100-lt": load_cifar_lt, "folder": userdata.load_folder,
+            "list": userdata.load_list, "features": userdata.load_features}.get(name, userdata.load_preset)
+
+
+def _keyword_parameters(name: str) -> frozenset:
+    return frozenset(p.name for p in inspect.signature(_loader(name)).parameters.values()
+                     if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def dataset_options(name: str) -> frozenset:
+    """The ``options`` :func:`load_dataset` takes for ``name``: its loader's keyword-only parameters (the
+    loader's signature is the one list of them), ``features`` for the features file, less ``imbalance``
+    and ``progress`` (arguments of :func:`load_dataset` itself)."""
+    if name not in DATASETS:
+        raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    extra = {"features"} if name == "features" else set()
+    return (_keyword_parameters(name) | extra) - {"imbalance", "progress"}
+
+
+def option_flag(option: str) -> str:
+    """How the user wrote a dataset option: ``--train-list`` for the command-line ones, else its name."""
+    return "--" + option.replace("_", "-") if option in CLI_DATASET_OPTIONS + ("data_dir",) else option
+
+
+def check_dataset_options(name: str, data_dir=None, options: Optional[dict] = None) -> None:
+    """UsageError naming the first of ``data_dir`` / ``options`` that ``name`` does not read, and why: an
+    option that does not apply is refused, not ignored."""
+    if data_dir is not None and name not in DATA_DIR_DATASETS:
+        source = "read from --features" if name == "features" else "generated in memory"
+        raise UsageError(f"--data-dir does not apply to --dataset {name}: its data are {source}, no data folder is "
+                         f"read (it applies to {', '.join(DATA_DIR_DATASETS)}); remove --data-dir")
+    takes = dataset_options(name)
+    for option in options or {}:
+        if option not in takes:
+            users = [d for d in DATASETS if option in dataset_options(d)]
+            where = f"it applies to {', '.join(users)}" if users else "no dataset takes it"
+            valid = f"; {name} takes {', '.join(sorted(option_flag(o) for o in takes))}" if takes else \
+                f"; {name} takes no option"
+            raise UsageError(f"{option_flag(option)} does not apply to --dataset {name} ({where}{valid}); "
+                             f"remove it")
+
+
+def load_dataset(name: str, *, data_dir=None, imbalance: Optional[float] = None, progress: bool = True,
+                 **options) -> LongTailedData:
     """Load a dataset of :data:`DATASETS` by name; ``options`` go to its loader (e.g. ``n_max``,
     ``separation`` for synthetic-lt, ``profile``; ``train_list``, ``eval_list``, ``eval_split``,
-    ``images``, ``crop`` for the image sources of :mod:`cbbench.harness.userdata`)."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    try:
-        if name == "digits-lt":
-            return load_digits_lt(imbalance, **options)
-        if name == "synthetic-lt":
-            return make_synthetic_lt(imbalance, **options)
-        if name == "prototypes-lt":
-            return make_prototypes_lt(imbalance, **options)
-        if name in USER_DATASETS or name in PRESET_DATASETS:
-            from . import userdata
+    ``images``, ``crop`` for the image sources of :mod:`cbbench.harness.userdata`); one that the loader
+    does not take, or ``data_dir`` for a dataset without a data folder, is a UsageError. ``progress``:
+    the decoding and checking bars of the image sources."""
+    check_dataset_options(name, data_dir, options)
+    if "progress" in _keyword_parameters(name):
+        options["progress"] = progress
+    if name in ("digits-lt", "synthetic-lt", "prototypes-lt"):
+        return _loader(name)(imbalance, **options)
+    if name in ("cifar10-lt", "cifar100-lt"):
+        return load_cifar_lt(10 if name == "cifar10-lt" else 100, data_dir, imbalance, **options)
+    from . import userdata
 
-            if name == "folder":
-                return userdata.load_folder(data_dir, imbalance=imbalance, **options)
-            if name == "list":
-                return userdata.load_list(data_dir, imbalance=imbalance, **options)
-            if name == "features":
-                return userdata.load_features(options.pop("features", None), imbalance=imbalance, **options)
-            return userdata.load_preset(name, data_dir, imbalance=imbalance, **options)
-    except TypeError as exc:
-        if "unexpected keyword" in str(exc):
-            raise ValueError(f"{name}: {exc}") from exc
-        raise
-    if options.keys() - {"profile"}:
-        raise ValueError(f"{name} takes no options {sorted(options.keys() - {'profile'})} (only 'profile')")
-    return load_cifar_lt(10 if name == "cifar10-lt" else 100, data_dir, imbalance, **options)
+    if name == "folder":
+        return userdata.load_folder(data_dir, imbalance=imbalance, **options)
+    if name == "list":
+        return userdata.load_list(data_dir, imbalance=imbalance, **options)
+    if name == "features":
+        return userdata.load_features(options.pop("features", None), imbalance=imbalance, **options)
+    return userdata.load_preset(name, data_dir, imbalance=imbalance, **options)

@@ -82,10 +82,21 @@ def process_group(device, timeout_s: float = 1800.0):
         dist.destroy_process_group()
 
 
+def _portable(exc: BaseException) -> tuple:
+    """(class, message) that rebuilds ``exc`` on another rank: the cbbench error classes themselves (their
+    exit codes, :mod:`cbbench.harness.errors`), else ValueError / FileNotFoundError."""
+    from .errors import CbbenchError
+
+    cls = type(exc)
+    if not issubclass(cls, CbbenchError):
+        cls = FileNotFoundError if isinstance(exc, FileNotFoundError) else ValueError
+    return cls, str(exc)
+
+
 def on_main(fn: Callable, *args, **kwargs):
     """``fn(*args, **kwargs)`` run on rank 0 alone; every rank returns its result, or raises the
-    ``ValueError`` / ``FileNotFoundError`` it raised (same type and message). Without a process group,
-    just ``fn``."""
+    ``ValueError`` / ``FileNotFoundError`` it raised (same class for the cbbench errors, same message).
+    Without a process group, just ``fn``."""
     if distributed.world_size() == 1:
         return fn(*args, **kwargs)
     outcome = None
@@ -93,11 +104,11 @@ def on_main(fn: Callable, *args, **kwargs):
         try:
             outcome = ("ok", fn(*args, **kwargs))
         except _PASSED_ON as exc:
-            outcome = ("error", type(exc).__name__, str(exc))
+            outcome = ("error", *_portable(exc))
         except BaseException as exc:  # the others must not wait for a broadcast that never comes
-            distributed.broadcast_object(("error", "RuntimeError", f"rank 0 failed: {type(exc).__name__}: {exc}"))
+            distributed.broadcast_object(("error", RuntimeError, f"rank 0 failed: {type(exc).__name__}: {exc}"))
             raise
     outcome = distributed.broadcast_object(outcome)
     if outcome[0] == "ok":
         return outcome[1]
-    raise {"ValueError": ValueError, "FileNotFoundError": FileNotFoundError}.get(outcome[1], RuntimeError)(outcome[2])
+    raise outcome[1](outcome[2])

@@ -24,10 +24,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .ddp import is_main
+from .errors import DataError, DataFileNotFound
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "image_extensions", "open_rgb", "image_size", "decode_fixed",
            "channel_stats", "random_resized_crop_box", "ImageFiles", "collate_images", "image_loader",
-           "default_workers", "probe_memory_size"]
+           "default_workers", "probe_memory_size", "first_undecodable"]
 
 # the per-channel statistics of ImageNet (0..1 scale) used by the ImageNet-LT / Places-LT code
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -41,32 +42,39 @@ def image_extensions() -> frozenset:
     return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 
-def open_rgb(path: str):
-    """The image at ``path`` as an RGB Pillow image, fully decoded; ValueError naming the file if it
-    cannot be read or decoded."""
+def _pillow_errors() -> tuple:
+    """What Pillow raises for a file it cannot decode (a truncated JPEG is an OSError)."""
     from PIL import Image, UnidentifiedImageError
+
+    return OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError
+
+
+def open_rgb(path: str):
+    """The image at ``path`` as an RGB Pillow image, fully decoded; DataError naming the file if it
+    cannot be read or decoded (DataFileNotFound if it does not exist)."""
+    from PIL import Image
 
     try:
         with Image.open(path) as img:
             img.load()
             return img.convert("RGB")
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: image file not found") from None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:  # Pillow's decode errors
-        raise ValueError(f"{path}: unreadable image ({type(exc).__name__}: {str(exc)[:150]})") from None
+        raise DataFileNotFound(f"{path}: image file not found") from None
+    except _pillow_errors() as exc:
+        raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {str(exc)[:150]})") from None
 
 
 def image_size(path: str) -> tuple:
     """(width, height) of the image at ``path`` from its header (no full decode)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as img:
             return img.size
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: image file not found") from None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise ValueError(f"{path}: unreadable image ({type(exc).__name__}: {str(exc)[:150]})") from None
+        raise DataFileNotFound(f"{path}: image file not found") from None
+    except _pillow_errors() as exc:
+        raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {str(exc)[:150]})") from None
 
 
 def _chw(img) -> np.ndarray:
@@ -189,13 +197,47 @@ def collate_images(items):
 
 def image_loader(dataset: ImageFiles, batches, *, workers: int, pin_memory: bool = False):
     """Yield (uint8 images, labels) for each batch of keys, decoded by ``workers`` processes (0: in this
-    process); raises ValueError naming the first unreadable file."""
+    process); raises DataError naming the first unreadable file."""
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate_images,
                         pin_memory=pin_memory, prefetch_factor=4 if workers else None)
     for item in loader:
         if isinstance(item, dict):
-            raise ValueError(item["error"])
+            raise DataError(item["error"])
         yield item
+
+
+class _Decodes(Dataset):
+    """Item i: None when ``paths[i]`` decodes, else ``(i, message)``."""
+
+    def __init__(self, paths: Sequence[str]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            open_rgb(self.paths[index])
+        except (DataError, FileNotFoundError) as exc:
+            return index, str(exc)
+        return None
+
+
+def first_undecodable(paths: Sequence[str], *, workers: int, progress: bool = True, desc: str = "checking images",
+                      batch: int = 64) -> Optional[tuple]:
+    """Decode every image of ``paths`` in full (``workers`` DataLoader processes, 0: this one), with a
+    progress bar; ``(index, message)`` of the first that cannot be read or decoded, or None."""
+    loader = DataLoader(_Decodes(list(paths)), batch_size=batch, num_workers=workers, collate_fn=list)
+    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not (progress and is_main()), leave=False)
+    try:
+        for items in loader:
+            failed = [item for item in items if item is not None]
+            if failed:
+                return failed[0]
+            bar.update(len(items))
+    finally:
+        bar.close()
+    return None
 
 
 def default_workers() -> int:

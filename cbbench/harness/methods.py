@@ -47,6 +47,16 @@ class MethodSpec:
         """Whether the class-balanced beta changes what the method does (CB weights or CB sampling)."""
         return self.weighting == "cb" or self.deferred_weighting or self.sampling == "cb"
 
+    @property
+    def uses_gamma(self) -> bool:
+        """Whether the focal gamma changes what the method does (the focal losses)."""
+        return self.loss == "focal"
+
+    @property
+    def uses_tau(self) -> bool:
+        """Whether the logit-adjustment tau changes what the method does (in the loss or post hoc)."""
+        return self.loss == "logit_adjustment" or self.posthoc_adjustment
+
 
 METHOD_SPECS = {s.name: s for s in (
     MethodSpec("softmax", "softmax cross-entropy"),

@@ -1,9 +1,11 @@
-"""PNG plots of a comparison, drawn from the run results (matplotlib, Agg backend)."""
+"""PNG plots of a comparison, drawn from the run results (matplotlib, Agg backend), written whole with the
+umask's permissions (:func:`cbbench.harness.output.save_figure`)."""
 from __future__ import annotations
 
 import numpy as np
 
 from .compare import run_label
+from .output import save_figure
 
 __all__ = ["plot_accuracy_per_method", "plot_per_class_accuracy", "plot_beta_experiment"]
 
@@ -69,7 +71,7 @@ def plot_accuracy_per_method(runs: list, path: str) -> None:
     fig.suptitle(f"{first['dataset']} (imbalance {first['config']['imbalance']:g}), "
                  f"{len({r['seed'] for r in runs})} seed(s)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -100,7 +102,7 @@ def plot_per_class_accuracy(runs: list, path: str) -> None:
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(f"{runs[0]['dataset']}: per-class accuracy against class count")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -148,5 +150,5 @@ def plot_beta_experiment(runs: list, path: str) -> None:
     seeds = sorted({r["seed"] for r in runs})
     fig.suptitle(f"{runs[0]['dataset']}: balanced error against beta, mean ± std over seeds {seeds}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)

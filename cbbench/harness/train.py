@@ -41,8 +41,10 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..provenance import device_name, git_commit
-from .datasets import DATASETS, LongTailedData, dataset_kind, load_dataset
-from .ddp import is_main, rank_device
+from .datasets import DATASETS, LongTailedData, check_dataset_options, dataset_kind, load_dataset
+from .ddp import is_main, on_main, rank_device
+from .errors import UsageError
+from .fingerprint import data_fingerprint
 from .inputs import make_inputs, random_crop_flip
 from .methods import Method, get_spec
 from .metrics import evaluate_distributed, no_metrics
@@ -50,11 +52,14 @@ from .models import IMAGE_MODELS, MODELS, TABULAR_MODELS, build_model, init_sigm
 from .recipes import RECIPES, recipe_for
 from .samplers import GlobalBatchSampler, SamplingSchedule
 
-__all__ = ["TrainConfig", "RECIPES", "ACCELS", "LR_SCHEDULES", "resolve_config", "check_run", "lr_at_epoch",
-           "random_crop_flip", "train_run"]
+__all__ = ["TrainConfig", "RECIPES", "ACCELS", "LR_SCHEDULES", "resolve_config", "check_run", "check_inputs",
+           "lr_at_epoch", "random_crop_flip", "train_run"]
 
 ACCELS = ("auto", "none", "compile", "cuda_graph")
 LR_SCHEDULES = ("step", "cosine")
+# every real-valued option ends up in a float32 tensor (learning rates, loss parameters): beyond this it
+# would be inf, and the run would fail in torch or diverge, instead of being refused
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 @dataclass
 class TrainConfig:
@@ -115,6 +120,9 @@ def _real(value, name, low=-math.inf, high=math.inf, high_open=False):
         raise TypeError(f"{name} must be a number, got {value!r}") from exc
     if not math.isfinite(value) or value < low or (value >= high if high_open else value > high):
         raise ValueError(f"{name} must be a finite number in [{low}, {high}{')' if high_open else ']'}, got {value!r}")
+    if abs(value) > FLOAT32_MAX:
+        raise UsageError(f"{name} {value!r} is beyond float32's range (+-{FLOAT32_MAX:.4g}), the type training "
+                         "computes in; pass a smaller value")
     return value
 
 
@@ -147,6 +155,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     get_spec(config.method)
     if not isinstance(config.dataset_options, dict):
         raise ValueError(f"dataset_options must be a dict, got {config.dataset_options!r}")
+    check_dataset_options(config.dataset, config.data_dir, config.dataset_options)
     kind = dataset_kind(config.dataset, config.data_dir, config.dataset_options)
     recipe = recipe_for(config.dataset, kind)
     c = dataclasses.replace(config, dataset_options=dict(config.dataset_options))
@@ -197,6 +206,10 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     if c.workers is not None:
         if isinstance(c.workers, bool) or not isinstance(c.workers, (int, np.integer)) or c.workers < 0:
             raise ValueError(f"workers must be a whole number >= 0, got {c.workers!r}")
+        if kind != "image_files":
+            held = "feature vectors" if kind == "tabular" else "images decoded into memory before training"
+            raise UsageError(f"--workers does not apply to --dataset {c.dataset}: its data are {held}, and --workers "
+                             "sets the processes that decode streamed image files; remove it")
         c.workers = int(c.workers)
     c.seed = int(_real(c.seed, "seed", 0, 2 ** 63 - 1))
     c.lr = _real(c.lr, "lr", 0.0)
@@ -206,6 +219,12 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     c.nesterov, c.norm_weight_decay = _flag(c.nesterov, "nesterov"), _flag(c.norm_weight_decay, "norm_weight_decay")
     if c.nesterov and c.momentum == 0:
         raise ValueError("nesterov needs momentum > 0")
+    # the largest rate a parameter group gets (lr_at_epoch times its group's factor) is a float32 tensor too
+    peak = c.lr * max([1.0, *c.lr_factors]) * max(1.0, c.backbone_lr_factor)
+    if peak > FLOAT32_MAX:
+        raise UsageError(f"lr {c.lr!r}: the learning rate reaches {peak:.4g} (times lr_factors {list(c.lr_factors)} "
+                         f"and backbone_lr_factor {c.backbone_lr_factor:g}), beyond float32's range "
+                         f"(+-{FLOAT32_MAX:.4g}), the type the optimizer holds it in; pass a smaller --lr")
     c.beta = _real(c.beta, "beta", 0.0, 1.0, high_open=True)
     c.gamma = _real(c.gamma, "gamma", 0.0)
     c.tau = _real(c.tau, "tau")
@@ -360,12 +379,28 @@ def check_run(config: TrainConfig, data: LongTailedData) -> TrainConfig:
     return config
 
 
+def check_inputs(data: LongTailedData, config: TrainConfig, progress: bool = True) -> None:
+    """Every input file the run reads, checked before its first epoch: streamed image files are decoded
+    once (:func:`cbbench.harness.userdata.check_files`, by rank 0 with ``config.workers`` processes; its
+    verdict reaches every rank), once per loaded data; the other kinds were read whole when loaded."""
+    if data.kind != "image_files" or data.files_checked:
+        return
+    from .images import default_workers
+    from .userdata import check_files
+
+    workers = default_workers() if config.workers is None else config.workers
+    on_main(check_files, data, workers=workers, progress=progress and is_main())
+    data.files_checked = True
+
+
 def train_run(config: TrainConfig, data: Optional[LongTailedData] = None, *, progress: bool = True,
               return_model: bool = False):
     """Train ``config.method`` on ``config.dataset`` and return the result dict (the keys of
     ``result.json``: top1_error, balanced_accuracy, per_class_accuracy, many_shot, medium_shot, few_shot,
     train_counts, method, dataset, config, plus seed, train_time_s, train_loss (the mean training loss of
-    each epoch), status, diverged_epoch and epochs_completed). ``data`` skips loading; ``return_model``:
+    each epoch), status, diverged_epoch, epochs_completed and data_fingerprint, the identity of the data
+    (:mod:`cbbench.harness.fingerprint`)). Streamed image files are all decoded once before the first
+    epoch (:func:`check_inputs`). ``data`` skips loading; ``return_model``:
     return ``(result, model)``, the trained model (on its device, outside any DDP wrapper).
 
     Inside an initialised process group of several ranks, every rank calls it with the same arguments
@@ -381,8 +416,9 @@ def train_run(config: TrainConfig, data: Optional[LongTailedData] = None, *, pro
     config = resolve_config(config)
     if data is None:
         data = load_dataset(config.dataset, data_dir=config.data_dir, imbalance=config.imbalance,
-                            **config.dataset_options)
+                            progress=progress and is_main(), **config.dataset_options)
     config = check_run(config, data)
+    check_inputs(data, config, progress)
     threads = config.threads
     if threads is None and data.kind == "tabular" and torch.device(config.device).type == "cpu":
         threads = 1
@@ -524,7 +560,8 @@ def _train(config: TrainConfig, data: LongTailedData, threads: int, progress: bo
                 "loss_backend": _loss_backend(config.backend, device), "world_size": world,
                 "dist_backend": dist.get_backend() if parallel else None})
     result.update({"method": config.method, "dataset": config.dataset, "config": cfg, "seed": config.seed,
-                   "beta": config.beta if spec.uses_beta else None, "train_time_s": train_time})
+                   "beta": config.beta if spec.uses_beta else None, "train_time_s": train_time,
+                   "data_fingerprint": data_fingerprint(data)})
     return result, model
 
 
