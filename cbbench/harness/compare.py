@@ -406,7 +406,7 @@ def _run_plan(plan: List[PlannedRun], data, out_dir: Optional[str], *, resume: b
             if has_beta_sweep(runs):
                 plot_beta_experiment(runs, os.path.join(out_dir, "beta_experiment.png"))
     if failures:
-        raise RunsFailed(_failed_message(failures, len(plan), len(runs), out_dir, executor), runs, failures)
+        raise RunsFailed(_failed_message(failures, len(plan), len(runs), out_dir), runs, failures)
     return runs
 
 
@@ -427,7 +427,8 @@ def _report_failure(out_dir: Optional[str], failure: RunFailure, bar) -> None:
     where = ""
     if out_dir is not None:
         path = _error_path(out_dir, failure.run_id)
-        atomic_write(path, f"{failure.run_id}: failed after {failure.attempts} attempt(s)\n\n{failure.details}\n")
+        atomic_write(path, f"{failure.run_id}: failed after {failure.attempts} attempt(s): {failure.error}\n\n"
+                           f"The last attempt's report:\n{failure.details}\n")
         where = f" (details: {path})"
     line = f"failed: {failure.run_id} after {failure.attempts} attempt(s): {failure.error}{where}"
     if bar is not None:
@@ -436,14 +437,13 @@ def _report_failure(out_dir: Optional[str], failure: RunFailure, bar) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-def _failed_message(failures: list, planned: int, finished: int, out_dir: Optional[str], executor) -> str:
+def _failed_message(failures: list, planned: int, finished: int, out_dir: Optional[str]) -> str:
     names = ", ".join(f["run_id"] for f in failures[:5]) + (f" and {len(failures) - 5} more" if len(failures) > 5
                                                              else "")
-    retries = getattr(executor, "retries", 0)
     kept = (f"the {finished} finished run(s), results.csv and summary.md are in {out_dir}, each failed run's error "
             f"in {os.path.join(out_dir, RUNS_DIR, '<run>', 'error.txt')}; rerun the same command with --resume to "
             "train only the failed runs") if out_dir else f"{finished} run(s) finished"
-    return f"{len(failures)} of {planned} runs failed ({retries} retries each): {names}; {kept}"
+    return f"{len(failures)} of {planned} runs failed after their retries: {names}; {kept}"
 
 
 def _in_order(plan: Sequence[PlannedRun], runs: dict) -> list:

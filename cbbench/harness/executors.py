@@ -37,6 +37,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import re
 import signal
 import threading
 from typing import Callable, Iterator, Optional, Sequence, Union
@@ -284,7 +285,7 @@ class RayExecutor:
                         result = ray.get(ref)
                     except Exception as exc:  # the task's own error, a dead worker or node: the run failed
                         attempts = _snapshot(ray, starts, timeout=10).get(run_id, counts.get(run_id, 0))
-                        yield Outcome(run_id, failure=RunFailure(run_id, _one_line(exc), str(exc), attempts))
+                        yield Outcome(run_id, failure=RunFailure(run_id, _one_line(exc), _plain(str(exc)), attempts))
                     else:
                         yield Outcome(run_id, result=result)
                 running(sum(1 for r in counts if r not in ended))
@@ -375,12 +376,17 @@ def _run_task(train: Callable, config, data, run_id: str, threads: int, expect: 
     return train(config, data, progress=False)
 
 
+def _plain(text: str) -> str:
+    """``text`` without terminal colour codes (Ray colours the task's name in its reports)."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
 def _one_line(exc: BaseException) -> str:
     """A failed task's error in one line: the original exception of a task that raised, or the first
     line of Ray's report (a dead worker or node, a cancelled task)."""
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException):
         text = str(cause).strip().splitlines()
-        return f"{type(cause).__name__}: {text[0]}" if text else type(cause).__name__
+        return _plain(f"{type(cause).__name__}: {text[0]}" if text else type(cause).__name__)
     text = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return _plain(f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__)
