@@ -228,7 +228,7 @@ def test_ray_grid_is_bitwise_the_serial_grid(ray_cluster, serial_reference, tmp_
 
 @needs_ray
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_resume_after_a_cancelled_ray_grid_completes_it(ray_cluster, serial_reference, tmp_path, signum):
     out = tmp_path / "ray"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
