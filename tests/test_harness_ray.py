@@ -24,10 +24,11 @@ import _thread
 from pathlib import Path
 
 import pytest
+import torch
 
 from cbbench.cli import main
 from cbbench.harness import compare as compare_mod
-from cbbench.harness.compare import ComparisonInterrupted, run_comparison
+from cbbench.harness.compare import ComparisonInterrupted, plan_runs, run_comparison
 from cbbench.harness.errors import EXIT_FAILED_RUNS, EXIT_USAGE, RunsFailed, UsageError
 from cbbench.harness.executors import Outcome, RayExecutor, RunFailure, SerialExecutor
 from cbbench.harness.train import train_run
@@ -178,6 +179,18 @@ def test_bad_ray_options_are_one_usage_error(options, message):
         RayExecutor(**options)
 
 
+def test_a_gpu_grid_is_planned_on_a_driver_without_a_gpu():
+    # the driver of a cluster (a login or head node) may have no GPU while its workers do: the runs are
+    # planned and checked there for "cuda" without looking for one; the worker resolves the device again
+    (planned,) = plan_runs("digits-lt", ["softmax"], 1, device="cuda", local_device=False)
+    assert planned.config.device == "cuda" and planned.config.accel == "cuda_graph"
+    with pytest.raises(UsageError, match="no index"):
+        plan_runs("digits-lt", ["softmax"], 1, device="cuda:1", local_device=False)
+    if not torch.cuda.is_available():  # here, planned on this machine, it is refused as before
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            plan_runs("digits-lt", ["softmax"], 1, device="cuda")
+
+
 class _FailsOne(SerialExecutor):
     """In-process stand-in for a cluster where one run fails after its retries."""
 
@@ -222,7 +235,8 @@ def test_a_failed_run_is_reported_kept_apart_and_resume_trains_only_it(tmp_path,
 def test_ray_grid_is_bitwise_the_serial_grid(ray_cluster, serial_reference, tmp_path):
     out = tmp_path / "ray"
     runs = run_comparison(out_dir=str(out), progress=False, executor=RayExecutor(), **GRID)
-    assert [r["run_id"] for r in runs] == [r["run_id"] for r in json.loads((serial_reference / "runs.json").read_text())]
+    serial_runs = json.loads((serial_reference / "runs.json").read_text())
+    assert [r["run_id"] for r in runs] == [r["run_id"] for r in serial_runs]  # grid order, not finishing order
     _assert_same_as_serial(out, serial_reference)
 
 

@@ -7,9 +7,9 @@ runs; ``--resume`` continues from them (refusing runs of another configuration o
 ``--betas 0,0.9,0.99,0.999,0.9999`` runs the methods that use beta (cb_*, cb_drw, ldam_drw, cb_sampling)
 once per beta: the beta experiment of Cui et al. (plot: beta_experiment.png).
 ``--executor ray`` runs every run as a Ray task on a cluster (``--address``; default: the one ``ray start``
-runs on this machine, else a Ray instance started for the comparison), with ``--cpus-per-run`` / ``--gpus-per-run`` each; the results come back here and are written as
-above. A run that fails there after ``--retries`` retries is listed in the summary (exit code 7);
-``--resume`` trains only those again."""
+runs on this machine, else a Ray instance started for the comparison), with ``--cpus-per-run`` /
+``--gpus-per-run`` each; the results come back here and are written as above. A run that fails there
+after ``--retries`` retries is listed in the summary (exit code 7); ``--resume`` trains only those again."""
 from __future__ import annotations
 
 import contextlib

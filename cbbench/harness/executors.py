@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import re
@@ -44,7 +45,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import Terminated, UsageError
 
 __all__ = ["EXECUTORS", "RAY_EXTRA", "DEFAULT_RETRIES", "RunFailure", "Outcome", "SerialExecutor", "RayExecutor",
            "make_executor", "import_ray"]
@@ -188,6 +189,10 @@ class RayExecutor:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UsageError(f"cannot {where}: {first}; start one with 'ray start --head', or check --address") \
                 from None
+        except SystemExit as exc:  # SIGTERM while ray.init held its own handler: stop as cbbench/cli.py does
+            if main and exc.code == signal.SIGTERM:
+                raise Terminated() from None
+            raise
         finally:
             if main and previous is not None:
                 signal.signal(signal.SIGTERM, previous)
@@ -263,38 +268,71 @@ class RayExecutor:
         data_ref = ray.put(data)
         expect = _environment()
         threads = max(1, int(self.cpus_per_run))
-        refs = {}
-        pending = []
-        try:
-            for planned in todo:
-                ref = task.options(name=f"cbbench {planned.run_id}", **resources).remote(
-                    train, planned.config, data_ref, planned.run_id, threads, expect, starts)
-                refs[ref] = planned.run_id
-                pending.append(ref)
-            ended = set()
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1, timeout=_POLL_S)
-                if ready and pending:  # everything else that has ended too, without waiting
-                    more, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
-                    ready += more
-                counts = _snapshot(ray, starts)
-                for ref in ready:
-                    run_id = refs[ref]
-                    ended.add(run_id)
-                    try:
-                        result = ray.get(ref)
-                    except Exception as exc:  # the task's own error, a dead worker or node: the run failed
-                        attempts = _snapshot(ray, starts, timeout=10).get(run_id, counts.get(run_id, 0))
-                        yield Outcome(run_id, failure=RunFailure(run_id, _one_line(exc), _plain(str(exc)), attempts))
-                    else:
-                        yield Outcome(run_id, result=result)
-                running(sum(1 for r in counts if r not in ended))
-        finally:
-            for ref in pending:  # an interrupt, or the caller stopped: nothing is left running
+        refs, pending = {}, []
+        with _remembered(signal.SIGTERM) as sigterm:
+            try:
+                for planned in todo:
+                    ref = task.options(name=f"cbbench {planned.run_id}", **resources).remote(
+                        train, planned.config, data_ref, planned.run_id, threads, expect, starts)
+                    refs[ref] = planned.run_id
+                    pending.append(ref)
+                ended, counts = set(), {}
+                asked = starts.snapshot.remote()  # answered in the background: the loop never waits for it
+                while pending:
+                    ready, pending = ray.wait(pending, num_returns=1, timeout=_POLL_S)
+                    if ready and pending:  # everything else that has ended too, without waiting
+                        more, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
+                        ready += more
+                    if ray.wait([asked], timeout=0)[0]:
+                        # the counter is for the progress bar and the report: never a reason to stop
+                        with contextlib.suppress(Exception):
+                            counts = ray.get(asked)
+                        asked = starts.snapshot.remote()
+                    for ref in ready:
+                        run_id = refs[ref]
+                        ended.add(run_id)
+                        try:
+                            result = ray.get(ref)
+                        except Exception as exc:  # the task's own error, a dead worker or node: the run failed
+                            attempts = _snapshot(ray, starts, timeout=10).get(run_id, counts.get(run_id, 0))
+                            failure = RunFailure(run_id, _one_line(exc), _plain(str(exc)), attempts)
+                            yield Outcome(run_id, failure=failure)
+                        else:
+                            yield Outcome(run_id, result=result)
+                    running(sum(1 for r in counts if r not in ended))
+            except KeyboardInterrupt as exc:
+                if sigterm and not isinstance(exc, Terminated):  # Ray's wait or get made it a plain one
+                    raise Terminated() from None
+                raise
+            finally:
+                for ref in pending:  # an interrupt, or the caller stopped: nothing is left running
+                    with contextlib.suppress(Exception):
+                        ray.cancel(ref, force=True)
                 with contextlib.suppress(Exception):
-                    ray.cancel(ref, force=True)
-            with contextlib.suppress(Exception):
-                ray.kill(starts)
+                    ray.kill(starts)
+
+
+@contextlib.contextmanager
+def _remembered(signum: int):
+    """The signals ``signum`` that arrive while the block runs (a list, empty if none). Ray's ``wait`` and
+    ``get`` run the Python signal handlers themselves and turn whatever they raise into a plain
+    KeyboardInterrupt: SIGTERM's :class:`~cbbench.harness.errors.Terminated` (cbbench/cli.py) would read
+    as SIGINT, so the handler in place is wrapped to remember it."""
+    seen = []
+    previous = signal.getsignal(signum) if threading.current_thread() is threading.main_thread() else None
+    if not callable(previous):  # the default (the process ends), ignored, or not the main thread
+        yield seen
+        return
+
+    def remember(number, frame):
+        seen.append(number)
+        previous(number, frame)
+
+    signal.signal(signum, remember)
+    try:
+        yield seen
+    finally:
+        signal.signal(signum, previous)
 
 
 def make_executor(executor: Union[str, SerialExecutor, RayExecutor, None] = None, **options):
@@ -328,15 +366,17 @@ class _Starts:
         return dict(self.starts)
 
 
-def _snapshot(ray, starts, timeout: float = 2.0) -> dict:
+def _snapshot(ray, starts, timeout: float) -> dict:
     try:
         return ray.get(starts.snapshot.remote(), timeout=timeout)
     except Exception:  # the counter is for the progress bar and the report: never a reason to stop
         return {}
 
 
+@functools.lru_cache(maxsize=None)
 def _environment() -> dict:
-    """What must match between the driver and every node for their results to belong in one table."""
+    """What must match between the driver and every node for their results to belong in one table (once
+    per process: a worker keeps the code it imported)."""
     import torch
 
     import cbbench
