@@ -55,6 +55,8 @@ RAY_EXTRA = "pip install 'cbbench[ray]'"
 DEFAULT_RETRIES = 2
 # how long the driver waits for finished tasks before it refreshes the progress counts
 _POLL_S = 0.5
+# how long cancelled tasks may take to stop by themselves before their workers are killed
+_CANCEL_GRACE_S = 5.0
 
 
 @dataclasses.dataclass
@@ -305,11 +307,27 @@ class RayExecutor:
                     raise Terminated() from None
                 raise
             finally:
-                for ref in pending:  # an interrupt, or the caller stopped: nothing is left running
-                    with contextlib.suppress(Exception):
-                        ray.cancel(ref, force=True)
+                if pending:  # an interrupt, or the caller stopped: nothing is left running
+                    _cancel(ray, pending)
                 with contextlib.suppress(Exception):
                     ray.kill(starts)
+
+
+def _cancel(ray, refs: list) -> None:
+    """Cancel the tasks of ``refs``: the queued ones never start, a running one stops at its next Python
+    step (Ray raises KeyboardInterrupt in it); one still running after ``_CANCEL_GRACE_S`` (stuck in C code)
+    has its worker killed. Killing first (``force=True``) races with a task that ends at that moment, which
+    aborts the driver in Ray 2.60 ("Tried to complete task that was not pending")."""
+    for ref in refs:
+        with contextlib.suppress(Exception):
+            ray.cancel(ref)
+    try:
+        _, stuck = ray.wait(refs, num_returns=len(refs), timeout=_CANCEL_GRACE_S)
+    except Exception:
+        stuck = refs
+    for ref in stuck:
+        with contextlib.suppress(Exception):
+            ray.cancel(ref, force=True)
 
 
 @contextlib.contextmanager
