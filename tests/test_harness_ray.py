@@ -16,6 +16,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -343,6 +344,30 @@ def test_an_interrupt_cancels_the_tasks_still_running(ray_cluster, tmp_path, mon
         return False
 
     _wait_for(gone, 30, f"the cancelled task's worker (pid {sleeper}) to stop")  # not its 120 s of sleep
+
+
+@needs_ray
+def test_a_stale_ray_start_record_starts_a_local_instance_instead_of_waiting(monkeypatch, capsys):
+    import ray._private.services as services
+
+    from cbbench.harness.executors import _default_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with socket.socket() as alive:  # a cluster that answers: connect to it, as ray.init would
+        alive.bind(("127.0.0.1", 0))
+        alive.listen()
+        monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir: f"127.0.0.1:{alive.getsockname()[1]}")
+        assert _default_address() is None
+        dead = alive.getsockname()[1]
+    # `ray start` stopped without `ray stop` leaves its record: ray.init would wait minutes for it
+    monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir: f"127.0.0.1:{dead}")
+    assert _default_address() == "local"
+    assert f"(127.0.0.1:{dead}) does not answer" in capsys.readouterr().err
+    monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir: None)
+    assert _default_address() is None
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{dead}")  # the user's choice is Ray's to follow
+    monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir: f"127.0.0.1:{dead}")
+    assert _default_address() is None
 
 
 @needs_ray

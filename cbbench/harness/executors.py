@@ -38,8 +38,11 @@ import dataclasses
 import functools
 import logging
 import math
+import os
 import re
 import signal
+import socket
+import sys
 import threading
 from typing import Callable, Iterator, Optional, Sequence, Union
 
@@ -183,14 +186,18 @@ class RayExecutor:
         # ray.init replaces the SIGTERM handler by sys.exit: SIGTERM must keep stopping a comparison as
         # SIGINT does (cbbench/cli.py), which cancels the tasks and keeps the finished runs
         previous = signal.getsignal(signal.SIGTERM) if main else None
+        address = self.address if self.address is not None else _default_address()
         try:
-            ray.init(address=self.address, **options)
+            ray.init(address=address, **options)
         except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
             where = "start or find a Ray instance on this machine" if self.address is None else \
                 f"connect to the Ray cluster at {self.address!r}"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UsageError(f"cannot {where}: {first}; start one with 'ray start --head', or check --address") \
-                from None
+            token = "" if self.address in (None, "auto") or os.environ.get("RAY_AUTH_MODE") else \
+                " (a cluster with token authentication, as 'ray start' has by default in Ray 2.60, also needs " \
+                "RAY_AUTH_MODE=token here and its token in ~/.ray/auth_token)"
+            raise UsageError(f"cannot {where}: {first}; start one with 'ray start --head', or check --address"
+                             f"{token}") from None
         except SystemExit as exc:  # SIGTERM while ray.init held its own handler: stop as cbbench/cli.py does
             if main and exc.code == signal.SIGTERM:
                 raise Terminated() from None
@@ -351,6 +358,33 @@ def _remembered(signum: int):
         yield seen
     finally:
         signal.signal(signum, previous)
+
+
+def _default_address() -> Optional[str]:
+    """``ray.init``'s own choice when no address is given (``None``: ``RAY_ADDRESS``, else the cluster that
+    ``ray start`` recorded on this machine, else a new instance), except that a recorded cluster which no
+    longer answers (stopped without ``ray stop``, which leaves the record behind) is skipped with a note:
+    ``ray.init`` would wait for it for many minutes. ``"local"`` then starts a new instance."""
+    if os.environ.get("RAY_ADDRESS"):
+        return None
+    try:  # where `ray start` records its cluster: Ray's own lookup (private; without it, Ray decides)
+        from ray._private.services import find_bootstrap_address
+
+        recorded = find_bootstrap_address(None)
+        host, _, port = recorded.rpartition(":") if recorded else ("", "", "")
+        port = int(port) if recorded else None
+    except Exception:
+        return None
+    if not recorded:
+        return None
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+        return None
+    except OSError:
+        print(f"note: the Ray cluster that 'ray start' recorded on this machine ({recorded}) does not answer (stopped "
+              "without 'ray stop'?); starting a Ray instance for this comparison instead", file=sys.stderr,
+              flush=True)
+        return "local"
 
 
 def make_executor(executor: Union[str, SerialExecutor, RayExecutor, None] = None, **options):
