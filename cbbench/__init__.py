@@ -5,7 +5,7 @@ Importing cbbench never initialises CUDA and never fails because a compiled kern
 """
 from . import functional, nn, ops, reference
 from .nn import (BalancedSoftmaxLoss, ClassBalancedLinearLoss, ClassBalancedLoss, LDAMLoss, LogitAdjustedLoss,
-                 SigmoidCrossEntropyLoss, SigmoidFocalLoss, SoftmaxCrossEntropyLoss)
+                 SigmoidCrossEntropyLoss, SigmoidFocalLoss, SoftmaxCrossEntropyLoss, SoftmaxFocalLoss)
 from .weights import class_balanced_weights, class_weights, effective_number, ldam_margins, log_prior
 
 __version__ = "0.1.0"
@@ -23,6 +23,7 @@ __all__ = [
     "ClassBalancedLoss",
     "ClassBalancedLinearLoss",
     "SoftmaxCrossEntropyLoss",
+    "SoftmaxFocalLoss",
     "SigmoidCrossEntropyLoss",
     "SigmoidFocalLoss",
     "BalancedSoftmaxLoss",

@@ -52,19 +52,24 @@ def rank(group=None) -> int:
 
 
 def _local_divisor(logits: Tensor, target: Tensor, weight: Optional[Tensor], reduction: str,
-                   ignore_index: int) -> Optional[Tensor]:
-    """This rank's un-floored divisor of ``reduction`` (cbbench/shapes.py, local_divisor)."""
+                   ignore_index: int, sample_weight=None) -> Optional[Tensor]:
+    """This rank's un-floored divisor of ``reduction``: the arguments of cbbench/shapes.py's local_divisor
+    (the reference's formula) from the loss's own."""
     if reduction in ("sum", "none"):
         return None
     w = None if weight is None else torch.as_tensor(weight, device=logits.device)
+    s = None if sample_weight is None else torch.as_tensor(sample_weight, device=logits.device).reshape(-1)
     if target.is_floating_point():
         t = rows(target)
-        return local_divisor(reduction, multi_hot_target=t, column_weight=w, num_rows=t.shape[0])
+        return local_divisor(reduction, multi_hot_target=t, column_weight=w, num_rows=t.shape[0], sample_weight=s)
     y = target.reshape(-1)
     valid = y != ignore_index
     row_weight = None
-    if w is not None and reduction == "weighted_mean":
-        row_weight = w.to(torch.float64)[torch.where(valid, y, torch.zeros_like(y)).clamp(0, w.numel() - 1)]
+    if reduction == "weighted_mean":
+        if w is not None:
+            row_weight = w.to(torch.float64)[torch.where(valid, y, torch.zeros_like(y)).clamp(0, w.numel() - 1)]
+        if s is not None:
+            row_weight = s.to(torch.float64) if row_weight is None else row_weight * s.to(torch.float64)
     return local_divisor(reduction, valid=valid, row_weight=row_weight)
 
 
@@ -86,7 +91,7 @@ def synchronised(loss_fn: Callable[..., Tensor], logits: Tensor, target: Tensor,
     loss = loss_fn(logits, target, weight, reduction=inner, ignore_index=ignore_index, **options)
     group = process_group
     size = world_size(group)
-    local = _local_divisor(logits, target, weight, reduction, ignore_index)
+    local = _local_divisor(logits, target, weight, reduction, ignore_index, options.get("sample_weight"))
     if local is None:
         return loss * size if size != 1 else loss
     total = _all_reduce_sum(local, group) if size > 1 else local
