@@ -36,6 +36,9 @@ __all__ = ["softmax_cross_entropy", "softmax_focal_loss", "sigmoid_cross_entropy
 # ----------------------------------------------------------------------------------------------
 # argument checks
 # ----------------------------------------------------------------------------------------------
+_REAL_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
 def _check_float_tensor(t, name: str, fn: str) -> None:
     """``t`` is a dense floating-point tensor (logits, hidden features, a classifier weight)."""
     if not isinstance(t, torch.Tensor):
@@ -46,7 +49,9 @@ def _check_float_tensor(t, name: str, fn: str) -> None:
 
 
 def _check_logits(logits, fn: str) -> None:
-    _check_float_tensor(logits, "logits", fn)
+    if (not isinstance(logits, torch.Tensor) or logits.dtype not in _REAL_FLOATS or logits.layout is not torch.strided
+            or logits.is_nested):
+        _check_float_tensor(logits, "logits", fn)  # names the problem (other floating dtypes pass)
     if logits.dim() < 2:
         raise ValueError(f"{fn}: logits must have shape (N, C) or (N, C, d1, ...), got {tuple(logits.shape)}")
     if logits.shape[1] == 0:
@@ -71,8 +76,14 @@ def _check_class_indices(logits: Tensor, target, fn: str) -> Tensor:
     dtype = target.dtype
     if dtype is not torch.int64 and (dtype == torch.bool or target.is_floating_point() or target.is_complex()):
         raise TypeError(f"{fn}: target must hold integer class indices, got dtype {dtype}")
-    _check_dense(target, "target", fn)
-    if target.dim() != logits.dim() - 1 or target.shape != sample_shape(logits):
+    if target.layout is not torch.strided or target.is_nested:
+        _check_dense(target, "target", fn)
+    dim = logits.dim()
+    if dim == 2:  # the common case, without building the sample shape
+        shape_ok = target.dim() == 1 and target.shape[0] == logits.shape[0]
+    else:
+        shape_ok = target.dim() == dim - 1 and target.shape == sample_shape(logits)
+    if not shape_ok:
         raise ValueError(f"{fn}: target shape {tuple(target.shape)} does not match logits shape "
                          f"{tuple(logits.shape)}; expected {sample_shape(logits)}")
     _check_same_device(target, "target", logits, fn)
@@ -108,9 +119,9 @@ def _check_class_vector(vec, name: str, logits: Tensor, fn: str) -> Optional[Ten
         except (TypeError, ValueError, RuntimeError) as exc:
             raise TypeError(f"{fn}: {name} must be a tensor or a sequence of numbers (one per class), got "
                             f"{type(vec).__name__}") from exc
-    if vec.is_complex():
-        raise TypeError(f"{fn}: {name} must hold real numbers, got dtype {vec.dtype}")
-    if not vec.is_floating_point():
+    if vec.dtype not in _REAL_FLOATS:
+        if vec.is_complex():
+            raise TypeError(f"{fn}: {name} must hold real numbers, got dtype {vec.dtype}")
         vec = vec.float()
     num_classes = logits.shape[1]
     if vec.dim() != 1 or vec.shape[0] != num_classes:
@@ -146,6 +157,9 @@ def _check_index(value, name: str, fn: str) -> int:
 
 def _check_real(value, name: str, fn: str, *, low: float = -math.inf, high: float = math.inf,
                 low_open: bool = False, high_open: bool = False) -> float:
+    if type(value) is float and (value > low if low_open else value >= low) and (
+            value < high if high_open else value <= high) and -math.inf < value < math.inf:
+        return value  # the common case; everything else takes the checks below
     if isinstance(value, torch.Tensor) and value.requires_grad:
         raise TypeError(f"{fn}: {name} is a tensor that requires grad, but it is taken as a plain number, so "
                         f"its gradient would silently be lost; pass a number (or {name}.detach())")
@@ -298,10 +312,14 @@ def _softmax_family(fn: str, logits: Tensor, target: Tensor, weight: Optional[Te
         gamma = _check_real(gamma, "gamma", fn, low=0.0)
     target = _check_class_indices(logits, target, fn)
     weight = _check_class_vector(weight, "weight", logits, fn)
-    logit_offset = _check_class_vector(logit_offset, "logit_offset", logits, fn)
-    target_margin = _check_class_vector(target_margin, "target_margin", logits, fn)
-    alpha = _check_class_alpha(alpha, logits, fn)
-    sample_weight = _check_sample_weight(sample_weight, logits, fn)
+    if logit_offset is not None:
+        logit_offset = _check_class_vector(logit_offset, "logit_offset", logits, fn)
+    if target_margin is not None:
+        target_margin = _check_class_vector(target_margin, "target_margin", logits, fn)
+    if alpha is not None:
+        alpha = _check_class_alpha(alpha, logits, fn)
+    if sample_weight is not None:
+        sample_weight = _check_sample_weight(sample_weight, logits, fn)
 
     if not ops.uses_kernels(backend, logits):
         _check_target_range(logits, target, ignore_index, fn)
@@ -310,28 +328,18 @@ def _softmax_family(fn: str, logits: Tensor, target: Tensor, weight: Optional[Te
         if focal:
             return reference.softmax_focal_loss(logits, target, weight, gamma=gamma, alpha=alpha, **options)
         return reference.softmax_cross_entropy(logits, target, weight, label_smoothing=label_smoothing, **options)
-    with _named(fn):
-        loss = torch.ops.cbbench.softmax_cross_entropy(
+    try:
+        loss = ops.softmax_cross_entropy(
             _rows(logits), _flat(target), weight, logit_offset, target_margin, scale, label_smoothing,
             gamma or 0.0, alpha, None if sample_weight is None else _flat(sample_weight), ignore_index, reduction)
+    except ValueError as exc:
+        raise _named(exc, fn) from None
     return _finish(loss, logits, reduction)
 
 
-class _named:
-    """Names the public function in the kernels' target range error (``ValueError: target value ...``)."""
-
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: str):
-        self.fn = fn
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        if kind is ValueError and str(exc).startswith("target value"):
-            raise ValueError(f"{self.fn}: {exc}") from None
-        return False
+def _named(exc: ValueError, fn: str) -> ValueError:
+    """The kernels' target range error (``ValueError: target value ...``) named after the public function."""
+    return ValueError(f"{fn}: {exc}") if str(exc).startswith("target value") else exc
 
 
 def _sigmoid_family(fn: str, logits: Tensor, target: Tensor, weight: Optional[Tensor], *, gamma: Optional[float],
@@ -360,12 +368,13 @@ def _sigmoid_family(fn: str, logits: Tensor, target: Tensor, weight: Optional[Te
         return reference.sigmoid_focal_loss(logits, target, weight, gamma=gamma or 0.0, alpha=alpha,
                                             reduction=reduction, ignore_index=ignore_index,
                                             sample_weight=sample_weight)
-    with _named(fn):
-        loss = torch.ops.cbbench.sigmoid_focal(_rows(logits), _rows(target) if target.is_floating_point()
-                                               else _flat(target), weight, gamma or 0.0,
-                                               -1.0 if alpha is None else alpha,
-                                               None if sample_weight is None else _flat(sample_weight), ignore_index,
-                                               gamma is not None, reduction)
+    try:
+        loss = ops.sigmoid_focal(_rows(logits), _rows(target) if target.is_floating_point() else _flat(target), weight,
+                                 gamma or 0.0, -1.0 if alpha is None else alpha,
+                                 None if sample_weight is None else _flat(sample_weight), ignore_index,
+                                 gamma is not None, reduction)
+    except ValueError as exc:
+        raise _named(exc, fn) from None
     return _finish(loss, logits, reduction)
 
 

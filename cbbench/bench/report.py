@@ -77,7 +77,7 @@ def plot_speed(result: dict, path) -> Optional[Path]:
 
 # Methods whose loss applies class-balanced weights (Cui et al.), from the start or deferred (DRW), for when
 # the harness is not importable; cb_sampling samples by the CB weight but its loss is unweighted.
-CB_WEIGHTED_METHODS = frozenset({"cb_softmax", "cb_sigmoid", "cb_focal", "cb_drw", "ldam_drw"})
+CB_WEIGHTED_METHODS = frozenset({"cb_softmax", "cb_sigmoid", "cb_focal", "cb_softmax_focal", "cb_drw", "ldam_drw"})
 
 
 def uses_cb_weights(method: str) -> bool:

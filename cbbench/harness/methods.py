@@ -24,7 +24,7 @@ __all__ = ["MethodSpec", "METHOD_SPECS", "METHODS", "BETA_FAMILIES", "Method", "
 class MethodSpec:
     name: str
     description: str
-    loss: str = "softmax"  # softmax | sigmoid | focal | balanced_softmax | logit_adjustment | ldam
+    loss: str = "softmax"  # softmax | sigmoid | focal | softmax_focal | balanced_softmax | logit_adjustment | ldam
     weighting: str = "none"  # class_weights scheme applied from the start: none | inverse | sqrt_inverse | cb
     deferred_weighting: bool = False  # DRW: no weights until switch_epoch, then CB weights
     sampling: str = "instance"  # see cbbench.harness.samplers.SAMPLINGS
@@ -50,7 +50,7 @@ class MethodSpec:
     @property
     def uses_gamma(self) -> bool:
         """Whether the focal gamma changes what the method does (the focal losses)."""
-        return self.loss == "focal"
+        return self.loss in ("focal", "softmax_focal")
 
     @property
     def uses_tau(self) -> bool:
@@ -65,6 +65,8 @@ METHOD_SPECS = {s.name: s for s in (
     MethodSpec("cb_softmax", "class-balanced softmax CE (Cui et al.)", weighting="cb"),
     MethodSpec("cb_sigmoid", "class-balanced sigmoid CE (Cui et al.)", loss="sigmoid", weighting="cb"),
     MethodSpec("cb_focal", "class-balanced focal loss (Cui et al.)", loss="focal", weighting="cb"),
+    MethodSpec("softmax_focal", "softmax focal loss (LDAM-DRW's FocalLoss)", loss="softmax_focal"),
+    MethodSpec("cb_softmax_focal", "class-balanced softmax focal loss", loss="softmax_focal", weighting="cb"),
     MethodSpec("inverse_freq", "softmax CE weighted by 1/n", weighting="inverse"),
     MethodSpec("inverse_freq_sigmoid", "sigmoid CE weighted by 1/n", loss="sigmoid", weighting="inverse"),
     MethodSpec("inverse_freq_focal", "sigmoid focal loss weighted by 1/n", loss="focal", weighting="inverse"),
@@ -137,6 +139,8 @@ class Method:
             self.loss = cbnn.SigmoidCrossEntropyLoss(weight, **opts)
         elif spec.loss == "focal":
             self.loss = cbnn.SigmoidFocalLoss(weight, gamma=gamma, **opts)
+        elif spec.loss == "softmax_focal":
+            self.loss = cbnn.SoftmaxFocalLoss(weight, gamma=gamma, **opts)
         elif spec.loss == "balanced_softmax":
             self.loss = cbnn.BalancedSoftmaxLoss(self.counts, weight, **opts)
         elif spec.loss == "logit_adjustment":

@@ -191,7 +191,11 @@ inline Tensor loss_divisor(const Tensor& target, const OptTensor& weight, const 
 inline void scale_grad_(Tensor& grad, const Tensor& grad_output) {
   TORCH_CHECK(grad_output.numel() == 1, "cbbench::scale_grad_: grad_output must have one element, got shape ",
               grad_output.sizes());
-  if (grad_output.item<double>() != 1.0) grad.mul_(grad_output);
+  const auto t = grad_output.scalar_type();
+  const double go = t == at::kFloat    ? double(*grad_output.const_data_ptr<float>())
+                    : t == at::kDouble ? *grad_output.const_data_ptr<double>()
+                                       : grad_output.item<double>();
+  if (go != 1.0) grad.mul_(grad_output);
 }
 
 }  // namespace cbcpu

@@ -285,7 +285,25 @@ Tensor backward_of(AutogradContext* ctx, const Tensor& go, const Args& args, Pai
   return scaled(std::move(grad), go, red);
 }
 
-OptTensor optional(const c10::IValue& v) { return v.toOptional<Tensor>(); }
+// The saved arguments of a Function (one capsule), and the gradient its forward wrote (until handed over).
+template <typename Args>
+struct Saved : torch::CustomClassHolder {
+  Args args;
+  explicit Saved(Args a) : args(std::move(a)) {}
+};
+
+template <typename Args>
+void save(AutogradContext* ctx, const Tensor& logits, Args args, const Tensor& grad) {
+  ctx->save_for_backward({logits});
+  ctx->saved_data["args"] = c10::IValue::make_capsule(c10::make_intrusive<Saved<Args>>(std::move(args)));
+  ctx->saved_data["grad"] = grad;
+  ctx->set_materialize_grads(false);
+}
+
+template <typename Args>
+const Args& saved_args(AutogradContext* ctx) {
+  return static_cast<const Saved<Args>*>(ctx->saved_data["args"].toCapsule().get())->args;
+}
 
 class SoftmaxFunction : public torch::autograd::Function<SoftmaxFunction> {
  public:
@@ -293,36 +311,18 @@ class SoftmaxFunction : public torch::autograd::Function<SoftmaxFunction> {
                         const OptTensor& offset, const OptTensor& margin, double scale, double eps, double gamma,
                         const OptTensor& alpha, const OptTensor& sample_weight, int64_t ignore_index,
                         c10::string_view reduction) {
-    const SoftmaxArgs a{target, weight, offset, margin, scale, eps, gamma, alpha, sample_weight, ignore_index,
-                        std::string(reduction)};
+    SoftmaxArgs a{target, weight, offset, margin, scale, eps, gamma, alpha, sample_weight, ignore_index,
+                  std::string(reduction)};
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, grad] = softmax_fused(logits, a, true);
-    ctx->save_for_backward({logits});
-    auto& d = ctx->saved_data;
-    d["grad"] = grad;
-    d["target"] = target;
-    d["weight"] = weight;
-    d["offset"] = offset;
-    d["margin"] = margin;
-    d["scale"] = scale;
-    d["eps"] = eps;
-    d["gamma"] = gamma;
-    d["alpha"] = alpha;
-    d["sample_weight"] = sample_weight;
-    d["ignore_index"] = ignore_index;
-    d["reduction"] = a.reduction;
-    ctx->set_materialize_grads(false);
+    save(ctx, logits, std::move(a), grad);
     return loss;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     variable_list out(12);  // one per forward argument: only the logits get a gradient
-    if (!grads[0].defined()) return out;
-    auto& d = ctx->saved_data;
-    const SoftmaxArgs a{d["target"].toTensor(), optional(d["weight"]), optional(d["offset"]), optional(d["margin"]),
-                        d["scale"].toDouble(), d["eps"].toDouble(), d["gamma"].toDouble(), optional(d["alpha"]),
-                        optional(d["sample_weight"]), d["ignore_index"].toInt(), d["reduction"].toStringRef()};
-    out[0] = backward_of<SoftmaxArgs>(ctx, grads[0], a, softmax_fused, softmax_composite);
+    if (grads[0].defined())
+      out[0] = backward_of<SoftmaxArgs>(ctx, grads[0], saved_args<SoftmaxArgs>(ctx), softmax_fused, softmax_composite);
     return out;
   }
 };
@@ -332,32 +332,17 @@ class SigmoidFunction : public torch::autograd::Function<SigmoidFunction> {
   static Tensor forward(AutogradContext* ctx, const Tensor& logits, const Tensor& target, const OptTensor& weight,
                         double gamma, double alpha, const OptTensor& sample_weight, int64_t ignore_index, bool focal,
                         c10::string_view reduction) {
-    const SigmoidArgs a{target, weight, gamma, alpha, sample_weight, ignore_index, focal, std::string(reduction)};
+    SigmoidArgs a{target, weight, gamma, alpha, sample_weight, ignore_index, focal, std::string(reduction)};
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, grad] = sigmoid_fused(logits, a, true);
-    ctx->save_for_backward({logits});
-    auto& d = ctx->saved_data;
-    d["grad"] = grad;
-    d["target"] = target;
-    d["weight"] = weight;
-    d["gamma"] = gamma;
-    d["alpha"] = alpha;
-    d["sample_weight"] = sample_weight;
-    d["ignore_index"] = ignore_index;
-    d["focal"] = focal;
-    d["reduction"] = a.reduction;
-    ctx->set_materialize_grads(false);
+    save(ctx, logits, std::move(a), grad);
     return loss;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     variable_list out(9);
-    if (!grads[0].defined()) return out;
-    auto& d = ctx->saved_data;
-    const SigmoidArgs a{d["target"].toTensor(), optional(d["weight"]), d["gamma"].toDouble(), d["alpha"].toDouble(),
-                        optional(d["sample_weight"]), d["ignore_index"].toInt(), d["focal"].toBool(),
-                        d["reduction"].toStringRef()};
-    out[0] = backward_of<SigmoidArgs>(ctx, grads[0], a, sigmoid_fused, sigmoid_composite);
+    if (grads[0].defined())
+      out[0] = backward_of<SigmoidArgs>(ctx, grads[0], saved_args<SigmoidArgs>(ctx), sigmoid_fused, sigmoid_composite);
     return out;
   }
 };
@@ -435,7 +420,62 @@ TORCH_LIBRARY_IMPL(cbbench, CompositeExplicitAutograd, m) {
   m.impl("sigmoid_focal", &cbops::sigmoid_plain);
 }
 
+// Eager calls from cbbench/functional.py enter here rather than through torch.ops: the same op through the
+// dispatcher (its Autograd kernel, then the device kernel), with pybind's argument conversion instead of
+// torch.ops' schema-driven boxing -- at a training batch of 8x10 that boxing is a large share of the call.
+// torch.compile traces torch.ops.cbbench.* (cbbench/ops/__init__.py chooses). The GIL is released for large
+// calls only (releasing it costs more than a small call).
+namespace cbops {
+namespace {
+
+constexpr int64_t kReleaseGilElements = 32768;
+
+template <typename Fn>
+Tensor call_op(const Tensor& logits, Fn&& fn) {
+  if (logits.numel() >= kReleaseGilElements) {
+    py::gil_scoped_release nogil;
+    return fn();
+  }
+  return fn();
+}
+
+Tensor softmax_entry(const Tensor& logits, const Tensor& target, const OptTensor& weight, const OptTensor& offset,
+                     const OptTensor& margin, double scale, double eps, double gamma, const OptTensor& alpha,
+                     const OptTensor& sample_weight, int64_t ignore_index, const std::string& reduction) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("cbbench::softmax_cross_entropy", "")
+                             .typed<Tensor(const Tensor&, const Tensor&, const OptTensor&, const OptTensor&,
+                                           const OptTensor&, double, double, double, const OptTensor&,
+                                           const OptTensor&, int64_t, c10::string_view)>();
+  return call_op(logits, [&] {
+    return op.call(logits, target, weight, offset, margin, scale, eps, gamma, alpha, sample_weight, ignore_index,
+                   reduction);
+  });
+}
+
+Tensor sigmoid_entry(const Tensor& logits, const Tensor& target, const OptTensor& weight, double gamma, double alpha,
+                     const OptTensor& sample_weight, int64_t ignore_index, bool focal, const std::string& reduction) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("cbbench::sigmoid_focal", "")
+                             .typed<Tensor(const Tensor&, const Tensor&, const OptTensor&, double, double,
+                                           const OptTensor&, int64_t, bool, c10::string_view)>();
+  return call_op(logits, [&] {
+    return op.call(logits, target, weight, gamma, alpha, sample_weight, ignore_index, focal, reduction);
+  });
+}
+
+}  // namespace
+}  // namespace cbops
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "cbbench's ops: schemas, autograd and composites (kernels/ops/ops.cpp); device kernels live in "
             "cbbench._cpu and cbbench._cuda";
+  m.def("softmax_cross_entropy", &cbops::softmax_entry,
+        "torch.ops.cbbench.softmax_cross_entropy for eager calls (same op, same dispatch; pybind arguments)");
+  m.def("sigmoid_focal", &cbops::sigmoid_entry,
+        "torch.ops.cbbench.sigmoid_focal for eager calls (same op, same dispatch; pybind arguments)");
+  m.def("backend_override", [] {
+    const char* v = std::getenv("CBBENCH_BACKEND");  // os.environ writes through to the C environment
+    return std::string(v ? v : "");
+  }, "The CBBENCH_BACKEND environment variable (\"\" when unset), read without Python's os.environ");
 }
