@@ -307,6 +307,10 @@ def make_prototypes_lt(imbalance: Optional[float] = None, *, num_classes: int = 
             "effective_number": [round(float(e), 2) for e in effective], **meta_map}
     if views:
         meta["views"] = True
+    if per_class_prototypes or views or feature_map is not None:
+        # the scale the measured effective number must resolve: within a class, the median distance from a
+        # prototype to its nearest other prototype (median over classes; input space, before any feature map)
+        meta["prototype_spacing"] = _prototype_spacing(centres)
     return LongTailedData("prototypes-lt", x_train, y_train, x_test, y_test, int(num_classes), "tabular", imbalance,
                           meta, x_train_aug=x_aug)
 
@@ -320,6 +324,18 @@ def varied_prototypes(num_classes: int, low: int = 10, high: int = 1000, seed: i
     rng = np.random.RandomState(seed)
     draws = rng.uniform(math.log(low), math.log(high), size=_whole(num_classes, "num_classes"))
     return [int(round(math.exp(v))) for v in draws]
+
+
+def _prototype_spacing(centres) -> Optional[float]:
+    import torch
+
+    spacing = []
+    for c in centres:
+        if len(c) > 1:
+            d = torch.cdist(torch.from_numpy(c), torch.from_numpy(c))
+            d.fill_diagonal_(math.inf)
+            spacing.append(float(d.min(dim=1).values.median()))
+    return float(np.median(spacing)) if spacing else None
 
 
 def _random_feature_map(dim: int, out_dim: int, seed: int):
