@@ -46,13 +46,13 @@ def _provenance() -> dict:
 def run_truth(out: str, quick: bool, seeds) -> str:
     from ..harness import effective_study as st
 
-    start = time.perf_counter()
+    start, provenance = time.perf_counter(), _provenance()  # the code that runs, before any later change
     _log(f"== known truth ({'quick' if quick else 'full'} sweep, seeds {list(seeds)})")
     rows = st.run_known_truth(seeds, quick=quick, log=_log)
     _log("== null cases")
     nulls = st.run_null_cases(seeds)
     payload = {"rows": rows, "nulls": nulls, "seconds": time.perf_counter() - start, "quick": quick,
-               "provenance": _provenance()}
+               "provenance": provenance}
     _write_json(os.path.join(out, "truth.json"), payload)
     return render_truth(out)
 
@@ -65,7 +65,7 @@ def render_truth(out: str, speed_s=None) -> str:
         payload = json.load(fh)
     png = st.plot_known_truth(payload["rows"], os.path.join(out, "known_truth.png"))
     prov = payload["provenance"]
-    head = [f"# Measured effective number against known truth", "",
+    head = ["# Measured effective number against known truth", "",
             f"`cbbench effective-study --part truth`{' --quick' if payload['quick'] else ''}: commit {prov['commit']}, "
             f"{prov['date']}, torch {prov['torch']}, {prov['cpus']} CPUs ({prov['threads']} torch threads), "
             f"{payload['seconds']:.0f} s.", ""]

@@ -23,7 +23,7 @@ TORCHRUN_NOTE = (" Data parallel: torchrun --nproc_per_node=N -m cbbench ... tra
                   "on the CPU, NCCL on CUDA, one GPU per process) on the same global batches as one process "
                   "(--batch-size is the global batch); rank 0 writes the results.")
 # command-line options that go to the dataset loader (cbbench.harness.userdata), as dataset_options
-_DATASET_OPTIONS = ("train_list", "eval_list", "lists_dir", "features", "eval_split", "images", "crop")
+_DATASET_OPTIONS = ("train_list", "eval_list", "lists_dir", "features", "eval_split", "images", "crop", "views")
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +47,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                            "64 pixels a side")
     data.add_argument("--crop", type=int, default=None, help="streamed images: crop size (default 224; test "
                       "images are resized to 256/224 of it first)")
+    data.add_argument("--views", action="store_const", const=True, default=None,
+                      help="prototypes-lt, digits-lt: also draw a second view of every training example (measured_* "
+                           "methods take the unit radius from it)")
     data.add_argument("--workers", type=int, default=None,
                       help="streamed images: DataLoader worker processes (default: the CPUs, at most 8)")
     data.add_argument("--init-weights", default=None,
@@ -59,6 +62,11 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beta", type=float, default=0.9999, help="class-balanced beta (default 0.9999)")
     parser.add_argument("--gamma", type=float, default=1.0, help="focal gamma (default 1.0)")
     parser.add_argument("--tau", type=float, default=1.0, help="logit-adjustment tau (default 1.0)")
+    parser.add_argument("--effective-source", default=None,
+                        help="measured_* methods: where the effective numbers are measured: checkpoint (default: "
+                             "the run's own model at the switch epoch), input (the training inputs), a .npz with "
+                             "features [features_aug, labels] (one row per training example) or a TorchScript "
+                             "encoder file")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs (default: the recipe's; CIFAR 200); warm-up, lr decays and the DRW/DRS "
                              "switch scale with it")
@@ -81,7 +89,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
 def training_overrides(args) -> dict:
     overrides = {"beta": args.beta, "gamma": args.gamma, "tau": args.tau, "accel": args.accel,
                  "backend": args.backend}
-    for name in ("data_dir", "batch_size", "lr", "weight_decay", "model", "workers", "init_weights"):
+    for name in ("data_dir", "batch_size", "lr", "weight_decay", "model", "workers", "init_weights",
+                 "effective_source"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value

@@ -145,12 +145,16 @@ def _standardise(x_train: np.ndarray, x_test: np.ndarray):
 
 
 def load_digits_lt(imbalance: Optional[float] = None, *, n_max: int = DIGITS_N_MAX,
-                   test_per_class: int = DIGITS_TEST_PER_CLASS, profile: str = "exp") -> LongTailedData:
+                   test_per_class: int = DIGITS_TEST_PER_CLASS, profile: str = "exp",
+                   views: bool = False) -> LongTailedData:
     """scikit-learn's bundled 8x8 digits (1,797 images, no download), made long-tailed.
 
     Per class (seed 0) ``test_per_class`` images form a balanced test split; the training split keeps
     ``long_tailed_counts(n_max, 10, imbalance)`` of the rest. The default imbalance 50 keeps at least 2
-    images in every class (IF above ``n_max`` would empty the rarest class).
+    images in every class (IF above ``n_max`` would empty the rarest class). ``views=True`` adds a second
+    view of every training image, ``x_train_aug``: the image shifted by one pixel in one of the 8 directions
+    (seeded, zero fill), standardised like the training split (the measured effective number takes its
+    radius from it).
     """
     from sklearn.datasets import load_digits
 
@@ -171,9 +175,26 @@ def load_digits_lt(imbalance: Optional[float] = None, *, n_max: int = DIGITS_N_M
     counts = long_tailed_counts(n_max, 10, imbalance, profile)
     train_idx = pool_idx[long_tailed_indices(y[pool_idx], counts, seed=0)]
     test_idx = np.concatenate(test_idx)
-    x_train, x_test = _standardise(x[train_idx], x[test_idx])
-    return LongTailedData("digits-lt", x_train, y[train_idx], x_test, y[test_idx], 10, "tabular", imbalance,
-                          {"n_max": n_max, "test_per_class": test_per_class, "profile": profile})
+    x_aug = _shifted_digits(x[train_idx]) if views else None
+    x_train, x_test, x_aug = _standardise_views(x[train_idx], x[test_idx], x_aug)
+    meta = {"n_max": n_max, "test_per_class": test_per_class, "profile": profile}
+    if views:
+        meta["views"] = True
+    return LongTailedData("digits-lt", x_train, y[train_idx], x_test, y[test_idx], 10, "tabular", imbalance, meta,
+                          x_train_aug=x_aug)
+
+
+def _shifted_digits(x: np.ndarray) -> np.ndarray:
+    """Each flattened 8x8 image moved by one pixel in a random direction of the 8 (own seeded stream)."""
+    rng = np.random.RandomState(1)
+    moves = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    out = np.zeros_like(x).reshape(-1, 8, 8)
+    images = x.reshape(-1, 8, 8)
+    for i, k in enumerate(rng.randint(0, len(moves), size=len(x))):
+        dy, dx = moves[k]
+        out[i, max(dy, 0):8 + min(dy, 0), max(dx, 0):8 + min(dx, 0)] = \
+            images[i, max(-dy, 0):8 + min(-dy, 0), max(-dx, 0):8 + min(-dx, 0)]
+    return out.reshape(len(x), 64)
 
 
 def make_synthetic_lt(imbalance: Optional[float] = None, *, num_classes: int = 10, dim: int = 16,
