@@ -26,8 +26,9 @@ with the kernel width).
 
 The result does not depend on the order of the samples, on exact duplicates, or (with the default
 normalisation) on the scale of the features. Distances are computed in blocks of at most
-``block_elements`` entries (torch matrix products, CPU or GPU): memory is linear in the number of
-samples. Time is ``O(D sum_c n_c min(n_c, R))`` for the density (``R`` = ``density_reference``) plus
+``max(block_elements, 256)`` entries (torch matrix products, CPU or GPU), and the features are
+normalised as they are gathered, class by class: memory is linear in the number of samples (the
+features given, plus one class's rows and O(N) indices). Time is ``O(D sum_c n_c min(n_c, R))`` for the density (``R`` = ``density_reference``) plus
 ``O(D sum_c n_c E_c)`` for the cover: quadratic in the size of a class whose samples are all distinct.
 
 Under ``torch.distributed`` (more than one rank) the measurement is made once, on rank ``src``, and
@@ -222,13 +223,6 @@ def _as_features(x, name: str) -> torch.Tensor:
     return x.detach()
 
 
-def _check_finite(x: torch.Tensor, name: str) -> None:
-    bad = ~torch.isfinite(x).all(dim=1)
-    if bad.any():
-        rows = torch.nonzero(bad).flatten()[:10].tolist()
-        raise ValueError(f"{name} must be finite; NaN or inf in row(s) {rows}")
-
-
 def _as_labels(labels, n: int, num_classes: int) -> torch.Tensor:
     if isinstance(labels, np.ndarray):
         if not (np.issubdtype(labels.dtype, np.integer)):
@@ -359,29 +353,79 @@ def _cover(rows: _Rows, order: torch.Tensor, r2: float, budget: int) -> torch.Te
     return centre_idx[:found]
 
 
-def _unique_rows(x: torch.Tensor):
-    """Distinct rows of ``x``: the index of one row of each (in a canonical order that does not depend on
-    the order of the rows) and, per row, the position of its distinct row in that list.
+class _Features:
+    """Feature rows as given (on the compute device), L2-normalised on the fly when gathered: no
+    normalised copy of all N rows is kept (memory linear in N with a small constant)."""
 
-    Rows are sorted by two fixed random projections (float64; equal rows have equal keys); neighbours in
-    that order with equal keys are compared in full, so only truly equal rows merge."""
+    def __init__(self, x: torch.Tensor, name: str, normalize: bool, budget: int):
+        self.x, self.name, self.normalize = x, name, normalize
+        self.step = _block_rows(x.shape[1], max(budget, x.shape[1]))
+        self.norms = None
+        bad, zero = [], []
+        for s in range(0, len(x), self.step):
+            block = x[s:s + self.step]
+            bad += (s + torch.nonzero(~torch.isfinite(block).all(dim=1)).flatten()).tolist()
+            if normalize and not bad:
+                zero += (s + torch.nonzero((block == 0).all(dim=1)).flatten()).tolist()
+        if bad:
+            raise ValueError(f"{name} must be finite; NaN or inf in row(s) {bad[:10]}")
+        if zero:
+            raise ValueError(f"{name}: row(s) {zero[:10]} are all zero and cannot be L2-normalised; drop them or "
+                             "pass normalize=False")
+        if normalize:
+            self.norms = torch.cat([x[s:s + self.step].norm(dim=1) for s in range(0, len(x), self.step)]) \
+                if len(x) else x.new_empty(0)
+
+    def __len__(self):
+        return self.x.shape[0]
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """The (normalised) rows ``idx``, a new tensor."""
+        out = self.x[idx]
+        return out / self.norms[idx, None] if self.normalize else out
+
+    def keys(self, proj: torch.Tensor) -> np.ndarray:
+        """(N, k) float64 projections of the (normalised) rows, computed in blocks."""
+        out = []
+        for s in range(0, len(self.x), self.step):
+            k = self.x[s:s + self.step].to(torch.float64) @ proj
+            if self.normalize:
+                k = k / self.norms[s:s + self.step, None].to(torch.float64)
+            out.append(k.cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, proj.shape[1]))
+
+
+def _unique_rows(*views: _Features):
+    """Distinct rows (a row: its values in every one of ``views``, e.g. a sample and its second view):
+    the index of one row of each, in a canonical order that does not depend on the order of the rows,
+    and, per row, the position of its distinct row in that list.
+
+    Rows are sorted by two fixed random projections of each view (float64; equal rows have equal keys);
+    neighbours in that order with equal keys are compared in full, so only truly equal rows merge."""
     gen = torch.Generator().manual_seed(0x5EED)
-    proj = torch.randn(x.shape[1], 2, generator=gen, dtype=torch.float64).to(x.device)
-    keys = (x.to(torch.float64) @ proj).cpu().numpy()
-    order = np.lexsort((keys[:, 1], keys[:, 0]))
+    keys = []
+    for v in views:
+        proj = torch.randn(v.x.shape[1], 2, generator=gen, dtype=torch.float64).to(v.x.device)
+        keys.append(v.keys(proj))
+    keys = np.concatenate(keys, axis=1)
+    order = np.lexsort(keys.T[::-1])
     keys = keys[order]
-    same_key = np.all(keys[1:] == keys[:-1], axis=1)
-    candidates = np.nonzero(same_key)[0]
-    equal = np.zeros(len(order) - 1 if len(order) else 0, dtype=bool)
+    n = len(order)
+    equal = np.zeros(max(n - 1, 0), dtype=bool)
+    candidates = np.nonzero(np.all(keys[1:] == keys[:-1], axis=1))[0]
     if len(candidates):
-        ordered = torch.as_tensor(order, device=x.device)
-        left, right = ordered[candidates], ordered[candidates + 1]
-        equal[candidates] = (x[left] == x[right]).all(dim=1).cpu().numpy()
-    new_group = np.concatenate([[True], ~equal]) if len(order) else np.zeros(0, dtype=bool)
-    group = np.cumsum(new_group) - 1
+        device = views[0].x.device
+        left = torch.as_tensor(order[candidates], device=device)
+        right = torch.as_tensor(order[candidates + 1], device=device)
+        same = torch.ones(len(candidates), dtype=torch.bool, device=device)
+        for v in views:
+            for s in range(0, len(candidates), v.step):
+                same[s:s + v.step] &= (v.rows(left[s:s + v.step]) == v.rows(right[s:s + v.step])).all(dim=1)
+        equal[candidates] = same.cpu().numpy()
+    new_group = np.concatenate([[True], ~equal]) if n else np.zeros(0, dtype=bool)
     first = order[new_group]
-    inverse = np.empty(len(order), dtype=np.int64)
-    inverse[order] = group
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[order] = np.cumsum(new_group) - 1
     return first, inverse
 
 
@@ -481,19 +525,18 @@ def _measure(features, labels, num_classes, *, method, radius, features_aug, qua
     dev = torch.device(device) if device is not None else x.device
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
 
-    x = _prepare(x, "features", dev, dtype, normalize)
+    x = _Features(x.to(dev, dtype), "features", bool(normalize), budget)
     if aug is not None:
-        aug = _prepare(aug, "features_aug", dev, dtype, normalize)
+        aug = _Features(aug.to(dev, dtype), "features_aug", bool(normalize), budget)
     counts = torch.bincount(y, minlength=num_classes).to(torch.float64)
 
     # distinct rows, per class, in a canonical order (independent of the input order)
-    first, inverse = _unique_rows(x)
+    first, _ = _unique_rows(x)
     distinct_label = y.numpy()[first]
-    per_class = [np.nonzero(distinct_label == c)[0] for c in range(num_classes)]
+    per_class = [first[distinct_label == c] for c in range(num_classes)]  # indices into the rows given
     distinct = torch.tensor([len(p) for p in per_class], dtype=torch.int64)
-    rows = _Rows(x[torch.as_tensor(first, device=dev)])
 
-    radius, source = _radius(radius, quantile, rows, per_class, aug, x, budget, density_reference, counts)
+    radius, source = _radius(radius, quantile, x, per_class, aug, budget, density_reference, counts)
     r2 = radius * radius
     rng = np.random.RandomState(seed)
     centres, effective = [], torch.zeros(num_classes, dtype=torch.float64)
@@ -501,7 +544,7 @@ def _measure(features, labels, num_classes, *, method, radius, features_aug, qua
         if not len(members):
             centres.append(torch.empty(0, dtype=torch.int64))
             continue
-        cls = rows.take(torch.as_tensor(members, device=dev))
+        cls = _Rows(x.rows(torch.as_tensor(members, device=dev)))
         if order == "random":
             local = _cover(cls, torch.as_tensor(rng.permutation(len(members)), device=dev), r2, budget)
         else:
@@ -511,7 +554,7 @@ def _measure(features, labels, num_classes, *, method, radius, features_aug, qua
             count, spread = _density(cls, cls.take(ref_idx), r2, budget)
             local = _cover(cls, _density_order(count, spread).to(dev), r2, budget)
         effective[c] = len(local)
-        centres.append(torch.as_tensor(first[members[local.cpu().numpy()]], dtype=torch.int64))
+        centres.append(torch.as_tensor(members[local.cpu().numpy()], dtype=torch.int64))
     present = counts.numpy()
     protos = prototypes_for(effective.numpy(), present)
     with np.errstate(divide="ignore"):
@@ -524,30 +567,17 @@ def _measure(features, labels, num_classes, *, method, radius, features_aug, qua
                                    bool(normalize), order, time.perf_counter() - start, str(dev))
 
 
-def _prepare(x: torch.Tensor, name: str, dev: torch.device, dtype: torch.dtype, normalize: bool) -> torch.Tensor:
-    x = x.to(dev, dtype)
-    _check_finite(x, name)
-    if normalize:
-        norm = x.norm(dim=1, keepdim=True)
-        zero = norm.squeeze(1) == 0
-        if zero.any():
-            rows = torch.nonzero(zero).flatten()[:10].tolist()
-            raise ValueError(f"{name}: row(s) {rows} are all zero and cannot be L2-normalised; drop them or "
-                             "pass normalize=False")
-        x = x / norm
-    return x + 0.0  # -0.0 -> 0.0, so equal vectors have equal bytes
-
-
-def _radius(radius, quantile, rows: _Rows, per_class, aug, x, budget, reference, counts):
+def _radius(radius, quantile, x: _Features, per_class, aug: Optional[_Features], budget, reference, counts):
     """The unit radius and a sentence saying where it came from."""
     if radius is not None:
         return radius, "given"
     if aug is not None:
         q = AUG_QUANTILE if quantile is None else quantile
-        keep, _ = _unique_rows(torch.cat([x, aug], dim=1))  # a duplicated sample (both views) counts once
-        keep = torch.as_tensor(keep, device=x.device)
-        d = (x[keep] - aug[keep]).norm(dim=1).to(torch.float64)
-        return float(torch.quantile(d.cpu(), q)), f"quantile {q:g} of the distance between two views of a sample " \
+        keep, _ = _unique_rows(x, aug)  # a duplicated sample (both views) counts once
+        keep = torch.as_tensor(keep, device=x.x.device)
+        d = torch.cat([(x.rows(keep[s:s + x.step]) - aug.rows(keep[s:s + x.step])).norm(dim=1).to(torch.float64)
+                       for s in range(0, len(keep), x.step)])
+        return float(np.quantile(d.cpu().numpy(), q)), f"quantile {q:g} of the distance between two views of a sample " \
                                                   f"({len(keep)} distinct pairs)"
     q = NN_QUANTILE if quantile is None else quantile
     # the largest class (by samples) with at least two distinct feature vectors
@@ -559,10 +589,10 @@ def _radius(radius, quantile, rows: _Rows, per_class, aug, x, budget, reference,
     else:
         raise ValueError("cannot derive a radius: no class has two distinct feature vectors; pass radius= or "
                          "features_aug=")
-    cls = rows.take(torch.as_tensor(members, device=rows.x.device))
-    queries = torch.arange(len(members), device=rows.x.device)
+    cls = _Rows(x.rows(torch.as_tensor(members, device=x.x.device)))
+    queries = torch.arange(len(members), device=x.x.device)
     if len(members) > reference:
-        queries = torch.linspace(0, len(members) - 1, reference, device=rows.x.device).round().long()
+        queries = torch.linspace(0, len(members) - 1, reference, device=x.x.device).round().long()
     d = _nearest_distinct(cls, queries, budget)
-    return float(torch.quantile(d.cpu(), q)), (f"quantile {q:g} of the nearest-distinct-neighbour distances in "
+    return float(np.quantile(d.cpu().numpy(), q)), (f"quantile {q:g} of the nearest-distinct-neighbour distances in "
                                                f"class {c} (the largest, {len(members)} distinct samples)")
