@@ -28,8 +28,9 @@ The result does not depend on the order of the samples, on exact duplicates, or 
 normalisation) on the scale of the features. Distances are computed in blocks of at most
 ``max(block_elements, 256)`` entries (torch matrix products, CPU or GPU), and the features are
 normalised as they are gathered, class by class: memory is linear in the number of samples (the
-features given, plus one class's rows and O(N) indices). Time is ``O(D sum_c n_c min(n_c, R))`` for the density (``R`` = ``density_reference``) plus
-``O(D sum_c n_c E_c)`` for the cover: quadratic in the size of a class whose samples are all distinct.
+features given, plus one class's rows and O(N) indices). Time is ``O(D sum_c n_c min(n_c, R))`` for the
+density (``R`` = ``density_reference``) plus ``O(D sum_c n_c E_c)`` for the cover: quadratic in the size of
+a class whose samples are all distinct.
 
 Under ``torch.distributed`` (more than one rank) the measurement is made once, on rank ``src``, and
 broadcast: every rank returns rank ``src``'s result (pass the same data on every rank; the other ranks'
@@ -577,8 +578,8 @@ def _radius(radius, quantile, x: _Features, per_class, aug: Optional[_Features],
         keep = torch.as_tensor(keep, device=x.x.device)
         d = torch.cat([(x.rows(keep[s:s + x.step]) - aug.rows(keep[s:s + x.step])).norm(dim=1).to(torch.float64)
                        for s in range(0, len(keep), x.step)])
-        return float(np.quantile(d.cpu().numpy(), q)), f"quantile {q:g} of the distance between two views of a sample " \
-                                                  f"({len(keep)} distinct pairs)"
+        return float(np.quantile(d.cpu().numpy(), q)), (f"quantile {q:g} of the distance between two views of a "
+                                                        f"sample ({len(keep)} distinct pairs)")
     q = NN_QUANTILE if quantile is None else quantile
     # the largest class (by samples) with at least two distinct feature vectors
     ranked = sorted(range(len(per_class)), key=lambda c: (-counts[c].item(), c))
