@@ -105,8 +105,8 @@ class MeasuredEffectiveNumber:
 
     def to_dict(self, centres: bool = False) -> dict:
         """A JSON-serialisable summary (provenance of weights); ``centres=True`` adds the centre indices."""
-        def floats(t):
-            return [None if not math.isfinite(v) else float(v) for v in t.tolist()]
+        def floats(t):  # JSON has no inf / nan: "inf" (every sample its own centre), None (fewer than 2 samples)
+            return [float(v) if math.isfinite(v) else ("inf" if v > 0 else None) for v in t.tolist()]
 
         out = {"method": self.method, "normalize": self.normalize, "order": self.order, "radius": self.radius,
                "radius_source": self.radius_source, "counts": [int(v) for v in self.counts.tolist()],

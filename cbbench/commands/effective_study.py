@@ -8,7 +8,10 @@ not part of ``cbbench bench``.
 cases (``DIR/truth.json``, ``DIR/truth.md``, ``DIR/known_truth.png``). ``downstream``: measured weights
 against no weighting, 1/n, CB with beta tuned on a validation split and the oracle 1/E_true on the
 prototypes-LT variant and digits-LT (``DIR/downstream.json``, ``DIR/downstream.md``,
-``DIR/downstream.png``). ``--render`` rewrites the markdown and plots from the JSON already in DIR.
+``DIR/downstream.png``). ``cifar`` (not in the default parts): features of a short ResNet-32 run on
+CIFAR-10-LT given as an image folder (``--data-dir`` with ``train/<class>/*``): measured E_c and the dataset
+beta beside the paper's 0.9999, and a duplicate-injection check (``DIR/cifar.json``, ``DIR/cifar.md``).
+``--render`` rewrites the markdown and plots from the JSON already in DIR.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import os
 import sys
 import time
 
-PARTS = ("truth", "downstream")
+PARTS = ("truth", "downstream", "cifar")
 
 
 def _log(text: str) -> None:
@@ -75,6 +78,42 @@ def render_truth(out: str, speed_s=None) -> str:
     return text
 
 
+def run_cifar(out: str, data_dir, epochs: int) -> str:
+    from ..harness.effective_cifar import run_cifar as measure
+
+    if data_dir is None:
+        raise ValueError("--part cifar needs --data-dir: a CIFAR-10-LT image folder (train/<class>/*, test/<class>/*)")
+    _log(f"== CIFAR-10-LT from {data_dir} ({epochs} epochs)")
+    _write_json(os.path.join(out, "cifar.json"), measure(out, data_dir, epochs=epochs, log=_log))
+    return render_cifar(out)
+
+
+def render_cifar(out: str) -> str:
+    from ..harness.compare import atomic_write
+    from ..harness.effective_cifar import cifar_markdown
+    from ..weights import as_counts
+    from .weights import DEFAULT_BETAS, plot_measured
+
+    with open(os.path.join(out, "cifar.json")) as fh:
+        r = json.load(fh)
+
+    class _Stored:  # what plot_measured reads, from the recorded JSON
+        def __init__(self, d):
+            import torch
+
+            self.counts = as_counts(d["counts"])
+            self.effective_number = torch.tensor(d["effective_number"], dtype=torch.float64)
+            self.dataset_beta, self.radius = d["dataset_beta"], d["radius"]
+
+    png = plot_measured(_Stored(r["measured"]), DEFAULT_BETAS, os.path.join(out, "cifar_measured.png"),
+                        f"CIFAR-10-LT: measured E_c ({r['epochs']}-epoch ResNet-32 features)")
+    text = "\n".join([f"`cbbench effective-study --part cifar --epochs {r['epochs']}`: commit {r['commit']}, torch "
+                      f"{r['torch']}, {r['threads']} threads, {r['seconds']:.0f} s.", ""]
+                     + cifar_markdown(r, os.path.basename(png)))
+    atomic_write(os.path.join(out, "cifar.md"), text)
+    return text
+
+
 def run(args) -> int:
     from ..harness.compare import check_writable
     from .lists import parse_list
@@ -92,6 +131,8 @@ def run(args) -> int:
 
             seeds = VALIDATION_SEEDS if args.seeds is None else tuple(range(1, args.seeds + 1))
             text = render_truth(args.out) if args.render else run_truth(args.out, args.quick, seeds)
+        elif part == "cifar":
+            text = render_cifar(args.out) if args.render else run_cifar(args.out, args.data_dir, args.epochs)
         else:
             from ..harness.effective_downstream import render_downstream, run_downstream
 
@@ -112,4 +153,6 @@ def register(subparsers) -> None:
     p.add_argument("--seeds", type=int, default=None, help="seeds (default: truth 3 validation seeds 1-3, "
                    "downstream 5)")
     p.add_argument("--render", action="store_true", help="only rewrite markdown and plots from the JSON in --out")
+    p.add_argument("--data-dir", default=None, help="cifar: the CIFAR-10-LT image folder (train/<class>/*)")
+    p.add_argument("--epochs", type=int, default=10, help="cifar: epochs of the short ResNet-32 run (default 10)")
     p.set_defaults(func=run)

@@ -138,13 +138,14 @@ def measured_table(m) -> str:
     return "\n".join(lines)
 
 
-def plot_measured(m, betas: Sequence[float], path: str, title: str = "") -> str:
+def plot_measured(m, betas: Sequence[float], path: str, title: str = "", truth=None) -> str:
     """Measured E_c against the class count, with the effective-number curves of ``betas`` and of the
-    fitted dataset beta, and E = n."""
+    fitted dataset beta, and E = n; ``truth`` (per class), where known, as open circles."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     present = m.counts > 0
     n, e = m.counts[present].numpy(), m.effective_number[present].numpy()
@@ -157,6 +158,9 @@ def plot_measured(m, betas: Sequence[float], path: str, title: str = "") -> str:
                 label=f"fitted dataset beta = {m.dataset_beta:.6g}")
     ax.plot(grid.numpy(), grid.numpy(), "k--", lw=0.8, label="E = n")
     ax.scatter(n, e, s=22, color="tab:red", zorder=5, label="measured E_c per class")
+    if truth is not None:
+        ax.scatter(n, np.asarray(truth, dtype=float)[present.numpy()], s=70, facecolors="none", edgecolors="k",
+                   zorder=6, label="true distinct prototypes")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("samples in the class n_c")
@@ -169,6 +173,39 @@ def plot_measured(m, betas: Sequence[float], path: str, title: str = "") -> str:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def measured_report(out_dir: str, betas: Sequence[float] = DEFAULT_BETAS) -> List[str]:
+    """The report section of ``cbbench bench``: the effective number measured on the prototypes-LT variant
+    (prototypes per class independent of the counts, a second view of every example), against the truth,
+    with its plot ``measured_effective_number.png`` in ``out_dir``. About a second."""
+    import numpy as np
+
+    from ..effective import effective_number_from_features
+    from ..harness.datasets import make_prototypes_lt, varied_prototypes
+
+    data = make_prototypes_lt(prototypes=varied_prototypes(10, 10, 1000, seed=0), views=True)
+    m = effective_number_from_features(data.x_train, data.y_train, data.num_classes, features_aug=data.x_train_aug)
+    truth = np.asarray(data.meta["distinct_prototypes"])
+    png = plot_measured(m, betas, os.path.join(out_dir, "measured_effective_number.png"),
+                        "prototypes-LT variant: measured E_c, truth, beta curves", truth=truth)
+    mal = float(np.median(np.abs(np.log(m.effective_number.numpy() / truth))))
+    lines = ["## The effective number measured from data", "",
+             "`cbbench.effective_number_from_features` on the prototypes-LT variant of the downstream study (10 "
+             "classes, counts 2000 ... 20, prototypes per class drawn independently of the counts, a second view of "
+             f"every example): radius {m.radius:.3g} ({m.radius_source}), {m.seconds:.2f} s; median |log(E / "
+             f"E_true)| = {mal:.3f}; fitted dataset beta {m.dataset_beta:.6g} (no single beta fits these classes: "
+             "their prototype counts are independent of their counts).", "",
+             "| class | n | true distinct prototypes | measured E | fitted N |", "|---|---|---|---|---|"]
+    for c in range(m.num_classes):
+        proto = m.prototypes[c].item()
+        lines.append(f"| {c} | {int(m.counts[c])} | {int(truth[c])} | {int(m.effective_number[c])} | "
+                     f"{'inf' if math.isinf(proto) else f'{proto:.4g}'} |")
+    lines += ["", f"![measured effective number]({os.path.basename(png)})", "",
+              "The known-truth sweep (noise, dimension, a random feature map, null cases) and the downstream "
+              "comparison are `cbbench effective-study` (too slow for this report); their recorded results are in "
+              "docs/results/effective/.", ""]
+    return lines
 
 
 def run_from_features(args, betas) -> int:

@@ -38,7 +38,8 @@ VALIDATION_SHARE = 0.2
 # arm -> label; "measured" is compared with every other arm
 ARMS = {"none": "no weighting", "inverse": "1/n", "cb_val": "CB, beta tuned on validation",
         "measured": "measured 1/E (inputs + views)", "oracle": "oracle 1/E_true",
-        "measured_ckpt": "measured 1/E (own checkpoint; not pre-registered)"}
+        "measured_ckpt": "measured 1/E (own checkpoint, deferred; not pre-registered)",
+        "drw": "DRW, CB beta 0.9999 deferred (softmax; control of the deferral; not pre-registered)"}
 PROTOTYPES_OPTIONS = {"prototypes": varied_prototypes(10, 10, 1000, seed=0), "views": True}
 DATASETS = {"prototypes-lt": PROTOTYPES_OPTIONS, "digits-lt": {"views": True}}
 
@@ -118,6 +119,8 @@ def run_downstream(out: str, seeds=5, quick: bool = False, log: Optional[Callabl
                         "cb_val": TrainConfig(dataset, cb, beta=best, **base),
                         "measured": TrainConfig(dataset, measured, effective_source="input", **base),
                         "measured_ckpt": TrainConfig(dataset, measured, **base)}
+                if loss == "softmax":  # the same deferred schedule with the paper's CB weights
+                    arms["drw"] = TrainConfig(dataset, "cb_drw", **base)
                 if truth is not None:
                     arms["oracle"] = TrainConfig(dataset, measured, effective_numbers=tuple(float(t) for t in truth),
                                                  **base)

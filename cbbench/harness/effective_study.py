@@ -161,7 +161,8 @@ def pass_bar(rows: Sequence[dict], nulls: Sequence[dict], speed_s: Optional[floa
                         f"{min((r['rho'] for r in inside), default=float('nan')):.3f}"
                         + ("" if not failing else "; failing: " + "; ".join(
                             f"noise {r['noise']} dim {r['dim']} map {r['feature_map']} seed {r['seed']} "
-                            f"(s {r['separation']:.2f}, MAL {r['mal']:.3f}, rho {r['rho']:.3f})" for r in failing[:8]))}]
+                            f"(s {r['separation']:.2f}, MAL {r['mal']:.3f}, rho {r['rho']:.3f})"
+                            for r in failing[:8]))}]
     for kind, text in (("distinct", "null, every example its own prototype: E_c = n_c exactly"),
                        ("one", "null, one prototype per class: E_c = 1 exactly")):
         cases = [r for r in nulls if r["case"] == kind and r["estimator"] == default]
