@@ -153,3 +153,21 @@ def test_other_methods_ignore_the_measured_options():
 def test_given_effective_numbers_must_match_the_classes(proto):
     with pytest.raises(ValueError, match="3 values for 5 classes"):
         check_run(_config(effective_numbers=[1, 2, 3]), proto)
+
+
+def test_the_loss_trains_with_the_measured_weights(proto):
+    """The weights reach the loss module's buffer (in place: a captured CUDA graph sees them)."""
+    from cbbench.harness.measured import MeasuredWeights
+
+    config = resolve_config(_config(effective_source="input"))
+    method = Method("measured_softmax", proto.train_counts)
+    storage = method.loss.weight.data_ptr()
+    assert torch.equal(method.loss.weight, torch.ones(5))
+    MeasuredWeights(config, proto, proto.train_counts).start(method, torch.device("cpu"))
+    want = cbbench.effective_number_from_features(proto.x_train, proto.y_train, 5,
+                                                  features_aug=proto.x_train_aug).weights()
+    assert torch.allclose(method.loss.weight, want) and method.loss.weight.data_ptr() == storage
+    deferred = resolve_config(_config())
+    method = Method("measured_softmax", proto.train_counts, measured_deferred=True)
+    MeasuredWeights(deferred, proto, proto.train_counts).start(method, torch.device("cpu"))
+    assert torch.equal(method.loss.weight, torch.ones(5))  # waits for its checkpoint
