@@ -78,13 +78,13 @@ def render_truth(out: str, speed_s=None) -> str:
     return text
 
 
-def run_cifar(out: str, data_dir, epochs: int) -> str:
+def run_cifar(out: str, data_dir, epochs: int, threads=None) -> str:
     from ..harness.effective_cifar import run_cifar as measure
 
     if data_dir is None:
         raise ValueError("--part cifar needs --data-dir: a CIFAR-10-LT image folder (train/<class>/*, test/<class>/*)")
     _log(f"== CIFAR-10-LT from {data_dir} ({epochs} epochs)")
-    _write_json(os.path.join(out, "cifar.json"), measure(out, data_dir, epochs=epochs, log=_log))
+    _write_json(os.path.join(out, "cifar.json"), measure(out, data_dir, epochs=epochs, threads=threads, log=_log))
     return render_cifar(out)
 
 
@@ -132,7 +132,8 @@ def run(args) -> int:
             seeds = VALIDATION_SEEDS if args.seeds is None else tuple(range(1, args.seeds + 1))
             text = render_truth(args.out) if args.render else run_truth(args.out, args.quick, seeds)
         elif part == "cifar":
-            text = render_cifar(args.out) if args.render else run_cifar(args.out, args.data_dir, args.epochs)
+            text = render_cifar(args.out) if args.render else run_cifar(args.out, args.data_dir, args.epochs,
+                                                                          args.threads)
         else:
             from ..harness.effective_downstream import render_downstream, run_downstream
 
@@ -155,4 +156,6 @@ def register(subparsers) -> None:
     p.add_argument("--render", action="store_true", help="only rewrite markdown and plots from the JSON in --out")
     p.add_argument("--data-dir", default=None, help="cifar: the CIFAR-10-LT image folder (train/<class>/*)")
     p.add_argument("--epochs", type=int, default=10, help="cifar: epochs of the short ResNet-32 run (default 10)")
+    p.add_argument("--threads", type=int, default=None, help="cifar: torch CPU threads for the training run "
+                   "(default: torch's own; 1 is steadier on a busy machine)")
     p.set_defaults(func=run)

@@ -40,6 +40,8 @@ ARMS = {"none": "no weighting", "inverse": "1/n", "cb_val": "CB, beta tuned on v
         "measured": "measured 1/E (inputs + views)", "oracle": "oracle 1/E_true",
         "measured_ckpt": "measured 1/E (own checkpoint, deferred; not pre-registered)",
         "drw": "DRW, CB beta 0.9999 deferred (softmax; control of the deferral; not pre-registered)"}
+SHORT = {"none": "none", "inverse": "1/n", "cb_val": "CB\n(val beta)", "oracle": "oracle\n1/E_true",
+         "measured_ckpt": "own ckpt,\ndeferred*", "drw": "DRW*"}
 PROTOTYPES_OPTIONS = {"prototypes": varied_prototypes(10, 10, 1000, seed=0), "views": True}
 DATASETS = {"prototypes-lt": PROTOTYPES_OPTIONS, "digits-lt": {"views": True}}
 
@@ -239,7 +241,8 @@ def plot_downstream(store: dict, path: str) -> str:
             ax.bar(xs, ys, width=width, yerr=es, capsize=3, label=loss)
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(range(len(others)))
-        ax.set_xticklabels([ARMS[o].replace(" (", "\n(").replace(", beta", ",\nbeta") for o in others], fontsize=7)
+        ax.set_xticklabels([SHORT[o] for o in others], fontsize=8)
+        ax.set_xlabel("* not pre-registered", fontsize=7)
         ax.set_ylabel("balanced error: measured minus other (points)")
         ax.set_title(f"{dataset}: measured 1/E against each arm (± 2 SE)")
         ax.legend(fontsize=8)
@@ -257,9 +260,10 @@ def render_downstream(out: str) -> str:
         store = json.load(fh)
     png = plot_downstream(store, os.path.join(out, "downstream.png"))
     first = next(iter(store["runs"].values()), {}).get("config", {})
+    commits = sorted({str(r.get("config", {}).get("commit")) for r in store["runs"].values()})
     head = ["# Measured weights downstream", "",
-            f"`cbbench effective-study --part downstream`{' --quick' if store.get('quick') else ''}: commit "
-            f"{first.get('commit')}, torch {first.get('torch')}, {store.get('seconds', 0):.0f} s of training; "
+            f"`cbbench effective-study --part downstream`{' --quick' if store.get('quick') else ''}: commit(s) "
+            f"{', '.join(commits)}, torch {first.get('torch')}, {store.get('seconds', 0):.0f} s of training; "
             f"{len(store['runs'])} runs. Protocol and decision rule fixed before the runs "
             "(docs/results/effective/pass_bar.md).", ""]
     text = "\n".join(head + downstream_markdown(store, os.path.basename(png)))
