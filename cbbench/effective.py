@@ -6,7 +6,7 @@ number covered is ``N_c (1 - (1 - 1/N_c)^n)`` = ``(1 - beta^n) / (1 - beta)`` wi
 per dataset. :func:`effective_number_from_features` measures the covered volume instead:
 
 1. features are L2-normalised (``normalize=True``), so the measure ignores the length of a feature
-   vector, and exact duplicates (after normalisation) are merged -- a repeated sample adds nothing;
+   vector, and exact duplicates (equal rows) are merged -- a repeated sample adds nothing;
 2. the unit radius ``r`` is a quantile of the distance between two views (augmentations) of the same
    sample, which the paper counts as one sample (``features_aug``; default quantile 0.99); without a
    second view, a quantile of the distance of each sample to its nearest distinct neighbour in the
@@ -385,30 +385,28 @@ class _Features:
         out = self.x[idx]
         return out / self.norms[idx, None] if self.normalize else out
 
-    def keys(self, proj: torch.Tensor) -> np.ndarray:
-        """(N, k) float64 projections of the (normalised) rows, computed in blocks."""
-        out = []
-        for s in range(0, len(self.x), self.step):
-            k = self.x[s:s + self.step].to(torch.float64) @ proj
-            if self.normalize:
-                k = k / self.norms[s:s + self.step, None].to(torch.float64)
-            out.append(k.cpu())
-        return torch.cat(out).numpy() if out else np.zeros((0, proj.shape[1]))
+    def hashes(self, salt: int) -> np.ndarray:
+        """(N, 2) uint64 hashes of the bytes of every row as given (-0.0 counted as 0.0), in blocks: equal
+        rows hash equally wherever they are, whatever their position or the block they fall in."""
+        width = 8 if self.x.element_size() == 8 else 4
+        rng = np.random.RandomState(salt)
+        mult = rng.randint(1, 2 ** 62, size=(2, self.x.shape[1]), dtype=np.int64).astype(np.uint64) * 2 + 1
+        out = np.empty((len(self.x), 2), dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for s in range(0, len(self.x), self.step):
+                block = (self.x[s:s + self.step] + 0.0).cpu().numpy()
+                words = block.view(np.uint64 if width == 8 else np.uint32).astype(np.uint64)
+                out[s:s + self.step, 0] = (words * mult[0]).sum(axis=1)  # wraps modulo 2^64
+                out[s:s + self.step, 1] = ((words ^ (words >> np.uint64(7))) * mult[1]).sum(axis=1)
+        return out
 
 
 def _unique_rows(*views: _Features):
     """Distinct rows (a row: its values in every one of ``views``, e.g. a sample and its second view):
-    the index of one row of each, in a canonical order that does not depend on the order of the rows,
-    and, per row, the position of its distinct row in that list.
-
-    Rows are sorted by two fixed random projections of each view (float64; equal rows have equal keys);
-    neighbours in that order with equal keys are compared in full, so only truly equal rows merge."""
-    gen = torch.Generator().manual_seed(0x5EED)
-    keys = []
-    for v in views:
-        proj = torch.randn(v.x.shape[1], 2, generator=gen, dtype=torch.float64).to(v.x.device)
-        keys.append(v.keys(proj))
-    keys = np.concatenate(keys, axis=1)
+    the index of one row of each, in a canonical order that does not depend on the order of the rows (a
+    pseudo-random order: sorted by hashes of the rows' bytes), and, per row, the position of its distinct
+    row in that list. Rows with equal hashes are compared in full, so only truly equal rows merge."""
+    keys = np.concatenate([v.hashes(salt) for salt, v in enumerate(views)], axis=1)
     order = np.lexsort(keys.T[::-1])
     keys = keys[order]
     n = len(order)
@@ -421,7 +419,7 @@ def _unique_rows(*views: _Features):
         same = torch.ones(len(candidates), dtype=torch.bool, device=device)
         for v in views:
             for s in range(0, len(candidates), v.step):
-                same[s:s + v.step] &= (v.rows(left[s:s + v.step]) == v.rows(right[s:s + v.step])).all(dim=1)
+                same[s:s + v.step] &= (v.x[left[s:s + v.step]] == v.x[right[s:s + v.step]]).all(dim=1)
         equal[candidates] = same.cpu().numpy()
     new_group = np.concatenate([[True], ~equal]) if n else np.zeros(0, dtype=bool)
     first = order[new_group]

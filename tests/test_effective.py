@@ -276,3 +276,16 @@ def test_summary_is_json(proto):
     d = json.loads(json.dumps(m.to_dict(centres=True)))
     assert d["effective_number"] == [int(v) for v in m.effective_number.tolist()]
     assert len(d["centres"]) == 8 and d["radius"] == m.radius and 0 <= d["dataset_beta"] < 1
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_gives_the_cpu_measurement(proto):
+    cpu = _measure(proto, features_aug=proto.x_train_aug)
+    on_gpu = effective_number_from_features(torch.from_numpy(proto.x_train).cuda(), torch.from_numpy(proto.y_train),
+                                            8, features_aug=torch.from_numpy(proto.x_train_aug).cuda())
+    moved = _measure(proto, features_aug=proto.x_train_aug, device="cuda")
+    for m in (on_gpu, moved):
+        assert m.device.startswith("cuda") and m.effective_number.device.type == "cpu"
+        assert m.effective_number.tolist() == cpu.effective_number.tolist()
+        assert m.radius == pytest.approx(cpu.radius, rel=1e-5)
