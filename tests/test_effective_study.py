@@ -134,3 +134,30 @@ def test_bench_report_section(tmp_path):
     truth, measured = ([int(r.split("|")[k]) for r in rows] for k in (3, 4))
     assert np.median(np.abs(np.log(np.asarray(measured) / np.asarray(truth)))) <= 0.05
     assert (tmp_path / "measured_effective_number.png").stat().st_size > 10_000
+
+
+@pytest.mark.filterwarnings("ignore:An input array is constant")  # 1 epoch on noise: E may be equal everywhere
+def test_cifar_part_on_a_tiny_image_folder(tmp_path):
+    """The CIFAR check end to end on a folder of random 32x32 images (1 epoch): it trains, measures with
+    two crop/flip views, injects duplicates with known sources and writes its JSON and markdown."""
+    from PIL import Image
+
+    from cbbench.commands.effective_study import render_cifar
+    from cbbench.harness.effective_cifar import run_cifar
+
+    rng = np.random.RandomState(0)
+    counts = [12, 9, 7, 5, 4]
+    for split, per_class in (("train", counts), ("test", [2] * 5)):
+        for c, n in enumerate(per_class):
+            folder = tmp_path / "data" / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.randint(0, 256, size=(32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "out"
+    result = run_cifar(str(out), str(tmp_path / "data"), epochs=1, threads=1)
+    assert result["counts"] == counts and result["injected"]["distinct_sources"] == [12, 5, 2, 1, 1]
+    assert result["measured"]["radius_source"].startswith("quantile 0.99 of the distance between two views")
+    assert sum(result["injected"]["measured"]["effective_number"]) >= 5
+    (out / "cifar.json").write_text(json.dumps(result))
+    text = render_cifar(str(out))
+    assert "Duplicate injection" in text and (out / "cifar_measured.png").is_file()

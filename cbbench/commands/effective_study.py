@@ -60,20 +60,30 @@ def run_truth(out: str, quick: bool, seeds) -> str:
     return render_truth(out)
 
 
-def render_truth(out: str, speed_s=None) -> str:
+def render_truth(out: str) -> str:
+    """truth.md and known_truth.png from truth.json; the speed item of the pass bar from speed.json when the
+    folder has one (the asv measurement of benchmarks/bench_effective.py, recorded by hand: {"seconds": ...,
+    "how": ...})."""
     from ..harness import effective_study as st
     from ..harness.compare import atomic_write
 
     with open(os.path.join(out, "truth.json")) as fh:
         payload = json.load(fh)
+    speed_s = speed_how = None
+    if os.path.isfile(os.path.join(out, "speed.json")):
+        with open(os.path.join(out, "speed.json")) as fh:
+            speed = json.load(fh)
+        speed_s, speed_how = float(speed["seconds"]), speed.get("how")
     png = st.plot_known_truth(payload["rows"], os.path.join(out, "known_truth.png"))
     prov = payload["provenance"]
     head = ["# Measured effective number against known truth", "",
             f"`cbbench effective-study --part truth`{' --quick' if payload['quick'] else ''}: commit {prov['commit']}, "
             f"{prov['date']}, torch {prov['torch']}, {prov['cpus']} CPUs ({prov['threads']} torch threads), "
             f"{payload['seconds']:.0f} s.", ""]
-    text = "\n".join(head + st.known_truth_markdown(payload["rows"], payload["nulls"], speed_s,
-                                                      os.path.basename(png)))
+    lines = st.known_truth_markdown(payload["rows"], payload["nulls"], speed_s, os.path.basename(png))
+    if speed_how:
+        lines += [f"Speed: {speed_how}", ""]
+    text = "\n".join(head + lines)
     atomic_write(os.path.join(out, "truth.md"), text)
     return text
 
@@ -107,8 +117,9 @@ def render_cifar(out: str) -> str:
 
     png = plot_measured(_Stored(r["measured"]), DEFAULT_BETAS, os.path.join(out, "cifar_measured.png"),
                         f"CIFAR-10-LT: measured E_c ({r['epochs']}-epoch ResNet-32 features)")
-    text = "\n".join([f"`cbbench effective-study --part cifar --epochs {r['epochs']}`: commit {r['commit']}, torch "
-                      f"{r['torch']}, {r['threads']} threads, {r['seconds']:.0f} s.", ""]
+    text = "\n".join([f"`cbbench effective-study --part cifar --epochs {r['epochs']}`: measured at commit "
+                      f"{r['commit']} (model trained at {r.get('train_commit')}), torch {r['torch']}, "
+                      f"{r['threads']} threads, {r['seconds']:.0f} s.", ""]
                      + cifar_markdown(r, os.path.basename(png)))
     atomic_write(os.path.join(out, "cifar.md"), text)
     return text
