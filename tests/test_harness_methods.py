@@ -21,7 +21,8 @@ def test_every_method_is_listed_once():
                 "cb_softmax_focal", "inverse_freq",
                 "inverse_freq_sigmoid", "inverse_freq_focal", "sqrt_inverse",
                 "class_balanced_sampling", "sqrt_sampling", "progressive_sampling", "cb_sampling", "balanced_softmax",
-                "logit_adjustment", "logit_adjustment_posthoc", "ldam", "ldam_drw", "cb_drw", "drs"}
+                "logit_adjustment", "logit_adjustment_posthoc", "ldam", "ldam_drw", "cb_drw", "drs",
+                "measured_softmax", "measured_sigmoid", "measured_focal"}
     assert set(METHODS) == expected and len(METHODS) == len(expected)
 
 

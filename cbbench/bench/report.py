@@ -152,7 +152,7 @@ def _rel(path, out_dir) -> str:
 def write_report(out_dir, *, speed: Sequence[dict] = (), accuracy_runs: Sequence[dict] = (),
                  weights_pngs: Sequence = (), notes: Sequence[str] = (), phases: Optional[Dict[str, float]] = None,
                  command: str = "make bench", beta_runs: Sequence[dict] = (),
-                 held_vectors: Sequence = ()) -> Path:
+                 held_vectors: Sequence = (), measured_lines: Sequence[str] = ()) -> Path:
     """Write PNGs and ``summary.md`` into ``out_dir`` from speed results (as returned by
     :func:`cbbench.bench.speed.run_speed`, one per device), harness runs, the weights figures and the
     implementations on the held test vectors (:func:`cbbench.bench.conformance.evaluate`)."""
@@ -218,6 +218,7 @@ def write_report(out_dir, *, speed: Sequence[dict] = (), accuracy_runs: Sequence
         md += [f"![{Path(p).stem}]({_rel(p, out)})" for p in weights_pngs] + [""]
     else:
         md += ["Not drawn.", ""]
+    md += list(measured_lines)  # the measured effective number (cbbench/commands/weights.py, measured_report)
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     path = out / "summary.md"
