@@ -298,11 +298,29 @@ def softmax_focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] 
                            sample_weight=sample_weight, backend=backend)
 
 
+def _op_takes(backend: str, logits, *tensors) -> bool:
+    """Whether the op may take these arguments as they are, its own checks (kernels/ops/cb_ops.h) standing in
+    for the tensor checks below until one of them fails: 2-D logits on the fused kernels, every tensor an
+    exact ``torch.Tensor`` or ``None`` (a subclass's ``__torch_function__`` is honoured by ``torch.ops``
+    only, and other values need the conversions of the checks), outside a ``torch.compile`` trace (which
+    traces the checks once, at no cost per call)."""
+    if type(logits) is not Tensor or logits.dim() != 2 or torch.compiler.is_compiling():
+        return False
+    for t in tensors:
+        if t is not None and type(t) is not Tensor:
+            return False
+    return ops.uses_kernels(backend, logits)
+
+
+# The errors the op raises for arguments the checks refuse (or convert): after one of them the call is
+# checked in full, which raises the public error, and made again with the checked arguments.
+_OP_ERRORS = (TypeError, ValueError, RuntimeError, NotImplementedError)
+
+
 def _softmax_family(fn: str, logits: Tensor, target: Tensor, weight: Optional[Tensor], *, reduction: str,
                     ignore_index: int, label_smoothing: float, logit_offset, target_margin, scale: float, gamma,
                     alpha, sample_weight, backend: str) -> Tensor:
     """Softmax cross-entropy (``gamma`` None) or softmax focal, without normaliser synchronisation."""
-    _check_logits(logits, fn)
     _check_reduction(reduction, fn)
     ignore_index = _check_index(ignore_index, "ignore_index", fn)
     label_smoothing = _check_real(label_smoothing, "label_smoothing", fn, low=0.0, high=1.0)
@@ -310,6 +328,14 @@ def _softmax_family(fn: str, logits: Tensor, target: Tensor, weight: Optional[Te
     focal = gamma is not None
     if focal:
         gamma = _check_real(gamma, "gamma", fn, low=0.0)
+    if _op_takes(backend, logits, target, weight, logit_offset, target_margin, alpha, sample_weight):
+        try:
+            return ops.softmax_cross_entropy(logits, target, weight, logit_offset, target_margin, scale,
+                                             label_smoothing, gamma or 0.0, alpha, sample_weight, ignore_index,
+                                             reduction)
+        except _OP_ERRORS:
+            pass  # checked in full below
+    _check_logits(logits, fn)
     target = _check_class_indices(logits, target, fn)
     weight = _check_class_vector(weight, "weight", logits, fn)
     if logit_offset is not None:
@@ -345,12 +371,18 @@ def _named(exc: ValueError, fn: str) -> ValueError:
 def _sigmoid_family(fn: str, logits: Tensor, target: Tensor, weight: Optional[Tensor], *, gamma: Optional[float],
                     alpha: Optional[float], reduction: str, ignore_index: int, sample_weight, backend: str) -> Tensor:
     """The sigmoid / focal losses without normaliser synchronisation."""
-    _check_logits(logits, fn)
     _check_reduction(reduction, fn)
     ignore_index = _check_index(ignore_index, "ignore_index", fn)
     if gamma is not None:
         gamma = _check_real(gamma, "gamma", fn, low=0.0)
     alpha = _check_alpha(alpha, fn)
+    if _op_takes(backend, logits, target, weight, sample_weight):
+        try:
+            return ops.sigmoid_focal(logits, target, weight, gamma or 0.0, -1.0 if alpha is None else alpha,
+                                     sample_weight, ignore_index, gamma is not None, reduction)
+        except _OP_ERRORS:
+            pass  # checked in full below
+    _check_logits(logits, fn)
     if isinstance(target, torch.Tensor) and target.is_floating_point():
         if tuple(target.shape) != tuple(logits.shape):
             raise ValueError(f"{fn}: a floating-point (multi-hot) target must have the logits' shape "

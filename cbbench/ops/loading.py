@@ -63,9 +63,12 @@ def kernel_status(device_type: str) -> str:
 def backend_override() -> str:
     """The ``CBBENCH_BACKEND`` environment variable ("" when unset). Read through the op library's C getenv
     where it is built (``os.environ`` writes through to the C environment; its own lookup costs more than a
-    small loss call's kernel), else through ``os.environ``."""
+    small loss call's kernel), else -- and in a ``torch.compile`` trace, which cannot enter it -- through
+    ``os.environ``."""
     module = _ops[0]
-    return module.backend_override() if module is not None else os.environ.get("CBBENCH_BACKEND", "")
+    if module is None or torch.compiler.is_compiling():
+        return os.environ.get("CBBENCH_BACKEND", "")
+    return module.backend_override()
 
 
 def uses_kernels(backend: str, logits: torch.Tensor) -> bool:

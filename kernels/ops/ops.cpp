@@ -262,118 +262,88 @@ Tensor scaled(Tensor grad, const Tensor& grad_output, Reduction red) {
 }
 
 // ---- autograd ---------------------------------------------------------------------------------------------
-// The forward's gradient is handed over by the first backward; a later one runs the kernel again; with
-// create_graph=True the composite is differentiated at the saved logits.
-template <typename Args>
-Tensor backward_of(AutogradContext* ctx, const Tensor& go, const Args& args, Pair (*fused)(const Tensor&, const Args&, bool),
-                   Tensor (*composite)(const Tensor&, const Args&, Reduction)) {
-  const Tensor logits = ctx->get_saved_variables()[0];
-  const Reduction red = parse_reduction(args.reduction);
-  if (at::GradMode::is_enabled()) {
-    const Tensor value = composite(logits, args, red);
-    return torch::autograd::grad({value}, {logits}, {go}, /*retain_graph=*/true, /*create_graph=*/true)[0];
-  }
-  auto& grad_slot = ctx->saved_data["grad"];
-  Tensor grad;
-  if (grad_slot.isTensor()) {
-    grad = grad_slot.toTensor();
-    grad_slot = c10::IValue();
-  } else {
-    at::AutoDispatchBelowADInplaceOrView below;
-    grad = std::get<1>(fused(logits, args, true));
-  }
-  return scaled(std::move(grad), go, red);
-}
-
-// The saved arguments of a Function (one capsule), and the gradient its forward wrote (until handed over).
+// The saved arguments of a Function and the gradient its forward wrote (until handed over), in one capsule.
 template <typename Args>
 struct Saved : torch::CustomClassHolder {
   Args args;
-  explicit Saved(Args a) : args(std::move(a)) {}
+  Tensor grad;
+  Saved(Args a, Tensor g) : args(std::move(a)), grad(std::move(g)) {}
 };
 
-template <typename Args>
-void save(AutogradContext* ctx, const Tensor& logits, Args args, const Tensor& grad) {
-  ctx->save_for_backward({logits});
-  ctx->saved_data["args"] = c10::IValue::make_capsule(c10::make_intrusive<Saved<Args>>(std::move(args)));
-  ctx->saved_data["grad"] = grad;
-  ctx->set_materialize_grads(false);
-}
-
-template <typename Args>
-const Args& saved_args(AutogradContext* ctx) {
-  return static_cast<const Saved<Args>*>(ctx->saved_data["args"].toCapsule().get())->args;
-}
-
-class SoftmaxFunction : public torch::autograd::Function<SoftmaxFunction> {
- public:
-  static Tensor forward(AutogradContext* ctx, const Tensor& logits, const Tensor& target, const OptTensor& weight,
-                        const OptTensor& offset, const OptTensor& margin, double scale, double eps, double gamma,
-                        const OptTensor& alpha, const OptTensor& sample_weight, int64_t ignore_index,
-                        c10::string_view reduction) {
-    SoftmaxArgs a{target, weight, offset, margin, scale, eps, gamma, alpha, sample_weight, ignore_index,
-                  std::string(reduction)};
-    at::AutoDispatchBelowADInplaceOrView below;
-    auto [loss, grad] = softmax_fused(logits, a, true);
-    save(ctx, logits, std::move(a), grad);
+// A loss's Function takes the logits and one non-tensor argument (the rest of the op's arguments): the
+// logits are its only differentiable input (any other input needing a gradient takes the composite), so
+// autograd records one input and one edge, not one per tensor argument.
+template <typename Args, Pair (*fused)(const Tensor&, const Args&, bool),
+          Tensor (*composite)(const Tensor&, const Args&, Reduction)>
+struct LossFunction {
+  static Tensor forward(AutogradContext* ctx, const Tensor& logits, Args args) {
+    Tensor loss, grad;
+    {
+      at::AutoDispatchBelowADInplaceOrView below;
+      std::tie(loss, grad) = fused(logits, args, true);
+    }
+    ctx->save_for_backward({logits});
+    ctx->saved_data["saved"] = c10::IValue::make_capsule(c10::make_intrusive<Saved<Args>>(std::move(args), grad));
+    ctx->set_materialize_grads(false);
     return loss;
   }
 
+  // The first backward hands the forward's gradient over; a later one runs the kernel again; with
+  // create_graph=True the composite is differentiated at the saved logits.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    variable_list out(12);  // one per forward argument: only the logits get a gradient
-    if (grads[0].defined())
-      out[0] = backward_of<SoftmaxArgs>(ctx, grads[0], saved_args<SoftmaxArgs>(ctx), softmax_fused, softmax_composite);
+    variable_list out(2);  // the logits' gradient; none for the arguments
+    const Tensor& go = grads[0];
+    if (!go.defined()) return out;
+    auto* saved = static_cast<Saved<Args>*>(ctx->saved_data["saved"].toCapsule().get());
+    const Tensor logits = ctx->get_saved_variables()[0];
+    const Reduction red = parse_reduction(saved->args.reduction);
+    if (at::GradMode::is_enabled()) {
+      const Tensor value = composite(logits, saved->args, red);
+      out[0] = torch::autograd::grad({value}, {logits}, {go}, /*retain_graph=*/true, /*create_graph=*/true)[0];
+      return out;
+    }
+    Tensor grad = std::move(saved->grad);  // undefined after the first backward
+    if (!grad.defined()) {
+      at::AutoDispatchBelowADInplaceOrView below;
+      grad = std::get<1>(fused(logits, saved->args, true));
+    }
+    out[0] = scaled(std::move(grad), go, red);
     return out;
   }
 };
 
-class SigmoidFunction : public torch::autograd::Function<SigmoidFunction> {
- public:
-  static Tensor forward(AutogradContext* ctx, const Tensor& logits, const Tensor& target, const OptTensor& weight,
-                        double gamma, double alpha, const OptTensor& sample_weight, int64_t ignore_index, bool focal,
-                        c10::string_view reduction) {
-    SigmoidArgs a{target, weight, gamma, alpha, sample_weight, ignore_index, focal, std::string(reduction)};
-    at::AutoDispatchBelowADInplaceOrView below;
-    auto [loss, grad] = sigmoid_fused(logits, a, true);
-    save(ctx, logits, std::move(a), grad);
-    return loss;
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    variable_list out(9);
-    if (grads[0].defined())
-      out[0] = backward_of<SigmoidArgs>(ctx, grads[0], saved_args<SigmoidArgs>(ctx), sigmoid_fused, sigmoid_composite);
-    return out;
-  }
-};
+// Named classes: the autograd node's name (grad_fn.name()) says which loss it is.
+class SoftmaxFunction : public torch::autograd::Function<SoftmaxFunction>,
+                        public LossFunction<SoftmaxArgs, softmax_fused, softmax_composite> {};
+class SigmoidFunction : public torch::autograd::Function<SigmoidFunction>,
+                        public LossFunction<SigmoidArgs, sigmoid_fused, sigmoid_composite> {};
 
 // ---- the public ops' kernels --------------------------------------------------------------------------------
 Tensor softmax_autograd(const Tensor& logits, const Tensor& target, const OptTensor& weight, const OptTensor& offset,
                         const OptTensor& margin, double scale, double eps, double gamma, const OptTensor& alpha,
                         const OptTensor& sample_weight, int64_t ignore_index, c10::string_view reduction) {
-  const SoftmaxArgs a{target, weight, offset, margin, scale, eps, gamma, alpha, sample_weight, ignore_index,
-                      std::string(reduction)};
+  SoftmaxArgs a{target, weight, offset, margin, scale, eps, gamma, alpha, sample_weight, ignore_index,
+                std::string(reduction)};
   if (any_needs_grad_or_dual(weight, offset, margin, alpha, sample_weight) || dual(logits) || functorch_active())
     return softmax_composite(logits, a, parse_reduction(reduction));
   if (!grad_mode_with(logits)) {
     at::AutoDispatchBelowADInplaceOrView below;
     return std::get<0>(softmax_fused(logits, a, false));
   }
-  return SoftmaxFunction::apply(logits, target, weight, offset, margin, scale, eps, gamma, alpha, sample_weight,
-                                ignore_index, reduction);
+  return SoftmaxFunction::apply(logits, std::move(a));
 }
 
 Tensor sigmoid_autograd(const Tensor& logits, const Tensor& target, const OptTensor& weight, double gamma,
                         double alpha, const OptTensor& sample_weight, int64_t ignore_index, bool focal,
                         c10::string_view reduction) {
-  const SigmoidArgs a{target, weight, gamma, alpha, sample_weight, ignore_index, focal, std::string(reduction)};
+  SigmoidArgs a{target, weight, gamma, alpha, sample_weight, ignore_index, focal, std::string(reduction)};
   if (any_needs_grad_or_dual(target, weight, sample_weight) || dual(logits) || functorch_active())
     return sigmoid_composite(logits, a, parse_reduction(reduction));
   if (!grad_mode_with(logits)) {
     at::AutoDispatchBelowADInplaceOrView below;
     return std::get<0>(sigmoid_fused(logits, a, false));
   }
-  return SigmoidFunction::apply(logits, target, weight, gamma, alpha, sample_weight, ignore_index, focal, reduction);
+  return SigmoidFunction::apply(logits, std::move(a));
 }
 
 // Below autograd (inference tensors, AutoDispatchBelowAutograd): the kernel, no gradient.
