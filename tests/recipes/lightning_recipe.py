@@ -1,0 +1,113 @@
+"""Lightning recipe for a cbbench loss (docs/frameworks.md, "Lightning"), checked by
+tests/test_framework_recipes.py. Start it with 2 processes:
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/recipes/lightning_recipe.py OUT VARIANT...
+
+or let Lightning start the second process itself (``python tests/recipes/lightning_recipe.py OUT VARIANT...``, which
+the test does). Each VARIANT fits a fresh model (same initial weights) for EPOCHS epochs on ``common.dataset()``
+with ``Trainer(accelerator="cpu", devices=2, strategy="ddp")`` (gloo) and rank 0 appends its final parameters,
+the logged global loss and the global batch (data set rows) of every step to the JSON-lines file OUT:
+
+* ``default``       a plain DataLoader (shuffle=False), which Lightning gives a DistributedSampler -- shuffling,
+                    and padding the data set to a multiple of the world size: not equal to one process
+* ``recipe``        ``use_distributed_sampler=False`` and a ``GlobalBatchSampler`` (uneven shares, no padding)
+* ``recipe-nosync`` ``recipe`` with ``sync_normalizer=False``: not equal (the check can fail)
+
+The callback ``Record`` only records what the test compares; ``LitModel`` and ``recipe_trainer`` are the
+recipe as the docs show it.
+"""
+import sys
+
+import lightning
+import torch
+from torch.utils.data import DataLoader
+
+import common  # tests/recipes/common.py: data, model, loss
+import cbbench
+from cbbench.harness.samplers import GlobalBatchSampler, SamplingSchedule
+
+
+# --- the recipe (docs/frameworks.md) ---------------------------------------------------------------------
+class LitModel(lightning.LightningModule):
+    def __init__(self, net, train_counts, global_batch_size=None, sync_normalizer=True):
+        super().__init__()
+        self.net = net
+        self.criterion = cbbench.ClassBalancedLoss(train_counts, beta=0.99, loss_type="focal", gamma=1.0,
+                                                   sync_normalizer=sync_normalizer)
+        self.global_batch_size = global_batch_size
+
+    def train_dataloader(self):
+        # rank r's share of each global batch: the same global batches on any number of processes
+        x, y = common.data()
+        self.sampler = GlobalBatchSampler(SamplingSchedule("instance", y, common.CLASSES, self.trainer.max_epochs),
+                                          self.global_batch_size, seed=common.SEED)
+        return DataLoader(common.dataset(), batch_sampler=self.sampler)
+
+    def on_train_epoch_start(self):
+        self.sampler.set_epoch(self.current_epoch)  # Lightning calls set_epoch on samplers, not batch samplers
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.criterion(self.net(x), y)
+        self.log("train_loss", loss, sync_dist=True)  # the mean over the ranks: the global batch's loss
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=common.LR)
+
+
+def recipe_trainer(**kwargs):
+    return lightning.Trainer(accelerator="cpu", devices=common.WORLD, strategy="ddp",
+                             use_distributed_sampler=False, **kwargs)
+# ----------------------------------------------------------------------------------------------------------
+
+
+class PlainLoader(LitModel):
+    """The loader as a user writes it without the recipe: Lightning shards it with a DistributedSampler."""
+
+    def train_dataloader(self):
+        return DataLoader(common.dataset(), batch_size=common.PER_RANK, shuffle=False)
+
+    def on_train_epoch_start(self):
+        pass
+
+
+class Record(lightning.Callback):
+    """Bookkeeping: the global batch (data set rows) and the logged (synchronised) train_loss of every step."""
+
+    def __init__(self):
+        self.losses, self.batches = [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batches.append(common.global_rows(*batch))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(trainer.callback_metrics["train_loss"]))
+
+
+QUIET = dict(max_epochs=common.EPOCHS, precision="64-true", logger=False, enable_checkpointing=False,
+             enable_progress_bar=False, enable_model_summary=False)
+
+
+def main(out, variants):
+    for name in variants:
+        steps = Record()
+        if name == "default":
+            model = PlainLoader(common.make_net(), common.train_counts())
+            trainer = lightning.Trainer(accelerator="cpu", devices=common.WORLD, strategy="ddp",
+                                        callbacks=[steps], **QUIET)
+        elif name in ("recipe", "recipe-nosync"):
+            model = LitModel(common.make_net(), common.train_counts(), common.GLOBAL_BATCH,
+                             sync_normalizer=name == "recipe")
+            trainer = recipe_trainer(callbacks=[steps], **QUIET)
+        else:
+            raise SystemExit(f"unknown variant {name!r}")
+        trainer.fit(model)
+        if trainer.is_global_zero:
+            common.write_result(out, name, model.net, steps.losses, steps.batches, world_size=trainer.world_size,
+                                strategy=type(trainer.strategy).__name__,
+                                backend=torch.distributed.get_backend())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])
