@@ -34,8 +34,7 @@ _spec = importlib.util.spec_from_file_location("framework_recipes_common", RECIP
 common = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(common)
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs gloo")]
+gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs gloo")
 
 
 def _env(**extra):
@@ -96,6 +95,8 @@ def ddp_runs(tmp_path_factory):
     return _torchrun("ddp_recipe.py", ["default", "recipe", "recipe-nosync"], tmp_path_factory.mktemp("ddp"))
 
 
+@pytest.mark.slow
+@gloo
 def test_ddp_recipe_equals_one_process(ddp_runs):
     run = ddp_runs["recipe"]
     _check_two_processes(run)
@@ -105,6 +106,8 @@ def test_ddp_recipe_equals_one_process(ddp_runs):
     _assert_same(run, want, "DDP + GlobalBatchSampler + sync_normalizer")
 
 
+@pytest.mark.slow
+@gloo
 def test_ddp_distributed_sampler_pads_and_differs(ddp_runs):
     run = ddp_runs["default"]
     assert _recorded(run) == _lists(common.distributed_sampler_batches(pad=True))  # the tail: 3 rows + 1 repeated
@@ -112,6 +115,8 @@ def test_ddp_distributed_sampler_pads_and_differs(ddp_runs):
     _assert_same(run, common.distributed_sampler_batches(pad=True), "the padding is the whole difference")
 
 
+@pytest.mark.slow
+@gloo
 def test_ddp_recipe_without_sync_differs(ddp_runs):
     assert min(_difference(ddp_runs["recipe-nosync"], common.global_sampler_batches())) > DIFFERS
 
@@ -129,6 +134,8 @@ def lightning_runs(tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow
+@gloo
 def test_lightning_recipe_equals_one_process(lightning_runs):
     run = lightning_runs["recipe"]
     _check_two_processes(run)
@@ -138,6 +145,8 @@ def test_lightning_recipe_equals_one_process(lightning_runs):
     _assert_same(run, want, "Lightning + GlobalBatchSampler + sync_normalizer (logged loss: sync_dist=True)")
 
 
+@pytest.mark.slow
+@gloo
 def test_lightning_default_sampler_shuffles_pads_and_differs(lightning_runs):
     """A DataLoader(shuffle=False) gets DistributedSampler(shuffle=True, seed=0): shuffled, padded."""
     run = lightning_runs["default"]
@@ -147,6 +156,8 @@ def test_lightning_default_sampler_shuffles_pads_and_differs(lightning_runs):
     _assert_same(run, common.distributed_sampler_batches(pad=True), "the padding is the whole difference")
 
 
+@pytest.mark.slow
+@gloo
 def test_lightning_recipe_without_sync_differs(lightning_runs):
     assert min(_difference(lightning_runs["recipe-nosync"], common.global_sampler_batches())) > DIFFERS
 
@@ -160,6 +171,8 @@ def accelerate_runs(tmp_path_factory):
                      tmp_path_factory.mktemp("accelerate"))
 
 
+@pytest.mark.slow
+@gloo
 @pytest.mark.parametrize("variant", ["recipe", "recipe-split"])
 def test_accelerate_ignore_padding_equals_one_process(accelerate_runs, variant):
     run = accelerate_runs[variant]
@@ -170,6 +183,8 @@ def test_accelerate_ignore_padding_equals_one_process(accelerate_runs, variant):
     _assert_same(run, want, f"Accelerate {variant}: prepared DataLoader, padded rows ignored")
 
 
+@pytest.mark.slow
+@gloo
 def test_accelerate_ignore_padding_shuffled(accelerate_runs):
     """shuffle=True: Accelerate's order, every row once per epoch, the padding ignored."""
     run = accelerate_runs["recipe-shuffle"]
@@ -181,6 +196,8 @@ def test_accelerate_ignore_padding_shuffled(accelerate_runs):
     _assert_same(run, batches, "Accelerate shuffle=True, padded rows ignored")
 
 
+@pytest.mark.slow
+@gloo
 def test_accelerate_global_batch_sampler_equals_one_process(accelerate_runs):
     run = accelerate_runs["sampler"]
     want = common.global_sampler_batches()
@@ -188,6 +205,8 @@ def test_accelerate_global_batch_sampler_equals_one_process(accelerate_runs):
     _assert_same(run, want, "Accelerate, DataLoader not prepared, GlobalBatchSampler")
 
 
+@pytest.mark.slow
+@gloo
 def test_accelerate_default_pads_and_differs(accelerate_runs):
     run = accelerate_runs["default"]
     padded = [[torch.arange(0, 10), torch.arange(10, 20), torch.tensor([20, 21, 22, 0, 1, 2, 3, 4, 5, 6])]]
@@ -196,10 +215,14 @@ def test_accelerate_default_pads_and_differs(accelerate_runs):
     _assert_same(run, padded * common.EPOCHS, "the padding is the whole difference")
 
 
+@pytest.mark.slow
+@gloo
 def test_accelerate_recipe_without_sync_differs(accelerate_runs):
     assert min(_difference(accelerate_runs["recipe-nosync"], common.sequential_batches())) > DIFFERS
 
 
+@pytest.mark.slow
+@gloo
 def test_accelerate_launch_cpu_runs_one_process(tmp_path):
     """``accelerate launch --cpu --num_processes 2`` starts one process (accelerate 1.x: the simple launcher
     without mpirun), which then trains alone -- hence torchrun in the recipe."""
@@ -210,5 +233,25 @@ def test_accelerate_launch_cpu_runs_one_process(tmp_path):
            str(RECIPES / "accelerate_recipe.py"), str(out), "recipe"]
     # HF_HOME: no accelerate config file of the user's applies
     runs, rows = _launch(cmd, out, tmp_path, timeout=200, HF_HOME=str(tmp_path / "hf"))
-    assert len(rows) == 1 and runs["recipe"]["world_size"] == 1
-    assert runs["recipe"]["distributed_type"] == "DistributedType.NO"
+    run = runs["recipe"]
+    assert len(rows) == 1 and run["world_size"] == 1 and run["distributed_type"] == "DistributedType.NO"
+    _assert_same(run, common.sequential_batches(), "one process: batches of 10, ignore_padding does nothing")
+
+
+def test_multi_hot_padded_rows_drop_out_with_zero_weight_and_target():
+    """docs/frameworks.md: multi-hot targets have no ignore_index; a padded row drops out of the loss and of
+    every divisor when its sample weight and its target row are 0 (a zero sample weight alone leaves its
+    positives in the "mean" divisor)."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(7, 4, generator=g, dtype=torch.float64)
+    t = (torch.rand(7, 4, generator=g) < 0.4).double()
+    pad = torch.arange(7) >= 4
+    weight = (~pad).double()
+    for loss_type in ("sigmoid", "focal"):
+        for reduction in ("mean", "weighted_mean", "sum"):
+            criterion = cbbench.ClassBalancedLoss([10, 5, 3, 1], beta=0.99, loss_type=loss_type, reduction=reduction)
+            want = criterion(z[~pad], t[~pad])
+            torch.testing.assert_close(criterion(z, t * weight[:, None], sample_weight=weight), want,
+                                       rtol=1e-12, atol=0)
+            if reduction == "mean":
+                assert not torch.allclose(criterion(z, t, sample_weight=weight), want)

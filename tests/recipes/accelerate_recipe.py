@@ -23,8 +23,15 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
+import cbbench
 import common  # tests/recipes/common.py: data, model, loss
 from cbbench.harness.samplers import GlobalBatchSampler, SamplingSchedule
+
+
+# the user's data and settings (train_set yields (x, y) pairs)
+train_set, train_targets = common.dataset(), common.data()[1]
+num_classes, global_batch_size, epochs, lr, seed = common.CLASSES, common.GLOBAL_BATCH, common.EPOCHS, common.LR, \
+    common.SEED
 
 
 # --- the recipe (docs/frameworks.md) ---------------------------------------------------------------------
@@ -45,62 +52,69 @@ def ignore_padding(target, accelerator, ignore_index=-100):
     return target
 
 
-def train(accelerator, net, criterion, loader, epochs, fix_padding=True):
+def train(accelerator, net, loader, sync_normalizer=True, fix_padding=True):
+    criterion = cbbench.ClassBalancedLoss(torch.bincount(train_targets, minlength=num_classes), beta=0.99,
+                                          loss_type="focal", gamma=1.0, sync_normalizer=sync_normalizer)
     criterion = criterion.to(accelerator.device)
-    optimizer = torch.optim.SGD(net.parameters(), lr=common.LR)
-    net, optimizer, loader = accelerator.prepare(net, optimizer, loader)
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    model, optimizer, loader = accelerator.prepare(net, optimizer, loader)
     losses, batches = [], []                                           # bookkeeping
     for epoch in range(epochs):
         for x, y in loader:
-            if fix_padding:
+            if fix_padding:                                            # (off: the test's "default" variant)
                 y = ignore_padding(y, accelerator)
-            loss = criterion(net(x), y)
+            loss = criterion(model(x), y)
             optimizer.zero_grad()
             accelerator.backward(loss)
             optimizer.step()
-            losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())  # the global loss
+            global_loss = accelerator.reduce(loss.detach(), reduction="mean")  # the global batch's loss
+            losses.append(global_loss.item())                          # bookkeeping
             batches.append(common.global_rows(x, y))                   # bookkeeping
-    return accelerator.unwrap_model(net), losses, batches
-# ----------------------------------------------------------------------------------------------------------
+    return accelerator.unwrap_model(model), losses, batches
 
 
-def train_sampler(accelerator, net, criterion, epochs):
-    """Not preparing the DataLoader: every process loads its share of each global batch itself."""
+def train_unprepared_loader(accelerator, net):
+    """The other recipe: do not prepare the DataLoader; every process loads its share of each global batch."""
+    criterion = cbbench.ClassBalancedLoss(torch.bincount(train_targets, minlength=num_classes), beta=0.99,
+                                          loss_type="focal", gamma=1.0, sync_normalizer=True)
     criterion = criterion.to(accelerator.device)
-    optimizer = torch.optim.SGD(net.parameters(), lr=common.LR)
-    net, optimizer = accelerator.prepare(net, optimizer)              # not the DataLoader
-    sampler = GlobalBatchSampler(SamplingSchedule("instance", common.data()[1], common.CLASSES, epochs),
-                                 common.GLOBAL_BATCH, seed=common.SEED,
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    model, optimizer = accelerator.prepare(net, optimizer)            # not the DataLoader
+    sampler = GlobalBatchSampler(SamplingSchedule("instance", train_targets, num_classes, epochs),
+                                 global_batch_size, seed=seed,
                                  num_replicas=accelerator.num_processes, rank=accelerator.process_index)
-    loader = DataLoader(common.dataset(), batch_sampler=sampler)
+    loader = DataLoader(train_set, batch_sampler=sampler)
     losses, batches = [], []                                           # bookkeeping
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
         for x, y in loader:
             x, y = x.to(accelerator.device), y.to(accelerator.device)
-            loss = criterion(net(x), y)
+            loss = criterion(model(x), y)
             optimizer.zero_grad()
             accelerator.backward(loss)
             optimizer.step()
-            losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
+            global_loss = accelerator.reduce(loss.detach(), reduction="mean")
+            losses.append(global_loss.item())                          # bookkeeping
             batches.append(common.global_rows(x, y))                   # bookkeeping
-    return accelerator.unwrap_model(net), losses, batches
+    return accelerator.unwrap_model(model), losses, batches
+# ----------------------------------------------------------------------------------------------------------
 
 
 def main(out, variants):
-    set_seed(common.SEED)
+    set_seed(seed)
     accelerator = Accelerator(cpu=True)
+    per_process_batch_size = global_batch_size // accelerator.num_processes
     for name in variants:
-        net, criterion = common.make_net(), common.make_loss(sync_normalizer=name != "recipe-nosync")
-        per_process = DataLoader(common.dataset(), batch_size=common.PER_RANK, shuffle=name == "recipe-shuffle")
+        net = common.make_net()
         if name in ("default", "recipe", "recipe-nosync", "recipe-shuffle"):
-            result = train(accelerator, net, criterion, per_process, common.EPOCHS, fix_padding=name != "default")
-        elif name == "recipe-split":
+            loader = DataLoader(train_set, batch_size=per_process_batch_size, shuffle=name == "recipe-shuffle")
+            result = train(accelerator, net, loader, sync_normalizer=name != "recipe-nosync",
+                           fix_padding=name != "default")
+        elif name == "recipe-split":  # the loader's batch is the global batch, split across the processes
             split = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(split_batches=True))
-            whole = DataLoader(common.dataset(), batch_size=common.GLOBAL_BATCH, shuffle=False)
-            result = train(split, net, criterion, whole, common.EPOCHS)
+            result = train(split, net, DataLoader(train_set, batch_size=global_batch_size, shuffle=False))
         elif name == "sampler":
-            result = train_sampler(accelerator, net, criterion, common.EPOCHS)
+            result = train_unprepared_loader(accelerator, net)
         else:
             raise SystemExit(f"unknown variant {name!r}")
         if accelerator.is_main_process:

@@ -27,28 +27,34 @@ from cbbench.distributed import broadcast_counts
 from cbbench.harness.samplers import GlobalBatchSampler, SamplingSchedule
 
 
+# the user's data and settings (train_set yields (x, y) pairs)
+train_set, train_targets = common.dataset(), common.data()[1]
+num_classes, global_batch_size, epochs, lr, seed = common.CLASSES, common.GLOBAL_BATCH, common.EPOCHS, common.LR, \
+    common.SEED
+
+
 # --- the recipe (docs/frameworks.md) ---------------------------------------------------------------------
-def train(sync_normalizer=True):
-    counts = broadcast_counts(common.train_counts() if dist.get_rank() == 0 else None)  # whole training set
+def train(net, sync_normalizer=True):
+    counts = broadcast_counts(torch.bincount(train_targets, minlength=num_classes) if dist.get_rank() == 0 else None)
     criterion = cbbench.ClassBalancedLoss(counts, beta=0.99, loss_type="focal", gamma=1.0,
                                           sync_normalizer=sync_normalizer)
-    model = DistributedDataParallel(common.make_net())
-    optimizer = torch.optim.SGD(model.parameters(), lr=common.LR)
-    targets = common.data()[1]
-    sampler = GlobalBatchSampler(SamplingSchedule("instance", targets, common.CLASSES, common.EPOCHS),
-                                 common.GLOBAL_BATCH, seed=common.SEED)  # this rank's share of each global batch
-    loader = DataLoader(common.dataset(), batch_sampler=sampler)
+    model = DistributedDataParallel(net)                               # + device_ids=[local_rank] on GPUs
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    sampler = GlobalBatchSampler(SamplingSchedule("instance", train_targets, num_classes, epochs),
+                                 global_batch_size, seed=seed)         # this rank's share of each global batch
+    loader = DataLoader(train_set, batch_sampler=sampler)
     losses, batches = [], []                                           # bookkeeping
-    for epoch in range(common.EPOCHS):
+    for epoch in range(epochs):
         sampler.set_epoch(epoch)
         for x, y in loader:
             loss = criterion(model(x), y)
             optimizer.zero_grad()
             loss.backward()                                            # DDP: the global batch's gradient
             optimizer.step()
-            value = loss.detach().clone()
-            dist.all_reduce(value)
-            losses.append(value.item() / dist.get_world_size())        # the global batch's loss
+            global_loss = loss.detach().clone()
+            dist.all_reduce(global_loss)
+            global_loss /= dist.get_world_size()                       # the global batch's loss
+            losses.append(global_loss.item())                          # bookkeeping
             batches.append(common.global_rows(x, y))                   # bookkeeping
     return model.module, losses, batches
 # ----------------------------------------------------------------------------------------------------------
@@ -82,7 +88,7 @@ def main(out, variants):
         if name == "default":
             result = train_distributed_sampler()
         elif name in ("recipe", "recipe-nosync"):
-            result = train(sync_normalizer=name == "recipe")
+            result = train(common.make_net(), sync_normalizer=name == "recipe")
         else:
             raise SystemExit(f"unknown variant {name!r}")
         if dist.get_rank() == 0:

@@ -27,21 +27,24 @@ import cbbench
 from cbbench.harness.samplers import GlobalBatchSampler, SamplingSchedule
 
 
+# the user's data and settings (train_set yields (x, y) pairs)
+train_set, train_targets = common.dataset(), common.data()[1]
+num_classes, global_batch_size, epochs, lr, seed = common.CLASSES, common.GLOBAL_BATCH, common.EPOCHS, common.LR, \
+    common.SEED
+
+
 # --- the recipe (docs/frameworks.md) ---------------------------------------------------------------------
 class LitModel(lightning.LightningModule):
-    def __init__(self, net, train_counts, global_batch_size=None, sync_normalizer=True):
+    def __init__(self, net, sync_normalizer=True):
         super().__init__()
         self.net = net
-        self.criterion = cbbench.ClassBalancedLoss(train_counts, beta=0.99, loss_type="focal", gamma=1.0,
-                                                   sync_normalizer=sync_normalizer)
-        self.global_batch_size = global_batch_size
+        self.criterion = cbbench.ClassBalancedLoss(torch.bincount(train_targets, minlength=num_classes), beta=0.99,
+                                                   loss_type="focal", gamma=1.0, sync_normalizer=sync_normalizer)
 
-    def train_dataloader(self):
-        # rank r's share of each global batch: the same global batches on any number of processes
-        x, y = common.data()
-        self.sampler = GlobalBatchSampler(SamplingSchedule("instance", y, common.CLASSES, self.trainer.max_epochs),
-                                          self.global_batch_size, seed=common.SEED)
-        return DataLoader(common.dataset(), batch_sampler=self.sampler)
+    def train_dataloader(self):  # this rank's share of each global batch: the same global batches on any W
+        self.sampler = GlobalBatchSampler(SamplingSchedule("instance", train_targets, num_classes, epochs),
+                                          global_batch_size, seed=seed)
+        return DataLoader(train_set, batch_sampler=self.sampler)
 
     def on_train_epoch_start(self):
         self.sampler.set_epoch(self.current_epoch)  # Lightning calls set_epoch on samplers, not batch samplers
@@ -53,12 +56,12 @@ class LitModel(lightning.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=common.LR)
+        return torch.optim.SGD(self.parameters(), lr=lr)
 
 
 def recipe_trainer(**kwargs):
-    return lightning.Trainer(accelerator="cpu", devices=common.WORLD, strategy="ddp",
-                             use_distributed_sampler=False, **kwargs)
+    return lightning.Trainer(accelerator="cpu", devices=2, strategy="ddp", use_distributed_sampler=False,
+                             max_epochs=epochs, **kwargs)
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -85,7 +88,7 @@ class Record(lightning.Callback):
         self.losses.append(float(trainer.callback_metrics["train_loss"]))
 
 
-QUIET = dict(max_epochs=common.EPOCHS, precision="64-true", logger=False, enable_checkpointing=False,
+QUIET = dict(precision="64-true", logger=False, enable_checkpointing=False,
              enable_progress_bar=False, enable_model_summary=False)
 
 
@@ -93,12 +96,11 @@ def main(out, variants):
     for name in variants:
         steps = Record()
         if name == "default":
-            model = PlainLoader(common.make_net(), common.train_counts())
-            trainer = lightning.Trainer(accelerator="cpu", devices=common.WORLD, strategy="ddp",
+            model = PlainLoader(common.make_net())
+            trainer = lightning.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=epochs,
                                         callbacks=[steps], **QUIET)
         elif name in ("recipe", "recipe-nosync"):
-            model = LitModel(common.make_net(), common.train_counts(), common.GLOBAL_BATCH,
-                             sync_normalizer=name == "recipe")
+            model = LitModel(common.make_net(), sync_normalizer=name == "recipe")
             trainer = recipe_trainer(callbacks=[steps], **QUIET)
         else:
             raise SystemExit(f"unknown variant {name!r}")
