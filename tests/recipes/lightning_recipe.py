@@ -3,10 +3,11 @@ tests/test_framework_recipes.py. Start it with 2 processes:
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/recipes/lightning_recipe.py OUT VARIANT...
 
-or let Lightning start the second process itself (``python tests/recipes/lightning_recipe.py OUT VARIANT...``, which
-the test does). Each VARIANT fits a fresh model (same initial weights) for EPOCHS epochs on ``common.dataset()``
-with ``Trainer(accelerator="cpu", devices=2, strategy="ddp")`` (gloo) and rank 0 appends its final parameters,
-the logged global loss and the global batch (data set rows) of every step to the JSON-lines file OUT:
+(what the test does) or let Lightning start the second process itself (``python tests/recipes/lightning_recipe.py
+OUT VARIANT...``: the same results, slower). Each VARIANT fits a fresh model (same initial weights) for EPOCHS
+epochs on ``common.dataset()`` with ``Trainer(accelerator="cpu", devices=2, strategy="ddp")`` (gloo) and rank 0
+appends its final parameters, the logged global loss and the global batch (data set rows) of every step to the
+JSON-lines file OUT:
 
 * ``default``       a plain DataLoader (shuffle=False), which Lightning gives a DistributedSampler -- shuffling,
                     and padding the data set to a multiple of the world size: not equal to one process
