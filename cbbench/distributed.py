@@ -35,7 +35,7 @@ from .weights import CountsLike, as_counts
 Tensor = torch.Tensor
 
 __all__ = ["is_distributed", "world_size", "rank", "synchronised", "broadcast_counts", "check_counts_agree",
-           "batch_share", "even_shard", "all_reduce_sum", "broadcast_object"]
+           "batch_share", "even_shard", "all_reduce_sum", "broadcast_object", "ignore_accelerate_padding"]
 
 
 def is_distributed(group=None) -> bool:
@@ -195,3 +195,25 @@ def broadcast_object(obj, src: int = 0, group=None):
     dist.broadcast_object_list(holder, src=_global_rank(src, group), group=group,
                                device=_collective_device(group))
     return holder[0]
+
+
+def ignore_accelerate_padding(target: Tensor, accelerator, ignore_index: int = -100) -> Tensor:
+    """Class-index targets of a batch from a DataLoader prepared by Hugging Face Accelerate, with the rows
+    Accelerate added to complete the last global batch set to ``ignore_index`` (they then count in no loss
+    and, with ``sync_normalizer=True``, in no divisor: the run equals one process on the unpadded batches).
+
+    With ``even_batches=True`` (Accelerate's default) the last global batch is completed with rows from the
+    start of the data set; ``accelerator.gradient_state.remainder`` real rows come first in process order, so
+    process p keeps the first ``remainder - p * len(target)`` of its rows. Every other batch is returned as
+    it is. Data sets without ``len()`` (remainder -1) cannot be corrected. Checked against one process by
+    ``tests/test_framework_recipes.py``; the recipe is in ``docs/frameworks.md``."""
+    state = accelerator.gradient_state
+    if not (state.end_of_dataloader and state.remainder > 0):
+        return target
+    n = target.shape[0]
+    real = min(max(state.remainder - accelerator.process_index * n, 0), n)
+    if real == n:
+        return target
+    target = target.clone()
+    target[real:] = ignore_index
+    return target

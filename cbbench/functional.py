@@ -298,18 +298,19 @@ def softmax_focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] 
                            sample_weight=sample_weight, backend=backend)
 
 
-def _op_takes(backend: str, logits, *tensors) -> bool:
-    """Whether the op may take these arguments as they are, its own checks (kernels/ops/cb_ops.h) standing in
-    for the tensor checks below until one of them fails: 2-D logits on the fused kernels, every tensor an
-    exact ``torch.Tensor`` or ``None`` (a subclass's ``__torch_function__`` is honoured by ``torch.ops``
-    only, and other values need the conversions of the checks), outside a ``torch.compile`` trace (which
-    traces the checks once, at no cost per call)."""
+def _op_takes(backend: str, logits, *tensors):
+    """The module whose functions call the ops eagerly (:func:`cbbench.ops.eager_module`) where the op may
+    take these arguments as they are, its own checks (kernels/ops/cb_ops.h) standing in for the tensor
+    checks below until one of them fails: 2-D logits on the fused kernels, every tensor an exact
+    ``torch.Tensor`` or ``None`` (a subclass's ``__torch_function__`` is honoured by ``torch.ops`` only, and
+    other values need the conversions of the checks), outside a ``torch.compile`` trace (which traces the
+    checks once, at no cost per call); else ``None``."""
     if type(logits) is not Tensor or logits.dim() != 2 or torch.compiler.is_compiling():
-        return False
+        return None
     for t in tensors:
         if t is not None and type(t) is not Tensor:
-            return False
-    return ops.uses_kernels(backend, logits)
+            return None
+    return ops.eager_module() if ops.uses_kernels(backend, logits) else None
 
 
 # The errors the op raises for arguments the checks refuse (or convert): after one of them the call is
@@ -328,11 +329,12 @@ def _softmax_family(fn: str, logits: Tensor, target: Tensor, weight: Optional[Te
     focal = gamma is not None
     if focal:
         gamma = _check_real(gamma, "gamma", fn, low=0.0)
-    if _op_takes(backend, logits, target, weight, logit_offset, target_margin, alpha, sample_weight):
+    eager = _op_takes(backend, logits, target, weight, logit_offset, target_margin, alpha, sample_weight)
+    if eager is not None:
         try:
-            return ops.softmax_cross_entropy(logits, target, weight, logit_offset, target_margin, scale,
-                                             label_smoothing, gamma or 0.0, alpha, sample_weight, ignore_index,
-                                             reduction)
+            return eager.softmax_cross_entropy(logits, target, weight, logit_offset, target_margin, scale,
+                                               label_smoothing, gamma or 0.0, alpha, sample_weight, ignore_index,
+                                               reduction)
         except _OP_ERRORS:
             pass  # checked in full below
     _check_logits(logits, fn)
@@ -376,10 +378,11 @@ def _sigmoid_family(fn: str, logits: Tensor, target: Tensor, weight: Optional[Te
     if gamma is not None:
         gamma = _check_real(gamma, "gamma", fn, low=0.0)
     alpha = _check_alpha(alpha, fn)
-    if _op_takes(backend, logits, target, weight, sample_weight):
+    eager = _op_takes(backend, logits, target, weight, sample_weight)
+    if eager is not None:
         try:
-            return ops.sigmoid_focal(logits, target, weight, gamma or 0.0, -1.0 if alpha is None else alpha,
-                                     sample_weight, ignore_index, gamma is not None, reduction)
+            return eager.sigmoid_focal(logits, target, weight, gamma or 0.0, -1.0 if alpha is None else alpha,
+                                       sample_weight, ignore_index, gamma is not None, reduction)
         except _OP_ERRORS:
             pass  # checked in full below
     _check_logits(logits, fn)

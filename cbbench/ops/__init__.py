@@ -40,10 +40,16 @@ from . import fake, loading
 from .loading import (BACKENDS, kernel_module, kernel_status, ops_available, resolve_backend, uses_kernels)
 
 __all__ = ["BACKENDS", "kernel_module", "kernel_status", "ops_available", "resolve_backend", "uses_kernels",
-           "softmax_cross_entropy", "sigmoid_focal"]
+           "softmax_cross_entropy", "sigmoid_focal", "eager_module"]
 
 if ops_available():
     fake.register()
+
+
+def eager_module():
+    """``cbbench._C``, whose ``softmax_cross_entropy`` / ``sigmoid_focal`` enter the ops for eager calls
+    (see :func:`softmax_cross_entropy`), or ``None`` where it is not built."""
+    return loading._ops[0]
 
 
 def softmax_cross_entropy(*args):

@@ -257,6 +257,9 @@ Tensor scaled(Tensor grad, const Tensor& grad_output, Reduction red) {
   const Tensor factor = red == Reduction::none ? grad_output.unsqueeze(1) : grad_output;
   if (!plain(grad_output) || !plain(grad)) return (grad * factor).to(grad.scalar_type());
   if (red == Reduction::none) return grad.mul_(factor);
+  // a float32 grad_output of 1 on the CPU (a training step's loss) is read here, without an op call
+  if (grad_output.is_cpu() && grad_output.scalar_type() == at::kFloat && *grad_output.const_data_ptr<float>() == 1.0f)
+    return grad;
   scale_grad_(grad, grad_output);
   return grad;
 }

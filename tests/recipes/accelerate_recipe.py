@@ -35,21 +35,7 @@ num_classes, global_batch_size, epochs, lr, seed = common.CLASSES, common.GLOBAL
 
 
 # --- the recipe (docs/frameworks.md) ---------------------------------------------------------------------
-def ignore_padding(target, accelerator, ignore_index=-100):
-    """Mark the rows Accelerate added to this process's last batch as ignored.
-
-    With ``even_batches=True`` (the default) a prepared DataLoader completes the last global batch with rows
-    from the start of the data set; the real rows are the first ``gradient_state.remainder`` of the batch
-    gathered in process order (process 0's rows, then process 1's, ...), so process p keeps the first
-    ``remainder - p * len(target)`` of its rows. Ignored rows count in no loss and no divisor."""
-    state = accelerator.gradient_state
-    if not (state.end_of_dataloader and state.remainder > 0):
-        return target
-    n = target.shape[0]
-    real = min(max(state.remainder - accelerator.process_index * n, 0), n)
-    target = target.clone()
-    target[real:] = ignore_index
-    return target
+from cbbench.distributed import ignore_accelerate_padding as ignore_padding  # noqa: E402
 
 
 def train(accelerator, net, loader, sync_normalizer=True, fix_padding=True):
