@@ -5,7 +5,8 @@ Importing cbbench never initialises CUDA and never fails because a compiled kern
 """
 from . import functional, nn, ops, reference
 from .nn import (BalancedSoftmaxLoss, ClassBalancedLinearLoss, ClassBalancedLoss, LDAMLoss, LogitAdjustedLoss,
-                 SigmoidCrossEntropyLoss, SigmoidFocalLoss, SoftmaxCrossEntropyLoss)
+                 SigmoidCrossEntropyLoss, SigmoidFocalLoss, SoftmaxCrossEntropyLoss, SoftmaxFocalLoss)
+from .effective import MeasuredEffectiveNumber, effective_number_from_features
 from .weights import class_balanced_weights, class_weights, effective_number, ldam_margins, log_prior
 
 __version__ = "0.1.0"
@@ -16,6 +17,8 @@ __all__ = [
     "ops",
     "reference",
     "effective_number",
+    "effective_number_from_features",
+    "MeasuredEffectiveNumber",
     "class_balanced_weights",
     "class_weights",
     "log_prior",
@@ -23,6 +26,7 @@ __all__ = [
     "ClassBalancedLoss",
     "ClassBalancedLinearLoss",
     "SoftmaxCrossEntropyLoss",
+    "SoftmaxFocalLoss",
     "SigmoidCrossEntropyLoss",
     "SigmoidFocalLoss",
     "BalancedSoftmaxLoss",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..harness import METHODS
 from ..harness.datasets import BUILTIN_DATASETS
-from .weights import write_weights_report
+from .weights import measured_report, write_weights_report
 
 DEFAULT_BETAS = (0.0, 0.9, 0.99, 0.999, 0.9999)
 
@@ -132,11 +132,14 @@ def _run_phases(args, out, devices, train_device, plan, acc, conformance, report
     else:
         notes.append(f"weights figure skipped: no training counts for {args.dataset} without its data")
     phases["weights"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    measured_lines = measured_report(str(out))
+    phases["measured effective number"] = time.perf_counter() - t0
     phases["total"] = time.perf_counter() - began
 
     path = report.write_report(out, speed=speed_results, accuracy_runs=runs, weights_pngs=weights_pngs,
                                notes=notes, phases=phases, command="cbbench bench " + " ".join(sys.argv[2:]),
-                               beta_runs=beta_runs, held_vectors=held_vectors)
+                               beta_runs=beta_runs, held_vectors=held_vectors, measured_lines=measured_lines)
     for result in speed_results:
         print(speed.header_text(result))
         print(speed.format_table(result))
