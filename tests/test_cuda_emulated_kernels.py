@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.slow,
 BLOCK = r"softmax_ce \(torch.float32, 1203, 'options'"
 CLUSTER = r"softmax_ce \(torch.float32, 16385, 'options'"
 GROUP = r"softmax_ce \(torch.float32, (11|65), 'plain'"
+DIVISOR = r"loss_divisor \(torch.float(32|64), (7|4099), '(negative|weighted)'"
 TAILS = r"softmax_ce \(torch.float32, (11|1203), 'options'|sigmoid \(torch.float32, 13, 'options'"
 
 PLANTS = {
@@ -45,6 +46,11 @@ PLANTS = {
     # (d) the cluster's sum exchange reads rank 0's partial for every rank
     "wrong_cluster_rank": ("softmax_ce.cu", "s += *cluster.map_shared_rank(slot, rank);",
                            "s += *cluster.map_shared_rank(slot, 0);", CLUSTER),
+    # (e) the divisor's floor drops a negative weight sum (PyTorch keeps it) ...
+    "divisor_floor": ("divisor.cu", "return d != 0.0 ? d : 1.0;", "return d > 0.0 ? d : 1.0;", DIVISOR),
+    # ... or a thread's rows are counted twice (a stride of half the block)
+    "divisor_stride": ("divisor.cu", "for (int64_t i = threadIdx.x; i < a.rows; i += kThreads) {",
+                       "for (int64_t i = threadIdx.x; i < a.rows; i += kThreads / 2) {", DIVISOR),
 }
 
 

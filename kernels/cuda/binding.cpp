@@ -1,8 +1,8 @@
 // The CUDA kernels of the cbbench ops (schemas and autograd: kernels/ops/ops.cpp), registered for the
 // CUDA dispatch key by the module cbbench._cuda: the current stream, the outputs, and the reduction --
-// the divisor is computed on the device before the rows (their gradients are written already divided by
-// it, read by the kernels through grad_scale: no host synchronisation), and the row losses are summed
-// after them (a fixed-order device reduction). The kernels themselves are torch-free (cb_kernels.h).
+// the divisor is computed on the device before the rows, in one launch (divisor.cu; their gradients are
+// written already divided by it, read by the kernels through grad_scale: no host synchronisation), and
+// the row losses are summed after them (a fixed-order device reduction). The kernels themselves are torch-free (cb_kernels.h).
 // Built only on machines with torch's CUDA build; `make cuda-check` compiles it against any torch.
 #include <torch/extension.h>
 
@@ -40,44 +40,40 @@ void check_cuda(const Tensor& logits, const char* op) {
 
 const float* ptr(const OptTensor& t) { return t.has_value() ? t->data_ptr<float>() : nullptr; }
 
-// A divisor of exactly 0 (nothing to average, or weights summing to 0) becomes 1; a negative weight
-// sum is kept (kernels/cpu/cb_cpu_loss.h states the same rules for the CPU).
-Tensor nonzero_or_one(const Tensor& d) { return at::where(d != 0, d, at::ones_like(d)); }
+// The multi-hot "mean" divisor's local part, the number of positives: the sum of the whole target, one
+// ATen reduction (divisor.cu finishes it; summing rows x classes in its single block would be slow).
+Tensor positives(const Tensor& target) { return target.sum(at::kDouble); }
 
-// The local divisor of class-index targets as a 0-dim float64 device tensor: valid rows, or for
-// "weighted_mean" the sum of their applied weights s_i w_{y_i}.
-Tensor index_local_divisor(const Tensor& target, const OptTensor& weight, const OptTensor& sample_weight,
-                           int64_t ignore_index, Reduction red, int64_t classes) {
-  const Tensor valid = target.ne(ignore_index);
-  if (red == Reduction::weighted_mean && (weight.has_value() || sample_weight.has_value())) {
-    // clamped: neither ignore_index nor a bad target indexes out of bounds (a bad row is NaN anyway)
-    Tensor w = weight.has_value() ? weight->index_select(0, target.clamp(0, classes - 1)).to(at::kDouble)
-                                  : at::ones_like(target, target.options().dtype(at::kDouble));
-    if (sample_weight.has_value()) w = w * sample_weight->to(at::kDouble);
-    return at::where(valid, w, at::zeros_like(w)).sum();
+// The reduction's divisor by divisor.cu in one launch: written to `divisor` / `grad_scale` (0-dim tensors
+// of the loss dtype, either may be undefined). `floor`: finished (cbbench/shapes.py, finish_divisor).
+void launch_divisor(const Tensor& target, const OptTensor& weight, const OptTensor& sample_weight,
+                    int64_t ignore_index, Reduction red, int64_t classes, bool floor, const Tensor& divisor,
+                    const Tensor& grad_scale) {
+  const bool multi_hot = target.is_floating_point();
+  // kept alive until the launch is enqueued (the caching allocator reuses them in stream order after)
+  Tensor local, index;
+  cb::DivisorArgs a{};
+  if (multi_hot && red == Reduction::mean) {
+    local = positives(target);
+    a.local = local.data_ptr<double>();
+  } else if (!multi_hot) {
+    index = target.contiguous();
+    a.target = index.data_ptr<int64_t>();
   }
-  return valid.sum(at::kDouble);
-}
-
-// The local divisor of multi-hot targets: the number of positives for "mean"; for "weighted_mean" the
-// summed sample weights (rows without them) times the mean column weight.
-Tensor multi_hot_local_divisor(const Tensor& target, const OptTensor& weight, const OptTensor& sample_weight,
-                               Reduction red, int64_t rows) {
-  if (red == Reduction::mean) return target.sum(at::kDouble);
-  const Tensor weighted_rows = sample_weight.has_value()
-                                   ? sample_weight->sum(at::kDouble)
-                                   : at::full({}, double(rows), target.options().dtype(at::kDouble));
-  return weight.has_value() ? weight->mean(at::kDouble) * weighted_rows : weighted_rows;
-}
-
-Tensor finish_divisor(const Tensor& local, Reduction red) {
-  return red == Reduction::mean ? local.clamp_min(1.0) : nonzero_or_one(local);
-}
-
-Tensor local_divisor(const Tensor& target, const OptTensor& weight, const OptTensor& sample_weight,
-                     int64_t ignore_index, Reduction red, int64_t classes) {
-  return target.is_floating_point() ? multi_hot_local_divisor(target, weight, sample_weight, red, target.size(0))
-                                    : index_local_divisor(target, weight, sample_weight, ignore_index, red, classes);
+  a.weight = ptr(weight);
+  a.sample_weight = ptr(sample_weight);
+  a.ignore_index = ignore_index;
+  a.rows = target.size(0);
+  a.classes = classes;
+  a.multi_hot = multi_hot;
+  a.weighted = red == Reduction::weighted_mean;
+  a.floor = floor;
+  a.divisor = divisor.defined() ? divisor.data_ptr() : nullptr;
+  a.grad_scale = grad_scale.defined() ? grad_scale.data_ptr() : nullptr;
+  const Tensor& out = divisor.defined() ? divisor : grad_scale;
+  const c10::cuda::CUDAGuard guard(out.device());
+  C10_CUDA_CHECK(cb::loss_divisor(a, out.scalar_type() == at::kDouble,
+                                  c10::cuda::getCurrentCUDAStream(out.get_device()).stream()));
 }
 
 struct Outputs {
@@ -94,9 +90,10 @@ Outputs make_outputs(const Tensor& logits, const Tensor& target, const OptTensor
   o.loss_rows = at::empty({logits.size(0)}, logits.options().dtype(loss_type));
   if (need_grad) o.grad = at::empty_like(logits);
   if (red == Reduction::mean || red == Reduction::weighted_mean) {
-    o.divisor =
-        finish_divisor(local_divisor(target, weight, sample_weight, ignore_index, red, logits.size(1)), red).to(loss_type);
-    o.grad_scale = o.divisor.reciprocal();
+    const Tensor both = at::empty({2}, logits.options().dtype(loss_type));  // [divisor, 1 / divisor]
+    o.divisor = both.select(0, 0);
+    o.grad_scale = both.select(0, 1);
+    launch_divisor(target, weight, sample_weight, ignore_index, red, logits.size(1), true, o.divisor, o.grad_scale);
   }
   return o;
 }
@@ -203,9 +200,10 @@ Tensor loss_divisor(const Tensor& target, const OptTensor& weight_in, const OptT
                     int64_t num_classes, int64_t ignore_index, c10::string_view reduction, bool floor) {
   const Reduction red = cbops::parse_reduction(reduction);
   const OptTensor weight = cbops::float_vector(weight_in), sample_weight = cbops::float_vector(sample_weight_in);
-  if (red == Reduction::sum || red == Reduction::none) return at::ones({}, target.options().dtype(at::kDouble));
-  const Tensor local = local_divisor(target, weight, sample_weight, ignore_index, red, num_classes);
-  return floor ? finish_divisor(local, red) : local;
+  const Tensor out = at::empty({}, target.options().dtype(at::kDouble));
+  if (red == Reduction::sum || red == Reduction::none) return out.fill_(1.0);
+  launch_divisor(target, weight, sample_weight, ignore_index, red, num_classes, floor, out, Tensor());
+  return out;
 }
 
 // grad *= grad_output, in place. The kernel reads grad_output on the device and does nothing when it is 1

@@ -71,6 +71,26 @@ std::size_t softmax_ce_workspace_bytes(int64_t rows, int64_t classes, Dtype dtyp
 cudaError_t softmax_ce(const SoftmaxCeArgs& args, Dtype dtype, int device, cudaStream_t stream);
 cudaError_t sigmoid_focal(const SigmoidFocalArgs& args, Dtype dtype, int device, cudaStream_t stream);
 
+// The divisor of a "mean" / "weighted_mean" reduction and its reciprocal (the kernels' grad_scale), in
+// one launch of one block (divisor.cu; the rules of kernels/cpu/cb_cpu_loss.h). Exactly one source:
+// `local` (a float64 local divisor already on the device, e.g. a multi-hot target's sum), else
+// `multi_hot` (sum_i s_i times the mean column weight), else the class-index `target`.
+struct DivisorArgs {
+  const int64_t* target;       // (rows,) class indices (class-index source)
+  const float* weight;         // (classes,) or nullptr
+  const float* sample_weight;  // (rows,) or nullptr
+  const double* local;         // 0-dim float64 on the device, or nullptr
+  int64_t ignore_index;
+  int64_t rows;
+  int64_t classes;
+  bool multi_hot;
+  bool weighted;               // "weighted_mean" (else "mean"): the sum of the applied weights, and its floor rule
+  bool floor;                  // finish the divisor ("mean" at least 1, a "weighted_mean" of 0 -> 1)
+  void* divisor;               // 0-dim out in the loss dtype, or nullptr
+  void* grad_scale;            // 0-dim out in the loss dtype (1 / divisor), or nullptr
+};
+cudaError_t loss_divisor(const DivisorArgs& args, bool loss_is_double, cudaStream_t stream);
+
 // grad[i] *= *grad_output, in place, skipped entirely (one tiny launch) when *grad_output == 1.
 // grad_output is float (loss of f32/f16/bf16 logits) or double (f64 logits), on the device.
 cudaError_t scale_in_place(void* grad, int64_t numel, Dtype dtype, const void* grad_output, bool grad_output_is_double,

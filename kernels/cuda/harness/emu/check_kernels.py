@@ -17,6 +17,8 @@ against cbbench/reference.py.
 * under several fiber orders (forward, reverse, seeded random) on a compute capability 9.0 device and
   once on an 8.0 device (no clusters); the outputs of one case must be bitwise identical under every
   order, and across devices wherever the path is the same (no result may depend on thread timing);
+* the reduction's divisor and gradient scale (divisor.cu, one launch) for every reduction and target
+  kind against the formula of cbbench/shapes.py;
 * the launch planner's device queries: a stream being captured takes the split path and makes no query,
   a cluster that cannot be resident falls back to split, launches per call are counted.
 
@@ -46,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 import build_emulator  # noqa: E402
 from emulator import Emulator  # noqa: E402
 
-from cbbench import reference  # noqa: E402
+from cbbench import reference, shapes  # noqa: E402
 
 DTYPES = {"f32": torch.float32, "f64": torch.float64, "f16": torch.float16, "bf16": torch.bfloat16}
 # (rtol, atol) of the per-row loss (accumulated in fp32, fp64 for f64) and of a gradient entry (stored in
@@ -408,6 +410,80 @@ class ScaleCase(Case):
         return 0.0, out.numel()
 
 
+class DivisorCase(Case):
+    """The reduction's divisor and its reciprocal in one launch (divisor.cu), against the formula of
+    cbbench/shapes.py (local_divisor, finish_divisor) in float64, rounded to the loss dtype once."""
+    kernel = "loss_divisor"
+    variants = ("mean", "weighted", "weighted+sample", "sample", "zero-weights", "negative", "unfloored",
+                "multi-hot weighted", "multi-hot weighted+sample", "multi-hot mean")
+
+    def __init__(self, dtype: torch.dtype, rows: int, variant: str, seed: int):
+        super().__init__(f"divisor {dtype} rows={rows} {variant}", dtype, 0)
+        gen = torch.Generator().manual_seed(seed)
+        self.rows, self.variant, self.c = rows, variant, 37
+        self.multi_hot = variant.startswith("multi-hot")
+        self.weighted = variant != "mean" and variant != "multi-hot mean"
+        self.floor = variant != "unfloored"
+        y = torch.randint(0, self.c, (rows,), generator=gen)
+        if rows >= 3:
+            y[::3] = IGNORE                # ignored rows
+        if rows >= 5:
+            y[1], y[4] = self.c + 2, -7    # out of range: clamped for the gather (their rows are NaN)
+        self.y = y
+        w = torch.rand(self.c, generator=gen) + 0.1
+        s = torch.rand(rows, generator=gen) + 0.5
+        if variant == "zero-weights":
+            w.zero_()
+        if variant == "negative":
+            w -= 0.9
+        self.w = None if variant in ("mean", "sample", "multi-hot mean") else w.float()
+        self.s = s.float() if ("sample" in variant) else None
+        self.t = (torch.rand(rows, self.c, generator=gen) < 0.2).double() if self.multi_hot else None
+        reduction = "weighted_mean" if self.weighted else "mean"
+        if self.multi_hot:
+            local = shapes.local_divisor(reduction, multi_hot_target=self.t, column_weight=self.w, num_rows=rows,
+                                         sample_weight=self.s)
+        else:
+            row_weight = None
+            if self.w is not None:
+                row_weight = self.w.double()[y.clamp(0, self.c - 1)]
+            if self.s is not None:
+                row_weight = self.s.double() if row_weight is None else row_weight * self.s.double()
+            local = shapes.local_divisor(reduction, valid=y != IGNORE, row_weight=row_weight)
+        d = shapes.finish_divisor(reduction, local) if self.floor else local
+        self.want = d.to(dtype)
+        self.want_scale = torch.ones((), dtype=dtype) / self.want
+
+    def path(self, emu: Emulator, device: int) -> str:
+        return "one block"
+
+    def run(self, emu: Emulator, device: int, stream: int | None = None):
+        local = None
+        if self.variant == "multi-hot mean":  # the caller's sum of the target, finished by the kernel
+            local = emu.tensor(self.t.sum().reshape(()))
+        # no rows: a null pointer, as torch hands over for an empty tensor (the kernel reads none)
+        y = None if self.multi_hot or self.rows == 0 else emu.tensor(self.y, 8 * (self.rows % 2))
+        w = None if self.w is None else emu.tensor(self.w, 4)
+        s = None if self.s is None or self.rows == 0 else emu.tensor(self.s, 12)
+        out = emu.tensor(torch.full((2,), float("nan"), dtype=self.dtype))
+        size = out.element_size()
+        rc = emu.lib.cbk_loss_divisor(device, stream, _ptr(y), _ptr(w), _ptr(s), _ptr(local), IGNORE, self.rows,
+                                      self.c, int(self.multi_hot), int(self.weighted), int(self.floor),
+                                      out.data_ptr(), out.data_ptr() + size, int(self.dtype == torch.float64))
+        _after_launch(emu, rc, [y, w, s, local, out])
+        return out.clone(), None
+
+    def check(self, out, _grad) -> tuple[float, int]:
+        eps = 2.0 ** -52 if self.dtype == torch.float64 else 2.0 ** -23
+        worst = _compare("divisor", out[:1], self.want.reshape(1), 2 * eps, 0.0)
+        worst = max(worst, _compare("gradient scale", out[1:], self.want_scale.reshape(1), 4 * eps, 0.0))
+        return worst, 2
+
+
+def _ptr(t):
+    return None if t is None else t.data_ptr()
+
+
 def _code(dtype):
     from emulator import DTYPE_CODE
     return DTYPE_CODE[dtype]
@@ -441,6 +517,11 @@ def all_cases(only: str | None) -> list[Case]:
             for variant in ScaleCase.variants:
                 seed += 1
                 cases.append((ScaleCase, (dtype, n, variant, seed)))
+        if dtype in (torch.float32, torch.float64):  # the loss dtypes
+            for n in (0, 1, 7, 300, 4099):
+                for variant in DivisorCase.variants:
+                    seed += 1
+                    cases.append((DivisorCase, (dtype, n, variant, seed)))
     pattern = re.compile(only) if only else None
     built = []
     for cls, args in cases:

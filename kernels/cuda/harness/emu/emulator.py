@@ -40,6 +40,8 @@ _SIGNATURES = {
                                      _P, _I64, _I64]),
     "cbk_sigmoid_focal_plan": (None, [_I64, _c.c_int, _c.c_char_p, _c.c_size_t]),
     "cbk_scale_in_place": (_c.c_int, [_c.c_int, _P, _c.c_int, _P, _I64, _P, _c.c_int]),
+    "cbk_loss_divisor": (_c.c_int, [_c.c_int, _P, _P, _P, _P, _P, _I64, _I64, _I64, _c.c_int, _c.c_int, _c.c_int,
+                                    _P, _P, _c.c_int]),
 }
 
 

@@ -53,6 +53,15 @@ void cbk_sigmoid_focal_plan(int64_t classes, int dtype, char* out, std::size_t l
   else std::snprintf(out, len, "block%d", cb::sigmoid::kRowBlock);
 }
 
+int cbk_loss_divisor(int device, void* stream, const int64_t* target, const float* weight, const float* sample_weight,
+                     const double* local, int64_t ignore_index, int64_t rows, int64_t classes, int multi_hot,
+                     int weighted, int floor, void* divisor, void* grad_scale, int loss_is_double) {
+  cbemu_set_current_device(device);
+  cb::DivisorArgs a{target, weight, sample_weight, local, ignore_index, rows, classes, multi_hot != 0, weighted != 0,
+                    floor != 0, divisor, grad_scale};
+  return int(cb::loss_divisor(a, loss_is_double != 0, static_cast<cudaStream_t>(stream)));
+}
+
 int cbk_scale_in_place(int device, void* stream, int dtype, void* grad, int64_t numel, const void* grad_output,
                        int grad_output_is_double) {
   cbemu_set_current_device(device);
