@@ -8,6 +8,7 @@
 
 #include <stdint.h>
 
+#include <type_traits>
 #include <vector>
 
 #include <c10/util/Half.h>

@@ -83,6 +83,110 @@ static inline void softmax_grad(T* out, int base, int cnt, int y, T a, T b, T ty
   for (int j = 0; j < cnt; ++j) out[j] = out[j] * a - (base + j == y ? b + ty : b);
 }
 
+#if CB_ISA_LEVEL >= 2
+// AVX-512 versions of the two passes over a row's first nm (a multiple of 16) float logits, without a logit
+// offset. Written with intrinsics because the `omp simd` loops above keep one accumulator (a 4-cycle
+// vmaxps/vaddps chain per vector) and build 2^k from integer ops and two multiplies.
+static inline __m512 exp_avx512(__m512 x) {  // cb_exp_simd(float), the scaling by vscalefps
+  x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);  // (lo > x) ? lo : x -- NaN passes, as in cb_exp_simd
+  x = _mm512_min_ps(_mm512_set1_ps(89.0f), x);
+  const __m512 shifter = _mm512_set1_ps(12582912.0f);
+  const __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), shifter), shifter);
+  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x));
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(y, n);
+}
+
+static inline void softmax_max_sum_avx512(const float* z, int nm, int y, float my, bool smooth, float* max_io,
+                                          float* sum_io) {
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512 vmy = _mm512_set1_ps(my);
+  __m512 m0 = _mm512_set1_ps(*max_io), m1 = m0, m2 = m0, m3 = m0;
+  int j = 0;
+  // the target's column (v_y = z_y - margin_y) is already in *max_io; its raw z_y must not count
+  const int yb = y - y % 16;
+  for (; j + 64 <= nm; j += 64) {
+    __m512 a = _mm512_loadu_ps(z + j), b = _mm512_loadu_ps(z + j + 16), c = _mm512_loadu_ps(z + j + 32),
+           d = _mm512_loadu_ps(z + j + 48);
+    if (yb >= j && yb < j + 64) {
+      const __m512i col = _mm512_add_epi32(lane, _mm512_set1_epi32(yb));
+      const __mmask16 k = _mm512_cmpeq_epi32_mask(col, _mm512_set1_epi32(y));
+      if (yb == j) a = _mm512_mask_sub_ps(a, k, a, vmy);
+      else if (yb == j + 16) b = _mm512_mask_sub_ps(b, k, b, vmy);
+      else if (yb == j + 32) c = _mm512_mask_sub_ps(c, k, c, vmy);
+      else d = _mm512_mask_sub_ps(d, k, d, vmy);
+    }
+    m0 = _mm512_max_ps(a, m0);
+    m1 = _mm512_max_ps(b, m1);
+    m2 = _mm512_max_ps(c, m2);
+    m3 = _mm512_max_ps(d, m3);
+  }
+  for (; j < nm; j += 16) {
+    __m512 a = _mm512_loadu_ps(z + j);
+    if (yb == j) {
+      const __mmask16 k = _mm512_cmpeq_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(j)), _mm512_set1_epi32(y));
+      a = _mm512_mask_sub_ps(a, k, a, vmy);
+    }
+    m0 = _mm512_max_ps(a, m0);
+  }
+  *max_io = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3)));
+  if (smooth) {  // sum of v over the row (label smoothing only)
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0;
+    for (j = 0; j + 32 <= nm; j += 32) {
+      s0 = _mm512_add_ps(s0, _mm512_loadu_ps(z + j));
+      s1 = _mm512_add_ps(s1, _mm512_loadu_ps(z + j + 16));
+    }
+    for (; j < nm; j += 16) s0 = _mm512_add_ps(s0, _mm512_loadu_ps(z + j));
+    float vs = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+    if (y < nm) vs -= my;
+    *sum_io += vs;
+  }
+}
+
+// sum of exp(scale (v_j - max)) over [0, nm); with out, the terms are stored there
+static inline float softmax_exp_sum_avx512(const float* z, int nm, int y, float my, float mv, float scale,
+                                           float* out) {
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512 vmy = _mm512_set1_ps(my), vmv = _mm512_set1_ps(mv), vscale = _mm512_set1_ps(scale);
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0;
+  const int yb = y - y % 16;
+  int j = 0;
+  for (; j + 32 <= nm; j += 32) {
+    __m512 a = _mm512_loadu_ps(z + j), b = _mm512_loadu_ps(z + j + 16);
+    if (yb == j || yb == j + 16) {
+      const __mmask16 k = _mm512_cmpeq_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(yb)), _mm512_set1_epi32(y));
+      if (yb == j) a = _mm512_mask_sub_ps(a, k, a, vmy);
+      else b = _mm512_mask_sub_ps(b, k, b, vmy);
+    }
+    const __m512 ea = exp_avx512(_mm512_mul_ps(vscale, _mm512_sub_ps(a, vmv)));
+    const __m512 eb = exp_avx512(_mm512_mul_ps(vscale, _mm512_sub_ps(b, vmv)));
+    if (out) {
+      _mm512_storeu_ps(out + j, ea);
+      _mm512_storeu_ps(out + j + 16, eb);
+    }
+    s0 = _mm512_add_ps(s0, ea);
+    s1 = _mm512_add_ps(s1, eb);
+  }
+  for (; j < nm; j += 16) {
+    __m512 a = _mm512_loadu_ps(z + j);
+    if (yb == j) {
+      const __mmask16 k = _mm512_cmpeq_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(j)), _mm512_set1_epi32(y));
+      a = _mm512_mask_sub_ps(a, k, a, vmy);
+    }
+    const __m512 ea = exp_avx512(_mm512_mul_ps(vscale, _mm512_sub_ps(a, vmv)));
+    if (out) _mm512_storeu_ps(out + j, ea);
+    s0 = _mm512_add_ps(s0, ea);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+#endif
+
 // gamma > 0: the softmax focal loss (cb_softmax_focal: the modulator scales the loss, its factor the
 // gradient; no label smoothing); alpha: a per-class factor of the sample beside the weight.
 template <typename T, bool OFFSET, bool STORE>
@@ -97,9 +201,26 @@ static T softmax_ce_row_t(const T* z, int n, int y, const float* weight, const f
   const T my = margin ? T(margin[y]) : T(0);
   const T vy = shifted_logit<T, OFFSET>(z, offset, y, y, y, my);
   T mv = vy, vsum = T(0);
-  softmax_max_sum<T, OFFSET>(z, offset, 0, nm, n, y, my, &mv, &vsum);
-  if (nm < n) softmax_max_sum<T, OFFSET>(zt, ot, nm, W, n, y, my, &mv, &vsum);
-  T s = softmax_exp_sum<T, OFFSET, STORE>(z, offset, 0, nm, n, y, my, mv, scale, grad);
+  T s;
+#if CB_ISA_LEVEL >= 2
+  if (std::is_same<T, float>::value && !OFFSET) {
+    // AVX-512: the same math with four max accumulators, the sum only for label smoothing, and the 2^k of
+    // exp by one vscalefps (rounded once, like cb_exp_simd's two halves); see softmax_max_sum_avx512.
+    const float* zf = reinterpret_cast<const float*>(z);
+    float mvf = float(mv), vsf = float(vsum);
+    softmax_max_sum_avx512(zf, nm, y, float(my), eps > T(0), &mvf, &vsf);
+    mv = T(mvf);
+    vsum = T(vsf);
+    if (nm < n) softmax_max_sum<T, OFFSET>(zt, ot, nm, W, n, y, my, &mv, &vsum);
+    s = T(softmax_exp_sum_avx512(zf, nm, y, float(my), float(mv), float(scale),
+                                 STORE ? reinterpret_cast<float*>(grad) : nullptr));
+  } else
+#endif
+  {
+    softmax_max_sum<T, OFFSET>(z, offset, 0, nm, n, y, my, &mv, &vsum);
+    if (nm < n) softmax_max_sum<T, OFFSET>(zt, ot, nm, W, n, y, my, &mv, &vsum);
+    s = softmax_exp_sum<T, OFFSET, STORE>(z, offset, 0, nm, n, y, my, mv, scale, grad);
+  }
   if (nm < n) s += softmax_exp_sum<T, OFFSET, STORE>(zt, ot, nm, W, n, y, my, mv, scale, gt);
   const T log_s = cb_log(s);
   const T w = (weight ? T(weight[y]) : T(1)) * (alpha ? T(alpha[y]) : T(1));
