@@ -282,6 +282,68 @@ static inline T sigmoid_index_span(const T* z, int base, int cnt, int n, int y, 
   return acc;
 }
 
+#if CB_ISA_LEVEL >= 2
+// cb_log1p_simd(float) of x = exp(-|z|) in [0, 1] (or NaN), given u = 1 + x and inv_u = 1 / u (shared with
+// the sigmoid beside it, as the compiler shares them in the portable loop)
+static inline __m512 log1p_avx512(__m512 x, __m512 u, __m512 inv_u) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __mmask16 lt2 = _mm512_cmp_ps_mask(u, _mm512_set1_ps(2.0f), _CMP_LT_OQ);
+  __m512 c = _mm512_mask_blend_ps(lt2, _mm512_sub_ps(one, _mm512_sub_ps(u, x)), _mm512_sub_ps(x, _mm512_sub_ps(u, one)));
+  c = _mm512_mul_ps(c, inv_u);
+  __m512i iu = _mm512_add_epi32(_mm512_castps_si512(u), _mm512_set1_epi32(0x3f800000 - 0x3f3504f3));
+  const __m512 kf = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(iu, 23), _mm512_set1_epi32(127)));
+  iu = _mm512_add_epi32(_mm512_and_si512(iu, _mm512_set1_epi32(0x007fffff)), _mm512_set1_epi32(0x3f3504f3));
+  const __m512 f = _mm512_sub_ps(_mm512_castsi512_ps(iu), one);
+  const __m512 zz = _mm512_mul_ps(f, f);
+  __m512 y = _mm512_set1_ps(7.0376836292e-2f);
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.1514610310e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.1676998740e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.2420140846e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.4249322787e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.6668057665e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.0000714765e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-2.4999993993e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(3.3333331174e-1f));
+  y = _mm512_mul_ps(_mm512_mul_ps(y, f), zz);
+  y = _mm512_add_ps(y, _mm512_fmadd_ps(kf, _mm512_set1_ps(-2.12194440e-4f), c));
+  y = _mm512_fmadd_ps(_mm512_set1_ps(-0.5f), zz, y);
+  const __m512 res = _mm512_fmadd_ps(kf, _mm512_set1_ps(0.693359375f), _mm512_add_ps(f, y));
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(INFINITY), _CMP_LT_OQ), x, res);
+}
+
+// The sigmoid cross-entropy (no focal term) of a row's first nm (a multiple of 16) float logits against
+// the one-hot target y: cb_focal_term with gamma = 0, with exp_avx512 and the shared 1 / (1 + e).
+static inline float sigmoid_index_span_avx512(const float* z, int nm, int y, bool alpha_on, float a0, float a1,
+                                              float gw, float* out) {
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps(), va0 = _mm512_set1_ps(a0),
+               va1 = _mm512_set1_ps(a1), vgw = _mm512_set1_ps(gw);
+  const __m512i sign = _mm512_set1_epi32(int(0x80000000u));
+  __m512 acc = zero;
+  for (int j = 0; j < nm; j += 16) {
+    const __m512 x = _mm512_loadu_ps(z + j);
+    const __mmask16 pos = _mm512_cmpeq_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(j)), _mm512_set1_epi32(y));
+    const __m512 e = exp_avx512(_mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(x), sign)));  // exp(-|x|)
+    const __m512 u = _mm512_add_ps(one, e);
+    const __m512 r = _mm512_div_ps(one, u);
+    const __m512 p = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero, _CMP_GE_OQ), _mm512_mul_ps(e, r), r);
+    const __m512 nx = _mm512_sub_ps(zero, x);
+    const __m512 hinge = _mm512_mask_blend_ps(pos, _mm512_max_ps(x, zero), _mm512_max_ps(nx, zero));
+    const __m512 l = _mm512_add_ps(hinge, log1p_avx512(e, u, r));
+    const __m512 d = _mm512_mask_sub_ps(p, pos, p, one);
+    if (alpha_on) {
+      const __m512 a = _mm512_mask_blend_ps(pos, va0, va1);
+      acc = _mm512_fmadd_ps(a, l, acc);
+      if (out) _mm512_storeu_ps(out + j, _mm512_mul_ps(_mm512_mul_ps(vgw, a), d));
+    } else {
+      acc = _mm512_add_ps(acc, l);
+      if (out) _mm512_storeu_ps(out + j, _mm512_mul_ps(vgw, d));
+    }
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+#endif
+
 template <typename T, bool FOCAL, bool ALPHA, bool STORE>
 static T sigmoid_index_row_t(const T* z, int n, int y, T w, T gamma, T alpha, T g, T* grad) {
   constexpr int W = Lanes<T>::W;
@@ -289,7 +351,18 @@ static T sigmoid_index_row_t(const T* z, int n, int y, T w, T gamma, T alpha, T 
   T zt[W], gt[W];
   load_tail<W>(zt, z, nm, n);
   const T gw = g * w;
-  T acc = sigmoid_index_span<T, FOCAL, ALPHA, STORE>(z, 0, nm, n, y, gamma, alpha, gw, grad);
+  T acc;
+#if CB_ISA_LEVEL >= 2
+  if (std::is_same<T, float>::value && !FOCAL) {
+    acc = T(sigmoid_index_span_avx512(reinterpret_cast<const float*>(z), nm, y, ALPHA,
+                                      float(ALPHA ? cb_alpha_factor(T(0), alpha) : T(1)),
+                                      float(ALPHA ? cb_alpha_factor(T(1), alpha) : T(1)), float(gw),
+                                      STORE ? reinterpret_cast<float*>(grad) : nullptr));
+  } else
+#endif
+  {
+    acc = sigmoid_index_span<T, FOCAL, ALPHA, STORE>(z, 0, nm, n, y, gamma, alpha, gw, grad);
+  }
   if (nm < n) {
     acc += sigmoid_index_span<T, FOCAL, ALPHA, STORE>(zt, nm, W, n, y, gamma, alpha, gw, gt);
     if (STORE) store_tail(grad, gt, nm, n);
