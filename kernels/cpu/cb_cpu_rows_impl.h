@@ -311,10 +311,11 @@ static inline __m512 log1p_avx512(__m512 x, __m512 u, __m512 inv_u) {
   return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(INFINITY), _CMP_LT_OQ), x, res);
 }
 
-// The sigmoid cross-entropy (no focal term) of a row's first nm (a multiple of 16) float logits against
-// the one-hot target y: cb_focal_term with gamma = 0, with exp_avx512 and the shared 1 / (1 + e).
-static inline float sigmoid_index_span_avx512(const float* z, int nm, int y, bool alpha_on, float a0, float a1,
-                                              float gw, float* out) {
+// The sigmoid cross-entropy / focal loss of a row's first nm (a multiple of 16) float logits against the
+// one-hot target y: cb_focal_term (gamma = 0 without FOCAL), with exp_avx512 and the shared 1 / (1 + e).
+template <bool FOCAL>
+static inline float sigmoid_index_span_avx512(const float* z, int nm, int y, float gamma, bool alpha_on, float a0,
+                                              float a1, float gw, float* out) {
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps(), va0 = _mm512_set1_ps(a0),
                va1 = _mm512_set1_ps(a1), vgw = _mm512_set1_ps(gw);
@@ -329,8 +330,17 @@ static inline float sigmoid_index_span_avx512(const float* z, int nm, int y, boo
     const __m512 p = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero, _CMP_GE_OQ), _mm512_mul_ps(e, r), r);
     const __m512 nx = _mm512_sub_ps(zero, x);
     const __m512 hinge = _mm512_mask_blend_ps(pos, _mm512_max_ps(x, zero), _mm512_max_ps(nx, zero));
-    const __m512 l = _mm512_add_ps(hinge, log1p_avx512(e, u, r));
-    const __m512 d = _mm512_mask_sub_ps(p, pos, p, one);
+    const __m512 lp = log1p_avx512(e, u, r);
+    const __m512 b = _mm512_add_ps(hinge, lp);
+    const __m512 pt = _mm512_mask_sub_ps(p, pos, p, one);  // p - t
+    __m512 l = b, d = pt;
+    if (FOCAL) {  // cb_focal_term, gamma != 0: the modulator exp(-gamma bce(z, 1 - t)) shares log1p(e)
+      const __m512 flipped = _mm512_add_ps(_mm512_mask_blend_ps(pos, _mm512_max_ps(nx, zero), _mm512_max_ps(x, zero)), lp);
+      const __m512 m = exp_avx512(_mm512_mul_ps(_mm512_set1_ps(-gamma), flipped));
+      l = _mm512_mul_ps(m, b);
+      const __m512 ptm1 = _mm512_sub_ps(_mm512_mask_add_ps(p, pos, p, one), one);  // p + t - 1
+      d = _mm512_mul_ps(m, _mm512_fnmadd_ps(_mm512_mul_ps(_mm512_set1_ps(gamma), ptm1), b, pt));
+    }
     if (alpha_on) {
       const __m512 a = _mm512_mask_blend_ps(pos, va0, va1);
       acc = _mm512_fmadd_ps(a, l, acc);
@@ -353,8 +363,8 @@ static T sigmoid_index_row_t(const T* z, int n, int y, T w, T gamma, T alpha, T 
   const T gw = g * w;
   T acc;
 #if CB_ISA_LEVEL >= 2
-  if (std::is_same<T, float>::value && !FOCAL) {
-    acc = T(sigmoid_index_span_avx512(reinterpret_cast<const float*>(z), nm, y, ALPHA,
+  if (std::is_same<T, float>::value) {
+    acc = T(sigmoid_index_span_avx512<FOCAL>(reinterpret_cast<const float*>(z), nm, y, float(gamma), ALPHA,
                                       float(ALPHA ? cb_alpha_factor(T(0), alpha) : T(1)),
                                       float(ALPHA ? cb_alpha_factor(T(1), alpha) : T(1)), float(gw),
                                       STORE ? reinterpret_cast<float*>(grad) : nullptr));
