@@ -4,9 +4,10 @@
 
 Compiled as C++ against torch: ``kernels/cpu/cpu_ops.h`` registers the kernels for the CPU dispatch key
 when this module is imported and does what a call needs around the rows (checks, outputs, the divisor);
-the row loops are here -- ``prange`` over chunks of rows without the GIL, each row by the shared C++ row
-math of ``cb_cpu_rows.h`` (one fused pass: loss and gradient), the chunks' sums added in chunk order so
-the loss is bitwise the same at any thread count. The instruction set of the row kernels is chosen once,
+the parallel row loops are here -- ``prange`` over chunks of rows without the GIL, each chunk by the C++
+row loop of ``cb_cpu_rows.h`` (the shared row math, one fused pass: loss and gradient; short rows several
+per vector, float16 / bfloat16 rows widened in L1), the chunks' sums added in chunk order so the loss is
+bitwise the same at any thread count. The instruction set of the row kernels is chosen once,
 here (``set_isa``). The schemas and the autograd are the op library's (``kernels/ops/ops.cpp``,
 ``cbbench._C``).
 """

@@ -15,6 +15,11 @@
 
 #include "cb_math.h"
 
+// GCC 12's AVX-512 intrinsics (_mm512_undefined_ps: `__m512 __Y = __Y;`) trip -Wuninitialized /
+// -Wmaybe-uninitialized where they inline (GCC bug 105593): silenced for this header only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
@@ -158,4 +163,5 @@ static inline void cb_sigmoid_chunk_half(int isa, int kind, const uint16_t* z, c
 }
 
 #undef CB_DISPATCH
+#pragma GCC diagnostic pop
 #endif  // CBBENCH_CB_CPU_ROWS_H_

@@ -1,10 +1,11 @@
 // The CPU kernels of the cbbench ops (schemas: kernels/ops/ops.cpp), registered for the CPU dispatch key.
 // Included by the Cython module kernels/cpu/_cpu.pyx (cbbench._cpu), which is this header's only
 // translation unit and supplies the row loops it calls: cbcpu_*_rows below are Cython `cdef public`
-// functions (prange over chunks of rows, each row by the shared row math of cb_cpu_rows.h, the chunk
-// sums added in order). This header does the rest of a call: the internal checks, float32 compute for
-// float16/bfloat16 logits, the divisor (cb_cpu_loss.h) before the rows -- so their gradients are written
-// already divided -- the outputs, and the reduced loss.
+// functions (prange over chunks of rows, each chunk by the C++ row loop of cb_cpu_rows.h, the chunk sums
+// added in order; float16/bfloat16 logits are read and their gradient written in their own dtype, computed
+// in float32 inside the row loop). This header does the rest of a call: the internal checks, the divisor
+// (cb_cpu_loss.h) before the rows -- so their gradients are written already divided -- the outputs, and
+// the reduced loss.
 #ifndef CBBENCH_CPU_OPS_H_
 #define CBBENCH_CPU_OPS_H_
 
