@@ -197,6 +197,64 @@ def test_every_instruction_set_matches_reference(isa, dtype):
         assert_matches_reference(F.sigmoid_focal_loss, logits, multi, weight, "mean", gamma=2.0)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES + HALF_DTYPES)
+@pytest.mark.parametrize("c", (1, 2, 10, 31, 32, 33))
+def test_short_rows_several_per_vector_match_reference(isa, dtype, c):
+    """C <= 32 runs 16 (float) / 8 (double) rows per vector in a transposed block, the rest of a chunk's rows
+    one by one: block and remainder rows, ignored rows, every option of that path (and the offset and focal
+    options that leave it)."""
+    _cpu.set_isa(isa)
+    n = 16 * 3 + 5
+    logits, target, weight = _inputs(n, c, dtype, seed=c, ignore_index=-7)
+    target[5] = c - 1  # a target in the last column of a block row
+    sample_weight = torch.rand(n, generator=torch.Generator().manual_seed(c)) + 0.5
+    g = torch.Generator().manual_seed(c + 1)
+    for options in ({}, dict(label_smoothing=0.2), dict(target_margin=torch.rand(c, generator=g), scale=12.0),
+                    dict(sample_weight=sample_weight), _softmax_options(c, "all", seed=c)):
+        options["ignore_index"] = -7
+        # C = 1: the exactly-0 gradient is rounding noise of w (1 - eps) + w eps, per row (as before this path)
+        tol = dict(rtol=2e-5, atol=2e-6 * n) if c == 1 and dtype == torch.float32 else None
+        for reduction in ("mean", "none"):
+            assert_matches_reference(F.softmax_cross_entropy, logits, target, weight, reduction, tol=tol, **options)
+    assert_matches_reference(F.softmax_focal_loss, logits, target, weight, "sum", gamma=2.0, ignore_index=-7,
+                             alpha=torch.rand(c, generator=g) + 0.5)
+    assert_matches_reference(F.softmax_focal_loss, logits, target, None, "mean", gamma=0.0, ignore_index=-7,
+                             alpha=torch.rand(c, generator=g) + 0.5)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES + HALF_DTYPES)
+def test_short_rows_ignored_row_with_nan_logits_has_zero_gradient(dtype):
+    logits, target, weight = _inputs(32, 10, dtype, seed=3)
+    target[4] = -100
+    logits[4, 2] = float("nan")
+    z = logits.clone().requires_grad_(True)
+    loss = F.softmax_cross_entropy(z, target, weight, reduction="none")
+    loss.sum().backward()
+    assert loss[4].item() == 0.0 and torch.isfinite(loss).all()
+    assert (z.grad[4] == 0).all() and torch.isfinite(z.grad).all()
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("shape", ((7, 5000), (300, 1000), (70, 40)))
+def test_half_logits_are_rounded_like_a_float32_computation(dtype, shape):
+    """float16 / bfloat16 rows are widened a few at a time inside the kernel: bitwise the float32 kernel's
+    result on the widened logits, rounded once to the half dtype (special values included)."""
+    logits, target, weight = _inputs(*shape, dtype, seed=1, spread=8.0, ignore_index=-100)
+    logits[1, :3] = torch.tensor([float("inf"), -float("inf"), 65504.0]).to(dtype)
+    logits[2, 0] = float("nan")
+    for fn, kw in ((F.softmax_cross_entropy, dict(label_smoothing=0.1)), (F.sigmoid_focal_loss, dict(gamma=2.0))):
+        half = logits.clone().requires_grad_(True)
+        full = logits.float().requires_grad_(True)
+        lh = fn(half, target, weight, reduction="none", **kw)
+        lf = fn(full, target, weight, reduction="none", **kw)
+        lh.sum().backward()
+        lf.sum().backward()
+        assert lh.dtype == torch.float32
+        torch.testing.assert_close(lh, lf, rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(half.grad, full.grad.to(dtype), rtol=0, atol=0, equal_nan=True)
+
+
 def test_spatial_inputs():
     g = torch.Generator().manual_seed(7)
     logits = torch.randn(3, 5, 4, 6, generator=g)

@@ -4,14 +4,15 @@
 
 Compiled as C++ against torch: ``kernels/cpu/cpu_ops.h`` registers the kernels for the CPU dispatch key
 when this module is imported and does what a call needs around the rows (checks, outputs, the divisor);
-the row loops are here -- ``prange`` over chunks of rows without the GIL, each row by the shared C++ row
-math of ``cb_cpu_rows.h`` (one fused pass: loss and gradient), the chunks' sums added in chunk order so
-the loss is bitwise the same at any thread count. The instruction set of the row kernels is chosen once,
+the parallel row loops are here -- ``prange`` over chunks of rows without the GIL, each chunk by the C++
+row loop of ``cb_cpu_rows.h`` (the shared row math, one fused pass: loss and gradient; short rows several
+per vector, float16 / bfloat16 rows widened in L1), the chunks' sums added in chunk order so the loss is
+bitwise the same at any thread count. The instruction set of the row kernels is chosen once,
 here (``set_isa``). The schemas and the autograd are the op library's (``kernels/ops/ops.cpp``,
 ``cbbench._C``).
 """
 from cython.parallel cimport prange
-from libc.stdint cimport int64_t, uintptr_t
+from libc.stdint cimport int64_t, uint16_t, uintptr_t
 
 import os
 
@@ -30,13 +31,21 @@ cdef extern from "cb_cpu_rows.h" nogil:
     int cb_isa_supported(int isa)
     int cb_best_isa()
     int cb_openmp()
-    T cb_softmax_ce_row[T](int isa, const T* z, int64_t C, int64_t y, const float* weight, const float* offset,
-                           const float* margin, T scale, T eps, T gamma, const float* alpha, int64_t ignore_index,
-                           T g, T* grad)
-    T cb_sigmoid_index_row[T](int isa, const T* z, int64_t C, int64_t y, const float* weight, T gamma, T alpha,
-                              bint focal, int64_t ignore_index, T g, T* grad)
-    T cb_sigmoid_multihot_row[T](int isa, const T* z, const T* t, int64_t C, const float* weight, T gamma, T alpha,
-                                 bint focal, T g, T* grad)
+    void cb_softmax_ce_chunk[T](int isa, const T* z, const int64_t* y, int64_t n, int64_t C, const float* weight,
+                                const float* offset, const float* margin, T scale, T eps, T gamma,
+                                const float* alpha, const float* sample_weight, int64_t ignore_index, T g,
+                                T* loss_rows, T* grad, double* acc)
+    void cb_sigmoid_chunk[T](int isa, const T* z, const int64_t* y, const T* multi_hot, int64_t n, int64_t C,
+                             const float* weight, T gamma, T alpha, bint focal, const float* sample_weight,
+                             int64_t ignore_index, T g, T* loss_rows, T* grad, double* acc)
+    void cb_softmax_ce_chunk_half(int isa, int kind, const uint16_t* z, const int64_t* y, int64_t n, int64_t C,
+                                  const float* weight, const float* offset, const float* margin, float scale,
+                                  float eps, float gamma, const float* alpha, const float* sample_weight,
+                                  int64_t ignore_index, float g, float* loss_rows, uint16_t* grad, double* acc)
+    void cb_sigmoid_chunk_half(int isa, int kind, const uint16_t* z, const int64_t* y, const float* multi_hot,
+                               int64_t n, int64_t C, const float* weight, float gamma, float alpha, bint focal,
+                               const float* sample_weight, int64_t ignore_index, float g, float* loss_rows,
+                               uint16_t* grad, double* acc)
     void cb_exp_array(int isa, const float* x, float* out, int64_t n)
     void cb_exp_array(int isa, const double* x, double* out, int64_t n)
     void cb_log1p_array(int isa, const float* x, float* out, int64_t n)
@@ -113,39 +122,10 @@ if os.environ.get("CBBENCH_CPU_ISA"):
 
 
 # ----------------------------------------------------------------------------------------------
-# the row loops (called by kernels/cpu/cpu_ops.h, without the GIL). A sample weight s_i scales its row's
-# loss and, through the gradient scale g, its gradient, in the same pass.
+# the row loops (called by kernels/cpu/cpu_ops.h, without the GIL): prange over chunks of rows, each chunk
+# by the C++ row loop of cb_cpu_rows.h (ISA chosen once per chunk; short rows several per vector), its
+# row losses summed in row order into the chunk's sum; the chunk sums added in chunk order.
 # ----------------------------------------------------------------------------------------------
-cdef inline real _softmax_row(int isa, const real* z, const int64_t* y, int64_t i, int64_t C, const float* weight,
-                              const float* offset, const float* margin, real scale, real eps, real gamma,
-                              const float* alpha, const float* sample_weight, int64_t ignore_index, real g,
-                              real* loss_rows, real* grad) noexcept nogil:
-    cdef real s = <real> sample_weight[i] if sample_weight != NULL else <real> 1
-    cdef real v = s * cb_softmax_ce_row(isa, z + i * C, C, y[i], weight, offset, margin, scale, eps, gamma, alpha,
-                                        ignore_index, g * s, grad + i * C if grad != NULL else NULL)
-    if loss_rows != NULL:
-        loss_rows[i] = v
-    return v
-
-
-cdef inline real _sigmoid_row(int isa, const real* z, const int64_t* y, const real* multi_hot, int64_t i, int64_t C,
-                              const float* weight, real gamma, real alpha, bint focal, const float* sample_weight,
-                              int64_t ignore_index, real g, real* loss_rows, real* grad) noexcept nogil:
-    cdef real* grad_row = grad + i * C if grad != NULL else NULL
-    cdef real s = <real> sample_weight[i] if sample_weight != NULL else <real> 1
-    cdef real v
-    if multi_hot != NULL:
-        v = cb_sigmoid_multihot_row(isa, z + i * C, multi_hot + i * C, C, weight, gamma, alpha, focal, g * s,
-                                    grad_row)
-    else:
-        v = cb_sigmoid_index_row(isa, z + i * C, C, y[i], weight, gamma, alpha, focal, ignore_index, g * s,
-                                 grad_row)
-    v = s * v
-    if loss_rows != NULL:
-        loss_rows[i] = v
-    return v
-
-
 cdef double _ordered_sum(const double* chunk_sums, int64_t n) noexcept nogil:
     cdef double total = 0.0
     cdef int64_t k
@@ -154,28 +134,30 @@ cdef double _ordered_sum(const double* chunk_sums, int64_t n) noexcept nogil:
     return total
 
 
-cdef inline double _softmax_chunk(int isa, int64_t k, int64_t chunk, const real* z, const int64_t* y, int64_t M,
-                                  int64_t C, const float* weight, const float* offset, const float* margin,
-                                  real scale, real eps, real gamma, const float* alpha, const float* sample_weight,
-                                  int64_t ignore_index, real g, real* loss_rows, real* grad) noexcept nogil:
-    cdef double acc = 0.0
-    cdef int64_t i
-    for i in range(k * chunk, min((k + 1) * chunk, M)):
-        acc = acc + _softmax_row(isa, z, y, i, C, weight, offset, margin, scale, eps, gamma, alpha, sample_weight,
-                                 ignore_index, g, loss_rows, grad)
-    return acc
+cdef inline void _softmax_chunk(int isa, int64_t k, int64_t chunk, const real* z, const int64_t* y, int64_t M,
+                                int64_t C, const float* weight, const float* offset, const float* margin,
+                                real scale, real eps, real gamma, const float* alpha, const float* sample_weight,
+                                int64_t ignore_index, real g, real* loss_rows, real* grad,
+                                double* chunk_sums) noexcept nogil:
+    cdef int64_t i0 = k * chunk, n = min(chunk, M - k * chunk)
+    chunk_sums[k] = 0.0
+    cb_softmax_ce_chunk(isa, z + i0 * C, y + i0, n, C, weight, offset, margin, scale, eps, gamma, alpha,
+                        sample_weight + i0 if sample_weight != NULL else NULL, ignore_index, g,
+                        loss_rows + i0 if loss_rows != NULL else NULL, grad + i0 * C if grad != NULL else NULL,
+                        &chunk_sums[k])
 
 
-cdef inline double _sigmoid_chunk(int isa, int64_t k, int64_t chunk, const real* z, const int64_t* y,
-                                  const real* multi_hot, int64_t M, int64_t C, const float* weight, real gamma,
-                                  real alpha, bint focal, const float* sample_weight, int64_t ignore_index, real g,
-                                  real* loss_rows, real* grad) noexcept nogil:
-    cdef double acc = 0.0
-    cdef int64_t i
-    for i in range(k * chunk, min((k + 1) * chunk, M)):
-        acc = acc + _sigmoid_row(isa, z, y, multi_hot, i, C, weight, gamma, alpha, focal, sample_weight,
-                                 ignore_index, g, loss_rows, grad)
-    return acc
+cdef inline void _sigmoid_chunk(int isa, int64_t k, int64_t chunk, const real* z, const int64_t* y,
+                                const real* multi_hot, int64_t M, int64_t C, const float* weight, real gamma,
+                                real alpha, bint focal, const float* sample_weight, int64_t ignore_index, real g,
+                                real* loss_rows, real* grad, double* chunk_sums) noexcept nogil:
+    cdef int64_t i0 = k * chunk, n = min(chunk, M - k * chunk)
+    chunk_sums[k] = 0.0
+    cb_sigmoid_chunk(isa, z + i0 * C, y + i0 if y != NULL else NULL,
+                     multi_hot + i0 * C if multi_hot != NULL else NULL, n, C, weight, gamma, alpha, focal,
+                     sample_weight + i0 if sample_weight != NULL else NULL, ignore_index, g,
+                     loss_rows + i0 if loss_rows != NULL else NULL, grad + i0 * C if grad != NULL else NULL,
+                     &chunk_sums[k])
 
 
 cdef double _softmax_rows(const real* z, const int64_t* y, int64_t M, int64_t C, const float* weight,
@@ -186,12 +168,12 @@ cdef double _softmax_rows(const real* z, const int64_t* y, int64_t M, int64_t C,
     cdef int64_t chunk = cb_chunk_rows(C), n = cb_chunk_count(M, C), k
     if n_threads > 1:
         for k in prange(n, schedule="dynamic", chunksize=1, num_threads=n_threads):
-            chunk_sums[k] = _softmax_chunk(isa, k, chunk, z, y, M, C, weight, offset, margin, scale, eps, gamma,
-                                           alpha, sample_weight, ignore_index, g, loss_rows, grad)
+            _softmax_chunk(isa, k, chunk, z, y, M, C, weight, offset, margin, scale, eps, gamma, alpha,
+                           sample_weight, ignore_index, g, loss_rows, grad, chunk_sums)
     else:
         for k in range(n):
-            chunk_sums[k] = _softmax_chunk(isa, k, chunk, z, y, M, C, weight, offset, margin, scale, eps, gamma,
-                                           alpha, sample_weight, ignore_index, g, loss_rows, grad)
+            _softmax_chunk(isa, k, chunk, z, y, M, C, weight, offset, margin, scale, eps, gamma, alpha,
+                           sample_weight, ignore_index, g, loss_rows, grad, chunk_sums)
     return _ordered_sum(chunk_sums, n)
 
 
@@ -203,12 +185,76 @@ cdef double _sigmoid_rows(const real* z, const int64_t* y, const real* multi_hot
     cdef int64_t chunk = cb_chunk_rows(C), n = cb_chunk_count(M, C), k
     if n_threads > 1:
         for k in prange(n, schedule="dynamic", chunksize=1, num_threads=n_threads):
-            chunk_sums[k] = _sigmoid_chunk(isa, k, chunk, z, y, multi_hot, M, C, weight, gamma, alpha, focal,
-                                           sample_weight, ignore_index, g, loss_rows, grad)
+            _sigmoid_chunk(isa, k, chunk, z, y, multi_hot, M, C, weight, gamma, alpha, focal, sample_weight,
+                           ignore_index, g, loss_rows, grad, chunk_sums)
     else:
         for k in range(n):
-            chunk_sums[k] = _sigmoid_chunk(isa, k, chunk, z, y, multi_hot, M, C, weight, gamma, alpha, focal,
-                                           sample_weight, ignore_index, g, loss_rows, grad)
+            _sigmoid_chunk(isa, k, chunk, z, y, multi_hot, M, C, weight, gamma, alpha, focal, sample_weight,
+                           ignore_index, g, loss_rows, grad, chunk_sums)
+    return _ordered_sum(chunk_sums, n)
+
+
+cdef inline void _softmax_chunk_half(int isa, int kind, int64_t k, int64_t chunk, const uint16_t* z,
+                                     const int64_t* y, int64_t M, int64_t C, const float* weight,
+                                     const float* offset, const float* margin, float scale, float eps, float gamma,
+                                     const float* alpha, const float* sample_weight, int64_t ignore_index, float g,
+                                     float* loss_rows, uint16_t* grad, double* chunk_sums) noexcept nogil:
+    cdef int64_t i0 = k * chunk, n = min(chunk, M - k * chunk)
+    chunk_sums[k] = 0.0
+    cb_softmax_ce_chunk_half(isa, kind, z + i0 * C, y + i0, n, C, weight, offset, margin, scale, eps, gamma, alpha,
+                             sample_weight + i0 if sample_weight != NULL else NULL, ignore_index, g,
+                             loss_rows + i0 if loss_rows != NULL else NULL,
+                             grad + i0 * C if grad != NULL else NULL, &chunk_sums[k])
+
+
+cdef inline void _sigmoid_chunk_half(int isa, int kind, int64_t k, int64_t chunk, const uint16_t* z,
+                                     const int64_t* y, const float* multi_hot, int64_t M, int64_t C,
+                                     const float* weight, float gamma, float alpha, bint focal,
+                                     const float* sample_weight, int64_t ignore_index, float g, float* loss_rows,
+                                     uint16_t* grad, double* chunk_sums) noexcept nogil:
+    cdef int64_t i0 = k * chunk, n = min(chunk, M - k * chunk)
+    chunk_sums[k] = 0.0
+    cb_sigmoid_chunk_half(isa, kind, z + i0 * C, y + i0 if y != NULL else NULL,
+                          multi_hot + i0 * C if multi_hot != NULL else NULL, n, C, weight, gamma, alpha, focal,
+                          sample_weight + i0 if sample_weight != NULL else NULL, ignore_index, g,
+                          loss_rows + i0 if loss_rows != NULL else NULL, grad + i0 * C if grad != NULL else NULL,
+                          &chunk_sums[k])
+
+
+cdef public double cbcpu_softmax_rows_half(int kind, const uint16_t* z, const int64_t* y, int64_t M, int64_t C,
+                                           const float* weight, const float* offset, const float* margin,
+                                           float scale, float eps, float gamma, const float* alpha,
+                                           const float* sample_weight, int64_t ignore_index, float g,
+                                           float* loss_rows, uint16_t* grad, int n_threads,
+                                           double* chunk_sums) noexcept nogil:
+    cdef int isa = _isa
+    cdef int64_t chunk = cb_chunk_rows(C), n = cb_chunk_count(M, C), k
+    if n_threads > 1:
+        for k in prange(n, schedule="dynamic", chunksize=1, num_threads=n_threads):
+            _softmax_chunk_half(isa, kind, k, chunk, z, y, M, C, weight, offset, margin, scale, eps, gamma, alpha,
+                                sample_weight, ignore_index, g, loss_rows, grad, chunk_sums)
+    else:
+        for k in range(n):
+            _softmax_chunk_half(isa, kind, k, chunk, z, y, M, C, weight, offset, margin, scale, eps, gamma, alpha,
+                                sample_weight, ignore_index, g, loss_rows, grad, chunk_sums)
+    return _ordered_sum(chunk_sums, n)
+
+
+cdef public double cbcpu_sigmoid_rows_half(int kind, const uint16_t* z, const int64_t* y, const float* multi_hot,
+                                           int64_t M, int64_t C, const float* weight, float gamma, float alpha,
+                                           int focal, const float* sample_weight, int64_t ignore_index, float g,
+                                           float* loss_rows, uint16_t* grad, int n_threads,
+                                           double* chunk_sums) noexcept nogil:
+    cdef int isa = _isa
+    cdef int64_t chunk = cb_chunk_rows(C), n = cb_chunk_count(M, C), k
+    if n_threads > 1:
+        for k in prange(n, schedule="dynamic", chunksize=1, num_threads=n_threads):
+            _sigmoid_chunk_half(isa, kind, k, chunk, z, y, multi_hot, M, C, weight, gamma, alpha, focal != 0,
+                                sample_weight, ignore_index, g, loss_rows, grad, chunk_sums)
+    else:
+        for k in range(n):
+            _sigmoid_chunk_half(isa, kind, k, chunk, z, y, multi_hot, M, C, weight, gamma, alpha, focal != 0,
+                                sample_weight, ignore_index, g, loss_rows, grad, chunk_sums)
     return _ordered_sum(chunk_sums, n)
 
 

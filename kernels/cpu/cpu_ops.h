@@ -1,10 +1,11 @@
 // The CPU kernels of the cbbench ops (schemas: kernels/ops/ops.cpp), registered for the CPU dispatch key.
 // Included by the Cython module kernels/cpu/_cpu.pyx (cbbench._cpu), which is this header's only
 // translation unit and supplies the row loops it calls: cbcpu_*_rows below are Cython `cdef public`
-// functions (prange over chunks of rows, each row by the shared row math of cb_cpu_rows.h, the chunk
-// sums added in order). This header does the rest of a call: the internal checks, float32 compute for
-// float16/bfloat16 logits, the divisor (cb_cpu_loss.h) before the rows -- so their gradients are written
-// already divided -- the outputs, and the reduced loss.
+// functions (prange over chunks of rows, each chunk by the C++ row loop of cb_cpu_rows.h, the chunk sums
+// added in order; float16/bfloat16 logits are read and their gradient written in their own dtype, computed
+// in float32 inside the row loop). This header does the rest of a call: the internal checks, the divisor
+// (cb_cpu_loss.h) before the rows -- so their gradients are written already divided -- the outputs, and
+// the reduced loss.
 #ifndef CBBENCH_CPU_OPS_H_
 #define CBBENCH_CPU_OPS_H_
 
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "cb_cpu_loss.h"
+#include "cb_cpu_rows.h"
 #include "cb_ops.h"
 
 // The Cython row loops (kernels/cpu/_cpu.pyx): the sum of the row losses; row losses into loss_rows (or
@@ -34,6 +36,14 @@ double cbcpu_sigmoid_rows_f32(const float* z, const int64_t* y, const float* mul
                               const float* weight, float gamma, float alpha, int focal, const float* sample_weight,
                               int64_t ignore_index, float g, float* loss_rows, float* grad, int n_threads,
                               double* chunk_sums);
+double cbcpu_softmax_rows_half(int kind, const uint16_t* z, const int64_t* y, int64_t M, int64_t C,
+                               const float* weight, const float* offset, const float* margin, float scale, float eps,
+                               float gamma, const float* alpha, const float* sample_weight, int64_t ignore_index,
+                               float g, float* loss_rows, uint16_t* grad, int n_threads, double* chunk_sums);
+double cbcpu_sigmoid_rows_half(int kind, const uint16_t* z, const int64_t* y, const float* multi_hot, int64_t M,
+                               int64_t C, const float* weight, float gamma, float alpha, int focal,
+                               const float* sample_weight, int64_t ignore_index, float g, float* loss_rows,
+                               uint16_t* grad, int n_threads, double* chunk_sums);
 double cbcpu_sigmoid_rows_f64(const double* z, const int64_t* y, const double* multi_hot, int64_t M, int64_t C,
                               const float* weight, double gamma, double alpha, int focal, const float* sample_weight,
                               int64_t ignore_index, double g, double* loss_rows, double* grad, int n_threads,
@@ -48,12 +58,15 @@ using Pair = std::tuple<Tensor, Tensor>;
 
 inline const float* ptr(const OptTensor& t) { return t.has_value() ? t->data_ptr<float>() : nullptr; }
 
-// The logits the row kernels read: float32 or float64, contiguous (float16 / bfloat16 computed in float32).
-inline Tensor compute_logits(const Tensor& logits) {
-  const auto t = logits.scalar_type();
-  const Tensor z = (t == at::kHalf || t == at::kBFloat16) ? logits.to(at::kFloat) : logits;
-  return z.contiguous();
-}
+// The logits the row kernels read, contiguous, in their own dtype: float16 / bfloat16 rows are widened to
+// float32 a few at a time inside the row loops (cb_cpu_rows_impl.h), never as a float32 copy of the tensor.
+inline Tensor compute_logits(const Tensor& logits) { return logits.contiguous(); }
+
+inline bool is_half(const Tensor& z) { return z.scalar_type() == at::kHalf || z.scalar_type() == at::kBFloat16; }
+inline int half_kind(const Tensor& z) { return z.scalar_type() == at::kBFloat16 ? CB_HALF_BF16 : CB_HALF_F16; }
+// float16 / bfloat16 storage as the row loops see it
+inline const uint16_t* half_ptr(const Tensor& t) { return static_cast<const uint16_t*>(t.const_data_ptr()); }
+inline uint16_t* half_ptr_mut(const Tensor& t) { return static_cast<uint16_t*>(t.data_ptr()); }
 
 inline void check_classes(const Tensor& z) {
   // a row is indexed with int (vector compares of j == y); M is int64
@@ -95,12 +108,19 @@ inline Pair softmax_cross_entropy(const Tensor& logits, const Tensor& target, co
   const double divisor = cb_finish_divisor(
       int(red), cb_index_local_divisor(yp, M, C, ptr(w), ptr(sw), ignore_index, int(red), &bad));
   TORCH_CHECK_VALUE(bad < 0, cbops::target_range_message(bad < 0 ? 0 : yp[bad], C, ignore_index));
-  const Tensor loss_rows = red == Reduction::none ? at::empty({M}, z.options()) : Tensor();
+  const Tensor loss_rows =
+      red == Reduction::none ? at::empty({M}, z.options().dtype(cbops::loss_dtype(z.scalar_type()))) : Tensor();
   Tensor grad = need_grad ? at::empty_like(z) : Tensor();
   const int threads = cb_loss_threads(M, C, at::get_num_threads());
   std::vector<double> sums(size_t(cb_chunk_count(M, C)) + 1);
   double total = 0.0;
-  if (z.scalar_type() == at::kFloat) {
+  if (is_half(z)) {
+    total = cbcpu_softmax_rows_half(half_kind(z), half_ptr(z), yp, M, C, ptr(w), ptr(off), ptr(mar), float(scale),
+                                    float(label_smoothing), float(gamma), ptr(al), ptr(sw), ignore_index,
+                                    float(1.0 / divisor),
+                                    loss_rows.defined() ? loss_rows.data_ptr<float>() : nullptr,
+                                    grad.defined() ? half_ptr_mut(grad) : nullptr, threads, sums.data());
+  } else if (z.scalar_type() == at::kFloat) {
     total = cbcpu_softmax_rows_f32(z.data_ptr<float>(), yp, M, C, ptr(w), ptr(off), ptr(mar), float(scale),
                                    float(label_smoothing), float(gamma), ptr(al), ptr(sw), ignore_index,
                                    float(1.0 / divisor),
@@ -128,11 +148,13 @@ inline Pair sigmoid_focal(const Tensor& logits, const Tensor& target, const OptT
   const OptTensor w = cbops::float_vector(weight), sw = cbops::float_vector(sample_weight);
   const int64_t M = z.size(0), C = z.size(1);
   const bool multi_hot = target.is_floating_point();
-  const Tensor t = multi_hot ? target.to(z.scalar_type()).contiguous() : target.contiguous();
+  // multi-hot targets in the compute dtype (float32 for half logits)
+  const Tensor t = multi_hot ? target.to(z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).contiguous()
+                             : target.contiguous();
   double local = 1.0;
   const int64_t* yp = multi_hot ? nullptr : t.data_ptr<int64_t>();
   if (multi_hot) {
-    local = z.scalar_type() == at::kFloat
+    local = t.scalar_type() == at::kFloat
                 ? cb_multi_hot_local_divisor(t.data_ptr<float>(), M, C, ptr(w), ptr(sw), int(red))
                 : cb_multi_hot_local_divisor(t.data_ptr<double>(), M, C, ptr(w), ptr(sw), int(red));
   } else {
@@ -141,12 +163,18 @@ inline Pair sigmoid_focal(const Tensor& logits, const Tensor& target, const OptT
     TORCH_CHECK_VALUE(bad < 0, cbops::target_range_message(bad < 0 ? 0 : yp[bad], C, ignore_index));
   }
   const double divisor = cb_finish_divisor(int(red), local);
-  const Tensor loss_rows = red == Reduction::none ? at::empty({M}, z.options()) : Tensor();
+  const Tensor loss_rows =
+      red == Reduction::none ? at::empty({M}, z.options().dtype(cbops::loss_dtype(z.scalar_type()))) : Tensor();
   Tensor grad = need_grad ? at::empty_like(z) : Tensor();
   const int threads = cb_loss_threads(M, C, at::get_num_threads());
   std::vector<double> sums(size_t(cb_chunk_count(M, C)) + 1);
   double total = 0.0;
-  if (z.scalar_type() == at::kFloat) {
+  if (is_half(z)) {
+    total = cbcpu_sigmoid_rows_half(half_kind(z), half_ptr(z), yp, multi_hot ? t.data_ptr<float>() : nullptr, M, C,
+                                    ptr(w), float(gamma), float(alpha), focal, ptr(sw), ignore_index,
+                                    float(1.0 / divisor), loss_rows.defined() ? loss_rows.data_ptr<float>() : nullptr,
+                                    grad.defined() ? half_ptr_mut(grad) : nullptr, threads, sums.data());
+  } else if (z.scalar_type() == at::kFloat) {
     total = cbcpu_sigmoid_rows_f32(z.data_ptr<float>(), yp, multi_hot ? t.data_ptr<float>() : nullptr, M, C, ptr(w),
                                    float(gamma), float(alpha), focal, ptr(sw), ignore_index, float(1.0 / divisor),
                                    loss_rows.defined() ? loss_rows.data_ptr<float>() : nullptr,
