@@ -66,7 +66,8 @@ def kernel_files(root: Path) -> List[Path]:
     files = [*kernels.glob("include/*.h"), *kernels.glob("ops/*.h"), *kernels.glob("ops/*.cpp"),
              *kernels.glob("cpu/*.h"), *kernels.glob("cpu/*.pyx"), *kernels.glob("cpu/*.pxd"),
              *kernels.glob("cpu/_cpu.cpp")]
-    return sorted(p for p in files if p.is_file())
+    generated_header = kernels / "cpu" / "_cpu.h"  # Cython's, beside its C++; not a source
+    return sorted(p for p in files if p.is_file() and p != generated_header)
 
 
 def fingerprint(root: Path) -> str:
