@@ -132,11 +132,16 @@ class BuildPy(build_py):
             return
         package_dir = Path(self.build_lib) / "cbbench"
         try:
-            extensions.cpu_source(ROOT)  # writes kernels/cpu/_cpu.cpp when Cython is installed
+            generated = extensions.cpu_source(ROOT)  # writes kernels/cpu/_cpu.cpp when Cython is installed
         except RuntimeError as exc:
+            generated = None
             print(f"cbbench build: the package ships no C++ of the CPU module ({exc}); a first-use build "
                   "will need Cython")
-        for path in extensions.kernel_files(ROOT):
+        # Cython's C++ where it was generated, else the Cython source (an installed file's modification
+        # time says nothing about which of the two is newer)
+        skip = ROOT / "kernels" / "cpu" / ("_cpu.pyx" if generated is not None and generated.suffix == ".cpp"
+                                           else "_cpu.cpp")
+        for path in (p for p in extensions.kernel_files(ROOT) if p != skip):
             target = package_dir / extensions.SOURCES_DIR / path.relative_to(ROOT)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
@@ -146,7 +151,8 @@ class BuildPy(build_py):
 def build_ext_class(base):
     class BuildExt(base):
         """torch's BuildExtension, then the build record beside the modules (in place for editable
-        installs and ``build_ext --inplace``)."""
+        installs and ``build_ext --inplace``). Not ``--parallel``: with ninja, torch writes every module's
+        build file into the one build folder."""
 
         def run(self):
             super().run()

@@ -18,7 +18,7 @@ when :mod:`cbbench.ops` loads them (:func:`import_extension`):
    pure-PyTorch reference.
 
 ``cbbench._cuda`` is built at install time only (``setup.py``); it is imported under the same record
-check, and a CUDA-enabled torch without it gets the same warning.
+check, and a CUDA-enabled torch without it, on a machine with an NVIDIA GPU, gets the same warning.
 """
 from __future__ import annotations
 
@@ -328,7 +328,7 @@ def _settle_cpu_modules() -> None:
     needed = list(extensions.MODULES) if extensions.OPS in why else list(why)
     if not needed:
         return
-    built = _first_use(needed, "; ".join(f"{n}: {why.get(n, 'built with the ops')}" for n in needed))
+    built = _first_use(needed, "; ".join(f"{n}: {why.get(n, 'rebuilt with the op library')}" for n in needed))
     for name in needed:
         path, reason, origin = built[name]
         if path is not None and (name == extensions.OPS or _state[extensions.OPS]["module"] is not None):
@@ -354,7 +354,7 @@ def import_extension(name: str) -> Tuple[Optional[object], Optional[str]]:
         else:
             module, reason, origin = _import_installed(name)
             _state[name] = {"module": module, "origin": origin, "reason": reason}
-            if name == CUDA and module is None and _torch_has_cuda():
+            if name == CUDA and module is None and _torch_has_cuda() and _nvidia_gpu_present():
                 warn_missing("cuda", reason)
     entry = _state[name]
     return entry["module"], entry["reason"]
@@ -364,6 +364,15 @@ def _torch_has_cuda() -> bool:
     import torch
 
     return torch.version.cuda is not None
+
+
+def _nvidia_gpu_present() -> bool:
+    """Whether the NVIDIA driver lists a GPU, read from /proc: asking CUDA would initialise it, which
+    importing cbbench never does."""
+    try:
+        return any(os.scandir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return False
 
 
 def warn_missing(device: str, reason: str) -> None:
