@@ -131,6 +131,12 @@ class BuildPy(build_py):
         if self.editable_mode:
             return
         package_dir = Path(self.build_lib) / "cbbench"
+        # the build folder outlives a build (pip builds a checkout in place): nothing of an earlier one
+        shutil.rmtree(package_dir / extensions.SOURCES_DIR, ignore_errors=True)
+        for name, status in RECORD["modules"].items():
+            if status != "built":
+                for stale in package_dir.glob(name.rsplit(".", 1)[1] + ".*"):
+                    stale.unlink()
         try:
             generated = extensions.cpu_source(ROOT)  # writes kernels/cpu/_cpu.cpp when Cython is installed
         except RuntimeError as exc:

@@ -42,7 +42,7 @@ BUILD_INFO = "_build_info.json"
 CUDA = "cbbench._cuda"
 JIT_ENV = "CBBENCH_JIT"
 CACHE_ENV = "CBBENCH_CACHE_DIR"
-PROGRESS_EVERY_S = 15.0
+PROGRESS_EVERY_S = 30.0
 
 FIX = ("Fix: `python -m cbbench.info` says what is missing. Usually: install a C++ compiler and the Python "
        "headers (e.g. `apt install g++ python3-dev`); the next `import cbbench` then compiles the kernels once "
@@ -206,7 +206,7 @@ def _compile(root: Path, folder: Path, names, why: str) -> Dict[str, Optional[st
         for name in names:
             log = open(folder / f"{_short(name)}.log", "w")
             cmd = [sys.executable, "-c", _CHILD, str(Path(extensions.__file__).resolve()), "build", str(root),
-                   str(folder), str(temp / _short(name)), name]
+                   str(temp / _short(name) / "lib"), str(temp / _short(name)), name]
             children[name] = (subprocess.Popen(cmd, cwd=str(temp), env=env, stdout=log, stderr=subprocess.STDOUT), log)
         tty = sys.stderr.isatty()
         last = began
@@ -233,7 +233,11 @@ def _compile(root: Path, folder: Path, names, why: str) -> Dict[str, Optional[st
         raise
     outcome = {}
     for name, (proc, _) in children.items():
-        if proc.returncode == 0 and _built_file(folder, name).is_file():
+        built = _built_file(temp / _short(name) / "lib", name)
+        if proc.returncode == 0 and built.is_file():
+            # moved into the cache whole (a rename): an interrupted build never leaves half a module there
+            _built_file(folder, name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(built, _built_file(folder, name))
             outcome[name] = None
             continue
         log = folder / f"{_short(name)}.log"

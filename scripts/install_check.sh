@@ -17,18 +17,23 @@ trap 'rm -rf "$work"' EXIT
 began=$SECONDS
 step() { echo "== install check ($((SECONDS - began)) s): $*"; }
 
+step "a copy of the checkout's files (tracked and new, not ignored): no build folder of an earlier build"
+mkdir "$work/src"
+git -C "$ROOT" ls-files -z -co --exclude-standard | (cd "$ROOT" && tar --null -T - -cf -) | tar -C "$work/src" -xf -
+
 step "fresh virtual environment with $TORCH"
 "$PYTHON" -m venv "$work/venv"
 pip=("$work/venv/bin/python" -m pip)
 "${pip[@]}" install -q "$TORCH"
 
 step "isolated wheel build (pip wheel .), kernels against the environment's torch"
-"${pip[@]}" wheel -q --no-deps -w "$work/wheel" "$ROOT"
+"${pip[@]}" wheel -q --no-deps -w "$work/wheel" "$work/src"
 "${pip[@]}" install -q "$work"/wheel/cbbench-*.whl
 (cd "$work" && CBBENCH_CACHE_DIR="$work/cache" venv/bin/python "$ROOT/scripts/install_smoke.py" install)
 
 step "wheel without kernels (CBBENCH_BUILD_KERNELS=0): the first import compiles them"
-CBBENCH_BUILD_KERNELS=0 "${pip[@]}" wheel -q --no-deps -w "$work/source-wheel" "$ROOT"
+rm -rf "$work/src/build"
+CBBENCH_BUILD_KERNELS=0 "${pip[@]}" wheel -q --no-deps -w "$work/source-wheel" "$work/src"
 "${pip[@]}" install -q --force-reinstall --no-deps "$work"/source-wheel/cbbench-*.whl
 (cd "$work" && CBBENCH_CACHE_DIR="$work/cache" venv/bin/python "$ROOT/scripts/install_smoke.py" first-use)
 step "passed"
