@@ -56,7 +56,8 @@ def _target_torch_site():
     isolation (pip runs this file with the target environment's interpreter and hides that environment's
     packages through PYTHONPATH and PYTHONNOUSERSITE), or ``(None, why not)``."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE")}
-    code = "import json, os, torch; print(json.dumps([os.path.dirname(os.path.dirname(torch.__file__)), torch.__version__]))"
+    code = ("import json, os, torch; "
+            "print(json.dumps([os.path.dirname(os.path.dirname(torch.__file__)), torch.__version__]))")
     with tempfile.TemporaryDirectory() as cwd:  # nothing importable from the working directory
         try:
             res = subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True,

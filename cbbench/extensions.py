@@ -40,7 +40,8 @@ SOURCES_DIR = "_sources"
 ROW_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast", "-fno-wrapv", "-g0"]
 OPS_FLAGS = ["-O2", "-g0"]
 
-_SIMD_PROBE = "int main(){float s=0;\n#pragma omp simd reduction(+:s)\nfor(int i=0;i<8;++i)s+=i;return s > 0 ? 0 : 1;}\n"
+_SIMD_PROBE = ("int main(){float s=0;\n#pragma omp simd reduction(+:s)\n"
+               "for(int i=0;i<8;++i)s+=i;return s > 0 ? 0 : 1;}\n")
 _OPENMP_PROBE = "#include <omp.h>\nint main(){return omp_get_max_threads() > 0 ? 0 : 1;}\n"
 
 

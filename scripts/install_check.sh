@@ -32,7 +32,6 @@ step "isolated wheel build (pip wheel .), kernels against the environment's torc
 (cd "$work" && CBBENCH_CACHE_DIR="$work/cache" venv/bin/python "$ROOT/scripts/install_smoke.py" install)
 
 step "wheel without kernels (CBBENCH_BUILD_KERNELS=0): the first import compiles them"
-rm -rf "$work/src/build"
 CBBENCH_BUILD_KERNELS=0 "${pip[@]}" wheel -q --no-deps -w "$work/source-wheel" "$work/src"
 "${pip[@]}" install -q --force-reinstall --no-deps "$work"/source-wheel/cbbench-*.whl
 (cd "$work" && CBBENCH_CACHE_DIR="$work/cache" venv/bin/python "$ROOT/scripts/install_smoke.py" first-use)

@@ -89,8 +89,8 @@ def test_the_default_level_hands_its_sets_to_every_phase_and_the_heads_reach_the
 
     def fake_head_case(case, impls, **kw):
         seen.setdefault("heads", []).append((case, impls, kw["memory"]))
-        return [{"case": cases.head_case_id(case), "impl": "fused", "status": "ok", "median_s": 0.5, "shape": case.shape,
-                 "loss": case.loss, "logits_mib": 1.0, "samples_s": [0.5]}]
+        return [{"case": cases.head_case_id(case), "impl": "fused", "status": "ok", "median_s": 0.5,
+                 "shape": case.shape, "loss": case.loss, "logits_mib": 1.0, "samples_s": [0.5]}]
 
     def fake_accuracy(dataset, methods, seeds, out_dir, on_method=None, **kw):
         for method in METHODS:

@@ -165,7 +165,8 @@ REPORT = """
     print(json.dumps({"file": cbbench.__file__, "report": jit.report(),
                       "warnings": [str(w.message) for w in caught if issubclass(w.category, jit.KernelsMissingWarning)],
                       "uses_kernels": ops.uses_kernels("auto", z),
-                      "modules": {n: getattr(sys.modules.get(n), "__file__", None) for n in ("cbbench._C", "cbbench._cpu")},
+                      "modules": {n: getattr(sys.modules.get(n), "__file__", None)
+                                  for n in ("cbbench._C", "cbbench._cpu")},
                       "build_dir": str(jit.build_dir(jit.extensions.source_root()))}))
 """
 
@@ -244,7 +245,8 @@ def test_setup_finds_the_target_environments_torch_from_inside_build_isolation(t
     hide = tmp_path / "isolation"
     hide.mkdir()
     packages = sorted({os.path.dirname(os.path.dirname(torch.__file__)), *site.getsitepackages()})
-    (hide / "sitecustomize.py").write_text(f"import sys\nsys.path[:] = [p for p in sys.path if p not in {packages!r}]\n")
+    (hide / "sitecustomize.py").write_text(
+        f"import sys\nsys.path[:] = [p for p in sys.path if p not in {packages!r}]\n")
     isolated = dict(os.environ, PYTHONPATH=str(hide), PYTHONNOUSERSITE="1")
     hidden = subprocess.run([sys.executable, "-c", "import torch"], env=isolated, capture_output=True, cwd=tmp_path)
     assert hidden.returncode != 0, "the stand-in isolation did not hide torch"
