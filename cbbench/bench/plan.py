@@ -4,11 +4,11 @@
 | | quick | main (default) | full |
 |---|---|---|---|
 | loss speed: cases (``CASE_TABLE`` set) | quick | main | full |
-| loss speed: implementations | cbbench, reference, eager, compile | the same | every one |
+| loss speed: implementations | cbbench's kernels, reference, eager, compile | the same | every one |
 | loss speed: timed | fwd+bwd | fwd+bwd | fwd+bwd and fwd |
 | fused heads (``HEAD_TABLE`` set) | -- | main: speed | full: speed and memory |
 | accuracy on the dataset (21 methods) | 3 seeds, half the epochs | 3 seeds | 3 seeds |
-| beta experiment | softmax family | softmax family | softmax, sigmoid, focal families |
+| beta experiment (digits-LT, prototypes-LT) | softmax family, half the epochs | softmax family | every family |
 
 The estimates (``*_S``) are seconds on the reference machine (2 cores, quiet): they weigh the steps of
 the progress bar (:mod:`cbbench.bench.progress`), whose time left follows the pace measured as it runs.

@@ -48,13 +48,14 @@ class PhaseProgress:
             return left
         return left * elapsed / self.done_work
 
-    def phase(self, name: str, text: str) -> None:
-        """Start phase ``name`` (``text`` describes it)."""
+    def phase(self, name: str, text: str = None) -> None:
+        """Start phase ``name``; ``text`` describes it in a line above the bar (none without it)."""
         self.current = name
         if self.bar is not None:
             self.bar.set_description_str(name)
-            self.bar.write(f"== {text}", file=self.stream)
-        else:
+            if text:
+                self.bar.write(f"== {text}", file=self.stream)
+        elif text:
             print(f"== {text} (about {_clock(self.time_left())} left of the whole job)", file=self.stream, flush=True)
 
     def done(self, name: str = None) -> None:

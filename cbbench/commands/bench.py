@@ -183,7 +183,7 @@ def _run_phases(args, out, devices, train_device, plan, acc, conformance, report
             beta_runs = _beta_phase(args, out, seeds, train_device, runs, lvl, progress)
             phases["beta experiment"] = time.perf_counter() - t0
 
-        progress.phase("report", "report")
+        progress.phase("report")
         t0 = time.perf_counter()
         weights_pngs = []
         counts = runs[0]["train_counts"] if runs else _dataset_counts(args.dataset, args.data_dir)
