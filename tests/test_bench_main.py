@@ -79,8 +79,9 @@ def test_the_default_level_hands_its_sets_to_every_phase_and_the_heads_reach_the
 
     seen = {}
 
-    def fake_speed(device, *, cases, impls, modes, policy, threads, log, on_case):
+    def fake_speed(device, *, cases, impls, modes, policy, threads, log, on_case, skip):
         seen["speed"] = (cases, impls, modes, policy)
+        seen["skip"] = skip
         for case in cases:
             on_case(case)
         return {"env": {"device": device, "device_name": "cpu", "torch": "t", "torch_cuda": None, "cbbench": "c",
@@ -118,6 +119,9 @@ def test_the_default_level_hands_its_sets_to_every_phase_and_the_heads_reach_the
     speed_cases, impls, modes, policy = seen["speed"]
     assert speed_cases == cases.suite("cpu", set_name="main") and impls == level.impls and modes == level.modes
     assert policy == level.policy
+    big, small = Case("focal", 8192, 1000), Case("softmax", 256, 1000)
+    assert "--full times it" in seen["skip"](big, "reference") and seen["skip"](small, "reference") is None
+    assert seen["skip"](big, "cpu") is None
     assert [c for c, _, _ in seen["heads"]] == cases.head_suite("cpu", "main")
     assert all(i == level.head_impls and m is False for _, i, m in seen["heads"])
     assert seen["beta"] == [(["digits-lt"], level.beta_losses, False), (["prototypes-lt"], level.beta_losses, False)]

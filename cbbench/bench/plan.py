@@ -4,7 +4,7 @@
 | | quick | main (default) | full |
 |---|---|---|---|
 | loss speed: cases (``CASE_TABLE`` set) | quick | main | full |
-| loss speed: implementations | cbbench's kernels, reference, eager, compile | the same | every one |
+| loss speed: implementations | cbbench's kernels, eager, compile; the reference up to 256x1000 | the same | every one |
 | loss speed: timed | fwd+bwd | fwd+bwd | fwd+bwd and fwd |
 | fused heads (``HEAD_TABLE`` set) | -- | main: speed | full: speed and memory |
 | accuracy on the dataset (21 methods) | 3 seeds, half the epochs | 3 seeds | 3 seeds |
@@ -41,12 +41,24 @@ class Level:
     head_memory: bool                  # the heads' extra memory, each in a fresh process
     half_epochs: bool                  # the accuracy and beta phases at half the recipes' epochs
     beta_losses: Tuple[str, ...]       # the loss families of the beta experiment
+    # the pure-PyTorch reference is timed up to this many logits (the training-size shapes, where the claim
+    # that it is slower than plain PyTorch is decided); None: at every shape
+    reference_max_elements: Optional[int] = None
+
+    def skip(self, case, impl: str) -> Optional[str]:
+        """Why ``impl`` is not timed on ``case`` at this level, or ``None``."""
+        if impl == "reference" and self.reference_max_elements is not None \
+                and case.n * case.c > self.reference_max_elements:
+            return (f"timed up to {self.reference_max_elements} logits in the {self.name} job; "
+                    "cbbench bench --full times it at every shape")
+        return None
 
 
 LEVEL = {
-    "quick": Level("quick", "quick", CORE_IMPLS, ("fwd_bwd",), QUICK, None, (), 0, False, True, ("softmax",)),
+    "quick": Level("quick", "quick", CORE_IMPLS, ("fwd_bwd",), QUICK, None, (), 0, False, True, ("softmax",),
+                   256 * 1000),
     "main": Level("main", "main", CORE_IMPLS, ("fwd_bwd",), MAIN, "main", CORE_HEAD_IMPLS, 2, False, False,
-                  ("softmax",)),
+                  ("softmax",), 256 * 1000),
     "full": Level("full", "full", IMPLEMENTATIONS, MODES, FULL, "full", tuple(HEAD_IMPLEMENTATIONS), 3, True, False,
                   ("softmax", "sigmoid", "focal")),
 }

@@ -42,9 +42,11 @@ def _copy_inputs(inputs: Inputs) -> Inputs:
 
 
 def run_case(case: Case, impls: Sequence[str], policy: TimingPolicy, copy_gbps: float,
-             log: Callable[[str], None] = lambda s: None, modes: Sequence[str] = MODES) -> List[dict]:
+             log: Callable[[str], None] = lambda s: None, modes: Sequence[str] = MODES,
+             skip: Callable[[Case, str], Optional[str]] = lambda case, impl: None) -> List[dict]:
     """Rows for one case: each implementation checked against the reference, its operators counted
-    (forward and backward, :mod:`.opcount`), then timed in each of ``modes`` (``fwd_bwd``, ``fwd``).
+    (forward and backward, :mod:`.opcount`), then timed in each of ``modes`` (``fwd_bwd``, ``fwd``);
+    an implementation for which ``skip(case, impl)`` gives a reason is a skipped row with that reason.
 
     The reference values are computed once per quantity from the pristine inputs; a provider that writes
     into its inputs (``Provider.mutates_input``, e.g. Liger) is checked and timed on a copy of its own, so
@@ -58,7 +60,7 @@ def run_case(case: Case, impls: Sequence[str], policy: TimingPolicy, copy_gbps: 
                "device": case.device, "impl": impl, "status": "ok", "note": ""}
         for mode in MODES:
             row[f"floor_bytes_{mode}"] = bandwidth.floor_bytes(case, mode)
-        reason = provider.unavailable(case)
+        reason = skip(case, impl) or provider.unavailable(case)
         if reason is not None:
             row.update(status="skipped", note=reason)
             rows.append(row)
@@ -135,10 +137,12 @@ def run_speed(device: str = "cpu", *, quick: bool = False, losses: Iterable[str]
               impls: Iterable[str] = IMPLEMENTATIONS, cases: Optional[List[Case]] = None,
               policy: Optional[TimingPolicy] = None, threads: Optional[int] = None,
               log: Callable[[str], None] = lambda s: None, modes: Sequence[str] = MODES,
-              on_case: Callable[[Case], None] = lambda case: None) -> dict:
+              on_case: Callable[[Case], None] = lambda case: None,
+              skip: Callable[[Case, str], Optional[str]] = lambda case, impl: None) -> dict:
     """Run the speed comparison; returns ``{"env", "copy_gbps", "policy", "modes", "rows"}``. ``cases``
     default to the "quick" or "full" set of the case table; ``modes`` are the timed modes (fwd+bwd, fwd);
-    ``on_case`` is called after each case. ``threads`` sets ``torch.set_num_threads`` for the run (restored
+    ``on_case`` is called after each case; ``skip(case, impl)`` gives the reason an implementation is left
+    out of a case, or ``None``. ``threads`` sets ``torch.set_num_threads`` for the run (restored
     afterwards; default: torch's own setting)."""
     device_type = torch.device(device).type
     impls = [i for i in impls]
@@ -151,7 +155,7 @@ def run_speed(device: str = "cpu", *, quick: bool = False, losses: Iterable[str]
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
         raise ValueError(f"modes must be some of {MODES}, got {list(modes)!r}")
-    args = (device, device_type, quick, losses, impls, cases, policy, log, tuple(modes), on_case)
+    args = (device, device_type, quick, losses, impls, cases, policy, log, tuple(modes), on_case, skip)
     if threads is None:
         return _run_speed(*args)
     before = torch.get_num_threads()
@@ -162,7 +166,7 @@ def run_speed(device: str = "cpu", *, quick: bool = False, losses: Iterable[str]
         torch.set_num_threads(before)
 
 
-def _run_speed(device, device_type, quick, losses, impls, cases, policy, log, modes, on_case) -> dict:
+def _run_speed(device, device_type, quick, losses, impls, cases, policy, log, modes, on_case, skip) -> dict:
     policy = policy or (QUICK if quick else FULL)
     cases = cases if cases is not None else suite(device_type, quick=quick, losses=tuple(losses))
     env = environment(device)
@@ -171,7 +175,7 @@ def _run_speed(device, device_type, quick, losses, impls, cases, policy, log, mo
     log(f"{env['device_name']}: device copy bandwidth {copy_gbps:.1f} GB/s")
     rows: List[dict] = []
     for case in cases:
-        rows.extend(run_case(case, impls, policy, copy_gbps, log, modes))
+        rows.extend(run_case(case, impls, policy, copy_gbps, log, modes, skip))
         on_case(case)
     add_peer_ratios(rows)
     env["load_average_1min_after"] = load_average()
@@ -214,8 +218,10 @@ def format_table(result: dict, markdown: bool = False) -> str:
                   for i in range(len(head))]
         out = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
         out += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines]
+    ran = {r["impl"] for r in result["rows"] if r["status"] != "skipped"}
     for impl, reason in skipped.items():
-        out.append(("" if not markdown else "\n") + f"not run: {impl} ({reason})")
+        where = "not run at every shape" if impl in ran else "not run"
+        out.append(("" if not markdown else "\n") + f"{where}: {impl} ({reason})")
     return "\n".join(out)
 
 

@@ -159,7 +159,7 @@ def _run_phases(args, out, devices, train_device, plan, acc, conformance, report
                 progress.phase(f"speed {device}", f"speed on {device}: {len(cases)} cases ({lvl.name} set), "
                                f"{', '.join(lvl.impls)}")
                 result = speed.run_speed(device, cases=cases, impls=lvl.impls, modes=lvl.modes, policy=lvl.policy,
-                                         threads=args.threads, log=progress.log, on_case=case_done)
+                                         threads=args.threads, log=progress.log, on_case=case_done, skip=lvl.skip)
                 speed.write_results(result, out / "speed" / device)
                 speed_results.append(result)
                 phases[f"speed {device}"] = time.perf_counter() - t0
