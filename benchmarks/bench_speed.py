@@ -70,7 +70,8 @@ class _LossSpeed:
 
 
 # Softmax is the class-weighted CE with PyTorch's weighted-mean reduction (= F.cross_entropy(weight=));
-# sigmoid and focal (gamma 2) put w_y on all C binary terms and divide by N.
+# sigmoid and focal (gamma 2) put w_y on all C binary terms and divide by N; softmax focal (gamma 2,
+# LDAM-DRW's FocalLoss) weights each sample's loss by w_y and divides by N.
 class SoftmaxCPU(_LossSpeed):
     loss, device = "softmax", "cpu"
     params = [CPU_IMPLEMENTATIONS, case_ids("softmax", "cpu", "asv")]
@@ -86,6 +87,11 @@ class FocalCPU(_LossSpeed):
     params = [CPU_IMPLEMENTATIONS, case_ids("focal", "cpu", "asv")]
 
 
+class SoftmaxFocalCPU(_LossSpeed):
+    loss, device = "softmax_focal", "cpu"
+    params = [CPU_IMPLEMENTATIONS, case_ids("softmax_focal", "cpu", "asv")]
+
+
 class SoftmaxCUDA(_LossSpeed):
     loss, device = "softmax", "cuda"
     params = [CUDA_SPEED_IMPLEMENTATIONS, case_ids("softmax", "cuda", "asv")]
@@ -99,3 +105,8 @@ class SigmoidCUDA(_LossSpeed):
 class FocalCUDA(_LossSpeed):
     loss, device = "focal", "cuda"
     params = [CUDA_SPEED_IMPLEMENTATIONS, case_ids("focal", "cuda", "asv")]
+
+
+class SoftmaxFocalCUDA(_LossSpeed):
+    loss, device = "softmax_focal", "cuda"
+    params = [CUDA_SPEED_IMPLEMENTATIONS, case_ids("softmax_focal", "cuda", "asv")]

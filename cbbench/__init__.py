@@ -8,7 +8,8 @@ loudly that the losses run the pure-PyTorch reference (:class:`KernelsMissingWar
 from . import functional, nn, ops, reference
 from .jit import KernelsMissingWarning
 from .nn import (BalancedSoftmaxLoss, ClassBalancedLinearLoss, ClassBalancedLoss, LDAMLoss, LogitAdjustedLoss,
-                 SigmoidCrossEntropyLoss, SigmoidFocalLoss, SoftmaxCrossEntropyLoss)
+                 SigmoidCrossEntropyLoss, SigmoidFocalLoss, SoftmaxCrossEntropyLoss, SoftmaxFocalLoss)
+from .effective import MeasuredEffectiveNumber, effective_number_from_features
 from .weights import class_balanced_weights, class_weights, effective_number, ldam_margins, log_prior
 
 __version__ = "0.1.0"
@@ -20,6 +21,8 @@ __all__ = [
     "reference",
     "KernelsMissingWarning",
     "effective_number",
+    "effective_number_from_features",
+    "MeasuredEffectiveNumber",
     "class_balanced_weights",
     "class_weights",
     "log_prior",
@@ -27,6 +30,7 @@ __all__ = [
     "ClassBalancedLoss",
     "ClassBalancedLinearLoss",
     "SoftmaxCrossEntropyLoss",
+    "SoftmaxFocalLoss",
     "SigmoidCrossEntropyLoss",
     "SigmoidFocalLoss",
     "BalancedSoftmaxLoss",

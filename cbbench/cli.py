@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "cbbench.commands.train",
     "cbbench.commands.compare",
     "cbbench.commands.bench",
+    "cbbench.commands.effective_study",
 ]
 
 

@@ -35,7 +35,7 @@ from .weights import CountsLike, as_counts
 Tensor = torch.Tensor
 
 __all__ = ["is_distributed", "world_size", "rank", "synchronised", "broadcast_counts", "check_counts_agree",
-           "batch_share", "even_shard", "all_reduce_sum", "broadcast_object"]
+           "batch_share", "even_shard", "all_reduce_sum", "broadcast_object", "ignore_accelerate_padding"]
 
 
 def is_distributed(group=None) -> bool:
@@ -52,19 +52,24 @@ def rank(group=None) -> int:
 
 
 def _local_divisor(logits: Tensor, target: Tensor, weight: Optional[Tensor], reduction: str,
-                   ignore_index: int) -> Optional[Tensor]:
-    """This rank's un-floored divisor of ``reduction`` (cbbench/shapes.py, local_divisor)."""
+                   ignore_index: int, sample_weight=None) -> Optional[Tensor]:
+    """This rank's un-floored divisor of ``reduction``: the arguments of cbbench/shapes.py's local_divisor
+    (the reference's formula) from the loss's own."""
     if reduction in ("sum", "none"):
         return None
     w = None if weight is None else torch.as_tensor(weight, device=logits.device)
+    s = None if sample_weight is None else torch.as_tensor(sample_weight, device=logits.device).reshape(-1)
     if target.is_floating_point():
         t = rows(target)
-        return local_divisor(reduction, multi_hot_target=t, column_weight=w, num_rows=t.shape[0])
+        return local_divisor(reduction, multi_hot_target=t, column_weight=w, num_rows=t.shape[0], sample_weight=s)
     y = target.reshape(-1)
     valid = y != ignore_index
     row_weight = None
-    if w is not None and reduction == "weighted_mean":
-        row_weight = w.to(torch.float64)[torch.where(valid, y, torch.zeros_like(y)).clamp(0, w.numel() - 1)]
+    if reduction == "weighted_mean":
+        if w is not None:
+            row_weight = w.to(torch.float64)[torch.where(valid, y, torch.zeros_like(y)).clamp(0, w.numel() - 1)]
+        if s is not None:
+            row_weight = s.to(torch.float64) if row_weight is None else row_weight * s.to(torch.float64)
     return local_divisor(reduction, valid=valid, row_weight=row_weight)
 
 
@@ -86,7 +91,7 @@ def synchronised(loss_fn: Callable[..., Tensor], logits: Tensor, target: Tensor,
     loss = loss_fn(logits, target, weight, reduction=inner, ignore_index=ignore_index, **options)
     group = process_group
     size = world_size(group)
-    local = _local_divisor(logits, target, weight, reduction, ignore_index)
+    local = _local_divisor(logits, target, weight, reduction, ignore_index, options.get("sample_weight"))
     if local is None:
         return loss * size if size != 1 else loss
     total = _all_reduce_sum(local, group) if size > 1 else local
@@ -190,3 +195,25 @@ def broadcast_object(obj, src: int = 0, group=None):
     dist.broadcast_object_list(holder, src=_global_rank(src, group), group=group,
                                device=_collective_device(group))
     return holder[0]
+
+
+def ignore_accelerate_padding(target: Tensor, accelerator, ignore_index: int = -100) -> Tensor:
+    """Class-index targets of a batch from a DataLoader prepared by Hugging Face Accelerate, with the rows
+    Accelerate added to complete the last global batch set to ``ignore_index`` (they then count in no loss
+    and, with ``sync_normalizer=True``, in no divisor: the run equals one process on the unpadded batches).
+
+    With ``even_batches=True`` (Accelerate's default) the last global batch is completed with rows from the
+    start of the data set; ``accelerator.gradient_state.remainder`` real rows come first in process order, so
+    process p keeps the first ``remainder - p * len(target)`` of its rows. Every other batch is returned as
+    it is. Data sets without ``len()`` (remainder -1) cannot be corrected. Checked against one process by
+    ``tests/test_framework_recipes.py``; the recipe is in ``docs/frameworks.md``."""
+    state = accelerator.gradient_state
+    if not (state.end_of_dataloader and state.remainder > 0):
+        return target
+    n = target.shape[0]
+    real = min(max(state.remainder - accelerator.process_index * n, 0), n)
+    if real == n:
+        return target
+    target = target.clone()
+    target[real:] = ignore_index
+    return target

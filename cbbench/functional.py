@@ -30,12 +30,15 @@ from .shapes import REDUCTIONS, rows, sample_shape
 
 Tensor = torch.Tensor
 
-__all__ = ["softmax_cross_entropy", "sigmoid_cross_entropy", "sigmoid_focal_loss"]
+__all__ = ["softmax_cross_entropy", "softmax_focal_loss", "sigmoid_cross_entropy", "sigmoid_focal_loss"]
 
 
 # ----------------------------------------------------------------------------------------------
 # argument checks
 # ----------------------------------------------------------------------------------------------
+_REAL_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
 def _check_float_tensor(t, name: str, fn: str) -> None:
     """``t`` is a dense floating-point tensor (logits, hidden features, a classifier weight)."""
     if not isinstance(t, torch.Tensor):
@@ -46,7 +49,9 @@ def _check_float_tensor(t, name: str, fn: str) -> None:
 
 
 def _check_logits(logits, fn: str) -> None:
-    _check_float_tensor(logits, "logits", fn)
+    if (not isinstance(logits, torch.Tensor) or logits.dtype not in _REAL_FLOATS or logits.layout is not torch.strided
+            or logits.is_nested):
+        _check_float_tensor(logits, "logits", fn)  # names the problem (other floating dtypes pass)
     if logits.dim() < 2:
         raise ValueError(f"{fn}: logits must have shape (N, C) or (N, C, d1, ...), got {tuple(logits.shape)}")
     if logits.shape[1] == 0:
@@ -71,8 +76,14 @@ def _check_class_indices(logits: Tensor, target, fn: str) -> Tensor:
     dtype = target.dtype
     if dtype is not torch.int64 and (dtype == torch.bool or target.is_floating_point() or target.is_complex()):
         raise TypeError(f"{fn}: target must hold integer class indices, got dtype {dtype}")
-    _check_dense(target, "target", fn)
-    if target.dim() != logits.dim() - 1 or target.shape != sample_shape(logits):
+    if target.layout is not torch.strided or target.is_nested:
+        _check_dense(target, "target", fn)
+    dim = logits.dim()
+    if dim == 2:  # the common case, without building the sample shape
+        shape_ok = target.dim() == 1 and target.shape[0] == logits.shape[0]
+    else:
+        shape_ok = target.dim() == dim - 1 and target.shape == sample_shape(logits)
+    if not shape_ok:
         raise ValueError(f"{fn}: target shape {tuple(target.shape)} does not match logits shape "
                          f"{tuple(logits.shape)}; expected {sample_shape(logits)}")
     _check_same_device(target, "target", logits, fn)
@@ -108,9 +119,9 @@ def _check_class_vector(vec, name: str, logits: Tensor, fn: str) -> Optional[Ten
         except (TypeError, ValueError, RuntimeError) as exc:
             raise TypeError(f"{fn}: {name} must be a tensor or a sequence of numbers (one per class), got "
                             f"{type(vec).__name__}") from exc
-    if vec.is_complex():
-        raise TypeError(f"{fn}: {name} must hold real numbers, got dtype {vec.dtype}")
-    if not vec.is_floating_point():
+    if vec.dtype not in _REAL_FLOATS:
+        if vec.is_complex():
+            raise TypeError(f"{fn}: {name} must hold real numbers, got dtype {vec.dtype}")
         vec = vec.float()
     num_classes = logits.shape[1]
     if vec.dim() != 1 or vec.shape[0] != num_classes:
@@ -146,6 +157,9 @@ def _check_index(value, name: str, fn: str) -> int:
 
 def _check_real(value, name: str, fn: str, *, low: float = -math.inf, high: float = math.inf,
                 low_open: bool = False, high_open: bool = False) -> float:
+    if type(value) is float and (value > low if low_open else value >= low) and (
+            value < high if high_open else value <= high) and -math.inf < value < math.inf:
+        return value  # the common case; everything else takes the checks below
     if isinstance(value, torch.Tensor) and value.requires_grad:
         raise TypeError(f"{fn}: {name} is a tensor that requires grad, but it is taken as a plain number, so "
                         f"its gradient would silently be lost; pass a number (or {name}.detach())")
@@ -175,6 +189,39 @@ def _check_alpha(alpha, fn: str) -> Optional[float]:
     return None if off else _check_real(alpha, "alpha", fn, low=0.0, high=1.0)
 
 
+def _check_class_alpha(alpha, logits: Tensor, fn: str) -> Optional[Tensor]:
+    """The softmax focal loss's alpha: ``None``, a number >= 0 (the same for every class) or one value per
+    class, as a (C,) tensor on the logits' device."""
+    if alpha is None:
+        return None
+    if isinstance(alpha, (int, float)) or (isinstance(alpha, torch.Tensor) and alpha.dim() == 0):
+        value = _check_real(alpha, "alpha", fn, low=0.0)
+        return torch.full((logits.shape[1],), value, dtype=torch.float32, device=logits.device)
+    return _check_class_vector(alpha, "alpha", logits, fn)
+
+
+def _check_sample_weight(sample_weight, logits: Tensor, fn: str) -> Optional[Tensor]:
+    """One real weight per sample, of the sample shape (N,) or (N, d1, ...), on the logits' device."""
+    if sample_weight is None:
+        return None
+    if not isinstance(sample_weight, torch.Tensor):
+        try:
+            sample_weight = torch.as_tensor(sample_weight, dtype=torch.float32, device=logits.device)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"{fn}: sample_weight must be a tensor or a sequence of numbers (one per sample), got "
+                            f"{type(sample_weight).__name__}") from exc
+    _check_dense(sample_weight, "sample_weight", fn)
+    if sample_weight.is_complex() or sample_weight.dtype == torch.bool:
+        raise TypeError(f"{fn}: sample_weight must hold real numbers, got dtype {sample_weight.dtype}")
+    if not sample_weight.is_floating_point():
+        sample_weight = sample_weight.float()
+    if tuple(sample_weight.shape) != sample_shape(logits):
+        raise ValueError(f"{fn}: sample_weight must have the sample shape {sample_shape(logits)} (one weight per "
+                         f"sample), got {tuple(sample_weight.shape)}")
+    _check_same_device(sample_weight, "sample_weight", logits, fn)
+    return sample_weight
+
+
 def _rows(x: Tensor) -> Tensor:
     return x if x.dim() == 2 else rows(x)
 
@@ -195,8 +242,8 @@ def _finish(loss: Tensor, logits: Tensor, reduction: str) -> Tensor:
 def softmax_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, *,
                           reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0,
                           logit_offset: Optional[Tensor] = None, target_margin: Optional[Tensor] = None,
-                          scale: float = 1.0, backend: str = "auto", sync_normalizer: bool = False,
-                          process_group=None) -> Tensor:
+                          scale: float = 1.0, sample_weight: Optional[Tensor] = None, backend: str = "auto",
+                          sync_normalizer: bool = False, process_group=None) -> Tensor:
     """Class-weighted softmax cross-entropy (and Balanced Softmax / logit adjustment / LDAM via options).
 
     Per sample: ``w_y * CE(z', y)`` with adjusted logits
@@ -204,9 +251,11 @@ def softmax_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tenso
     ``eps``, the target distribution ``(1 - eps) onehot(y) + eps / C``. ``w_y`` multiplies the whole
     smoothed loss (``nn.CrossEntropyLoss`` instead weights the smoothing term per class).
 
-    ``reduction="mean"`` divides by the number of non-ignored samples (the paper's convention);
-    ``"weighted_mean"`` divides by the sum of their weights, like ``nn.CrossEntropyLoss(weight=w)``.
-    The loss is float32 for float16/bfloat16/float32 logits (float64 for float64).
+    ``sample_weight`` (one per sample: (N,) or (N, d1, ...)) multiplies each sample's loss after its class
+    weight (importance weights, curriculum). ``reduction="mean"`` divides by the number of non-ignored
+    samples (the paper's convention; sample weights do not change it); ``"weighted_mean"`` divides by the
+    sum of the applied weights ``s_i w_{y_i}``, like ``nn.CrossEntropyLoss(weight=w)``. The loss is float32
+    for float16/bfloat16/float32 logits (float64 for float64).
 
     ``sync_normalizer=True`` (data parallel training) divides by the divisor all-reduced over
     ``process_group`` (default: the world), so DDP's gradient equals that of the global batch; see
@@ -216,55 +265,127 @@ def softmax_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tenso
         return distributed.synchronised(
             softmax_cross_entropy, logits, target, weight, reduction=reduction, ignore_index=ignore_index,
             process_group=process_group, label_smoothing=label_smoothing, logit_offset=logit_offset,
-            target_margin=target_margin, scale=scale, backend=backend)
-    fn = "softmax_cross_entropy"
-    _check_logits(logits, fn)
+            target_margin=target_margin, scale=scale, sample_weight=sample_weight, backend=backend)
+    return _softmax_family("softmax_cross_entropy", logits, target, weight, reduction=reduction,
+                           ignore_index=ignore_index, label_smoothing=label_smoothing, logit_offset=logit_offset,
+                           target_margin=target_margin, scale=scale, gamma=None, alpha=None,
+                           sample_weight=sample_weight, backend=backend)
+
+
+def softmax_focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, *, gamma: float = 2.0,
+                       alpha=None, reduction: str = "mean", ignore_index: int = -100,
+                       logit_offset: Optional[Tensor] = None, target_margin: Optional[Tensor] = None,
+                       scale: float = 1.0, sample_weight: Optional[Tensor] = None, backend: str = "auto",
+                       sync_normalizer: bool = False, process_group=None) -> Tensor:
+    """Softmax focal loss (Lin et al. on the softmax; LDAM-DRW's ``FocalLoss``), per sample
+    ``-w_y alpha_y (1 - p_y)^gamma log p_y`` with ``p = softmax(z')`` on the adjusted logits of
+    :func:`softmax_cross_entropy` (``logit_offset``, ``target_margin``, ``scale``).
+
+    ``alpha``: ``None`` (none), a number, or one value per class (>= 0); it multiplies the sample's loss
+    but, unlike ``weight``, never the ``"weighted_mean"`` divisor. ``(1 - p_y)^gamma`` is computed in log
+    space (``exp(gamma * log(-expm1(log p_y)))``): finite, with finite gradients, for every gamma >= 0
+    including gamma < 1 as ``p_y -> 1``. ``gamma=0`` equals :func:`softmax_cross_entropy` (times alpha).
+    No label smoothing. ``sample_weight``, reductions, ``sync_normalizer``: as in :func:`softmax_cross_entropy`.
+    """
+    if sync_normalizer:
+        return distributed.synchronised(
+            softmax_focal_loss, logits, target, weight, reduction=reduction, ignore_index=ignore_index,
+            process_group=process_group, gamma=gamma, alpha=alpha, logit_offset=logit_offset,
+            target_margin=target_margin, scale=scale, sample_weight=sample_weight, backend=backend)
+    return _softmax_family("softmax_focal_loss", logits, target, weight, reduction=reduction,
+                           ignore_index=ignore_index, label_smoothing=0.0, logit_offset=logit_offset,
+                           target_margin=target_margin, scale=scale, gamma=gamma, alpha=alpha,
+                           sample_weight=sample_weight, backend=backend)
+
+
+def _op_takes(backend: str, logits, *tensors):
+    """The module whose functions call the ops eagerly (:func:`cbbench.ops.eager_module`) where the op may
+    take these arguments as they are, its own checks (kernels/ops/cb_ops.h) standing in for the tensor
+    checks below until one of them fails: 2-D logits on the fused kernels, every tensor an exact
+    ``torch.Tensor`` or ``None`` (a subclass's ``__torch_function__`` is honoured by ``torch.ops`` only, and
+    other values need the conversions of the checks), outside a ``torch.compile`` trace (which traces the
+    checks once, at no cost per call); else ``None``."""
+    if type(logits) is not Tensor or logits.dim() != 2 or torch.compiler.is_compiling():
+        return None
+    for t in tensors:
+        if t is not None and type(t) is not Tensor:
+            return None
+    return ops.eager_module() if ops.uses_kernels(backend, logits) else None
+
+
+# The errors the op raises for arguments the checks refuse (or convert): after one of them the call is
+# checked in full, which raises the public error, and made again with the checked arguments.
+_OP_ERRORS = (TypeError, ValueError, RuntimeError, NotImplementedError)
+
+
+def _softmax_family(fn: str, logits: Tensor, target: Tensor, weight: Optional[Tensor], *, reduction: str,
+                    ignore_index: int, label_smoothing: float, logit_offset, target_margin, scale: float, gamma,
+                    alpha, sample_weight, backend: str) -> Tensor:
+    """Softmax cross-entropy (``gamma`` None) or softmax focal, without normaliser synchronisation."""
     _check_reduction(reduction, fn)
     ignore_index = _check_index(ignore_index, "ignore_index", fn)
     label_smoothing = _check_real(label_smoothing, "label_smoothing", fn, low=0.0, high=1.0)
     scale = _check_real(scale, "scale", fn, low=0.0, low_open=True)
+    focal = gamma is not None
+    if focal:
+        gamma = _check_real(gamma, "gamma", fn, low=0.0)
+    eager = _op_takes(backend, logits, target, weight, logit_offset, target_margin, alpha, sample_weight)
+    if eager is not None:
+        try:
+            return eager.softmax_cross_entropy(logits, target, weight, logit_offset, target_margin, scale,
+                                               label_smoothing, gamma or 0.0, alpha, sample_weight, ignore_index,
+                                               reduction)
+        except _OP_ERRORS:
+            pass  # checked in full below
+    _check_logits(logits, fn)
     target = _check_class_indices(logits, target, fn)
     weight = _check_class_vector(weight, "weight", logits, fn)
-    logit_offset = _check_class_vector(logit_offset, "logit_offset", logits, fn)
-    target_margin = _check_class_vector(target_margin, "target_margin", logits, fn)
+    if logit_offset is not None:
+        logit_offset = _check_class_vector(logit_offset, "logit_offset", logits, fn)
+    if target_margin is not None:
+        target_margin = _check_class_vector(target_margin, "target_margin", logits, fn)
+    if alpha is not None:
+        alpha = _check_class_alpha(alpha, logits, fn)
+    if sample_weight is not None:
+        sample_weight = _check_sample_weight(sample_weight, logits, fn)
 
     if not ops.uses_kernels(backend, logits):
         _check_target_range(logits, target, ignore_index, fn)
-        return reference.softmax_cross_entropy(logits, target, weight, reduction=reduction, ignore_index=ignore_index,
-                                               label_smoothing=label_smoothing, logit_offset=logit_offset,
-                                               target_margin=target_margin, scale=scale)
-    with _named(fn):
-        loss = torch.ops.cbbench.softmax_cross_entropy(_rows(logits), _flat(target), weight, logit_offset,
-                                                       target_margin, scale, label_smoothing, ignore_index, reduction)
+        options = dict(reduction=reduction, ignore_index=ignore_index, logit_offset=logit_offset,
+                       target_margin=target_margin, scale=scale, sample_weight=sample_weight)
+        if focal:
+            return reference.softmax_focal_loss(logits, target, weight, gamma=gamma, alpha=alpha, **options)
+        return reference.softmax_cross_entropy(logits, target, weight, label_smoothing=label_smoothing, **options)
+    try:
+        loss = ops.softmax_cross_entropy(
+            _rows(logits), _flat(target), weight, logit_offset, target_margin, scale, label_smoothing,
+            gamma or 0.0, alpha, None if sample_weight is None else _flat(sample_weight), ignore_index, reduction)
+    except ValueError as exc:
+        raise _named(exc, fn) from None
     return _finish(loss, logits, reduction)
 
 
-class _named:
-    """Names the public function in the kernels' target range error (``ValueError: target value ...``)."""
-
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: str):
-        self.fn = fn
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        if kind is ValueError and str(exc).startswith("target value"):
-            raise ValueError(f"{self.fn}: {exc}") from None
-        return False
+def _named(exc: ValueError, fn: str) -> ValueError:
+    """The kernels' target range error (``ValueError: target value ...``) named after the public function."""
+    return ValueError(f"{fn}: {exc}") if str(exc).startswith("target value") else exc
 
 
 def _sigmoid_family(fn: str, logits: Tensor, target: Tensor, weight: Optional[Tensor], *, gamma: Optional[float],
-                    alpha: Optional[float], reduction: str, ignore_index: int, backend: str) -> Tensor:
+                    alpha: Optional[float], reduction: str, ignore_index: int, sample_weight, backend: str) -> Tensor:
     """The sigmoid / focal losses without normaliser synchronisation."""
-    _check_logits(logits, fn)
     _check_reduction(reduction, fn)
     ignore_index = _check_index(ignore_index, "ignore_index", fn)
     if gamma is not None:
         gamma = _check_real(gamma, "gamma", fn, low=0.0)
     alpha = _check_alpha(alpha, fn)
+    eager = _op_takes(backend, logits, target, weight, sample_weight)
+    if eager is not None:
+        try:
+            return eager.sigmoid_focal(logits, target, weight, gamma or 0.0, -1.0 if alpha is None else alpha,
+                                       sample_weight, ignore_index, gamma is not None, reduction)
+        except _OP_ERRORS:
+            pass  # checked in full below
+    _check_logits(logits, fn)
     if isinstance(target, torch.Tensor) and target.is_floating_point():
         if tuple(target.shape) != tuple(logits.shape):
             raise ValueError(f"{fn}: a floating-point (multi-hot) target must have the logits' shape "
@@ -274,55 +395,63 @@ def _sigmoid_family(fn: str, logits: Tensor, target: Tensor, weight: Optional[Te
     else:
         target = _check_class_indices(logits, target, fn)
     weight = _check_class_vector(weight, "weight", logits, fn)
+    sample_weight = _check_sample_weight(sample_weight, logits, fn)
 
     if not ops.uses_kernels(backend, logits):
         if not target.is_floating_point():
             _check_target_range(logits, target, ignore_index, fn)
         return reference.sigmoid_focal_loss(logits, target, weight, gamma=gamma or 0.0, alpha=alpha,
-                                            reduction=reduction, ignore_index=ignore_index)
-    with _named(fn):
-        loss = torch.ops.cbbench.sigmoid_focal(_rows(logits), _rows(target) if target.is_floating_point()
-                                               else _flat(target), weight, gamma or 0.0,
-                                               -1.0 if alpha is None else alpha, ignore_index, gamma is not None,
-                                               reduction)
+                                            reduction=reduction, ignore_index=ignore_index,
+                                            sample_weight=sample_weight)
+    try:
+        loss = ops.sigmoid_focal(_rows(logits), _rows(target) if target.is_floating_point() else _flat(target), weight,
+                                 gamma or 0.0, -1.0 if alpha is None else alpha,
+                                 None if sample_weight is None else _flat(sample_weight), ignore_index,
+                                 gamma is not None, reduction)
+    except ValueError as exc:
+        raise _named(exc, fn) from None
     return _finish(loss, logits, reduction)
 
 
 def sigmoid_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, *,
-                          reduction: str = "mean", ignore_index: int = -100, backend: str = "auto",
-                          sync_normalizer: bool = False, process_group=None) -> Tensor:
+                          reduction: str = "mean", ignore_index: int = -100, sample_weight: Optional[Tensor] = None,
+                          backend: str = "auto", sync_normalizer: bool = False, process_group=None) -> Tensor:
     """Sigmoid (one-vs-all) cross-entropy, ``w_y * sum_j BCE(z_j, onehot(y)_j)`` per sample.
 
     Integer targets are class indices and ``w_y`` multiplies all C binary terms of the sample (the
     paper's convention); a float target of the logits' shape is multi-hot and ``weight`` then weights
     columns. ``reduction="mean"`` divides by the number of positives (at least 1).
-    ``sync_normalizer`` / ``process_group``: as in :func:`softmax_cross_entropy`.
+    ``sample_weight``, ``sync_normalizer`` / ``process_group``: as in :func:`softmax_cross_entropy`.
     """
     if sync_normalizer:
         return distributed.synchronised(sigmoid_cross_entropy, logits, target, weight, reduction=reduction,
-                                        ignore_index=ignore_index, process_group=process_group, backend=backend)
+                                        ignore_index=ignore_index, process_group=process_group,
+                                        sample_weight=sample_weight, backend=backend)
     return _sigmoid_family("sigmoid_cross_entropy", logits, target, weight, gamma=None, alpha=None,
-                           reduction=reduction, ignore_index=ignore_index, backend=backend)
+                           reduction=reduction, ignore_index=ignore_index, sample_weight=sample_weight,
+                           backend=backend)
 
 
 def sigmoid_focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, *, gamma: float = 2.0,
                        alpha: Optional[float] = None, reduction: str = "mean", ignore_index: int = -100,
-                       backend: str = "auto", sync_normalizer: bool = False, process_group=None) -> Tensor:
+                       sample_weight: Optional[Tensor] = None, backend: str = "auto", sync_normalizer: bool = False,
+                       process_group=None) -> Tensor:
     """Sigmoid focal loss ``w_y * sum_j alpha_t (1 - p_t)^gamma BCE(z_j, t_j)``.
 
     The modulator is computed in log space, ``exp(-gamma * (t z + softplus(-z)))``, so it never
     overflows (the official TensorFlow form gives the hardest positives a modulator of 0 below
     z = -88.7 in float32). ``gamma=0`` equals :func:`sigmoid_cross_entropy`; ``alpha`` is RetinaNet's
     optional positive/negative balance, ``alpha t + (1 - alpha)(1 - t)`` (``None`` or ``-1``, as in
-    ``torchvision.ops.sigmoid_focal_loss``: off). ``sync_normalizer`` / ``process_group``: as in
-    :func:`softmax_cross_entropy`.
+    ``torchvision.ops.sigmoid_focal_loss``: off). ``sample_weight``, ``sync_normalizer`` / ``process_group``:
+    as in :func:`softmax_cross_entropy`.
     """
     if sync_normalizer:
         return distributed.synchronised(sigmoid_focal_loss, logits, target, weight, reduction=reduction,
                                         ignore_index=ignore_index, process_group=process_group, gamma=gamma,
-                                        alpha=alpha, backend=backend)
+                                        alpha=alpha, sample_weight=sample_weight, backend=backend)
     return _sigmoid_family("sigmoid_focal_loss", logits, target, weight, gamma=gamma, alpha=alpha,
-                           reduction=reduction, ignore_index=ignore_index, backend=backend)
+                           reduction=reduction, ignore_index=ignore_index, sample_weight=sample_weight,
+                           backend=backend)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -330,7 +459,8 @@ def sigmoid_focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] 
 # ----------------------------------------------------------------------------------------------
 from . import linear as _linear  # noqa: E402  (imports cbbench.ops and cbbench.distributed, never this module)
 
-__all__ += ["linear_softmax_cross_entropy", "linear_sigmoid_cross_entropy", "linear_sigmoid_focal_loss"]
+__all__ += ["linear_softmax_cross_entropy", "linear_softmax_focal_loss", "linear_sigmoid_cross_entropy",
+            "linear_sigmoid_focal_loss"]
 
 
 def _check_linear(hidden, linear_weight, linear_bias, fn: str):
@@ -448,22 +578,23 @@ def linear_softmax_cross_entropy(hidden: Tensor, linear_weight: Tensor, target: 
                                  weight: Optional[Tensor] = None, *, linear_bias: Optional[Tensor] = None,
                                  reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0,
                                  logit_offset: Optional[Tensor] = None, target_margin: Optional[Tensor] = None,
-                                 scale: float = 1.0, chunk_size: Optional[int] = None,
-                                 memory_budget: Optional[int] = None, backend: str = "auto",
-                                 sync_normalizer: bool = False, process_group=None) -> Tensor:
+                                 scale: float = 1.0, sample_weight: Optional[Tensor] = None,
+                                 chunk_size: Optional[int] = None, memory_budget: Optional[int] = None,
+                                 backend: str = "auto", sync_normalizer: bool = False, process_group=None) -> Tensor:
     """:func:`softmax_cross_entropy` of the logits ``hidden @ linear_weight.T + linear_bias``, without
     materialising them: the rows run in chunks (``cbbench/linear.py``), each chunk's logits are
     computed, turned into loss and gradient by the fused kernel and multiplied straight back into the
     gradients of ``hidden``, ``linear_weight`` and ``linear_bias``.
 
-    ``hidden`` (*, H), ``linear_weight`` (C, H), ``linear_bias`` (C,) or ``None``, ``target`` of
-    ``hidden``'s leading shape; every other argument as in :func:`softmax_cross_entropy` (``"none"``
-    returns the leading shape). ``chunk_size`` (rows) or ``memory_budget`` (bytes of one chunk's
-    buffer, which holds its logits and then their gradient) choose the chunks; by default a chunk is
-    1/12 of the logits, within 16 to 96 MiB (:func:`cbbench.linear.chunking`). Deterministic, and
-    on CUDA free of host synchronisation. ``torch.func``, forward-mode AD, ``torch.compile``, learnable
-    ``weight`` / ``logit_offset`` / ``target_margin`` and ``backend="reference"`` take plain ``linear``
-    + :func:`softmax_cross_entropy` (logits materialised), as do higher-order gradients.
+    ``hidden`` (*, H), ``linear_weight`` (C, H), ``linear_bias`` (C,) or ``None``, ``target`` and
+    ``sample_weight`` of ``hidden``'s leading shape; every other argument as in
+    :func:`softmax_cross_entropy` (``"none"`` returns the leading shape). ``chunk_size`` (rows) or
+    ``memory_budget`` (bytes of one chunk's buffer, which holds its logits and then their gradient) choose
+    the chunks; by default a chunk is 1/12 of the logits, within 16 to 96 MiB
+    (:func:`cbbench.linear.chunking`). Deterministic, and on CUDA free of host synchronisation.
+    ``torch.func``, forward-mode AD, ``torch.compile``, learnable ``weight`` / ``logit_offset`` /
+    ``target_margin`` / ``sample_weight`` and ``backend="reference"`` take plain ``linear`` +
+    :func:`softmax_cross_entropy` (logits materialised), as do higher-order gradients.
     """
     fn = "linear_softmax_cross_entropy"
     if sync_normalizer:
@@ -471,32 +602,82 @@ def linear_softmax_cross_entropy(hidden: Tensor, linear_weight: Tensor, target: 
             linear_softmax_cross_entropy, hidden, linear_weight, target, weight, linear_bias=linear_bias,
             reduction=reduction, ignore_index=ignore_index, process_group=process_group, fn=fn,
             label_smoothing=label_smoothing, logit_offset=logit_offset, target_margin=target_margin, scale=scale,
-            chunk_size=chunk_size, memory_budget=memory_budget, backend=backend)
+            sample_weight=sample_weight, chunk_size=chunk_size, memory_budget=memory_budget, backend=backend)
+    return _linear_softmax_family(fn, hidden, linear_weight, target, weight, linear_bias=linear_bias,
+                                  reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                                  logit_offset=logit_offset, target_margin=target_margin, scale=scale, gamma=None,
+                                  alpha=None, sample_weight=sample_weight, chunk_size=chunk_size,
+                                  memory_budget=memory_budget, backend=backend)
+
+
+def linear_softmax_focal_loss(hidden: Tensor, linear_weight: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+                              *, linear_bias: Optional[Tensor] = None, gamma: float = 2.0, alpha=None,
+                              reduction: str = "mean", ignore_index: int = -100,
+                              logit_offset: Optional[Tensor] = None, target_margin: Optional[Tensor] = None,
+                              scale: float = 1.0, sample_weight: Optional[Tensor] = None,
+                              chunk_size: Optional[int] = None, memory_budget: Optional[int] = None,
+                              backend: str = "auto", sync_normalizer: bool = False, process_group=None) -> Tensor:
+    """:func:`softmax_focal_loss` of ``hidden @ linear_weight.T + linear_bias`` without the logits; the
+    head's arguments and the chunking as in :func:`linear_softmax_cross_entropy`."""
+    fn = "linear_softmax_focal_loss"
+    if sync_normalizer:
+        return _linear_synchronised(
+            linear_softmax_focal_loss, hidden, linear_weight, target, weight, linear_bias=linear_bias,
+            reduction=reduction, ignore_index=ignore_index, process_group=process_group, fn=fn, gamma=gamma,
+            alpha=alpha, logit_offset=logit_offset, target_margin=target_margin, scale=scale,
+            sample_weight=sample_weight, chunk_size=chunk_size, memory_budget=memory_budget, backend=backend)
+    return _linear_softmax_family(fn, hidden, linear_weight, target, weight, linear_bias=linear_bias,
+                                  reduction=reduction, ignore_index=ignore_index, label_smoothing=0.0,
+                                  logit_offset=logit_offset, target_margin=target_margin, scale=scale, gamma=gamma,
+                                  alpha=alpha, sample_weight=sample_weight, chunk_size=chunk_size,
+                                  memory_budget=memory_budget, backend=backend)
+
+
+def _linear_sample_weight(sample_weight, hidden: Tensor, stand_in: Tensor, fn: str) -> Optional[Tensor]:
+    """Sample weights of ``hidden``'s leading shape, flattened to the rows (M,)."""
+    if isinstance(sample_weight, torch.Tensor) and tuple(sample_weight.shape) == tuple(hidden.shape[:-1]):
+        sample_weight = sample_weight.reshape(-1)
+    return _check_sample_weight(sample_weight, stand_in, fn)
+
+
+def _linear_softmax_family(fn: str, hidden: Tensor, linear_weight: Tensor, target: Tensor, weight, *, linear_bias,
+                           reduction: str, ignore_index: int, label_smoothing: float, logit_offset, target_margin,
+                           scale: float, gamma, alpha, sample_weight, chunk_size, memory_budget,
+                           backend: str) -> Tensor:
     rows_h, stand_in = _check_linear(hidden, linear_weight, linear_bias, fn)
     _check_reduction(reduction, fn)
     ignore_index = _check_index(ignore_index, "ignore_index", fn)
     label_smoothing = _check_real(label_smoothing, "label_smoothing", fn, low=0.0, high=1.0)
     scale = _check_real(scale, "scale", fn, low=0.0, low_open=True)
+    if gamma is not None:
+        gamma = _check_real(gamma, "gamma", fn, low=0.0)
     chunk_size, memory_budget = _check_chunking(chunk_size, memory_budget, fn)
     target = _linear_target(hidden, target, linear_weight.shape[0], stand_in, fn, multi_hot_ok=False)
     weight = _check_class_vector(weight, "weight", stand_in, fn)
     logit_offset = _check_class_vector(logit_offset, "logit_offset", stand_in, fn)
     target_margin = _check_class_vector(target_margin, "target_margin", stand_in, fn)
+    alpha = _check_class_alpha(alpha, stand_in, fn)
+    sample_weight = _linear_sample_weight(sample_weight, hidden, stand_in, fn)
     _check_target_range(stand_in, target, ignore_index, fn)
 
     if _linear_unfused_only(backend, stand_in, (hidden, linear_weight, linear_bias),
-                            (weight, logit_offset, target_margin)):
-        return _linear_unfused(softmax_cross_entropy, hidden, rows_h, linear_weight, linear_bias, target, weight,
-                               reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
-                               logit_offset=logit_offset, target_margin=target_margin, scale=scale, backend=backend)
-    loss = _linear.HeadLoss.softmax(target, weight, reduction, ignore_index, logit_offset=logit_offset,
-                                    target_margin=target_margin, scale=scale, label_smoothing=label_smoothing)
+                            (weight, logit_offset, target_margin, alpha, sample_weight)):
+        options = dict(ignore_index=ignore_index, logit_offset=logit_offset, target_margin=target_margin, scale=scale,
+                       sample_weight=sample_weight, backend=backend)
+        if gamma is None:
+            return _linear_unfused(softmax_cross_entropy, hidden, rows_h, linear_weight, linear_bias, target, weight,
+                                   reduction, label_smoothing=label_smoothing, **options)
+        return _linear_unfused(softmax_focal_loss, hidden, rows_h, linear_weight, linear_bias, target, weight,
+                               reduction, gamma=gamma, alpha=alpha, **options)
+    loss = _linear.HeadLoss.softmax(target, weight, sample_weight, reduction, ignore_index, logit_offset=logit_offset,
+                                    target_margin=target_margin, scale=scale, label_smoothing=label_smoothing,
+                                    gamma=gamma, alpha=alpha)
     return _linear_call(loss, hidden, rows_h, linear_weight, linear_bias, chunk_size, memory_budget)
 
 
 def _linear_sigmoid_family(fn: str, hidden: Tensor, linear_weight: Tensor, target: Tensor, weight: Optional[Tensor], *,
                            linear_bias, gamma: Optional[float], alpha: Optional[float], reduction: str,
-                           ignore_index: int, chunk_size, memory_budget, backend: str) -> Tensor:
+                           ignore_index: int, sample_weight, chunk_size, memory_budget, backend: str) -> Tensor:
     rows_h, stand_in = _check_linear(hidden, linear_weight, linear_bias, fn)
     _check_reduction(reduction, fn)
     ignore_index = _check_index(ignore_index, "ignore_index", fn)
@@ -506,21 +687,23 @@ def _linear_sigmoid_family(fn: str, hidden: Tensor, linear_weight: Tensor, targe
     chunk_size, memory_budget = _check_chunking(chunk_size, memory_budget, fn)
     target = _linear_target(hidden, target, linear_weight.shape[0], stand_in, fn, multi_hot_ok=True)
     weight = _check_class_vector(weight, "weight", stand_in, fn)
+    sample_weight = _linear_sample_weight(sample_weight, hidden, stand_in, fn)
     if not target.is_floating_point():
         _check_target_range(stand_in, target, ignore_index, fn)
 
-    if _linear_unfused_only(backend, stand_in, (hidden, linear_weight, linear_bias), (weight, target)):
+    if _linear_unfused_only(backend, stand_in, (hidden, linear_weight, linear_bias), (weight, target, sample_weight)):
         loss_fn = sigmoid_cross_entropy if gamma is None else sigmoid_focal_loss
         extra = {} if gamma is None else {"gamma": gamma, "alpha": alpha}
         return _linear_unfused(loss_fn, hidden, rows_h, linear_weight, linear_bias, target, weight, reduction,
-                               ignore_index=ignore_index, backend=backend, **extra)
-    loss = _linear.HeadLoss.sigmoid(target, weight, reduction, ignore_index, gamma=gamma, alpha=alpha)
+                               ignore_index=ignore_index, sample_weight=sample_weight, backend=backend, **extra)
+    loss = _linear.HeadLoss.sigmoid(target, weight, sample_weight, reduction, ignore_index, gamma=gamma, alpha=alpha)
     return _linear_call(loss, hidden, rows_h, linear_weight, linear_bias, chunk_size, memory_budget)
 
 
 def linear_sigmoid_cross_entropy(hidden: Tensor, linear_weight: Tensor, target: Tensor,
                                  weight: Optional[Tensor] = None, *, linear_bias: Optional[Tensor] = None,
-                                 reduction: str = "mean", ignore_index: int = -100, chunk_size: Optional[int] = None,
+                                 reduction: str = "mean", ignore_index: int = -100,
+                                 sample_weight: Optional[Tensor] = None, chunk_size: Optional[int] = None,
                                  memory_budget: Optional[int] = None, backend: str = "auto",
                                  sync_normalizer: bool = False, process_group=None) -> Tensor:
     """:func:`sigmoid_cross_entropy` of ``hidden @ linear_weight.T + linear_bias`` without the logits;
@@ -531,17 +714,19 @@ def linear_sigmoid_cross_entropy(hidden: Tensor, linear_weight: Tensor, target: 
         return _linear_synchronised(
             linear_sigmoid_cross_entropy, hidden, linear_weight, target, weight, linear_bias=linear_bias,
             reduction=reduction, ignore_index=ignore_index, process_group=process_group, fn=fn,
-            chunk_size=chunk_size, memory_budget=memory_budget, backend=backend)
+            sample_weight=sample_weight, chunk_size=chunk_size, memory_budget=memory_budget, backend=backend)
     return _linear_sigmoid_family(fn, hidden, linear_weight, target, weight, linear_bias=linear_bias, gamma=None,
-                                  alpha=None, reduction=reduction, ignore_index=ignore_index, chunk_size=chunk_size,
-                                  memory_budget=memory_budget, backend=backend)
+                                  alpha=None, reduction=reduction, ignore_index=ignore_index,
+                                  sample_weight=sample_weight, chunk_size=chunk_size, memory_budget=memory_budget,
+                                  backend=backend)
 
 
 def linear_sigmoid_focal_loss(hidden: Tensor, linear_weight: Tensor, target: Tensor, weight: Optional[Tensor] = None,
                               *, linear_bias: Optional[Tensor] = None, gamma: float = 2.0,
                               alpha: Optional[float] = None, reduction: str = "mean", ignore_index: int = -100,
-                              chunk_size: Optional[int] = None, memory_budget: Optional[int] = None,
-                              backend: str = "auto", sync_normalizer: bool = False, process_group=None) -> Tensor:
+                              sample_weight: Optional[Tensor] = None, chunk_size: Optional[int] = None,
+                              memory_budget: Optional[int] = None, backend: str = "auto",
+                              sync_normalizer: bool = False, process_group=None) -> Tensor:
     """:func:`sigmoid_focal_loss` of ``hidden @ linear_weight.T + linear_bias`` without the logits;
     the head's arguments and the chunking as in :func:`linear_softmax_cross_entropy`."""
     fn = "linear_sigmoid_focal_loss"
@@ -549,7 +734,9 @@ def linear_sigmoid_focal_loss(hidden: Tensor, linear_weight: Tensor, target: Ten
         return _linear_synchronised(
             linear_sigmoid_focal_loss, hidden, linear_weight, target, weight, linear_bias=linear_bias,
             reduction=reduction, ignore_index=ignore_index, process_group=process_group, fn=fn, gamma=gamma,
-            alpha=alpha, chunk_size=chunk_size, memory_budget=memory_budget, backend=backend)
+            alpha=alpha, sample_weight=sample_weight, chunk_size=chunk_size, memory_budget=memory_budget,
+            backend=backend)
     return _linear_sigmoid_family(fn, hidden, linear_weight, target, weight, linear_bias=linear_bias, gamma=gamma,
-                                  alpha=alpha, reduction=reduction, ignore_index=ignore_index, chunk_size=chunk_size,
-                                  memory_budget=memory_budget, backend=backend)
+                                  alpha=alpha, reduction=reduction, ignore_index=ignore_index,
+                                  sample_weight=sample_weight, chunk_size=chunk_size, memory_budget=memory_budget,
+                                  backend=backend)

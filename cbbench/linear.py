@@ -95,47 +95,56 @@ def chunking(num_rows: int, num_classes: int, dtype: torch.dtype, device_type: s
 
 class HeadLoss(NamedTuple):
     """The loss of a head (checked arguments): ``kind`` ``"softmax"`` or ``"sigmoid"``, the whole flat
-    ``target`` ((M,) class indices, or (M, C) multi-hot), the class ``weight``, the caller's ``reduction``,
-    ``ignore_index`` and the loss's options (softmax: logit_offset, target_margin, scale, label_smoothing;
-    sigmoid: gamma -- ``None`` for sigmoid cross-entropy -- and alpha)."""
+    ``target`` ((M,) class indices, or (M, C) multi-hot), the class ``weight``, the flat ``sample_weight``
+    ((M,) or ``None``), the caller's ``reduction``, ``ignore_index`` and the loss's options (softmax:
+    logit_offset, target_margin, scale, label_smoothing, gamma -- ``None`` for cross-entropy -- and the
+    per-class alpha; sigmoid: gamma -- ``None`` for sigmoid cross-entropy -- and alpha)."""
     kind: str
     target: Tensor
     weight: Optional[Tensor]
+    sample_weight: Optional[Tensor]
     reduction: str
     ignore_index: int
     options: tuple
 
     @classmethod
-    def softmax(cls, target, weight, reduction, ignore_index, *, logit_offset, target_margin, scale,
-                label_smoothing) -> "HeadLoss":
-        return cls("softmax", target, weight, reduction, ignore_index,
-                   (logit_offset, target_margin, scale, label_smoothing))
+    def softmax(cls, target, weight, sample_weight, reduction, ignore_index, *, logit_offset, target_margin, scale,
+                label_smoothing, gamma=None, alpha=None) -> "HeadLoss":
+        return cls("softmax", target, weight, sample_weight, reduction, ignore_index,
+                   (logit_offset, target_margin, scale, label_smoothing, gamma, alpha))
 
     @classmethod
-    def sigmoid(cls, target, weight, reduction, ignore_index, *, gamma, alpha) -> "HeadLoss":
-        return cls("sigmoid", target, weight, reduction, ignore_index, (gamma, alpha))
+    def sigmoid(cls, target, weight, sample_weight, reduction, ignore_index, *, gamma, alpha) -> "HeadLoss":
+        return cls("sigmoid", target, weight, sample_weight, reduction, ignore_index, (gamma, alpha))
 
-    def fused(self, logits: Tensor, target: Tensor, reduction: str, need_grad: bool) -> Tuple[Tensor, Tensor]:
-        """The fused op on rows of logits: ``(loss, d loss / d logits)``."""
+    def fused(self, logits: Tensor, start: int, stop: int, reduction: str, need_grad: bool) -> Tuple[Tensor, Tensor]:
+        """The fused op on the logits of rows [start, stop): ``(loss, d loss / d logits)``."""
+        target = self.target[start:stop]
+        s = None if self.sample_weight is None else self.sample_weight[start:stop]
         if self.kind == "softmax":
-            offset, margin, scale, eps = self.options
+            offset, margin, scale, eps, gamma, alpha = self.options
             return torch.ops.cbbench.softmax_cross_entropy_fused(logits, target, self.weight, offset, margin, scale,
-                                                                 eps, self.ignore_index, reduction, need_grad)
+                                                                 eps, gamma or 0.0, alpha, s, self.ignore_index,
+                                                                 reduction, need_grad)
         gamma, alpha = self.options
         return torch.ops.cbbench.sigmoid_focal_fused(logits, target, self.weight, gamma or 0.0,
-                                                     -1.0 if alpha is None else alpha, self.ignore_index,
+                                                     -1.0 if alpha is None else alpha, s, self.ignore_index,
                                                      gamma is not None, reduction, need_grad)
 
     def reference(self, logits: Tensor) -> Tensor:
         """The loss of ``logits`` by :mod:`cbbench.reference` (differentiable to any order)."""
+        common = dict(reduction=self.reduction, ignore_index=self.ignore_index, sample_weight=self.sample_weight)
         if self.kind == "softmax":
-            offset, margin, scale, eps = self.options
-            return reference.softmax_cross_entropy(logits, self.target, self.weight, reduction=self.reduction,
-                                                   ignore_index=self.ignore_index, label_smoothing=eps,
-                                                   logit_offset=offset, target_margin=margin, scale=scale)
+            offset, margin, scale, eps, gamma, alpha = self.options
+            adjust = dict(logit_offset=offset, target_margin=margin, scale=scale)
+            if gamma is not None:
+                return reference.softmax_focal_loss(logits, self.target, self.weight, gamma=gamma, alpha=alpha,
+                                                    **adjust, **common)
+            return reference.softmax_cross_entropy(logits, self.target, self.weight, label_smoothing=eps, **adjust,
+                                                   **common)
         gamma, alpha = self.options
         return reference.sigmoid_focal_loss(logits, self.target, self.weight, gamma=gamma or 0.0, alpha=alpha,
-                                            reduction=self.reduction, ignore_index=self.ignore_index)
+                                            **common)
 
 
 def _functorch_active() -> bool:
@@ -178,8 +187,8 @@ def make_plan(loss: HeadLoss, hidden: Tensor, linear_weight: Tensor, *, chunk_si
     num_rows, num_classes = hidden.shape[0], linear_weight.shape[0]
     divisor = None
     if loss.reduction in ("mean", "weighted_mean"):
-        divisor = torch.ops.cbbench.loss_divisor(loss.target, loss.weight, num_classes, loss.ignore_index,
-                                                 loss.reduction, True)
+        divisor = torch.ops.cbbench.loss_divisor(loss.target, loss.weight, loss.sample_weight, num_classes,
+                                                 loss.ignore_index, loss.reduction, True)
     rows, block = chunking(num_rows, num_classes, hidden.dtype, hidden.device.type, chunk_size=chunk_size,
                            memory_budget=memory_budget)
     return LinearPlan(loss, divisor, rows, block)
@@ -239,7 +248,6 @@ def _run_chunks(plan: LinearPlan, hidden: Tensor, linear_weight: Tensor, linear_
     total = (torch.empty(num_rows, dtype=loss_dtype, device=device) if none
              else torch.zeros((), dtype=torch.float64, device=device))
     weight_t = linear_weight.t()
-    target = plan.loss.target
     chunk_reduction = "none" if none else "sum"
     # one chunk buffer for all chunks: a fresh one per chunk would be a fresh mapping on the CPU (glibc
     # maps large blocks), its pages faulted and zeroed again every chunk (0.6 s of 15 at 8192x1024x32000)
@@ -253,14 +261,14 @@ def _run_chunks(plan: LinearPlan, hidden: Tensor, linear_weight: Tensor, linear_
         else:
             torch.addmm(linear_bias, h, weight_t, out=z)
         if not need_grad:
-            loss, _ = plan.loss.fused(z, target[start:stop], chunk_reduction, False)
+            loss, _ = plan.loss.fused(z, start, stop, chunk_reduction, False)
             _add_loss(total, loss, none, start, stop)
             continue
         # the kernel on blocks of rows; each block's gradient is scaled (rows of "none"), summed into the
         # bias gradient and copied over its logits while it is in cache
         for first in range(0, stop - start, plan.block_rows):
             last = min(first + plan.block_rows, stop - start)
-            loss, block = plan.loss.fused(z[first:last], target[start + first:start + last], chunk_reduction, True)
+            loss, block = plan.loss.fused(z[first:last], start + first, start + last, chunk_reduction, True)
             _add_loss(total, loss, none, start + first, start + last)
             if row_scale is not None:
                 block.mul_(row_scale[start + first:start + last].unsqueeze(1).to(block.dtype))

@@ -14,6 +14,7 @@ Tensor = torch.Tensor
 
 __all__ = [
     "SoftmaxCrossEntropyLoss",
+    "SoftmaxFocalLoss",
     "SigmoidCrossEntropyLoss",
     "SigmoidFocalLoss",
     "ClassBalancedLoss",
@@ -23,7 +24,7 @@ __all__ = [
     "LOSS_TYPES",
 ]
 
-LOSS_TYPES = ("softmax", "sigmoid", "focal")
+LOSS_TYPES = ("softmax", "sigmoid", "focal", "softmax_focal")
 
 
 def _optional_buffer(module: nn.Module, name: str, value) -> None:
@@ -83,17 +84,35 @@ class SoftmaxCrossEntropyLoss(_WeightedLoss):
         self.label_smoothing = label_smoothing
         self.scale = scale
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, target: Tensor, sample_weight: Optional[Tensor] = None) -> Tensor:
         return F.softmax_cross_entropy(logits, target, self.weight, label_smoothing=self.label_smoothing,
                                        logit_offset=self.logit_offset, target_margin=self.target_margin,
-                                       scale=self.scale, **self._options())
+                                       scale=self.scale, sample_weight=sample_weight, **self._options())
+
+
+class SoftmaxFocalLoss(_WeightedLoss):
+    """Module form of :func:`cbbench.functional.softmax_focal_loss` (``alpha``: a number or one value per
+    class, held as a buffer)."""
+
+    def __init__(self, weight=None, *, gamma: float = 2.0, alpha=None, reduction: str = "mean",
+                 ignore_index: int = -100, backend: str = "auto", sync_normalizer: bool = False, process_group=None):
+        super().__init__(weight, reduction, ignore_index, backend, sync_normalizer, process_group)
+        self.gamma = gamma
+        _optional_buffer(self, "alpha", alpha)
+
+    def forward(self, logits: Tensor, target: Tensor, sample_weight: Optional[Tensor] = None) -> Tensor:
+        return F.softmax_focal_loss(logits, target, self.weight, gamma=self.gamma, alpha=self.alpha,
+                                    sample_weight=sample_weight, **self._options())
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, " + super().extra_repr()
 
 
 class SigmoidCrossEntropyLoss(_WeightedLoss):
     """Module form of :func:`cbbench.functional.sigmoid_cross_entropy`."""
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return F.sigmoid_cross_entropy(logits, target, self.weight, **self._options())
+    def forward(self, logits: Tensor, target: Tensor, sample_weight: Optional[Tensor] = None) -> Tensor:
+        return F.sigmoid_cross_entropy(logits, target, self.weight, sample_weight=sample_weight, **self._options())
 
 
 class SigmoidFocalLoss(_WeightedLoss):
@@ -105,8 +124,9 @@ class SigmoidFocalLoss(_WeightedLoss):
         self.gamma = gamma
         self.alpha = alpha
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return F.sigmoid_focal_loss(logits, target, self.weight, gamma=self.gamma, alpha=self.alpha, **self._options())
+    def forward(self, logits: Tensor, target: Tensor, sample_weight: Optional[Tensor] = None) -> Tensor:
+        return F.sigmoid_focal_loss(logits, target, self.weight, gamma=self.gamma, alpha=self.alpha,
+                                    sample_weight=sample_weight, **self._options())
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}, alpha={self.alpha}, " + super().extra_repr()
@@ -115,8 +135,9 @@ class SigmoidFocalLoss(_WeightedLoss):
 class ClassBalancedLoss(_NotScriptable, nn.Module):
     """Class-balanced loss (Cui et al., CVPR 2019) from whole-training-set class counts.
 
-    ``loss_type`` is ``"softmax"``, ``"sigmoid"`` or ``"focal"`` (sigmoid focal with ``gamma``). The
-    per-class weights ``(1 - beta) / (1 - beta^n_c)``, normalised to sum to C, are the buffer ``weight``.
+    ``loss_type`` is ``"softmax"``, ``"sigmoid"``, ``"focal"`` (sigmoid focal with ``gamma``) or
+    ``"softmax_focal"`` (softmax focal with ``gamma``). The per-class weights ``(1 - beta) / (1 - beta^n_c)``,
+    normalised to sum to C, are the buffer ``weight``. ``forward(logits, target, sample_weight=None)``.
     """
 
     def __init__(self, samples_per_class: CountsLike, beta: float = 0.9999, loss_type: str = "softmax",
@@ -149,14 +170,17 @@ class ClassBalancedLoss(_NotScriptable, nn.Module):
                              f"or be a scalar, got {tuple(new.shape)}")
         self.weight.copy_(new)
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, target: Tensor, sample_weight: Optional[Tensor] = None) -> Tensor:
         _check_num_classes("weight", self.weight, logits, "samples_per_class")
         options = dict(reduction=self.reduction, ignore_index=self.ignore_index, backend=self.backend,
-                       sync_normalizer=self.sync_normalizer, process_group=self.process_group)
+                       sync_normalizer=self.sync_normalizer, process_group=self.process_group,
+                       sample_weight=sample_weight)
         if self.loss_type == "softmax":
             return F.softmax_cross_entropy(logits, target, self.weight, **options)
         if self.loss_type == "sigmoid":
             return F.sigmoid_cross_entropy(logits, target, self.weight, **options)
+        if self.loss_type == "softmax_focal":
+            return F.softmax_focal_loss(logits, target, self.weight, gamma=self.gamma, **options)
         return F.sigmoid_focal_loss(logits, target, self.weight, gamma=self.gamma, **options)
 
     def extra_repr(self) -> str:
@@ -167,10 +191,10 @@ class ClassBalancedLoss(_NotScriptable, nn.Module):
 class _CountsSoftmaxLoss(SoftmaxCrossEntropyLoss):
     """A softmax loss whose adjustments come from class counts; checks C against them."""
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, target: Tensor, sample_weight: Optional[Tensor] = None) -> Tensor:
         vec = self.logit_offset if self.logit_offset is not None else self.target_margin
         _check_num_classes("counts", vec, logits, "samples_per_class")
-        return super().forward(logits, target)
+        return super().forward(logits, target, sample_weight)
 
 
 class BalancedSoftmaxLoss(_CountsSoftmaxLoss):
@@ -212,6 +236,7 @@ class ClassBalancedLinearLoss(_NotScriptable, nn.Module):
     """A classifier head (``in_features`` -> C) trained with a class-balanced loss, fused so that the
     (N, C) logits never exist: ``forward(hidden, target)`` is the loss of ``self.linear(hidden)``,
     computed by :func:`cbbench.functional.linear_softmax_cross_entropy` (``loss_type="softmax"``),
+    :func:`~cbbench.functional.linear_softmax_focal_loss` (``"softmax_focal"``),
     :func:`~cbbench.functional.linear_sigmoid_cross_entropy` (``"sigmoid"``) or
     :func:`~cbbench.functional.linear_sigmoid_focal_loss` (``"focal"``) in row chunks.
 
@@ -233,7 +258,7 @@ class ClassBalancedLinearLoss(_NotScriptable, nn.Module):
                                       process_group=process_group)
         num_classes = self.loss.weight.numel()
         self.linear = nn.Linear(in_features, num_classes, bias=bias, device=device, dtype=dtype)
-        if bias and loss_type != "softmax" and num_classes > 1:
+        if bias and loss_type in ("sigmoid", "focal") and num_classes > 1:
             with torch.no_grad():
                 self.linear.bias.fill_(-math.log(num_classes - 1))
         self.chunk_size = chunk_size
@@ -248,13 +273,16 @@ class ClassBalancedLinearLoss(_NotScriptable, nn.Module):
         """Replace the class weights in place (see :meth:`ClassBalancedLoss.set_weight`)."""
         self.loss.set_weight(weight)
 
-    def forward(self, hidden: Tensor, target: Tensor) -> Tensor:
+    def forward(self, hidden: Tensor, target: Tensor, sample_weight: Optional[Tensor] = None) -> Tensor:
         loss = self.loss
         options = dict(linear_bias=self.linear.bias, reduction=loss.reduction, ignore_index=loss.ignore_index,
-                       chunk_size=self.chunk_size, memory_budget=self.memory_budget, backend=loss.backend,
-                       sync_normalizer=loss.sync_normalizer, process_group=loss.process_group)
+                       sample_weight=sample_weight, chunk_size=self.chunk_size, memory_budget=self.memory_budget,
+                       backend=loss.backend, sync_normalizer=loss.sync_normalizer, process_group=loss.process_group)
         if loss.loss_type == "softmax":
             return F.linear_softmax_cross_entropy(hidden, self.linear.weight, target, loss.weight, **options)
+        if loss.loss_type == "softmax_focal":
+            return F.linear_softmax_focal_loss(hidden, self.linear.weight, target, loss.weight, gamma=loss.gamma,
+                                               **options)
         if loss.loss_type == "sigmoid":
             return F.linear_sigmoid_cross_entropy(hidden, self.linear.weight, target, loss.weight, **options)
         return F.linear_sigmoid_focal_loss(hidden, self.linear.weight, target, loss.weight, gamma=loss.gamma, **options)

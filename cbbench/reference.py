@@ -9,13 +9,15 @@ Conventions (docs/design.md, "Math" and "Conventions"):
 
 * ``logits`` is (N, C) or (N, C, d1, ...); integer ``target`` is (N,) or (N, d1, ...).
 * softmax: ``loss_i = w_{y_i} * [(1 - eps) * (lse(z') - z'_{y_i}) + eps * mean_j (lse(z') - z'_j)]`` with
-  ``z'_j = scale * (z_j + logit_offset_j - [j == y_i] * target_margin_{y_i})``.
+  ``z'_j = scale * (z_j + logit_offset_j - [j == y_i] * target_margin_{y_i})``; softmax focal:
+  ``loss_i = -w_{y_i} alpha_{y_i} (1 - p_{y_i})^gamma log p_{y_i}`` with ``p = softmax(z')``.
 * sigmoid: ``loss_i = w_{y_i} * sum_j BCE(z_ij, t_ij)``; focal multiplies each term by
   ``(1 - p_t)^gamma = exp(-gamma * (t z + softplus(-z)))`` and optionally by RetinaNet's ``alpha_t``.
   With multi-hot float targets (same shape as logits) ``weight`` is per column instead.
-* reductions: ``"mean"`` (softmax: / non-ignored samples; sigmoid/focal: / positives, at least 1),
-  ``"weighted_mean"`` (/ sum of applied sample weights, as ``nn.CrossEntropyLoss(weight=...)``),
-  ``"sum"``, ``"none"`` (per-sample loss with the class terms summed).
+* ``sample_weight`` (N,) (or the sample shape) multiplies each sample's loss after its class weight.
+* reductions: ``"mean"`` (softmax: / non-ignored samples; sigmoid/focal: / positives, at least 1 -- not
+  weighted by the sample weights), ``"weighted_mean"`` (/ sum of the applied weights ``s_i w_{y_i}``, as
+  ``nn.CrossEntropyLoss(weight=...)``), ``"sum"``, ``"none"`` (per-sample loss with the class terms summed).
 * masked logits: a logit of ``-inf`` is a class with probability 0, not a NaN -- terms whose
   coefficient is exactly 0 are dropped, not multiplied by an infinity.
 """
@@ -35,6 +37,8 @@ __all__ = [
     "focal_modulator",
     "reduction_denominator",
     "softmax_cross_entropy",
+    "softmax_focal_loss",
+    "softmax_focal_modulator",
     "sigmoid_cross_entropy",
     "sigmoid_focal_loss",
     "reduce_rows",
@@ -99,14 +103,49 @@ def _row_weights(target: Tensor, weight: Optional[Tensor], valid: Tensor, dtype:
     return torch.where(valid, w, torch.zeros_like(w))
 
 
+def _per_sample(sample_weight: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    """Sample weights as a flat (M,) tensor of ``dtype`` (``None`` stays ``None``)."""
+    return None if sample_weight is None else sample_weight.reshape(-1).to(dtype)
+
+
+def softmax_focal_modulator(log_py: Tensor, gamma: float) -> Tensor:
+    """``(1 - p_y)^gamma`` from ``log p_y`` in log space: ``exp(gamma * log(-expm1(log p_y)))``, finite for
+    every gamma >= 0 as p_y -> 1 (0 at p_y = 1 for gamma > 0, with a finite gradient: no log(0) in the graph)."""
+    if gamma == 0:
+        return torch.ones_like(log_py)
+    q = -torch.expm1(log_py)
+    positive = q > 0
+    safe = torch.where(positive, q, torch.ones_like(q))
+    return torch.where(positive, torch.exp(gamma * torch.log(safe)), torch.zeros_like(q))
+
+
 # ----------------------------------------------------------------------------------------------
 # losses
 # ----------------------------------------------------------------------------------------------
 def softmax_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, *,
                           reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0,
                           logit_offset: Optional[Tensor] = None, target_margin: Optional[Tensor] = None,
-                          scale: float = 1.0) -> Tensor:
+                          scale: float = 1.0, sample_weight: Optional[Tensor] = None) -> Tensor:
     """Class-weighted softmax cross-entropy with the logit-adjustment family's options."""
+    return _softmax_family(logits, target, weight, reduction=reduction, ignore_index=ignore_index,
+                           label_smoothing=label_smoothing, logit_offset=logit_offset, target_margin=target_margin,
+                           scale=scale, gamma=0.0, alpha=None, sample_weight=sample_weight)
+
+
+def softmax_focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, *, gamma: float = 2.0,
+                       alpha=None, reduction: str = "mean", ignore_index: int = -100,
+                       logit_offset: Optional[Tensor] = None, target_margin: Optional[Tensor] = None,
+                       scale: float = 1.0, sample_weight: Optional[Tensor] = None) -> Tensor:
+    """Softmax focal loss ``-w_y alpha_y (1 - p_y)^gamma log p_y`` (Lin et al. on the softmax; ``alpha`` a
+    number or a per-class vector, ``None`` for none), on the softmax family's adjusted logits."""
+    return _softmax_family(logits, target, weight, reduction=reduction, ignore_index=ignore_index,
+                           label_smoothing=0.0, logit_offset=logit_offset, target_margin=target_margin, scale=scale,
+                           gamma=gamma, alpha=alpha, sample_weight=sample_weight)
+
+
+def _softmax_family(logits: Tensor, target: Tensor, weight: Optional[Tensor], *, reduction: str, ignore_index: int,
+                    label_smoothing: float, logit_offset: Optional[Tensor], target_margin: Optional[Tensor],
+                    scale: float, gamma: float, alpha, sample_weight: Optional[Tensor]) -> Tensor:
     dtype = _compute_dtype(logits)
     z = rows(logits).to(dtype)
     y = target.reshape(-1)
@@ -122,22 +161,34 @@ def softmax_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tenso
     z = z * scale
 
     log_prob = z - torch.logsumexp(z, dim=1, keepdim=True)
-    nll = -log_prob.gather(1, safe_y.unsqueeze(1)).squeeze(1)  # not onehot * log_prob: -inf * 0 is NaN
+    log_py = log_prob.gather(1, safe_y.unsqueeze(1)).squeeze(1)  # not onehot * log_prob: -inf * 0 is NaN
+    nll = -log_py
     if label_smoothing > 0:
         nll = (1.0 - label_smoothing) * nll - label_smoothing * log_prob.mean(dim=1)
+    if gamma > 0:
+        nll = softmax_focal_modulator(log_py, gamma) * nll
 
     row_weight = _row_weights(y, weight, valid, dtype)
-    per_row = torch.where(valid, row_weight * nll, torch.zeros_like(nll))
-    denom = reduction_denominator(reduction, valid=valid, row_weight=None if weight is None else row_weight)
+    s = _per_sample(sample_weight, dtype)
+    applied = row_weight if s is None else row_weight * s  # what a row is weighted and divided by
+    carried = applied
+    if alpha is not None:
+        a = alpha.to(dtype)[safe_y] if isinstance(alpha, Tensor) else alpha
+        carried = applied * a
+    per_row = torch.where(valid, carried * nll, torch.zeros_like(nll))
+    denom = reduction_denominator(reduction, valid=valid,
+                                  row_weight=None if weight is None and s is None else applied)
     return reduce_rows(per_row, logits, reduction, denom)
 
 
 def _sigmoid_family(logits: Tensor, target: Tensor, weight: Optional[Tensor], *, gamma: Optional[float],
-                    alpha: Optional[float], reduction: str, ignore_index: int) -> Tensor:
+                    alpha: Optional[float], reduction: str, ignore_index: int,
+                    sample_weight: Optional[Tensor] = None) -> Tensor:
     dtype = _compute_dtype(logits)
     z = rows(logits).to(dtype)
     num_classes = z.shape[1]
     multi_hot = target.is_floating_point()
+    s = _per_sample(sample_weight, dtype)
 
     if multi_hot:
         t = rows(target).to(dtype)
@@ -158,26 +209,32 @@ def _sigmoid_family(logits: Tensor, target: Tensor, weight: Optional[Tensor], *,
     if element_weight is not None:
         terms = terms * element_weight
     per_row = terms.sum(dim=1)
+    if s is not None:
+        per_row = per_row * s
     if valid is not None:
         per_row = torch.where(valid, per_row, torch.zeros_like(per_row))
 
     if multi_hot:
-        denom = reduction_denominator(reduction, multi_hot_target=t, column_weight=weight, num_rows=z.shape[0])
+        denom = reduction_denominator(reduction, multi_hot_target=t, column_weight=weight, num_rows=z.shape[0],
+                                      sample_weight=s)
     else:
+        applied = element_weight.squeeze(1) if s is None else element_weight.squeeze(1) * s
         denom = reduction_denominator(reduction, valid=valid,
-                                      row_weight=None if weight is None else element_weight.squeeze(1))
+                                      row_weight=None if weight is None and s is None else applied)
     return reduce_rows(per_row, logits, reduction, denom)
 
 
 def sigmoid_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, *,
-                          reduction: str = "mean", ignore_index: int = -100) -> Tensor:
+                          reduction: str = "mean", ignore_index: int = -100,
+                          sample_weight: Optional[Tensor] = None) -> Tensor:
     """Sigmoid (one-vs-all) cross-entropy: ``w_y * sum_j BCE(z_j, t_j)`` per sample."""
     return _sigmoid_family(logits, target, weight, gamma=None, alpha=None, reduction=reduction,
-                           ignore_index=ignore_index)
+                           ignore_index=ignore_index, sample_weight=sample_weight)
 
 
 def sigmoid_focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, *, gamma: float = 2.0,
-                       alpha: Optional[float] = None, reduction: str = "mean", ignore_index: int = -100) -> Tensor:
+                       alpha: Optional[float] = None, reduction: str = "mean", ignore_index: int = -100,
+                       sample_weight: Optional[Tensor] = None) -> Tensor:
     """Sigmoid focal loss ``w_y * sum_j alpha_t (1 - p_t)^gamma BCE(z_j, t_j)`` (modulator in log space)."""
     return _sigmoid_family(logits, target, weight, gamma=gamma, alpha=alpha, reduction=reduction,
-                           ignore_index=ignore_index)
+                           ignore_index=ignore_index, sample_weight=sample_weight)

@@ -42,15 +42,16 @@ def unflatten(per_row: Tensor, logits: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------
 def local_divisor(reduction: str, *, valid: Optional[Tensor] = None, row_weight: Optional[Tensor] = None,
                   multi_hot_target: Optional[Tensor] = None, column_weight: Optional[Tensor] = None,
-                  num_rows: int = 0) -> Optional[Tensor]:
+                  num_rows: int = 0, sample_weight: Optional[Tensor] = None) -> Optional[Tensor]:
     """The quantity a reduction divides by, before its floor: a 0-dim float64 tensor (``None`` for
     ``"sum"`` and ``"none"``). Additive over disjoint parts of a batch, so ranks can all-reduce it.
 
-    Class-index targets: pass ``valid`` (bool (M,), the non-ignored rows) and ``row_weight`` (w_{y_i}
-    of each row, or ``None``): ``"mean"`` counts the valid rows, ``"weighted_mean"`` sums their weights
-    (counts them without a weight). Multi-hot targets: pass ``multi_hot_target`` (M, C),
-    ``column_weight`` and ``num_rows``: ``"mean"`` sums the targets (the positives),
-    ``"weighted_mean"`` gives each row the mean column weight (1 without a weight).
+    Class-index targets: pass ``valid`` (bool (M,), the non-ignored rows) and ``row_weight`` (the weight
+    each row is applied, s_i w_{y_i} -- or w_{y_i}, or s_i -- or ``None``): ``"mean"`` counts the valid
+    rows, ``"weighted_mean"`` sums their weights (counts them without a weight). Multi-hot targets: pass
+    ``multi_hot_target`` (M, C), ``column_weight``, ``num_rows`` and ``sample_weight`` (M,) or ``None``:
+    ``"mean"`` sums the targets (the positives), ``"weighted_mean"`` gives each row its sample weight times
+    the mean column weight (1 without them).
     """
     if reduction in ("sum", "none"):
         return None
@@ -58,10 +59,11 @@ def local_divisor(reduction: str, *, valid: Optional[Tensor] = None, row_weight:
     if multi_hot_target is not None:
         if reduction == "mean":
             return multi_hot_target.sum(dtype=f64)
-        if column_weight is None:
-            # a fill, not a host-to-device copy: stays CUDA-graph capturable
-            return torch.full((), float(num_rows), dtype=f64, device=multi_hot_target.device)
-        return column_weight.to(f64).mean() * num_rows
+        if sample_weight is not None:
+            rows_weight = sample_weight.to(f64).sum()
+        else:  # a fill, not a host-to-device copy: stays CUDA-graph capturable
+            rows_weight = torch.full((), float(num_rows), dtype=f64, device=multi_hot_target.device)
+        return rows_weight if column_weight is None else column_weight.to(f64).mean() * rows_weight
     if reduction == "mean" or row_weight is None:
         return valid.sum(dtype=f64)
     return torch.where(valid, row_weight, 0.0).sum(dtype=f64)

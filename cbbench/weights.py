@@ -18,7 +18,7 @@ CountsLike = Union[Sequence[int], np.ndarray, torch.Tensor]
 __all__ = ["as_counts", "effective_number", "class_balanced_weights", "class_weights", "log_prior", "ldam_margins",
            "SCHEMES"]
 
-SCHEMES = ("none", "inverse", "sqrt_inverse", "cb")
+SCHEMES = ("none", "inverse", "sqrt_inverse", "cb", "measured")
 EMPTY_POLICIES = ("raise", "zero")
 
 
@@ -133,17 +133,24 @@ def class_balanced_weights(counts: CountsLike, beta: float, *, empty: str = "rai
 
 
 def class_weights(counts: CountsLike, scheme: str = "cb", *, beta: float = 0.9999, power: float = 1.0,
-                  empty: str = "raise") -> torch.Tensor:
+                  empty: str = "raise", effective=None) -> torch.Tensor:
     """Per-class weights (float32, (C,), summing to C) under a named re-weighting scheme.
 
     ``"none"``: all ones. ``"inverse"``: ``n^-power`` (power 1 is inverse frequency).
     ``"sqrt_inverse"``: ``n^-1/2``. ``"cb"``: :func:`class_balanced_weights` with ``beta``.
+    ``"measured"``: ``1 / E_c`` with ``effective`` the per-class effective numbers measured from data
+    (:func:`cbbench.effective_number_from_features`, its result or its ``effective_number``), > 0 for
+    every class with samples (an empty class's value is not read).
     """
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+    if effective is not None and scheme != "measured":
+        raise ValueError(f"effective is the input of scheme='measured', not of scheme={scheme!r}")
     if scheme == "cb":
         return class_balanced_weights(counts, beta, empty=empty)
     n = as_counts(counts)
+    if scheme == "measured":
+        return _measured_weights(n, effective, empty)
     if scheme == "none":
         return torch.ones(n.numel(), dtype=torch.float32)
     if scheme == "sqrt_inverse":
@@ -154,6 +161,49 @@ def class_weights(counts: CountsLike, scheme: str = "cb", *, beta: float = 0.999
     present = _empty_mask(n, empty, f"class_weights(scheme={scheme!r})")
     raw = torch.where(present, n, torch.ones_like(n)).pow(-power)
     return _normalise(raw, present)
+
+
+def _measured_weights(n: torch.Tensor, effective, empty: str) -> torch.Tensor:
+    if effective is None:
+        raise ValueError("scheme='measured' needs effective= (the per-class effective numbers measured from data, "
+                         "e.g. cbbench.effective_number_from_features(...))")
+    if hasattr(effective, "effective_number"):  # the measurement itself
+        effective = effective.effective_number
+    e = as_real_vector(effective, "effective")
+    if e.numel() != n.numel():
+        raise ValueError(f"effective has {e.numel()} values for {n.numel()} classes")
+    present = _empty_mask(n, empty, "class_weights(scheme='measured')")
+    bad = present & ~(e > 0)
+    if bad.any():
+        idx = torch.nonzero(bad).flatten().tolist()
+        raise ValueError(f"class_weights(scheme='measured'): effective must be > 0 for every class with samples; "
+                         f"class(es) {idx[:20]} have {e[idx[:20]].tolist()}")
+    raw = 1.0 / torch.where(present, e, torch.ones_like(e))
+    return _normalise(raw, present)
+
+
+def as_real_vector(values, name: str) -> torch.Tensor:
+    """A 1-D vector of finite real numbers as a float64 CPU tensor (TypeError / ValueError otherwise)."""
+    if isinstance(values, torch.Tensor):
+        if values.device.type == "meta":
+            raise ValueError(f"{name} is a tensor on the meta device, which holds no values")
+        t = values.detach().to("cpu")
+    else:
+        try:
+            arr = np.asarray(values)
+        except Exception as exc:
+            raise TypeError(f"{name} must be a 1-D sequence of numbers, got {type(values).__name__}") from exc
+        if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+            raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be 1-D (one value per class), got shape {tuple(t.shape)}")
+    t = t.to(torch.float64)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} must be finite, got {t.tolist()[:10]}")
+    return t
 
 
 def log_prior(counts: CountsLike) -> torch.Tensor:

@@ -54,6 +54,14 @@ LOSSES = [
     ("focal gamma<1", lambda z, y, w, r, b: F.sigmoid_focal_loss(z, y, w, gamma=0.5, reduction=r, backend=b)),
     ("multi-hot focal", lambda z, y, w, r, b: F.sigmoid_focal_loss(
         z, (torch.arange(z.numel()).reshape(z.shape) % 3 == 0).double(), w, gamma=2.0, reduction=r, backend=b)),
+    ("softmax focal", lambda z, y, w, r, b: F.softmax_focal_loss(
+        z, y, w, gamma=2.0, alpha=torch.linspace(0.25, 1.0, z.shape[1], dtype=torch.float64).float().double(),
+        reduction=r, backend=b)),
+    ("softmax focal gamma<1", lambda z, y, w, r, b: F.softmax_focal_loss(z, y, w, gamma=0.5, reduction=r, backend=b)),
+    ("softmax sample weights", lambda z, y, w, r, b: F.softmax_cross_entropy(
+        z, y, w, reduction=r, backend=b, sample_weight=torch.linspace(0.0, 2.0, z.shape[0], dtype=torch.float64))),
+    ("focal sample weights", lambda z, y, w, r, b: F.sigmoid_focal_loss(
+        z, y, w, gamma=1.0, reduction=r, backend=b, sample_weight=torch.linspace(0.5, 1.5, z.shape[0]).double())),
 ]
 REDUCTIONS = ("mean", "weighted_mean", "sum", "none")
 IDS = [name for name, _ in LOSSES]
@@ -260,6 +268,7 @@ def test_the_op_path_runs_the_cpp_autograd_node():
         for reduction in REDUCTIONS:
             loss = call(z.clone().requires_grad_(True), y, w, reduction, "cpu")
             want = "SoftmaxFunction" if name.startswith("softmax") else "SigmoidFunction"
+            # (the float64 linspace vectors here are exactly representable in float32: no learnable inputs)
             assert want in loss.grad_fn.name(), (name, reduction, loss.grad_fn.name())
 
 
@@ -272,7 +281,8 @@ def test_direct_op_calls_check_their_invariants():
 
     def call(**kw):
         a = dict(logits=z, target=y, weight=w, logit_offset=None, target_margin=None, scale=1.0,
-                 label_smoothing=0.0, ignore_index=-100, reduction="mean", need_grad=True)
+                 label_smoothing=0.0, gamma=0.0, alpha=None, sample_weight=None, ignore_index=-100, reduction="mean",
+                 need_grad=True)
         a.update(kw)
         return op(*a.values())
 
@@ -286,24 +296,28 @@ def test_direct_op_calls_check_their_invariants():
     loss, _ = call(logits=z.t().contiguous().t())  # non-contiguous logits are made contiguous
     torch.testing.assert_close(loss, call()[0])
     with pytest.raises(RuntimeError):  # a multi-hot target of the wrong shape
-        torch.ops.cbbench.sigmoid_focal_fused(z, y.double(), w, 2.0, -1.0, -100, True, "mean", True)
+        torch.ops.cbbench.sigmoid_focal_fused(z, y.double(), w, 2.0, -1.0, None, -100, True, "mean", True)
 
 
 def test_opcheck_of_every_op():
     _need_kernels()
     z, y, w = _inputs()
     t = (torch.rand(z.shape, generator=torch.Generator().manual_seed(1)) < 0.3).double()
+    s = torch.linspace(0.5, 1.5, z.shape[0], dtype=torch.float64)
     for reduction in REDUCTIONS:
         zz = z.clone().requires_grad_(True)
         torch.library.opcheck(torch.ops.cbbench.softmax_cross_entropy.default,
-                              (zz, y, w, None, None, 1.5, 0.1, -100, reduction))
-        torch.library.opcheck(torch.ops.cbbench.sigmoid_focal.default, (zz, y, w, 2.0, 0.25, -100, True, reduction))
-        torch.library.opcheck(torch.ops.cbbench.sigmoid_focal.default, (zz, t, None, 0.0, -1.0, -100, False, reduction))
+                              (zz, y, w, None, None, 1.5, 0.1, 0.0, None, None, -100, reduction))
+        torch.library.opcheck(torch.ops.cbbench.softmax_cross_entropy.default,
+                              (zz, y, w, None, None, 1.0, 0.0, 2.0, w, s, -100, reduction))
+        torch.library.opcheck(torch.ops.cbbench.sigmoid_focal.default, (zz, y, w, 2.0, 0.25, s, -100, True, reduction))
+        torch.library.opcheck(torch.ops.cbbench.sigmoid_focal.default,
+                              (zz, t, None, 0.0, -1.0, None, -100, False, reduction))
         torch.library.opcheck(torch.ops.cbbench.softmax_cross_entropy_fused.default,
-                              (z, y, w, None, None, 1.0, 0.0, -100, reduction, True))
+                              (z, y, w, None, None, 1.0, 0.0, 0.0, None, s, -100, reduction, True))
         torch.library.opcheck(torch.ops.cbbench.sigmoid_focal_fused.default,
-                              (z, y, w, 2.0, -1.0, -100, True, reduction, False))
-        torch.library.opcheck(torch.ops.cbbench.loss_divisor.default, (y, w, 5, -100, reduction, True))
+                              (z, y, w, 2.0, -1.0, s, -100, True, reduction, False))
+        torch.library.opcheck(torch.ops.cbbench.loss_divisor.default, (y, w, s, 5, -100, reduction, True))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def test_asv_config_points_at_the_suite():
 def test_speed_hands_asv_every_sample_over_the_case_table(suite):
     speed = suite["bench_speed"]
     classes = _benchmark_classes(speed)
-    assert {c.__name__ for c in classes} == {f"{loss.capitalize()}{dev}" for loss in cases.LOSSES
+    assert {c.__name__ for c in classes} == {loss.title().replace("_", "") + dev for loss in cases.LOSSES
                                              for dev in ("CPU", "CUDA")}
     for cls in classes:
         assert cls.param_names == ["impl", "case"] and cls.unit == "seconds"

@@ -123,6 +123,9 @@ def test_eager_peers_compute_the_paper_quantities_in_float64(loss):
     if loss == "softmax":
         per_row = w[y] * (torch.logsumexp(z, 1) - z.gather(1, y[:, None])[:, 0])
         want = per_row.sum() / w[y].sum()
+    elif loss == "softmax_focal":
+        log_p = torch.log_softmax(z, 1).gather(1, y[:, None])[:, 0]
+        want = (-w[y] * (1 - log_p.exp()) ** cases.FOCAL_GAMMA * log_p).sum() / 17
     else:
         bce = torch.log1p(torch.exp(z)) - t * z
         if loss == "focal":

@@ -366,13 +366,13 @@ def test_simd_exp_and_log1p_special_values(isa, dtype):
 # the fused ops' CPU kernels, called directly (contract: cbbench/ops/__init__.py)
 # ----------------------------------------------------------------------------------------------
 def _direct_softmax(logits, target, reduction="none", grad=True, weight=None, ignore_index=-100):
-    return torch.ops.cbbench.softmax_cross_entropy_fused(logits, target, weight, None, None, 1.0, 0.0, ignore_index,
-                                                         reduction, grad)
+    return torch.ops.cbbench.softmax_cross_entropy_fused(logits, target, weight, None, None, 1.0, 0.0, 0.0, None, None,
+                                                         ignore_index, reduction, grad)
 
 
 def _direct_sigmoid(logits, target, focal, reduction="none", grad=True, weight=None, ignore_index=-100):
-    return torch.ops.cbbench.sigmoid_focal_fused(logits, target, weight, 2.0, -1.0, ignore_index, focal, reduction,
-                                                 grad)
+    return torch.ops.cbbench.sigmoid_focal_fused(logits, target, weight, 2.0, -1.0, None, ignore_index, focal,
+                                                 reduction, grad)
 
 
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid", "focal"])
@@ -433,27 +433,28 @@ def test_contract_rejects_bad_arguments():
     logits, target, weight = _inputs(4, 3, seed=16)
     call = torch.ops.cbbench.softmax_cross_entropy_fused
     with pytest.raises(TypeError, match="float32, float64, float16 or bfloat16"):
-        call(logits.int(), target, None, None, None, 1.0, 0.0, -100, "mean", True)
+        call(logits.int(), target, None, None, None, 1.0, 0.0, 0.0, None, None, -100, "mean", True)
     with pytest.raises(TypeError, match="class targets must be int64"):
-        call(logits, target.int(), None, None, None, 1.0, 0.0, -100, "mean", True)
+        call(logits, target.int(), None, None, None, 1.0, 0.0, 0.0, None, None, -100, "mean", True)
     with pytest.raises(RuntimeError, match=r"target must have shape \(4,\)"):
-        call(logits, target[:3], None, None, None, 1.0, 0.0, -100, "mean", True)
+        call(logits, target[:3], None, None, None, 1.0, 0.0, 0.0, None, None, -100, "mean", True)
     with pytest.raises(RuntimeError, match=r"weight must have shape \(3,\)"):
-        call(logits, target, weight[:2], None, None, 1.0, 0.0, -100, "mean", True)
+        call(logits, target, weight[:2], None, None, 1.0, 0.0, 0.0, None, None, -100, "mean", True)
     with pytest.raises(TypeError, match="logit_offset must be floating point"):
-        call(logits, target, None, target, None, 1.0, 0.0, -100, "mean", True)
+        call(logits, target, None, target, None, 1.0, 0.0, 0.0, None, None, -100, "mean", True)
     with pytest.raises(ValueError, match="reduction"):
-        call(logits, target, None, None, None, 1.0, 0.0, -100, "avg", True)
+        call(logits, target, None, None, None, 1.0, 0.0, 0.0, None, None, -100, "avg", True)
     with pytest.raises(RuntimeError, match="multi-hot target must have the logits' shape"):
-        torch.ops.cbbench.sigmoid_focal_fused(logits, logits.double()[:2], None, 2.0, -1.0, -100, True, "mean", True)
+        torch.ops.cbbench.sigmoid_focal_fused(logits, logits.double()[:2], None, 2.0, -1.0, None, -100, True, "mean",
+                                              True)
     with pytest.raises(RuntimeError, match="gamma"):
-        torch.ops.cbbench.sigmoid_focal_fused(logits, target, None, -1.0, -1.0, -100, True, "mean", True)
+        torch.ops.cbbench.sigmoid_focal_fused(logits, target, None, -1.0, -1.0, None, -100, True, "mean", True)
     # what the kernels take as it comes: non-contiguous logits, float64 vectors, half logits (fp32 compute)
-    want = call(logits, target, weight, None, None, 1.0, 0.0, -100, "mean", True)
-    for got in (call(logits.t().contiguous().t(), target, weight.double(), None, None, 1.0, 0.0, -100, "mean", True),):
+    want = call(logits, target, weight, None, None, 1.0, 0.0, 0.0, None, None, -100, "mean", True)
+    for got in (call(logits.t().contiguous().t(), target, weight.double(), None, None, 1.0, 0.0, 0.0, None, None, -100, "mean", True),):
         torch.testing.assert_close(got[0], want[0])
         torch.testing.assert_close(got[1], want[1])
-    loss, grad = call(logits.half(), target, weight, None, None, 1.0, 0.0, -100, "mean", True)
+    loss, grad = call(logits.half(), target, weight, None, None, 1.0, 0.0, 0.0, None, None, -100, "mean", True)
     assert loss.dtype == torch.float32 and grad.dtype == torch.float16
 
 
@@ -479,9 +480,10 @@ def test_opcheck_softmax_cross_entropy():
     for reduction, need_grad in itertools.product(REDUCTIONS, (True, False)):
         z = logits.clone().requires_grad_(need_grad)
         torch.library.opcheck(torch.ops.cbbench.softmax_cross_entropy.default,
-                              (z, target, weight, offset, margin, 2.0, 0.1, -100, reduction))
+                              (z, target, weight, offset, margin, 2.0, 0.1, 0.0, None, None, -100, reduction))
         torch.library.opcheck(torch.ops.cbbench.softmax_cross_entropy_fused.default,
-                              (logits, target, weight, offset, margin, 2.0, 0.1, -100, reduction, need_grad))
+                              (logits, target, weight, offset, margin, 2.0, 0.1, 0.0, None, None, -100, reduction,
+                               need_grad))
 
 
 def test_opcheck_sigmoid_focal():
@@ -490,7 +492,7 @@ def test_opcheck_sigmoid_focal():
     for (reduction, focal), tgt in itertools.product(itertools.product(REDUCTIONS, (True, False)), (target, multi)):
         z = logits.clone().requires_grad_(True)
         torch.library.opcheck(torch.ops.cbbench.sigmoid_focal.default,
-                              (z, tgt, weight, 2.0, 0.25, -100, focal, reduction))
+                              (z, tgt, weight, 2.0, 0.25, None, -100, focal, reduction))
 
 
 def test_torch_compile_fullgraph_matches_eager():

@@ -32,7 +32,9 @@ def _batch(c=6, seed=0):
     y[IGNORED] = -100
     multi_hot = (torch.rand(10, c, generator=g) < 0.25).double()
     w = (torch.rand(c, generator=g) + 0.3).float().double()
-    return z, y, multi_hot, w
+    sample_weight = (torch.rand(10, generator=g) + 0.2).float().double()
+    sample_weight[2] = 0.0  # a zero-weight row counts in no divisor
+    return z, y, multi_hot, w, sample_weight
 
 
 def _calls():
@@ -43,6 +45,13 @@ def _calls():
         "sigmoid": lambda z, y, t, w, **kw: F.sigmoid_cross_entropy(z, y, w, **kw),
         "focal": lambda z, y, t, w, **kw: F.sigmoid_focal_loss(z, y, w, gamma=2.0, alpha=0.25, **kw),
         "multi-hot focal": lambda z, y, t, w, **kw: F.sigmoid_focal_loss(z, t, w, gamma=1.0, **kw),
+        "softmax focal": lambda z, y, t, w, **kw: F.softmax_focal_loss(z, y, w, gamma=2.0, alpha=0.5, **kw),
+        # per-sample weights travel with their rows; the divisors sum them across ranks
+        "weighted softmax": lambda z, y, t, w, s=None, **kw: F.softmax_cross_entropy(z, y, w, sample_weight=s, **kw),
+        "weighted softmax focal": lambda z, y, t, w, s=None, **kw: F.softmax_focal_loss(z, y, w, gamma=1.5,
+                                                                                        sample_weight=s, **kw),
+        "weighted multi-hot focal": lambda z, y, t, w, s=None, **kw: F.sigmoid_focal_loss(z, t, w, gamma=2.0,
+                                                                                          sample_weight=s, **kw),
         "module": lambda z, y, t, w, **kw: cbbench.ClassBalancedLoss(
             [50, 30, 20, 9, 5, 1], beta=0.99, loss_type="focal", reduction=kw["reduction"],
             backend=kw["backend"], sync_normalizer=kw.get("sync_normalizer", False))(z, y),
@@ -60,13 +69,14 @@ def _worker(rank, port, out_dir, sync):
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
     failures, checked = [], 0
-    z, y, t, w = _batch()
+    z, y, t, w, s = _batch()
     shard = SHARDS[rank]
     for (name, call), reduction, backend in [(c, r, b) for c in _calls().items()
                                              for r in ("mean", "weighted_mean", "sum", "none")
                                              for b in ("reference", "cpu")]:
         zr = z[shard].clone().requires_grad_(True)
-        loss = call(zr, y[shard], t[shard], w, reduction=reduction, backend=backend, sync_normalizer=sync)
+        extra = {"s": s[shard]} if name.startswith("weighted") else {}
+        loss = call(zr, y[shard], t[shard], w, reduction=reduction, backend=backend, sync_normalizer=sync, **extra)
         if reduction == "none":  # the global rows' weights of _scalar, this rank's share
             loss = (loss * torch.linspace(0.5, 1.5, 10, dtype=loss.dtype)[shard]).sum()
         loss.backward()
@@ -78,7 +88,8 @@ def _worker(rank, port, out_dir, sync):
         dist.all_reduce(value)
         value /= WORLD  # the mean of the ranks' values: the global loss
         zf = z.clone().requires_grad_(True)
-        want = _scalar(call(zf, y, t, w, reduction=reduction, backend=backend))
+        extra = {"s": s} if name.startswith("weighted") else {}
+        want = _scalar(call(zf, y, t, w, reduction=reduction, backend=backend, **extra))
         want.backward()
         checked += 1
         if not torch.allclose(grad, zf.grad, rtol=1e-10, atol=1e-12):
@@ -116,7 +127,7 @@ def synced(tmp_path_factory):
 
 def test_two_ranks_give_the_single_process_gradient(synced):
     for result in synced:
-        assert result["checked"] == 5 * 4 * 2
+        assert result["checked"] == len(_calls()) * 4 * 2
         assert result["failures"] == []
 
 
@@ -139,8 +150,10 @@ def test_without_the_sync_the_check_fails(tmp_path):
 
 
 def test_single_process_sync_is_the_plain_loss():
-    z, y, t, w = _batch()
+    z, y, t, w, s = _batch()
     for name, call in _calls().items():
+        extra = {"s": s} if name.startswith("weighted") else {}
         for reduction in ("mean", "weighted_mean", "sum", "none"):
-            torch.testing.assert_close(call(z, y, t, w, reduction=reduction, backend="cpu", sync_normalizer=True),
-                                       call(z, y, t, w, reduction=reduction, backend="cpu"))
+            torch.testing.assert_close(call(z, y, t, w, reduction=reduction, backend="cpu", sync_normalizer=True,
+                                            **extra),
+                                       call(z, y, t, w, reduction=reduction, backend="cpu", **extra))

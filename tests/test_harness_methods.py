@@ -17,10 +17,12 @@ COUNTS = [120, 40, 9, 3]
 
 
 def test_every_method_is_listed_once():
-    expected = {"softmax", "sigmoid", "focal", "cb_softmax", "cb_sigmoid", "cb_focal", "inverse_freq",
+    expected = {"softmax", "sigmoid", "focal", "cb_softmax", "cb_sigmoid", "cb_focal", "softmax_focal",
+                "cb_softmax_focal", "inverse_freq",
                 "inverse_freq_sigmoid", "inverse_freq_focal", "sqrt_inverse",
                 "class_balanced_sampling", "sqrt_sampling", "progressive_sampling", "cb_sampling", "balanced_softmax",
-                "logit_adjustment", "logit_adjustment_posthoc", "ldam", "ldam_drw", "cb_drw", "drs"}
+                "logit_adjustment", "logit_adjustment_posthoc", "ldam", "ldam_drw", "cb_drw", "drs",
+                "measured_softmax", "measured_sigmoid", "measured_focal"}
     assert set(METHODS) == expected and len(METHODS) == len(expected)
 
 

@@ -46,20 +46,25 @@ class ContractKernels:
     calls = []  # need_grad of every call, for the tests that spy on it
 
     @classmethod
-    def softmax_ce(cls, logits, target, weight, logit_offset, target_margin, scale, label_smoothing, ignore_index,
-                   reduction, need_grad):
+    def softmax_ce(cls, logits, target, weight, logit_offset, target_margin, scale, label_smoothing, gamma, alpha,
+                   sample_weight, ignore_index, reduction, need_grad):
         cls.calls.append(need_grad)
-        return cls._run(lambda z: R.softmax_cross_entropy(
-            z, target, weight, reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
-            logit_offset=logit_offset, target_margin=target_margin, scale=scale), logits, need_grad)
+        options = dict(reduction=reduction, ignore_index=ignore_index, logit_offset=logit_offset,
+                       target_margin=target_margin, scale=scale, sample_weight=sample_weight)
+        if gamma > 0:
+            return cls._run(lambda z: R.softmax_focal_loss(z, target, weight, gamma=gamma, alpha=alpha, **options),
+                            logits, need_grad)
+        return cls._run(lambda z: R.softmax_cross_entropy(z, target, weight, label_smoothing=label_smoothing,
+                                                          **options), logits, need_grad)
 
     @classmethod
-    def sigmoid_focal(cls, logits, target, weight, gamma, alpha, ignore_index, focal, reduction, need_grad):
+    def sigmoid_focal(cls, logits, target, weight, gamma, alpha, sample_weight, ignore_index, focal, reduction,
+                      need_grad):
         cls.calls.append(need_grad)
         t = target.double() if target.is_floating_point() else target
         return cls._run(lambda z: R.sigmoid_focal_loss(
             z, t, weight, gamma=gamma if focal else 0.0, alpha=None if alpha < 0 else alpha, reduction=reduction,
-            ignore_index=ignore_index), logits, need_grad)
+            ignore_index=ignore_index, sample_weight=sample_weight), logits, need_grad)
 
 
 @pytest.fixture
@@ -104,6 +109,11 @@ CALLS = [
     ("focal", lambda z, y, w, red, be: F.sigmoid_focal_loss(z, y, w, gamma=1.5, alpha=0.25, reduction=red, backend=be)),
     ("multi-hot focal", lambda z, y, w, red, be: F.sigmoid_focal_loss(
         z, (torch.arange(z.numel()).reshape(z.shape) % 3 == 0).to(z.dtype), w, gamma=0.5, reduction=red, backend=be)),
+    ("softmax focal", lambda z, y, w, red, be: F.softmax_focal_loss(
+        z, y, w, gamma=1.5, alpha=torch.linspace(0.2, 1.0, z.shape[1]), reduction=red, backend=be,
+        sample_weight=torch.linspace(0.5, 2.0, z.shape[0]))),
+    ("sigmoid sample weights", lambda z, y, w, red, be: F.sigmoid_cross_entropy(
+        z, y, w, reduction=red, backend=be, sample_weight=torch.linspace(0.0, 2.0, z.shape[0]))),
 ]
 
 
@@ -169,13 +179,17 @@ def test_half_logits_are_upcast_for_cpu_kernels(contract_cpu):
 def test_opcheck_with_contract_kernels(contract_cpu):
     z, y, w = _case()
     t = (torch.rand(z.shape) < 0.3).float()
+    s = torch.rand(z.shape[0]) + 0.5
     for reduction in ("mean", "none"):
         torch.library.opcheck(torch.ops.cbbench.softmax_cross_entropy.default,
-                              (z.clone().requires_grad_(True), y, w, None, None, 1.0, 0.0, -100, reduction))
+                              (z.clone().requires_grad_(True), y, w, None, None, 1.0, 0.0, 0.0, None, None, -100,
+                               reduction))
+        torch.library.opcheck(torch.ops.cbbench.softmax_cross_entropy.default,
+                              (z.clone().requires_grad_(True), y, w, None, None, 1.0, 0.0, 2.0, w, s, -100, reduction))
         torch.library.opcheck(torch.ops.cbbench.sigmoid_focal.default,
-                              (z.clone().requires_grad_(True), y, w, 2.0, -1.0, -100, True, reduction))
+                              (z.clone().requires_grad_(True), y, w, 2.0, -1.0, s, -100, True, reduction))
         torch.library.opcheck(torch.ops.cbbench.sigmoid_focal.default,
-                              (z.clone().requires_grad_(True), t, None, 0.0, 0.25, -100, False, reduction))
+                              (z.clone().requires_grad_(True), t, None, 0.0, 0.25, None, -100, False, reduction))
 
 
 def test_torch_compile_fullgraph_with_contract_kernels(contract_cpu):

@@ -2,7 +2,7 @@
 
 Every implementation of a case computes the same number: softmax with PyTorch's weighted-mean
 reduction (``sum_i w_{y_i} l_i / sum_i w_{y_i}``, the quantity ``F.cross_entropy(weight=w)`` and Liger
-compute), sigmoid and focal with the paper's mean (sum / number of positives = N). Class weights are the
+compute), sigmoid, focal and softmax focal with the paper's mean (sum / N, LDAM-DRW's ``FocalLoss``). Class weights are the
 class-balanced weights (beta 0.9999) of a long-tailed count vector with imbalance factor 100.
 """
 from __future__ import annotations
@@ -15,9 +15,10 @@ import torch
 from ..harness.datasets import long_tailed_counts
 from ..weights import class_balanced_weights
 
-LOSSES = ("softmax", "sigmoid", "focal")
-LOSS_TITLES = {"softmax": "CB softmax CE", "sigmoid": "CB sigmoid CE", "focal": "CB focal"}
-REDUCTION = {"softmax": "weighted_mean", "sigmoid": "mean", "focal": "mean"}
+LOSSES = ("softmax", "sigmoid", "focal", "softmax_focal")
+LOSS_TITLES = {"softmax": "CB softmax CE", "sigmoid": "CB sigmoid CE", "focal": "CB focal",
+               "softmax_focal": "CB softmax focal"}
+REDUCTION = {"softmax": "weighted_mean", "sigmoid": "mean", "focal": "mean", "softmax_focal": "mean"}
 FOCAL_GAMMA = 2.0
 CB_BETA = 0.9999
 IMBALANCE = 100.0
@@ -125,6 +126,10 @@ CASE_TABLE: Tuple[TableRow, ...] = tuple(
         ("16384x80", "float32", "full"),
         ("2048x1203", "float32", "full"),
     ])
+    + _rows("cpu", "softmax_focal", [
+        ("256x1000", "float32", "full asv micro"),
+        ("8192x1000", "float32", "full asv memory micro"),
+    ])
     + _rows("cuda", "softmax", [
         ("256x1000", "float32", "quick main full asv micro"),
         ("65536x1000", "float32", "quick main full asv memory micro"),
@@ -141,6 +146,10 @@ CASE_TABLE: Tuple[TableRow, ...] = tuple(
         ("1048576x80", "float32", "quick main full asv memory micro"),
         ("16384x1203", "float32", "full"),
         ("16384x1203", "bfloat16", "quick main full asv"),
+    ])
+    + _rows("cuda", "softmax_focal", [
+        ("65536x1000", "float32", "full asv memory micro"),
+        ("65536x1000", "bfloat16", "full asv"),
     ])
 )
 DEVICES = ("cpu", "cuda")

@@ -8,7 +8,8 @@
   It is shown beside the eager peers but gets no speed-up ratio against them (not like for like);
 * ``eager`` — what people write in plain PyTorch: ``F.cross_entropy(weight=w)``; the class-balanced
   sigmoid loss as ``F.binary_cross_entropy_with_logits`` on one-hot targets with the per-row weight
-  ``w[y]``; the focal loss in torchvision's formula (``p_t``, ``(1 - p_t) ** gamma``);
+  ``w[y]``; the focal loss in torchvision's formula (``p_t``, ``(1 - p_t) ** gamma``); the softmax focal
+  loss as LDAM-DRW writes it (``p = exp(-CE)``, ``(1 - p) ** gamma * CE``, times ``w[y]``);
 * ``compile`` — ``torch.compile`` of the eager functions (a fresh compilation per case);
 * ``liger`` — Liger-Kernel's ``LigerCrossEntropyLoss(weight=w)`` (softmax on CUDA, when installed); it
   writes its gradient into the logits in place (``Provider.mutates_input``);
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 
 from .. import functional as cbf
 from .. import ops
-from .cases import CB_BETA, FOCAL_GAMMA, REDUCTION, Case, Inputs, long_tail_counts
+from .cases import CB_BETA, FOCAL_GAMMA, LOSS_TITLES, REDUCTION, Case, Inputs, long_tail_counts
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -45,6 +46,9 @@ def cbbench_loss(loss: str, backend: str, reduction: Optional[str] = None) -> Lo
         return lambda z, y, w: cbf.softmax_cross_entropy(z, y, w, reduction=reduction, backend=backend)
     if loss == "sigmoid":
         return lambda z, y, w: cbf.sigmoid_cross_entropy(z, y, w, reduction=reduction, backend=backend)
+    if loss == "softmax_focal":
+        return lambda z, y, w: cbf.softmax_focal_loss(z, y, w, gamma=FOCAL_GAMMA, reduction=reduction,
+                                                      backend=backend)
     return lambda z, y, w: cbf.sigmoid_focal_loss(z, y, w, gamma=FOCAL_GAMMA, reduction=reduction, backend=backend)
 
 
@@ -66,7 +70,15 @@ def eager_focal(z, y, w):
     return (loss * w[y].unsqueeze(1)).sum() / z.shape[0]
 
 
-EAGER: Dict[str, LossFn] = {"softmax": eager_softmax, "sigmoid": eager_sigmoid, "focal": eager_focal}
+def eager_softmax_focal(z, y, w):
+    # LDAM-DRW's FocalLoss with the class weight on each sample's loss: (1 - p_y)^gamma * w_y * CE, mean over N
+    ce = F.cross_entropy(z, y, reduction="none")
+    p = torch.exp(-ce)
+    return ((1 - p) ** FOCAL_GAMMA * ce * w[y]).sum() / z.shape[0]
+
+
+EAGER: Dict[str, LossFn] = {"softmax": eager_softmax, "sigmoid": eager_sigmoid, "focal": eager_focal,
+                            "softmax_focal": eager_softmax_focal}
 
 
 def installed(module: str) -> bool:
@@ -143,8 +155,11 @@ class Provider:
                 return "Liger-Kernel runs on CUDA only"
             if not installed("liger_kernel"):
                 return "liger-kernel not installed"
-        if self.name == "balanced_loss" and not installed("balanced_loss"):
-            return "balanced-loss not installed (pip install balanced-loss)"
+        if self.name == "balanced_loss":
+            if case.loss not in BALANCED_LOSS_TYPES:
+                return f"balanced-loss has no {LOSS_TITLES[case.loss]} loss"
+            if not installed("balanced_loss"):
+                return "balanced-loss not installed (pip install balanced-loss)"
         return None
 
     def build(self, case: Case, inputs: Optional[Inputs] = None) -> LossFn:

@@ -77,7 +77,7 @@ def plot_speed(result: dict, path) -> Optional[Path]:
 
 # Methods whose loss applies class-balanced weights (Cui et al.), from the start or deferred (DRW), for when
 # the harness is not importable; cb_sampling samples by the CB weight but its loss is unweighted.
-CB_WEIGHTED_METHODS = frozenset({"cb_softmax", "cb_sigmoid", "cb_focal", "cb_drw", "ldam_drw"})
+CB_WEIGHTED_METHODS = frozenset({"cb_softmax", "cb_sigmoid", "cb_focal", "cb_softmax_focal", "cb_drw", "ldam_drw"})
 
 
 def uses_cb_weights(method: str) -> bool:
@@ -152,7 +152,8 @@ def _rel(path, out_dir) -> str:
 def write_report(out_dir, *, speed: Sequence[dict] = (), accuracy_runs: Sequence[dict] = (),
                  weights_pngs: Sequence = (), notes: Sequence[str] = (), phases: Optional[Dict[str, float]] = None,
                  command: str = "make bench", beta_runs: Sequence[dict] = (),
-                 held_vectors: Sequence = (), heads: Sequence[dict] = ()) -> Path:
+                 held_vectors: Sequence = (), heads: Sequence[dict] = (),
+                 measured_lines: Sequence[str] = ()) -> Path:
     """Write PNGs and ``summary.md`` into ``out_dir`` from speed results (as returned by
     :func:`cbbench.bench.speed.run_speed`, one per device), the fused heads' results (``cbbench bench``'s
     heads phase, one per device: ``{"env", "threads", "clock", "rows"}`` of :mod:`cbbench.bench.linear`),
@@ -235,6 +236,7 @@ def write_report(out_dir, *, speed: Sequence[dict] = (), accuracy_runs: Sequence
         md += [f"![{Path(p).stem}]({_rel(p, out)})" for p in weights_pngs] + [""]
     else:
         md += ["Not drawn.", ""]
+    md += list(measured_lines)  # the measured effective number (cbbench/commands/weights.py, measured_report)
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     path = out / "summary.md"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..harness import METHODS
 from ..harness.datasets import BUILTIN_DATASETS
-from .weights import write_weights_report
+from .weights import measured_report, write_weights_report
 
 DEFAULT_BETAS = (0.0, 0.9, 0.99, 0.999, 0.9999)
 
@@ -196,10 +196,14 @@ def _run_phases(args, out, devices, train_device, plan, acc, conformance, report
             notes.append("the main job: `cbbench bench --full` runs the complete sweep (every case, implementation "
                          "and timed mode; the heads' full set with memory; the beta experiment for every loss)"
                          if lvl.name == "main" else "a smoke run (--quick): not for quoting")
+        t0 = time.perf_counter()
+        measured_lines = measured_report(str(out))
+        phases["measured effective number"] = time.perf_counter() - t0
         phases["total before the report"] = time.perf_counter() - began
         path = report.write_report(out, speed=speed_results, accuracy_runs=runs, weights_pngs=weights_pngs,
                                    notes=notes, phases=phases, command="cbbench bench " + " ".join(sys.argv[2:]),
-                                   beta_runs=beta_runs, held_vectors=held_vectors, heads=head_results)
+                                   beta_runs=beta_runs, held_vectors=held_vectors, heads=head_results,
+                                   measured_lines=measured_lines)
         progress.done()
     finally:
         progress.close()

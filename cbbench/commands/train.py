@@ -59,6 +59,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                            "64 pixels a side")
     data.add_argument("--crop", type=int, default=None, help="streamed images: crop size (default 224; test "
                       "images are resized to 256/224 of it first)")
+    data.add_argument("--views", action="store_const", const=True, default=None,
+                      help="prototypes-lt, digits-lt: also draw a second view of every training example (measured_* "
+                           "methods take the unit radius from it)")
     data.add_argument("--workers", type=int, default=None,
                       help="streamed images: DataLoader worker processes (default: the CPUs, at most 8)")
     data.add_argument("--init-weights", default=None,
@@ -74,6 +77,11 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                         f"the methods that use it: {', '.join(_users('gamma'))}")
     parser.add_argument("--tau", type=float, default=None, help=f"logit-adjustment tau (default {_default('tau')}); "
                         f"for the methods that use it: {', '.join(_users('tau'))}")
+    parser.add_argument("--effective-source", default=None,
+                        help="measured_* methods: where the effective numbers are measured: checkpoint (default: "
+                             "the run's own model at the switch epoch), input (the training inputs), a .npz with "
+                             "features [features_aug, labels] (one row per training example) or a TorchScript "
+                             "encoder file")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs (default: the recipe's; CIFAR 200); warm-up, lr decays and the DRW/DRS "
                              "switch scale with it")
@@ -106,7 +114,7 @@ def check_method_options(args, methods) -> None:
 def training_overrides(args) -> dict:
     overrides = {"accel": args.accel, "backend": args.backend}
     for name in ("beta", "gamma", "tau", "data_dir", "batch_size", "lr", "weight_decay", "model", "workers",
-                 "init_weights"):
+                 "init_weights", "effective_source"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value

@@ -28,8 +28,8 @@ from .errors import DataError, DataFileNotFound, MissingOption, UsageError
 
 __all__ = ["DATASETS", "BUILTIN_DATASETS", "USER_DATASETS", "PRESET_DATASETS", "DATASET_KINDS", "dataset_kind",
            "DEFAULT_IMBALANCE", "LongTailedData", "long_tailed_counts", "long_tailed_indices",
-           "load_dataset", "load_digits_lt", "make_synthetic_lt", "make_prototypes_lt", "load_cifar_lt",
-           "write_fake_cifar", "CIFAR_MEAN", "CIFAR_STD", "DATA_DIR_DATASETS", "CLI_DATASET_OPTIONS",
+           "load_dataset", "load_digits_lt", "make_synthetic_lt", "make_prototypes_lt", "varied_prototypes",
+           "load_cifar_lt", "write_fake_cifar", "CIFAR_MEAN", "CIFAR_STD", "DATA_DIR_DATASETS", "CLI_DATASET_OPTIONS",
            "dataset_options", "check_dataset_options", "option_flag"]
 
 BUILTIN_DATASETS = ("digits-lt", "synthetic-lt", "prototypes-lt", "cifar10-lt", "cifar100-lt")
@@ -39,7 +39,8 @@ DATASETS = BUILTIN_DATASETS + USER_DATASETS + PRESET_DATASETS
 # the datasets read from a data folder (--data-dir); the others are generated, or read from --features
 DATA_DIR_DATASETS = ("cifar10-lt", "cifar100-lt", "folder", "list") + PRESET_DATASETS
 # loader options that are command-line options of `cbbench train` / `compare` (--train-list, ...)
-CLI_DATASET_OPTIONS = ("train_list", "eval_list", "lists_dir", "features", "eval_split", "images", "crop")
+CLI_DATASET_OPTIONS = ("train_list", "eval_list", "lists_dir", "features", "eval_split", "images", "crop",
+                       "views")
 # what each dataset's examples are: "tabular" (float32 feature vectors), "image" (uint8 in memory) or
 # "image_files" (files decoded while training); folder and list data are "image" or "image_files"
 # depending on their image size (see dataset_kind)
@@ -85,6 +86,9 @@ class LongTailedData:
     fingerprint: Optional[str] = field(default=None, repr=False)
     # streamed image files: every file decoded once before training (cbbench.harness.userdata.check_files)
     files_checked: bool = field(default=False, repr=False)
+    # a second view of every training example (another augmentation / noise draw of the same sample), where a
+    # dataset provides one: the measured effective number (cbbench/effective.py) takes its radius from it
+    x_train_aug: Optional[np.ndarray] = None
 
     @property
     def train_counts(self) -> np.ndarray:
@@ -155,12 +159,16 @@ def _standardise(x_train: np.ndarray, x_test: np.ndarray):
 
 
 def load_digits_lt(imbalance: Optional[float] = None, *, n_max: int = DIGITS_N_MAX,
-                   test_per_class: int = DIGITS_TEST_PER_CLASS, profile: str = "exp") -> LongTailedData:
+                   test_per_class: int = DIGITS_TEST_PER_CLASS, profile: str = "exp",
+                   views: bool = False) -> LongTailedData:
     """scikit-learn's bundled 8x8 digits (1,797 images, no download), made long-tailed.
 
     Per class (seed 0) ``test_per_class`` images form a balanced test split; the training split keeps
     ``long_tailed_counts(n_max, 10, imbalance)`` of the rest. The default imbalance 50 keeps at least 2
-    images in every class (IF above ``n_max`` would empty the rarest class).
+    images in every class (IF above ``n_max`` would empty the rarest class). ``views=True`` adds a second
+    view of every training image, ``x_train_aug``: the image shifted by one pixel in one of the 8 directions
+    (seeded, zero fill), standardised like the training split (the measured effective number takes its
+    radius from it).
     """
     from sklearn.datasets import load_digits
 
@@ -181,9 +189,26 @@ def load_digits_lt(imbalance: Optional[float] = None, *, n_max: int = DIGITS_N_M
     counts = long_tailed_counts(n_max, 10, imbalance, profile)
     train_idx = pool_idx[long_tailed_indices(y[pool_idx], counts, seed=0)]
     test_idx = np.concatenate(test_idx)
-    x_train, x_test = _standardise(x[train_idx], x[test_idx])
-    return LongTailedData("digits-lt", x_train, y[train_idx], x_test, y[test_idx], 10, "tabular", imbalance,
-                          {"n_max": n_max, "test_per_class": test_per_class, "profile": profile})
+    x_aug = _shifted_digits(x[train_idx]) if views else None
+    x_train, x_test, x_aug = _standardise_views(x[train_idx], x[test_idx], x_aug)
+    meta = {"n_max": n_max, "test_per_class": test_per_class, "profile": profile}
+    if views:
+        meta["views"] = True
+    return LongTailedData("digits-lt", x_train, y[train_idx], x_test, y[test_idx], 10, "tabular", imbalance, meta,
+                          x_train_aug=x_aug)
+
+
+def _shifted_digits(x: np.ndarray) -> np.ndarray:
+    """Each flattened 8x8 image moved by one pixel in a random direction of the 8 (own seeded stream)."""
+    rng = np.random.RandomState(1)
+    moves = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    out = np.zeros_like(x).reshape(-1, 8, 8)
+    images = x.reshape(-1, 8, 8)
+    for i, k in enumerate(rng.randint(0, len(moves), size=len(x))):
+        dy, dx = moves[k]
+        out[i, max(dy, 0):8 + min(dy, 0), max(dx, 0):8 + min(dx, 0)] = \
+            images[i, max(-dy, 0):8 + min(-dy, 0), max(-dx, 0):8 + min(-dx, 0)]
+    return out.reshape(len(x), 64)
 
 
 def make_synthetic_lt(imbalance: Optional[float] = None, *, num_classes: int = 10, dim: int = 16,
@@ -236,9 +261,10 @@ def _class_means(rng: np.random.RandomState, num_classes: int, dim: int, separat
 
 
 def make_prototypes_lt(imbalance: Optional[float] = None, *, num_classes: int = 10, n_max: int = 2000,
-                       prototypes: int = 100, dim: int = 16, separation: float = 2.0, prototype_spread: float = 1.5,
+                       prototypes=100, dim: int = 16, separation: float = 2.0, prototype_spread: float = 1.5,
                        noise: float = 0.3, test_per_class: int = 300, profile: str = "exp",
-                       data_seed: int = 0) -> LongTailedData:
+                       data_seed: int = 0, views: bool = False, feature_map: Optional[str] = None,
+                       feature_dim: Optional[int] = None) -> LongTailedData:
     """Long-tailed classes made of a limited number of prototypes: the premise of Cui et al. by construction.
 
     Class ``c`` has ``prototypes`` = P fixed points around its centre (centres at distance ``separation``
@@ -254,36 +280,118 @@ def make_prototypes_lt(imbalance: Optional[float] = None, *, num_classes: int = 
     ``test_per_class`` examples per class drawn the same way. Features are standardised with the
     training split's statistics. ``meta`` records ``premise_beta`` = (P - 1) / P, the distinct
     prototypes each class's training split covers, and the effective number at ``premise_beta``.
+
+    The variant of the measured effective number (:mod:`cbbench.effective`): ``prototypes`` may be one
+    count per class (e.g. :func:`varied_prototypes`, independent of the class counts; ``premise_beta``
+    is then per class); ``views=True`` also draws a second view of every training example (the same
+    prototype, fresh noise: an "augmented copy") into ``x_train_aug``; ``feature_map="mlp"`` passes every
+    example through one fixed random nonlinear map (``tanh`` layer, ``feature_dim`` outputs, default
+    ``dim``) before standardisation. The defaults give exactly the data of earlier versions.
     """
     from ..weights import effective_number
 
     imbalance = DEFAULT_IMBALANCE["prototypes-lt"] if imbalance is None else _check_imbalance(imbalance)
-    prototypes = _whole(prototypes, "prototypes")
+    per_class_prototypes = not isinstance(prototypes, (int, np.integer, float))
+    if per_class_prototypes:
+        p_list = [_whole(p, "prototypes") for p in prototypes]
+        if len(p_list) != num_classes:
+            raise ValueError(f"prototypes must be one whole number, or one per class ({num_classes}), got "
+                             f"{len(p_list)} values")
+    else:
+        p_list = [_whole(prototypes, "prototypes")] * int(num_classes)
     dim, test_per_class = _whole(dim, "dim"), _whole(test_per_class, "test_per_class")
     separation = _non_negative(separation, "separation")
     prototype_spread = _non_negative(prototype_spread, "prototype_spread")
     noise = _non_negative(noise, "noise")
+    if feature_map not in (None, "mlp"):
+        raise ValueError(f"feature_map must be None or 'mlp', got {feature_map!r}")
+    if feature_dim is not None and feature_map is None:
+        raise ValueError("feature_dim sets the output of feature_map; pass feature_map='mlp' too")
     counts = long_tailed_counts(n_max, num_classes, imbalance, profile)
     rng = np.random.RandomState(data_seed)
     means = _class_means(rng, num_classes, dim, separation)
-    centres = means[:, None, :] + prototype_spread * rng.normal(size=(num_classes, prototypes, dim))
+    # one (P_c, dim) block per class, drawn in class order: for a single P the same stream as one (C, P, dim) draw
+    centres = [means[c] + prototype_spread * rng.normal(size=(p, dim)) for c, p in enumerate(p_list)]
 
     def draw(per_class):
-        which = [rng.randint(0, prototypes, size=n) for n in per_class]
-        xs = [centres[c, k] + noise * rng.normal(size=(len(k), dim)) for c, k in enumerate(which)]
+        which = [rng.randint(0, p_list[c], size=n) for c, n in enumerate(per_class)]
+        xs = [centres[c][k] + noise * rng.normal(size=(len(k), dim)) for c, k in enumerate(which)]
         ys = [np.full(n, c, dtype=np.int64) for c, n in enumerate(per_class)]
         return np.concatenate(xs), np.concatenate(ys), which
 
     x_train, y_train, which = draw(counts)
     x_test, y_test, _ = draw([test_per_class] * num_classes)
-    x_train, x_test = _standardise(x_train, x_test)
-    premise_beta = (prototypes - 1) / prototypes
+    x_aug = None
+    if views:  # drawn after everything else, so the other arrays stay those of views=False
+        x_aug = np.concatenate([centres[c][k] + noise * rng.normal(size=(len(k), dim)) for c, k in enumerate(which)])
+    meta_map = {}
+    if feature_map is not None:
+        feature_dim = dim if feature_dim is None else _whole(feature_dim, "feature_dim")
+        apply = _random_feature_map(dim, feature_dim, data_seed)
+        x_train, x_test = apply(x_train), apply(x_test)
+        x_aug = None if x_aug is None else apply(x_aug)
+        meta_map = {"feature_map": feature_map, "feature_dim": feature_dim}
+    x_train, x_test, x_aug = _standardise_views(x_train, x_test, x_aug)
+    premise = [(p - 1) / p for p in p_list]
+    effective = [effective_number([n], b)[0].item() for n, b in zip(counts, premise)]
+    meta = {"n_max": n_max, "prototypes": p_list if per_class_prototypes else p_list[0], "dim": dim,
+            "separation": separation, "prototype_spread": prototype_spread, "noise": noise, "profile": profile,
+            "test_per_class": test_per_class, "data_seed": data_seed,
+            "premise_beta": premise if per_class_prototypes else premise[0],
+            "distinct_prototypes": [int(len(np.unique(k))) for k in which],
+            "effective_number": [round(float(e), 2) for e in effective], **meta_map}
+    if views:
+        meta["views"] = True
+    if per_class_prototypes or views or feature_map is not None:
+        # the scale the measured effective number must resolve: within a class, the median distance from a
+        # prototype to its nearest other prototype (median over classes; input space, before any feature map)
+        meta["prototype_spacing"] = _prototype_spacing(centres)
     return LongTailedData("prototypes-lt", x_train, y_train, x_test, y_test, int(num_classes), "tabular", imbalance,
-                          {"n_max": n_max, "prototypes": prototypes, "dim": dim, "separation": separation,
-                           "prototype_spread": prototype_spread, "noise": noise, "profile": profile,
-                           "test_per_class": test_per_class, "data_seed": data_seed, "premise_beta": premise_beta,
-                           "distinct_prototypes": [int(len(np.unique(k))) for k in which],
-                           "effective_number": [round(float(e), 2) for e in effective_number(counts, premise_beta)]})
+                          meta, x_train_aug=x_aug)
+
+
+def varied_prototypes(num_classes: int, low: int = 10, high: int = 1000, seed: int = 0) -> list:
+    """Prototypes per class drawn log-uniformly in [low, high] (seeded), independent of the class counts:
+    the known truth of the measured effective number's validation."""
+    low, high = _whole(low, "low"), _whole(high, "high")
+    if high < low:
+        raise ValueError(f"high must be >= low, got {low}, {high}")
+    rng = np.random.RandomState(seed)
+    draws = rng.uniform(math.log(low), math.log(high), size=_whole(num_classes, "num_classes"))
+    return [int(round(math.exp(v))) for v in draws]
+
+
+def _prototype_spacing(centres) -> Optional[float]:
+    import torch
+
+    spacing = []
+    for c in centres:
+        if len(c) > 1:
+            d = torch.cdist(torch.from_numpy(c), torch.from_numpy(c))
+            d.fill_diagonal_(math.inf)
+            spacing.append(float(d.min(dim=1).values.median()))
+    return float(np.median(spacing)) if spacing else None
+
+
+def _random_feature_map(dim: int, out_dim: int, seed: int):
+    """A fixed random nonlinear map R^dim -> R^out_dim: ``B tanh(A x / sqrt(dim) + b) / sqrt(H)``, H = 4 out_dim,
+    drawn from its own stream (seeded by ``seed``), so the data's own draws do not move."""
+    rng = np.random.RandomState([int(seed), 1])
+    hidden = 4 * out_dim
+    a = rng.normal(size=(dim, hidden)) / math.sqrt(dim)
+    b = 0.5 * rng.normal(size=hidden)
+    w = rng.normal(size=(hidden, out_dim)) / math.sqrt(hidden)
+    return lambda x: np.tanh(x @ a + b) @ w
+
+
+def _standardise_views(x_train: np.ndarray, x_test: np.ndarray, x_aug: Optional[np.ndarray]):
+    """:func:`_standardise`, and the second view of the training split with the same statistics."""
+    if x_aug is None:
+        return (*_standardise(x_train, x_test), None)
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x_train)
+    return tuple(scaler.transform(v).astype(np.float32) for v in (x_train, x_test, x_aug))
 
 
 def _cifar_folder(data_dir, num_classes: int) -> str:

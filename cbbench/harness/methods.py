@@ -24,8 +24,10 @@ __all__ = ["MethodSpec", "METHOD_SPECS", "METHODS", "BETA_FAMILIES", "Method", "
 class MethodSpec:
     name: str
     description: str
-    loss: str = "softmax"  # softmax | sigmoid | focal | balanced_softmax | logit_adjustment | ldam
-    weighting: str = "none"  # class_weights scheme applied from the start: none | inverse | sqrt_inverse | cb
+    loss: str = "softmax"  # softmax | sigmoid | focal | softmax_focal | balanced_softmax | logit_adjustment | ldam
+    # class_weights scheme applied from the start: none | inverse | sqrt_inverse | cb | measured (1/E_c, E_c
+    # measured from features before training or at the switch epoch: cbbench/harness/measured.py)
+    weighting: str = "none"
     deferred_weighting: bool = False  # DRW: no weights until switch_epoch, then CB weights
     sampling: str = "instance"  # see cbbench.harness.samplers.SAMPLINGS
     posthoc_adjustment: bool = False  # predict argmax(z - tau * log pi)
@@ -50,7 +52,7 @@ class MethodSpec:
     @property
     def uses_gamma(self) -> bool:
         """Whether the focal gamma changes what the method does (the focal losses)."""
-        return self.loss == "focal"
+        return self.loss in ("focal", "softmax_focal")
 
     @property
     def uses_tau(self) -> bool:
@@ -65,10 +67,17 @@ METHOD_SPECS = {s.name: s for s in (
     MethodSpec("cb_softmax", "class-balanced softmax CE (Cui et al.)", weighting="cb"),
     MethodSpec("cb_sigmoid", "class-balanced sigmoid CE (Cui et al.)", loss="sigmoid", weighting="cb"),
     MethodSpec("cb_focal", "class-balanced focal loss (Cui et al.)", loss="focal", weighting="cb"),
+    MethodSpec("softmax_focal", "softmax focal loss (LDAM-DRW's FocalLoss)", loss="softmax_focal"),
+    MethodSpec("cb_softmax_focal", "class-balanced softmax focal loss", loss="softmax_focal", weighting="cb"),
     MethodSpec("inverse_freq", "softmax CE weighted by 1/n", weighting="inverse"),
     MethodSpec("inverse_freq_sigmoid", "sigmoid CE weighted by 1/n", loss="sigmoid", weighting="inverse"),
     MethodSpec("inverse_freq_focal", "sigmoid focal loss weighted by 1/n", loss="focal", weighting="inverse"),
     MethodSpec("sqrt_inverse", "softmax CE weighted by 1/sqrt(n)", weighting="sqrt_inverse"),
+    MethodSpec("measured_softmax", "softmax CE weighted by 1/E, E measured from features", weighting="measured"),
+    MethodSpec("measured_sigmoid", "sigmoid CE weighted by 1/E, E measured from features", loss="sigmoid",
+               weighting="measured"),
+    MethodSpec("measured_focal", "sigmoid focal loss weighted by 1/E, E measured from features", loss="focal",
+               weighting="measured"),
     MethodSpec("class_balanced_sampling", "softmax CE, class-balanced sampling (q=0)", sampling="class_balanced"),
     MethodSpec("sqrt_sampling", "softmax CE, square-root sampling (q=1/2)", sampling="sqrt"),
     MethodSpec("progressive_sampling", "softmax CE, progressively balanced sampling", sampling="progressive"),
@@ -106,7 +115,7 @@ class Method:
 
     def __init__(self, name: str, counts, *, beta: float = 0.9999, gamma: float = 1.0, tau: float = 1.0,
                  ldam_max_margin: float = 0.5, ldam_scale: float = 30.0, switch_epoch: Optional[int] = None,
-                 backend: str = "auto", sync_normalizer: bool = False):
+                 backend: str = "auto", sync_normalizer: bool = False, measured_deferred: bool = False):
         self.spec = get_spec(name)
         self.counts = torch.as_tensor(counts, dtype=torch.float64)
         if (self.counts <= 0).any():
@@ -120,14 +129,16 @@ class Method:
         num_classes = self.counts.numel()
         spec = self.spec
         weight = None
-        if spec.deferred_weighting:
+        if spec.deferred_weighting or spec.weighting == "measured":  # measured: set by cbbench/harness/measured.py
             weight = torch.ones(num_classes)
         elif spec.weighting != "none":
             weight = class_weights(self.counts, spec.weighting, beta=beta)
         # DRW divides by the sum of the applied weights, as the LDAM-DRW code's
         # F.cross_entropy(weight=w) does: with the paper's "mean" (sum / N) the switch to weights that
         # sum to C would also shrink the step by the batch's mean weight (~0.2 on CIFAR-10-LT IF 100).
-        self.reduction = "weighted_mean" if spec.deferred_weighting else "mean"
+        # Measured weights from the run's own checkpoint switch in the same way (measured_deferred).
+        deferred = spec.deferred_weighting or (measured_deferred and spec.weighting == "measured")
+        self.reduction = "weighted_mean" if deferred else "mean"
         # sync_normalizer (data parallel training): the reduction's divisor is all-reduced over the ranks,
         # so DDP's averaged gradient is that of the global batch (cbbench/distributed.py)
         opts = dict(reduction=self.reduction, backend=backend, sync_normalizer=sync_normalizer)
@@ -137,6 +148,8 @@ class Method:
             self.loss = cbnn.SigmoidCrossEntropyLoss(weight, **opts)
         elif spec.loss == "focal":
             self.loss = cbnn.SigmoidFocalLoss(weight, gamma=gamma, **opts)
+        elif spec.loss == "softmax_focal":
+            self.loss = cbnn.SoftmaxFocalLoss(weight, gamma=gamma, **opts)
         elif spec.loss == "balanced_softmax":
             self.loss = cbnn.BalancedSoftmaxLoss(self.counts, weight, **opts)
         elif spec.loss == "logit_adjustment":

@@ -45,6 +45,7 @@ from .datasets import DATASETS, LongTailedData, check_dataset_options, dataset_k
 from .ddp import is_main, on_main, rank_device
 from .errors import UsageError
 from .fingerprint import data_fingerprint
+from . import measured
 from .inputs import make_inputs, random_crop_flip
 from .methods import Method, get_spec
 from .metrics import evaluate_distributed, no_metrics
@@ -90,6 +91,11 @@ class TrainConfig:
     beta: float = 0.9999
     gamma: float = 1.0
     tau: float = 1.0
+    # measured_* methods (cbbench/harness/measured.py): where E_c comes from ("checkpoint", "input", a .npz
+    # feature file or a TorchScript encoder), or E_c itself, and options of the estimator
+    effective_source: Optional[str] = None
+    effective_numbers: Optional[tuple] = None
+    effective_options: Optional[dict] = None
     ldam_max_margin: float = 0.5
     ldam_scale: float = 30.0
     device: str = "cpu"
@@ -102,7 +108,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        for name in ("milestones", "lr_factors"):
+        for name in ("milestones", "lr_factors", "effective_numbers"):
             d[name] = None if getattr(self, name) is None else list(getattr(self, name))
         return d
 
@@ -190,6 +196,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     if c.switch_epoch is None:
         c.switch_epoch = c.milestones[0] if c.milestones else min(int(0.8 * epochs), max(epochs - 1, 0))
     c.switch_epoch = int(_real(c.switch_epoch, "switch_epoch", 0))
+    measured.check_config(c, get_spec(c.method).weighting == "measured")
     if get_spec(c.method).switches and c.switch_epoch >= epochs:
         raise ValueError(f"method {c.method!r} switches at epoch {c.switch_epoch} (the first milestone), which a run "
                          f"of {epochs} epochs never reaches: pass more epochs or an earlier switch")
@@ -370,6 +377,8 @@ def check_run(config: TrainConfig, data: LongTailedData) -> TrainConfig:
     Method(config.method, data.train_counts, beta=config.beta, gamma=config.gamma, tau=config.tau,
            ldam_max_margin=config.ldam_max_margin, ldam_scale=config.ldam_scale, switch_epoch=config.switch_epoch,
            backend=config.backend)
+    if spec.weighting == "measured":
+        measured.check_data(config, data)
     if spec.sigmoid_family and data.num_classes < 2:
         raise ValueError(f"method {config.method!r}: sigmoid/focal losses need at least 2 classes, got "
                          f"{data.num_classes}")
@@ -448,7 +457,8 @@ def _train(config: TrainConfig, data: LongTailedData, threads: int, progress: bo
     torch.manual_seed(config.seed)
     method = Method(config.method, counts, beta=config.beta, gamma=config.gamma, tau=config.tau,
                     ldam_max_margin=config.ldam_max_margin, ldam_scale=config.ldam_scale,
-                    switch_epoch=switch_epoch, backend=config.backend, sync_normalizer=parallel)
+                    switch_epoch=switch_epoch, backend=config.backend, sync_normalizer=parallel,
+                    measured_deferred=measured.is_deferred(config))
     schedule = SamplingSchedule(spec.sampling, data.y_train, data.num_classes, config.epochs, beta=config.beta,
                                 switch_epoch=switch_epoch)
     in_features = int(np.prod(data.x_train.shape[1:]))
@@ -463,6 +473,9 @@ def _train(config: TrainConfig, data: LongTailedData, threads: int, progress: bo
     if inputs.channels_last:
         model.to(memory_format=torch.channels_last)
     method.loss.to(device)
+    measured_weights = measured.MeasuredWeights(config, data, counts) if spec.weighting == "measured" else None
+    if measured_weights is not None:
+        measured_weights.start(method, device)
     optimizer = _optimizer(model, config, no_decay, device)
 
     use_graph = config.accel == "cuda_graph"
@@ -490,6 +503,8 @@ def _train(config: TrainConfig, data: LongTailedData, threads: int, progress: bo
         for group in optimizer.param_groups:
             group["lr"].fill_(lr_at_epoch(config, epoch) * group["lr_scale"])
         method.start_epoch(epoch)
+        if measured_weights is not None:
+            measured_weights.at_epoch(epoch, method, model, inputs, device)
         sampler.set_epoch(epoch)
         global_batches = sampler.global_batches()
         shares = [sampler.share(b) for b in global_batches]
@@ -562,6 +577,8 @@ def _train(config: TrainConfig, data: LongTailedData, threads: int, progress: bo
     result.update({"method": config.method, "dataset": config.dataset, "config": cfg, "seed": config.seed,
                    "beta": config.beta if spec.uses_beta else None, "train_time_s": train_time,
                    "data_fingerprint": data_fingerprint(data)})
+    if measured_weights is not None:  # how E_c was obtained (None: the run diverged before the switch)
+        result["effective"] = measured_weights.provenance
     return result, model
 
 

@@ -36,10 +36,33 @@ from __future__ import annotations
 
 import torch
 
-from . import fake
+from . import fake, loading
 from .loading import (BACKENDS, kernel_module, kernel_status, ops_available, resolve_backend, uses_kernels)
 
-__all__ = ["BACKENDS", "kernel_module", "kernel_status", "ops_available", "resolve_backend", "uses_kernels"]
+__all__ = ["BACKENDS", "kernel_module", "kernel_status", "ops_available", "resolve_backend", "uses_kernels",
+           "softmax_cross_entropy", "sigmoid_focal", "eager_module"]
 
 if ops_available():
     fake.register()
+
+
+def eager_module():
+    """``cbbench._C``, whose ``softmax_cross_entropy`` / ``sigmoid_focal`` enter the ops for eager calls
+    (see :func:`softmax_cross_entropy`), or ``None`` where it is not built."""
+    return loading._ops[0]
+
+
+def softmax_cross_entropy(*args):
+    """``torch.ops.cbbench.softmax_cross_entropy`` on its schema's arguments: eager calls enter through the op
+    library's pybind function (the same op and dispatch, without torch.ops' argument boxing), traced ones
+    (``torch.compile``) through ``torch.ops``."""
+    if torch.compiler.is_compiling():
+        return torch.ops.cbbench.softmax_cross_entropy.default(*args)
+    return loading._ops[0].softmax_cross_entropy(*args)
+
+
+def sigmoid_focal(*args):
+    """``torch.ops.cbbench.sigmoid_focal``, entered as :func:`softmax_cross_entropy` says."""
+    if torch.compiler.is_compiling():
+        return torch.ops.cbbench.sigmoid_focal.default(*args)
+    return loading._ops[0].sigmoid_focal(*args)

@@ -30,25 +30,27 @@ def register() -> None:
     lib = "cbbench::"
 
     @torch.library.register_fake(lib + "softmax_cross_entropy")
-    def _softmax(logits, target, weight, logit_offset, target_margin, scale, label_smoothing, ignore_index,
-                 reduction):
+    def _softmax(logits, target, weight, logit_offset, target_margin, scale, label_smoothing, gamma, alpha,
+                 sample_weight, ignore_index, reduction):
         return _loss(logits, reduction)
 
     @torch.library.register_fake(lib + "sigmoid_focal")
-    def _sigmoid(logits, target, weight, gamma, alpha, ignore_index, focal, reduction):
+    def _sigmoid(logits, target, weight, gamma, alpha, sample_weight, ignore_index, focal, reduction):
         return _loss(logits, reduction)
 
     @torch.library.register_fake(lib + "softmax_cross_entropy_fused")
-    def _softmax_fused(logits, target, weight, logit_offset, target_margin, scale, label_smoothing, ignore_index,
-                       reduction, need_grad):
+    def _softmax_fused(logits, target, weight, logit_offset, target_margin, scale, label_smoothing, gamma, alpha,
+                       sample_weight, ignore_index, reduction, need_grad):
         return _fused(logits, reduction, need_grad)
 
     @torch.library.register_fake(lib + "sigmoid_focal_fused")
-    def _sigmoid_fused(logits, target, weight, gamma, alpha, ignore_index, focal, reduction, need_grad):
+    def _sigmoid_fused(logits, target, weight, gamma, alpha, sample_weight, ignore_index, focal, reduction,
+                       need_grad):
         return _fused(logits, reduction, need_grad)
 
     @torch.library.register_fake(lib + "loss_divisor")
-    def _divisor(target: Tensor, weight: Optional[Tensor], num_classes, ignore_index, reduction, floor):
+    def _divisor(target: Tensor, weight: Optional[Tensor], sample_weight: Optional[Tensor], num_classes,
+                 ignore_index, reduction, floor):
         return target.new_empty((), dtype=torch.float64)
 
     @torch.library.register_fake(lib + "scale_grad_")

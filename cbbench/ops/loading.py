@@ -27,6 +27,10 @@ _loaded: Dict[str, Tuple[Optional[object], Optional[str]]] = {
     device: import_extension(name) for device, name in KERNEL_MODULES.items()}
 
 
+# CPU kernels and the op library both imported: "auto" takes the op for CPU tensors (fixed at import).
+_cpu_ready = _ops[0] is not None and _loaded["cpu"][0] is not None
+
+
 def ops_available() -> bool:
     """Whether the ops are defined (``cbbench._C`` imported)."""
     return _ops[0] is not None
@@ -51,11 +55,22 @@ def kernel_status(device_type: str) -> str:
     return "available" if module is not None else reason
 
 
+def backend_override() -> str:
+    """The ``CBBENCH_BACKEND`` environment variable ("" when unset). Read through the op library's C getenv
+    where it is built (``os.environ`` writes through to the C environment; its own lookup costs more than a
+    small loss call's kernel), else -- and in a ``torch.compile`` trace, which cannot enter it -- through
+    ``os.environ``."""
+    module = _ops[0]
+    if module is None or torch.compiler.is_compiling():
+        return os.environ.get("CBBENCH_BACKEND", "")
+    return module.backend_override()
+
+
 def uses_kernels(backend: str, logits: torch.Tensor) -> bool:
-    """``resolve_backend(backend, logits.device) != "reference"``, with a fast path for ``"auto"``."""
-    if backend == "auto" and "CBBENCH_BACKEND" not in os.environ:
-        kind = logits.device.type
-        return kind in _loaded and kernel_module(kind) is not None
+    """``resolve_backend(backend, logits.device) != "reference"``, with a fast path for ``"auto"`` on CPU
+    tensors."""
+    if backend == "auto" and logits.is_cpu and not backend_override():
+        return _cpu_ready
     return resolve_backend(backend, logits.device) != "reference"
 
 
@@ -64,7 +79,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        env = os.environ.get("CBBENCH_BACKEND", "").strip().lower()
+        env = backend_override().strip().lower()
         if env and env != "auto":
             if env not in BACKENDS:
                 raise ValueError(f"environment variable CBBENCH_BACKEND must be one of {BACKENDS}, got {env!r}")

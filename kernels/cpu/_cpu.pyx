@@ -31,7 +31,8 @@ cdef extern from "cb_cpu_rows.h" nogil:
     int cb_best_isa()
     int cb_openmp()
     T cb_softmax_ce_row[T](int isa, const T* z, int64_t C, int64_t y, const float* weight, const float* offset,
-                           const float* margin, T scale, T eps, int64_t ignore_index, T g, T* grad)
+                           const float* margin, T scale, T eps, T gamma, const float* alpha, int64_t ignore_index,
+                           T g, T* grad)
     T cb_sigmoid_index_row[T](int isa, const T* z, int64_t C, int64_t y, const float* weight, T gamma, T alpha,
                               bint focal, int64_t ignore_index, T g, T* grad)
     T cb_sigmoid_multihot_row[T](int isa, const T* z, const T* t, int64_t C, const float* weight, T gamma, T alpha,
@@ -112,29 +113,34 @@ if os.environ.get("CBBENCH_CPU_ISA"):
 
 
 # ----------------------------------------------------------------------------------------------
-# the row loops (called by kernels/cpu/cpu_ops.h, without the GIL)
+# the row loops (called by kernels/cpu/cpu_ops.h, without the GIL). A sample weight s_i scales its row's
+# loss and, through the gradient scale g, its gradient, in the same pass.
 # ----------------------------------------------------------------------------------------------
 cdef inline real _softmax_row(int isa, const real* z, const int64_t* y, int64_t i, int64_t C, const float* weight,
-                              const float* offset, const float* margin, real scale, real eps, int64_t ignore_index,
-                              real g, real* loss_rows, real* grad) noexcept nogil:
-    cdef real v = cb_softmax_ce_row(isa, z + i * C, C, y[i], weight, offset, margin, scale, eps, ignore_index,
-                                          g, grad + i * C if grad != NULL else NULL)
+                              const float* offset, const float* margin, real scale, real eps, real gamma,
+                              const float* alpha, const float* sample_weight, int64_t ignore_index, real g,
+                              real* loss_rows, real* grad) noexcept nogil:
+    cdef real s = <real> sample_weight[i] if sample_weight != NULL else <real> 1
+    cdef real v = s * cb_softmax_ce_row(isa, z + i * C, C, y[i], weight, offset, margin, scale, eps, gamma, alpha,
+                                        ignore_index, g * s, grad + i * C if grad != NULL else NULL)
     if loss_rows != NULL:
         loss_rows[i] = v
     return v
 
 
 cdef inline real _sigmoid_row(int isa, const real* z, const int64_t* y, const real* multi_hot, int64_t i, int64_t C,
-                              const float* weight, real gamma, real alpha, bint focal, int64_t ignore_index, real g,
-                              real* loss_rows, real* grad) noexcept nogil:
+                              const float* weight, real gamma, real alpha, bint focal, const float* sample_weight,
+                              int64_t ignore_index, real g, real* loss_rows, real* grad) noexcept nogil:
     cdef real* grad_row = grad + i * C if grad != NULL else NULL
+    cdef real s = <real> sample_weight[i] if sample_weight != NULL else <real> 1
     cdef real v
     if multi_hot != NULL:
-        v = cb_sigmoid_multihot_row(isa, z + i * C, multi_hot + i * C, C, weight, gamma, alpha, focal, g,
-                                          grad_row)
+        v = cb_sigmoid_multihot_row(isa, z + i * C, multi_hot + i * C, C, weight, gamma, alpha, focal, g * s,
+                                    grad_row)
     else:
-        v = cb_sigmoid_index_row(isa, z + i * C, C, y[i], weight, gamma, alpha, focal, ignore_index, g,
-                                       grad_row)
+        v = cb_sigmoid_index_row(isa, z + i * C, C, y[i], weight, gamma, alpha, focal, ignore_index, g * s,
+                                 grad_row)
+    v = s * v
     if loss_rows != NULL:
         loss_rows[i] = v
     return v
@@ -148,86 +154,99 @@ cdef double _ordered_sum(const double* chunk_sums, int64_t n) noexcept nogil:
     return total
 
 
+cdef inline double _softmax_chunk(int isa, int64_t k, int64_t chunk, const real* z, const int64_t* y, int64_t M,
+                                  int64_t C, const float* weight, const float* offset, const float* margin,
+                                  real scale, real eps, real gamma, const float* alpha, const float* sample_weight,
+                                  int64_t ignore_index, real g, real* loss_rows, real* grad) noexcept nogil:
+    cdef double acc = 0.0
+    cdef int64_t i
+    for i in range(k * chunk, min((k + 1) * chunk, M)):
+        acc = acc + _softmax_row(isa, z, y, i, C, weight, offset, margin, scale, eps, gamma, alpha, sample_weight,
+                                 ignore_index, g, loss_rows, grad)
+    return acc
+
+
+cdef inline double _sigmoid_chunk(int isa, int64_t k, int64_t chunk, const real* z, const int64_t* y,
+                                  const real* multi_hot, int64_t M, int64_t C, const float* weight, real gamma,
+                                  real alpha, bint focal, const float* sample_weight, int64_t ignore_index, real g,
+                                  real* loss_rows, real* grad) noexcept nogil:
+    cdef double acc = 0.0
+    cdef int64_t i
+    for i in range(k * chunk, min((k + 1) * chunk, M)):
+        acc = acc + _sigmoid_row(isa, z, y, multi_hot, i, C, weight, gamma, alpha, focal, sample_weight,
+                                 ignore_index, g, loss_rows, grad)
+    return acc
+
+
 cdef double _softmax_rows(const real* z, const int64_t* y, int64_t M, int64_t C, const float* weight,
-                          const float* offset, const float* margin, real scale, real eps, int64_t ignore_index,
-                          real g, real* loss_rows, real* grad, int n_threads, double* chunk_sums) noexcept nogil:
+                          const float* offset, const float* margin, real scale, real eps, real gamma,
+                          const float* alpha, const float* sample_weight, int64_t ignore_index, real g,
+                          real* loss_rows, real* grad, int n_threads, double* chunk_sums) noexcept nogil:
     cdef int isa = _isa
-    cdef int64_t chunk = cb_chunk_rows(C), n = cb_chunk_count(M, C), k, i, stop
-    cdef double acc
+    cdef int64_t chunk = cb_chunk_rows(C), n = cb_chunk_count(M, C), k
     if n_threads > 1:
         for k in prange(n, schedule="dynamic", chunksize=1, num_threads=n_threads):
-            acc = 0.0
-            stop = min((k + 1) * chunk, M)
-            for i in range(k * chunk, stop):
-                acc = acc + _softmax_row(isa, z, y, i, C, weight, offset, margin, scale, eps, ignore_index, g,
-                                         loss_rows, grad)
-            chunk_sums[k] = acc
+            chunk_sums[k] = _softmax_chunk(isa, k, chunk, z, y, M, C, weight, offset, margin, scale, eps, gamma,
+                                           alpha, sample_weight, ignore_index, g, loss_rows, grad)
     else:
         for k in range(n):
-            acc = 0.0
-            stop = min((k + 1) * chunk, M)
-            for i in range(k * chunk, stop):
-                acc = acc + _softmax_row(isa, z, y, i, C, weight, offset, margin, scale, eps, ignore_index, g,
-                                         loss_rows, grad)
-            chunk_sums[k] = acc
+            chunk_sums[k] = _softmax_chunk(isa, k, chunk, z, y, M, C, weight, offset, margin, scale, eps, gamma,
+                                           alpha, sample_weight, ignore_index, g, loss_rows, grad)
     return _ordered_sum(chunk_sums, n)
 
 
 cdef double _sigmoid_rows(const real* z, const int64_t* y, const real* multi_hot, int64_t M, int64_t C,
-                          const float* weight, real gamma, real alpha, bint focal, int64_t ignore_index, real g,
-                          real* loss_rows, real* grad, int n_threads, double* chunk_sums) noexcept nogil:
+                          const float* weight, real gamma, real alpha, bint focal, const float* sample_weight,
+                          int64_t ignore_index, real g, real* loss_rows, real* grad, int n_threads,
+                          double* chunk_sums) noexcept nogil:
     cdef int isa = _isa
-    cdef int64_t chunk = cb_chunk_rows(C), n = cb_chunk_count(M, C), k, i, stop
-    cdef double acc
+    cdef int64_t chunk = cb_chunk_rows(C), n = cb_chunk_count(M, C), k
     if n_threads > 1:
         for k in prange(n, schedule="dynamic", chunksize=1, num_threads=n_threads):
-            acc = 0.0
-            stop = min((k + 1) * chunk, M)
-            for i in range(k * chunk, stop):
-                acc = acc + _sigmoid_row(isa, z, y, multi_hot, i, C, weight, gamma, alpha, focal, ignore_index, g,
-                                         loss_rows, grad)
-            chunk_sums[k] = acc
+            chunk_sums[k] = _sigmoid_chunk(isa, k, chunk, z, y, multi_hot, M, C, weight, gamma, alpha, focal,
+                                           sample_weight, ignore_index, g, loss_rows, grad)
     else:
         for k in range(n):
-            acc = 0.0
-            stop = min((k + 1) * chunk, M)
-            for i in range(k * chunk, stop):
-                acc = acc + _sigmoid_row(isa, z, y, multi_hot, i, C, weight, gamma, alpha, focal, ignore_index, g,
-                                         loss_rows, grad)
-            chunk_sums[k] = acc
+            chunk_sums[k] = _sigmoid_chunk(isa, k, chunk, z, y, multi_hot, M, C, weight, gamma, alpha, focal,
+                                           sample_weight, ignore_index, g, loss_rows, grad)
     return _ordered_sum(chunk_sums, n)
 
 
 cdef public double cbcpu_softmax_rows_f32(const float* z, const int64_t* y, int64_t M, int64_t C,
                                           const float* weight, const float* offset, const float* margin, float scale,
-                                          float eps, int64_t ignore_index, float g, float* loss_rows, float* grad,
+                                          float eps, float gamma, const float* alpha, const float* sample_weight,
+                                          int64_t ignore_index, float g, float* loss_rows, float* grad,
                                           int n_threads, double* chunk_sums) noexcept nogil:
-    return _softmax_rows[float](z, y, M, C, weight, offset, margin, scale, eps, ignore_index, g, loss_rows, grad,
-                                n_threads, chunk_sums)
+    return _softmax_rows[float](z, y, M, C, weight, offset, margin, scale, eps, gamma, alpha, sample_weight,
+                                ignore_index, g, loss_rows, grad, n_threads, chunk_sums)
 
 
 cdef public double cbcpu_softmax_rows_f64(const double* z, const int64_t* y, int64_t M, int64_t C,
                                           const float* weight, const float* offset, const float* margin,
-                                          double scale, double eps, int64_t ignore_index, double g, double* loss_rows,
-                                          double* grad, int n_threads, double* chunk_sums) noexcept nogil:
-    return _softmax_rows[double](z, y, M, C, weight, offset, margin, scale, eps, ignore_index, g, loss_rows, grad,
-                                 n_threads, chunk_sums)
+                                          double scale, double eps, double gamma, const float* alpha,
+                                          const float* sample_weight, int64_t ignore_index, double g,
+                                          double* loss_rows, double* grad, int n_threads,
+                                          double* chunk_sums) noexcept nogil:
+    return _softmax_rows[double](z, y, M, C, weight, offset, margin, scale, eps, gamma, alpha, sample_weight,
+                                 ignore_index, g, loss_rows, grad, n_threads, chunk_sums)
 
 
 cdef public double cbcpu_sigmoid_rows_f32(const float* z, const int64_t* y, const float* multi_hot, int64_t M,
                                           int64_t C, const float* weight, float gamma, float alpha, int focal,
-                                          int64_t ignore_index, float g, float* loss_rows, float* grad,
-                                          int n_threads, double* chunk_sums) noexcept nogil:
-    return _sigmoid_rows[float](z, y, multi_hot, M, C, weight, gamma, alpha, focal != 0, ignore_index, g, loss_rows,
-                                grad, n_threads, chunk_sums)
+                                          const float* sample_weight, int64_t ignore_index, float g,
+                                          float* loss_rows, float* grad, int n_threads,
+                                          double* chunk_sums) noexcept nogil:
+    return _sigmoid_rows[float](z, y, multi_hot, M, C, weight, gamma, alpha, focal != 0, sample_weight, ignore_index,
+                                g, loss_rows, grad, n_threads, chunk_sums)
 
 
 cdef public double cbcpu_sigmoid_rows_f64(const double* z, const int64_t* y, const double* multi_hot, int64_t M,
                                           int64_t C, const float* weight, double gamma, double alpha, int focal,
-                                          int64_t ignore_index, double g, double* loss_rows, double* grad,
-                                          int n_threads, double* chunk_sums) noexcept nogil:
-    return _sigmoid_rows[double](z, y, multi_hot, M, C, weight, gamma, alpha, focal != 0, ignore_index, g,
-                                 loss_rows, grad, n_threads, chunk_sums)
+                                          const float* sample_weight, int64_t ignore_index, double g,
+                                          double* loss_rows, double* grad, int n_threads,
+                                          double* chunk_sums) noexcept nogil:
+    return _sigmoid_rows[double](z, y, multi_hot, M, C, weight, gamma, alpha, focal != 0, sample_weight,
+                                 ignore_index, g, loss_rows, grad, n_threads, chunk_sums)
 
 
 # ----------------------------------------------------------------------------------------------

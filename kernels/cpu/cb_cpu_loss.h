@@ -2,11 +2,11 @@
 // divisor -- its one CPU implementation -- and how many threads and chunks the rows take. Used by
 // kernels/cpu/cpu_ops.h (the CPU kernels of the ops) and by the Cython row loops of kernels/cpu/_cpu.pyx.
 //
-// Divisors (cbbench/reference.py, reduction_denominator; cbbench/shapes.py documents the formula):
-// class-index targets: "mean" = number of valid rows (targets that are not ignore_index),
-// "weighted_mean" = sum of their weights ("mean" without a weight); multi-hot targets: "mean" = number of
-// positives (sum of the targets), "weighted_mean" = rows times the mean column weight (rows without a
-// weight); "sum" / "none" = 1. The *local* divisor is additive over disjoint rows (the distributed
+// Divisors (cbbench/reference.py, reduction_denominator; cbbench/shapes.py documents the formula), with
+// s_i the sample weights (1 without them): class-index targets: "mean" = number of valid rows (targets
+// that are not ignore_index), "weighted_mean" = sum over them of s_i w_{y_i} (w = 1 without a weight);
+// multi-hot targets: "mean" = number of positives (sum of the targets), "weighted_mean" = sum_i s_i times
+// the mean column weight (1 without a weight); "sum" / "none" = 1. The *local* divisor is additive over disjoint rows (the distributed
 // normaliser all-reduces it); the *finished* one floors it: "mean" at 1, a "weighted_mean" of exactly 0
 // becomes 1 (a negative weight sum is kept).
 #ifndef CBBENCH_CB_CPU_LOSS_H_
@@ -45,7 +45,8 @@ static inline int64_t cb_chunk_count(int64_t M, int64_t C) {
 // The local divisor of class-index targets; *bad_row is the first row whose target is neither
 // ignore_index nor in [0, C), else -1 (callers raise).
 static inline double cb_index_local_divisor(const int64_t* y, int64_t M, int64_t C, const float* weight,
-                                            int64_t ignore_index, int red, int64_t* bad_row) {
+                                            const float* sample_weight, int64_t ignore_index, int red,
+                                            int64_t* bad_row) {
   int64_t count = 0;
   double wsum = 0.0;
   *bad_row = -1;
@@ -57,26 +58,32 @@ static inline double cb_index_local_divisor(const int64_t* y, int64_t M, int64_t
       return 1.0;
     }
     ++count;
-    if (weight) wsum += weight[yi];
+    wsum += (weight ? (double)weight[yi] : 1.0) * (sample_weight ? (double)sample_weight[i] : 1.0);
   }
-  if (red == CB_RED_WEIGHTED_MEAN && weight) return wsum;
+  if (red == CB_RED_WEIGHTED_MEAN && (weight || sample_weight)) return wsum;
   if (red == CB_RED_MEAN || red == CB_RED_WEIGHTED_MEAN) return (double)count;
   return 1.0;
 }
 
 // The local divisor of (M, C) multi-hot targets (summed in row-major order).
 template <typename T>
-static inline double cb_multi_hot_local_divisor(const T* t, int64_t M, int64_t C, const float* weight, int red) {
+static inline double cb_multi_hot_local_divisor(const T* t, int64_t M, int64_t C, const float* weight,
+                                                const float* sample_weight, int red) {
   if (red == CB_RED_MEAN) {
     double s = 0.0;
     for (int64_t i = 0; i < M * C; ++i) s += (double)t[i];
     return s;
   }
   if (red == CB_RED_WEIGHTED_MEAN) {
-    if (!weight) return (double)M;
+    double rows = (double)M;
+    if (sample_weight) {
+      rows = 0.0;
+      for (int64_t i = 0; i < M; ++i) rows += (double)sample_weight[i];
+    }
+    if (!weight) return rows;
     double s = 0.0;
     for (int64_t j = 0; j < C; ++j) s += (double)weight[j];
-    return s / (double)C * (double)M;
+    return s / (double)C * rows;
   }
   return 1.0;
 }

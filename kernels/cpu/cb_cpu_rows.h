@@ -82,9 +82,9 @@ static inline int cb_openmp(void) {
 
 template <typename T>
 static inline T cb_softmax_ce_row(int isa, const T* z, int64_t C, int64_t y, const float* weight,
-                                  const float* offset, const float* margin, T scale, T eps, int64_t ignore_index,
-                                  T g, T* grad) {
-  CB_DISPATCH(isa, softmax_ce_row<T>(z, C, y, weight, offset, margin, scale, eps, ignore_index, g, grad))
+                                  const float* offset, const float* margin, T scale, T eps, T gamma,
+                                  const float* alpha, int64_t ignore_index, T g, T* grad) {
+  CB_DISPATCH(isa, softmax_ce_row<T>(z, C, y, weight, offset, margin, scale, eps, gamma, alpha, ignore_index, g, grad))
 }
 
 template <typename T>

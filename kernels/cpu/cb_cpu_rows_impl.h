@@ -83,9 +83,11 @@ static inline void softmax_grad(T* out, int base, int cnt, int y, T a, T b, T ty
   for (int j = 0; j < cnt; ++j) out[j] = out[j] * a - (base + j == y ? b + ty : b);
 }
 
+// gamma > 0: the softmax focal loss (cb_softmax_focal: the modulator scales the loss, its factor the
+// gradient; no label smoothing); alpha: a per-class factor of the sample beside the weight.
 template <typename T, bool OFFSET, bool STORE>
 static T softmax_ce_row_t(const T* z, int n, int y, const float* weight, const float* offset,
-                          const float* margin, T scale, T eps, T g, T* grad) {
+                          const float* margin, T scale, T eps, T gamma, const float* alpha, T g, T* grad) {
   constexpr int W = Lanes<T>::W;
   const int nm = n - n % W;
   T zt[W], gt[W];
@@ -100,11 +102,13 @@ static T softmax_ce_row_t(const T* z, int n, int y, const float* weight, const f
   T s = softmax_exp_sum<T, OFFSET, STORE>(z, offset, 0, nm, n, y, my, mv, scale, grad);
   if (nm < n) s += softmax_exp_sum<T, OFFSET, STORE>(zt, ot, nm, W, n, y, my, mv, scale, gt);
   const T log_s = cb_log(s);
-  const T w = weight ? T(weight[y]) : T(1);
+  const T w = (weight ? T(weight[y]) : T(1)) * (alpha ? T(alpha[y]) : T(1));
   T nll = scale * (mv - vy) + log_s;  // lse - z'_y without forming lse (no cancellation at large |z|)
   if (eps > T(0)) nll = (T(1) - eps) * nll + eps * (scale * (mv - vsum / T(n)) + log_s);
+  T modulator = T(1), factor = T(1);
+  cb_softmax_focal(nll, gamma, &modulator, &factor);
   if (STORE) {
-    const T gw = g * w * scale;
+    const T gw = g * w * scale * factor;
     const T a = gw / s;
     const T b = gw * eps / T(n);
     const T ty = gw * (T(1) - eps);
@@ -114,12 +118,13 @@ static T softmax_ce_row_t(const T* z, int n, int y, const float* weight, const f
       store_tail(grad, gt, nm, n);
     }
   }
-  return w * nll;
+  return w * (modulator * nll);
 }
 
 template <typename T>
 static T softmax_ce_row(const T* z, int64_t C, int64_t y, const float* weight, const float* offset,
-                        const float* margin, T scale, T eps, int64_t ignore_index, T g, T* grad) {
+                        const float* margin, T scale, T eps, T gamma, const float* alpha, int64_t ignore_index, T g,
+                        T* grad) {
   if (y == ignore_index) {
     if (grad) fill_row(grad, C, T(0));
     return T(0);
@@ -129,11 +134,11 @@ static T softmax_ce_row(const T* z, int64_t C, int64_t y, const float* weight, c
     return T(NAN);
   }
   if (offset) {
-    return grad ? softmax_ce_row_t<T, true, true>(z, C, y, weight, offset, margin, scale, eps, g, grad)
-                : softmax_ce_row_t<T, true, false>(z, C, y, weight, offset, margin, scale, eps, g, grad);
+    return grad ? softmax_ce_row_t<T, true, true>(z, C, y, weight, offset, margin, scale, eps, gamma, alpha, g, grad)
+                : softmax_ce_row_t<T, true, false>(z, C, y, weight, offset, margin, scale, eps, gamma, alpha, g, grad);
   }
-  return grad ? softmax_ce_row_t<T, false, true>(z, C, y, weight, offset, margin, scale, eps, g, grad)
-              : softmax_ce_row_t<T, false, false>(z, C, y, weight, offset, margin, scale, eps, g, grad);
+  return grad ? softmax_ce_row_t<T, false, true>(z, C, y, weight, offset, margin, scale, eps, gamma, alpha, g, grad)
+              : softmax_ce_row_t<T, false, false>(z, C, y, weight, offset, margin, scale, eps, gamma, alpha, g, grad);
 }
 
 // ---- sigmoid cross-entropy / focal loss -----------------------------------------------------

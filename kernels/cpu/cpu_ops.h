@@ -23,18 +23,21 @@
 // NULL), g * d row loss / d z into grad (or NULL); chunk_sums holds cb_chunk_count(M, C) doubles. (Cython
 // gives `cdef public` functions C++ linkage in a C++ module.)
 double cbcpu_softmax_rows_f32(const float* z, const int64_t* y, int64_t M, int64_t C, const float* weight,
-                              const float* offset, const float* margin, float scale, float eps, int64_t ignore_index,
-                              float g, float* loss_rows, float* grad, int n_threads, double* chunk_sums);
+                              const float* offset, const float* margin, float scale, float eps, float gamma,
+                              const float* alpha, const float* sample_weight, int64_t ignore_index, float g,
+                              float* loss_rows, float* grad, int n_threads, double* chunk_sums);
 double cbcpu_softmax_rows_f64(const double* z, const int64_t* y, int64_t M, int64_t C, const float* weight,
-                              const float* offset, const float* margin, double scale, double eps,
+                              const float* offset, const float* margin, double scale, double eps, double gamma,
+                              const float* alpha, const float* sample_weight, int64_t ignore_index, double g,
+                              double* loss_rows, double* grad, int n_threads, double* chunk_sums);
+double cbcpu_sigmoid_rows_f32(const float* z, const int64_t* y, const float* multi_hot, int64_t M, int64_t C,
+                              const float* weight, float gamma, float alpha, int focal, const float* sample_weight,
+                              int64_t ignore_index, float g, float* loss_rows, float* grad, int n_threads,
+                              double* chunk_sums);
+double cbcpu_sigmoid_rows_f64(const double* z, const int64_t* y, const double* multi_hot, int64_t M, int64_t C,
+                              const float* weight, double gamma, double alpha, int focal, const float* sample_weight,
                               int64_t ignore_index, double g, double* loss_rows, double* grad, int n_threads,
                               double* chunk_sums);
-double cbcpu_sigmoid_rows_f32(const float* z, const int64_t* y, const float* multi_hot, int64_t M, int64_t C,
-                              const float* weight, float gamma, float alpha, int focal, int64_t ignore_index,
-                              float g, float* loss_rows, float* grad, int n_threads, double* chunk_sums);
-double cbcpu_sigmoid_rows_f64(const double* z, const int64_t* y, const double* multi_hot, int64_t M, int64_t C,
-                              const float* weight, double gamma, double alpha, int focal, int64_t ignore_index,
-                              double g, double* loss_rows, double* grad, int n_threads, double* chunk_sums);
 
 namespace cbcpu {
 
@@ -70,21 +73,27 @@ inline Pair finish(const Tensor& logits, const Tensor& loss_rows, Tensor grad, R
 
 inline Pair softmax_cross_entropy(const Tensor& logits, const Tensor& target, const OptTensor& weight,
                                   const OptTensor& logit_offset, const OptTensor& target_margin, double scale,
-                                  double label_smoothing, int64_t ignore_index, c10::string_view reduction,
+                                  double label_smoothing, double gamma, const OptTensor& alpha,
+                                  const OptTensor& sample_weight, int64_t ignore_index, c10::string_view reduction,
                                   bool need_grad) {
-  cbops::check_fused_args("cbbench::softmax_cross_entropy_fused", logits, target, false,
-                          {{"weight", &weight}, {"logit_offset", &logit_offset}, {"target_margin", &target_margin}});
+  const char* op = "cbbench::softmax_cross_entropy_fused";
+  cbops::check_fused_args(op, logits, target, false,
+                          {{"weight", &weight}, {"logit_offset", &logit_offset}, {"target_margin", &target_margin},
+                           {"alpha", &alpha}});
+  cbops::check_sample_weight(op, logits, sample_weight);
+  TORCH_CHECK(gamma >= 0, op, ": gamma must be >= 0, got ", gamma);
   const Reduction red = cbops::parse_reduction(reduction);
   const Tensor z = compute_logits(logits);
   check_classes(z);
   const Tensor y = target.contiguous();
   const OptTensor w = cbops::float_vector(weight), off = cbops::float_vector(logit_offset),
-                  mar = cbops::float_vector(target_margin);
+                  mar = cbops::float_vector(target_margin), al = cbops::float_vector(alpha),
+                  sw = cbops::float_vector(sample_weight);
   const int64_t M = z.size(0), C = z.size(1);
   const int64_t* yp = y.data_ptr<int64_t>();
   int64_t bad = -1;
-  const double divisor =
-      cb_finish_divisor(int(red), cb_index_local_divisor(yp, M, C, ptr(w), ignore_index, int(red), &bad));
+  const double divisor = cb_finish_divisor(
+      int(red), cb_index_local_divisor(yp, M, C, ptr(w), ptr(sw), ignore_index, int(red), &bad));
   TORCH_CHECK_VALUE(bad < 0, cbops::target_range_message(bad < 0 ? 0 : yp[bad], C, ignore_index));
   const Tensor loss_rows = red == Reduction::none ? at::empty({M}, z.options()) : Tensor();
   Tensor grad = need_grad ? at::empty_like(z) : Tensor();
@@ -93,12 +102,13 @@ inline Pair softmax_cross_entropy(const Tensor& logits, const Tensor& target, co
   double total = 0.0;
   if (z.scalar_type() == at::kFloat) {
     total = cbcpu_softmax_rows_f32(z.data_ptr<float>(), yp, M, C, ptr(w), ptr(off), ptr(mar), float(scale),
-                                   float(label_smoothing), ignore_index, float(1.0 / divisor),
+                                   float(label_smoothing), float(gamma), ptr(al), ptr(sw), ignore_index,
+                                   float(1.0 / divisor),
                                    loss_rows.defined() ? loss_rows.data_ptr<float>() : nullptr,
                                    grad.defined() ? grad.data_ptr<float>() : nullptr, threads, sums.data());
   } else {
     total = cbcpu_softmax_rows_f64(z.data_ptr<double>(), yp, M, C, ptr(w), ptr(off), ptr(mar), scale, label_smoothing,
-                                   ignore_index, 1.0 / divisor,
+                                   gamma, ptr(al), ptr(sw), ignore_index, 1.0 / divisor,
                                    loss_rows.defined() ? loss_rows.data_ptr<double>() : nullptr,
                                    grad.defined() ? grad.data_ptr<double>() : nullptr, threads, sums.data());
   }
@@ -106,24 +116,28 @@ inline Pair softmax_cross_entropy(const Tensor& logits, const Tensor& target, co
 }
 
 inline Pair sigmoid_focal(const Tensor& logits, const Tensor& target, const OptTensor& weight, double gamma,
-                          double alpha, int64_t ignore_index, bool focal, c10::string_view reduction, bool need_grad) {
-  cbops::check_fused_args("cbbench::sigmoid_focal_fused", logits, target, true, {{"weight", &weight}});
-  TORCH_CHECK(gamma >= 0, "cbbench::sigmoid_focal_fused: gamma must be >= 0, got ", gamma);
+                          double alpha, const OptTensor& sample_weight, int64_t ignore_index, bool focal,
+                          c10::string_view reduction, bool need_grad) {
+  const char* op = "cbbench::sigmoid_focal_fused";
+  cbops::check_fused_args(op, logits, target, true, {{"weight", &weight}});
+  cbops::check_sample_weight(op, logits, sample_weight);
+  TORCH_CHECK(gamma >= 0, op, ": gamma must be >= 0, got ", gamma);
   const Reduction red = cbops::parse_reduction(reduction);
   const Tensor z = compute_logits(logits);
   check_classes(z);
-  const OptTensor w = cbops::float_vector(weight);
+  const OptTensor w = cbops::float_vector(weight), sw = cbops::float_vector(sample_weight);
   const int64_t M = z.size(0), C = z.size(1);
   const bool multi_hot = target.is_floating_point();
   const Tensor t = multi_hot ? target.to(z.scalar_type()).contiguous() : target.contiguous();
   double local = 1.0;
   const int64_t* yp = multi_hot ? nullptr : t.data_ptr<int64_t>();
   if (multi_hot) {
-    local = z.scalar_type() == at::kFloat ? cb_multi_hot_local_divisor(t.data_ptr<float>(), M, C, ptr(w), int(red))
-                                          : cb_multi_hot_local_divisor(t.data_ptr<double>(), M, C, ptr(w), int(red));
+    local = z.scalar_type() == at::kFloat
+                ? cb_multi_hot_local_divisor(t.data_ptr<float>(), M, C, ptr(w), ptr(sw), int(red))
+                : cb_multi_hot_local_divisor(t.data_ptr<double>(), M, C, ptr(w), ptr(sw), int(red));
   } else {
     int64_t bad = -1;
-    local = cb_index_local_divisor(yp, M, C, ptr(w), ignore_index, int(red), &bad);
+    local = cb_index_local_divisor(yp, M, C, ptr(w), ptr(sw), ignore_index, int(red), &bad);
     TORCH_CHECK_VALUE(bad < 0, cbops::target_range_message(bad < 0 ? 0 : yp[bad], C, ignore_index));
   }
   const double divisor = cb_finish_divisor(int(red), local);
@@ -134,22 +148,25 @@ inline Pair sigmoid_focal(const Tensor& logits, const Tensor& target, const OptT
   double total = 0.0;
   if (z.scalar_type() == at::kFloat) {
     total = cbcpu_sigmoid_rows_f32(z.data_ptr<float>(), yp, multi_hot ? t.data_ptr<float>() : nullptr, M, C, ptr(w),
-                                   float(gamma), float(alpha), focal, ignore_index, float(1.0 / divisor),
+                                   float(gamma), float(alpha), focal, ptr(sw), ignore_index, float(1.0 / divisor),
                                    loss_rows.defined() ? loss_rows.data_ptr<float>() : nullptr,
                                    grad.defined() ? grad.data_ptr<float>() : nullptr, threads, sums.data());
   } else {
     total = cbcpu_sigmoid_rows_f64(z.data_ptr<double>(), yp, multi_hot ? t.data_ptr<double>() : nullptr, M, C,
-                                   ptr(w), gamma, alpha, focal, ignore_index, 1.0 / divisor,
+                                   ptr(w), gamma, alpha, focal, ptr(sw), ignore_index, 1.0 / divisor,
                                    loss_rows.defined() ? loss_rows.data_ptr<double>() : nullptr,
                                    grad.defined() ? grad.data_ptr<double>() : nullptr, threads, sums.data());
   }
   return finish(logits, loss_rows, grad, red, total, divisor);
 }
 
-inline Tensor loss_divisor(const Tensor& target, const OptTensor& weight, int64_t num_classes, int64_t ignore_index,
-                           c10::string_view reduction, bool floor) {
+inline Tensor loss_divisor(const Tensor& target, const OptTensor& weight, const OptTensor& sample_weight,
+                           int64_t num_classes, int64_t ignore_index, c10::string_view reduction, bool floor) {
   const Reduction red = cbops::parse_reduction(reduction);
-  const OptTensor w = cbops::float_vector(weight);
+  const OptTensor w = cbops::float_vector(weight), sw = cbops::float_vector(sample_weight);
+  const int64_t rows = target.dim() > 0 ? target.size(0) : 0;
+  TORCH_CHECK(!sw.has_value() || sw->numel() == rows, "cbbench::loss_divisor: sample_weight must have ", rows,
+              " elements, got ", sw.has_value() ? sw->numel() : 0);
   TORCH_CHECK(!w.has_value() || w->numel() == num_classes, "cbbench::loss_divisor: weight must have ", num_classes,
               " elements, got ", w.has_value() ? w->numel() : 0);
   double local = 1.0;
@@ -157,14 +174,14 @@ inline Tensor loss_divisor(const Tensor& target, const OptTensor& weight, int64_
     TORCH_CHECK(target.dim() == 2 && target.size(1) == num_classes, "cbbench::loss_divisor: a multi-hot target "
                 "must be (rows, ", num_classes, "), got ", target.sizes());
     const Tensor t = target.to(at::kDouble).contiguous();
-    local = cb_multi_hot_local_divisor(t.data_ptr<double>(), t.size(0), num_classes, ptr(w), int(red));
+    local = cb_multi_hot_local_divisor(t.data_ptr<double>(), t.size(0), num_classes, ptr(w), ptr(sw), int(red));
   } else {
     TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, "cbbench::loss_divisor: class targets must be int64, got ",
                      target.scalar_type());
     const Tensor y = target.contiguous();
     const int64_t* yp = y.data_ptr<int64_t>();
     int64_t bad = -1;
-    local = cb_index_local_divisor(yp, y.numel(), num_classes, ptr(w), ignore_index, int(red), &bad);
+    local = cb_index_local_divisor(yp, y.numel(), num_classes, ptr(w), ptr(sw), ignore_index, int(red), &bad);
     TORCH_CHECK_VALUE(bad < 0, cbops::target_range_message(bad < 0 ? 0 : yp[bad], num_classes, ignore_index));
   }
   return at::scalar_tensor(floor ? cb_finish_divisor(int(red), local) : local, target.options().dtype(at::kDouble));
@@ -174,7 +191,11 @@ inline Tensor loss_divisor(const Tensor& target, const OptTensor& weight, int64_
 inline void scale_grad_(Tensor& grad, const Tensor& grad_output) {
   TORCH_CHECK(grad_output.numel() == 1, "cbbench::scale_grad_: grad_output must have one element, got shape ",
               grad_output.sizes());
-  if (grad_output.item<double>() != 1.0) grad.mul_(grad_output);
+  const auto t = grad_output.scalar_type();
+  const double go = t == at::kFloat    ? double(*grad_output.const_data_ptr<float>())
+                    : t == at::kDouble ? *grad_output.const_data_ptr<double>()
+                                       : grad_output.item<double>();
+  if (go != 1.0) grad.mul_(grad_output);
 }
 
 }  // namespace cbcpu

@@ -44,34 +44,40 @@ const float* ptr(const OptTensor& t) { return t.has_value() ? t->data_ptr<float>
 // sum is kept (kernels/cpu/cb_cpu_loss.h states the same rules for the CPU).
 Tensor nonzero_or_one(const Tensor& d) { return at::where(d != 0, d, at::ones_like(d)); }
 
-// The local divisor of class-index targets as a 0-dim float64 device tensor.
-Tensor index_local_divisor(const Tensor& target, const OptTensor& weight, int64_t ignore_index, Reduction red,
-                           int64_t classes) {
+// The local divisor of class-index targets as a 0-dim float64 device tensor: valid rows, or for
+// "weighted_mean" the sum of their applied weights s_i w_{y_i}.
+Tensor index_local_divisor(const Tensor& target, const OptTensor& weight, const OptTensor& sample_weight,
+                           int64_t ignore_index, Reduction red, int64_t classes) {
   const Tensor valid = target.ne(ignore_index);
-  if (red == Reduction::weighted_mean && weight.has_value()) {
+  if (red == Reduction::weighted_mean && (weight.has_value() || sample_weight.has_value())) {
     // clamped: neither ignore_index nor a bad target indexes out of bounds (a bad row is NaN anyway)
-    const Tensor w = weight->index_select(0, target.clamp(0, classes - 1));
-    return at::where(valid, w, at::zeros_like(w)).sum(at::kDouble);
+    Tensor w = weight.has_value() ? weight->index_select(0, target.clamp(0, classes - 1)).to(at::kDouble)
+                                  : at::ones_like(target, target.options().dtype(at::kDouble));
+    if (sample_weight.has_value()) w = w * sample_weight->to(at::kDouble);
+    return at::where(valid, w, at::zeros_like(w)).sum();
   }
   return valid.sum(at::kDouble);
 }
 
-// The local divisor of multi-hot targets: the number of positives for "mean", rows times the mean column
-// weight for "weighted_mean".
-Tensor multi_hot_local_divisor(const Tensor& target, const OptTensor& weight, Reduction red, int64_t rows) {
+// The local divisor of multi-hot targets: the number of positives for "mean"; for "weighted_mean" the
+// summed sample weights (rows without them) times the mean column weight.
+Tensor multi_hot_local_divisor(const Tensor& target, const OptTensor& weight, const OptTensor& sample_weight,
+                               Reduction red, int64_t rows) {
   if (red == Reduction::mean) return target.sum(at::kDouble);
-  if (!weight.has_value()) return at::full({}, double(rows), target.options().dtype(at::kDouble));
-  return weight->mean(at::kDouble) * double(rows);
+  const Tensor weighted_rows = sample_weight.has_value()
+                                   ? sample_weight->sum(at::kDouble)
+                                   : at::full({}, double(rows), target.options().dtype(at::kDouble));
+  return weight.has_value() ? weight->mean(at::kDouble) * weighted_rows : weighted_rows;
 }
 
 Tensor finish_divisor(const Tensor& local, Reduction red) {
   return red == Reduction::mean ? local.clamp_min(1.0) : nonzero_or_one(local);
 }
 
-Tensor local_divisor(const Tensor& target, const OptTensor& weight, int64_t ignore_index, Reduction red,
-                     int64_t classes) {
-  return target.is_floating_point() ? multi_hot_local_divisor(target, weight, red, target.size(0))
-                                    : index_local_divisor(target, weight, ignore_index, red, classes);
+Tensor local_divisor(const Tensor& target, const OptTensor& weight, const OptTensor& sample_weight,
+                     int64_t ignore_index, Reduction red, int64_t classes) {
+  return target.is_floating_point() ? multi_hot_local_divisor(target, weight, sample_weight, red, target.size(0))
+                                    : index_local_divisor(target, weight, sample_weight, ignore_index, red, classes);
 }
 
 struct Outputs {
@@ -81,14 +87,15 @@ struct Outputs {
   Tensor grad_scale; // its reciprocal, read by the kernels, or undefined (1)
 };
 
-Outputs make_outputs(const Tensor& logits, const Tensor& target, const OptTensor& weight, int64_t ignore_index,
-                     Reduction red, bool need_grad) {
+Outputs make_outputs(const Tensor& logits, const Tensor& target, const OptTensor& weight,
+                     const OptTensor& sample_weight, int64_t ignore_index, Reduction red, bool need_grad) {
   Outputs o;
   const auto loss_type = cbops::loss_dtype(logits.scalar_type());
   o.loss_rows = at::empty({logits.size(0)}, logits.options().dtype(loss_type));
   if (need_grad) o.grad = at::empty_like(logits);
   if (red == Reduction::mean || red == Reduction::weighted_mean) {
-    o.divisor = finish_divisor(local_divisor(target, weight, ignore_index, red, logits.size(1)), red).to(loss_type);
+    o.divisor =
+        finish_divisor(local_divisor(target, weight, sample_weight, ignore_index, red, logits.size(1)), red).to(loss_type);
     o.grad_scale = o.divisor.reciprocal();
   }
   return o;
@@ -116,19 +123,25 @@ Pair reduced(const Tensor& logits, const Outputs& o, Reduction red) {
 
 Pair softmax_cross_entropy(const Tensor& logits_in, const Tensor& target_in, const OptTensor& weight_in,
                            const OptTensor& logit_offset, const OptTensor& target_margin, double scale,
-                           double label_smoothing, int64_t ignore_index, c10::string_view reduction, bool need_grad) {
+                           double label_smoothing, double gamma, const OptTensor& alpha_in,
+                           const OptTensor& sample_weight_in, int64_t ignore_index, c10::string_view reduction,
+                           bool need_grad) {
   const char* op = "cbbench::softmax_cross_entropy_fused";
   cbops::check_fused_args(op, logits_in, target_in, false,
-                          {{"weight", &weight_in}, {"logit_offset", &logit_offset}, {"target_margin", &target_margin}});
+                          {{"weight", &weight_in}, {"logit_offset", &logit_offset}, {"target_margin", &target_margin},
+                           {"alpha", &alpha_in}});
+  cbops::check_sample_weight(op, logits_in, sample_weight_in);
   check_cuda(logits_in, op);
+  TORCH_CHECK(gamma >= 0, op, ": gamma must be >= 0, got ", gamma);
   const Reduction red = cbops::parse_reduction(reduction);
   const Tensor logits = logits_in.contiguous(), target = target_in.contiguous();
   const OptTensor weight = cbops::float_vector(weight_in), offset = cbops::float_vector(logit_offset),
-                  margin = cbops::float_vector(target_margin);
+                  margin = cbops::float_vector(target_margin), alpha = cbops::float_vector(alpha_in),
+                  sample_weight = cbops::float_vector(sample_weight_in);
   const c10::cuda::CUDAGuard guard(logits.device());
   const int device = logits.get_device();
   const cb::Dtype dtype = kernel_dtype(logits);
-  const Outputs o = make_outputs(logits, target, weight, ignore_index, red, need_grad);
+  const Outputs o = make_outputs(logits, target, weight, sample_weight, ignore_index, red, need_grad);
   cb::SoftmaxCeArgs a{};
   set_common(a, logits, o);
   a.target = target.data_ptr<int64_t>();
@@ -137,6 +150,9 @@ Pair softmax_cross_entropy(const Tensor& logits_in, const Tensor& target_in, con
   a.target_margin = ptr(margin);
   a.scale = scale;
   a.label_smoothing = label_smoothing;
+  a.gamma = gamma;
+  a.alpha = ptr(alpha);
+  a.sample_weight = ptr(sample_weight);
   a.ignore_index = ignore_index;
   // The split path's partials live in a workspace from the caching allocator (graph-capture safe).
   const std::size_t ws_bytes = cb::softmax_ce_workspace_bytes(a.rows, a.classes, dtype, device);
@@ -150,9 +166,11 @@ Pair softmax_cross_entropy(const Tensor& logits_in, const Tensor& target_in, con
 }
 
 Pair sigmoid_focal(const Tensor& logits_in, const Tensor& target_in, const OptTensor& weight_in, double gamma,
-                   double alpha, int64_t ignore_index, bool focal, c10::string_view reduction, bool need_grad) {
+                   double alpha, const OptTensor& sample_weight_in, int64_t ignore_index, bool focal,
+                   c10::string_view reduction, bool need_grad) {
   const char* op = "cbbench::sigmoid_focal_fused";
   cbops::check_fused_args(op, logits_in, target_in, true, {{"weight", &weight_in}});
+  cbops::check_sample_weight(op, logits_in, sample_weight_in);
   check_cuda(logits_in, op);
   TORCH_CHECK(gamma >= 0, op, ": gamma must be >= 0, got ", gamma);
   const Reduction red = cbops::parse_reduction(reduction);
@@ -160,10 +178,10 @@ Pair sigmoid_focal(const Tensor& logits_in, const Tensor& target_in, const OptTe
   const bool multi_hot = target_in.is_floating_point();
   // the kernels read a multi-hot target in the logits' dtype
   const Tensor target = (multi_hot ? target_in.to(logits.scalar_type()) : target_in).contiguous();
-  const OptTensor weight = cbops::float_vector(weight_in);
+  const OptTensor weight = cbops::float_vector(weight_in), sample_weight = cbops::float_vector(sample_weight_in);
   const c10::cuda::CUDAGuard guard(logits.device());
   const int device = logits.get_device();
-  const Outputs o = make_outputs(logits, target, weight, ignore_index, red, need_grad);
+  const Outputs o = make_outputs(logits, target, weight, sample_weight, ignore_index, red, need_grad);
   cb::SigmoidFocalArgs a{};
   set_common(a, logits, o);
   if (multi_hot) {
@@ -174,18 +192,19 @@ Pair sigmoid_focal(const Tensor& logits_in, const Tensor& target_in, const OptTe
   a.weight = ptr(weight);
   a.gamma = gamma;
   a.alpha = alpha;
+  a.sample_weight = ptr(sample_weight);
   a.ignore_index = ignore_index;
   a.focal = focal;
   C10_CUDA_CHECK(cb::sigmoid_focal(a, kernel_dtype(logits), device, c10::cuda::getCurrentCUDAStream(device).stream()));
   return reduced(logits, o, red);
 }
 
-Tensor loss_divisor(const Tensor& target, const OptTensor& weight_in, int64_t num_classes, int64_t ignore_index,
-                    c10::string_view reduction, bool floor) {
+Tensor loss_divisor(const Tensor& target, const OptTensor& weight_in, const OptTensor& sample_weight_in,
+                    int64_t num_classes, int64_t ignore_index, c10::string_view reduction, bool floor) {
   const Reduction red = cbops::parse_reduction(reduction);
-  const OptTensor weight = cbops::float_vector(weight_in);
+  const OptTensor weight = cbops::float_vector(weight_in), sample_weight = cbops::float_vector(sample_weight_in);
   if (red == Reduction::sum || red == Reduction::none) return at::ones({}, target.options().dtype(at::kDouble));
-  const Tensor local = local_divisor(target, weight, ignore_index, red, num_classes);
+  const Tensor local = local_divisor(target, weight, sample_weight, ignore_index, red, num_classes);
   return floor ? finish_divisor(local, red) : local;
 }
 

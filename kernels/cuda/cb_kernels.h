@@ -27,6 +27,9 @@ struct SoftmaxCeArgs {
   const float* target_margin;  // (classes,) or nullptr
   double scale;
   double label_smoothing;
+  double gamma;                // > 0: the softmax focal loss (no label smoothing then)
+  const float* alpha;          // (classes,) or nullptr: a per-class factor of the sample (softmax focal)
+  const float* sample_weight;  // (rows,) or nullptr: each row's loss and gradient scaled by it
   int64_t ignore_index;
   const void* grad_scale;      // 0-dim, device, loss dtype, read by the kernels (no host sync); nullptr: 1
   void* loss_rows;             // (rows,) float32, float64 for f64 logits
@@ -43,6 +46,7 @@ struct SigmoidFocalArgs {
   const float* weight;         // (classes,) or nullptr; per sample (class_target) or per column (multi-hot)
   double gamma;                // used when focal is true
   double alpha;                // < 0: no alpha factor
+  const float* sample_weight;  // (rows,) or nullptr: each row's loss and gradient scaled by it
   int64_t ignore_index;        // class targets only
   bool focal;
   const void* grad_scale;      // as in SoftmaxCeArgs

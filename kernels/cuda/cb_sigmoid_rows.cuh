@@ -21,17 +21,18 @@ struct Row {
   bool live;     // compute the row
   bool ignored;  // class target == ignore_index
   int64_t y;     // class target (-1 for multi-hot)
-  A weight;      // w_y for class targets, 1 for multi-hot (weights are per column there)
+  A weight;      // w_y s_row for class targets, s_row for multi-hot (class weights are per column there)
 };
 
 template <bool MULTI_HOT, typename A>
 CB_FN Row<A> read_row(const SigmoidFocalArgs& a, int64_t row) {
-  if (MULTI_HOT) return Row<A>{true, false, -1, A(1)};
+  if (MULTI_HOT) return Row<A>{true, false, -1, a.sample_weight ? A(a.sample_weight[row]) : A(1)};
   Row<A> r;
   r.y = a.class_target[row];
   r.ignored = r.y == a.ignore_index;
   r.live = !r.ignored && r.y >= 0 && r.y < a.classes;
   r.weight = (r.live && a.weight) ? A(a.weight[r.y]) : A(1);
+  if (r.live && a.sample_weight) r.weight = r.weight * A(a.sample_weight[row]);
   return r;
 }
 

@@ -39,7 +39,7 @@ struct Row {
   bool live;      // valid class index: compute
   bool ignored;   // target == ignore_index: loss 0, gradient 0
   int64_t y;      // target (only meaningful when live)
-  A weight;       // w_y
+  A weight;       // w_y alpha_y s_row: what the row's loss and gradient carry
   A margin;       // target_margin_y
 };
 
@@ -51,6 +51,8 @@ CB_FN Row<A> read_row(const SoftmaxCeArgs& a, int64_t row) {
   r.live = !r.ignored && r.y >= 0 && r.y < a.classes;
   const int64_t ys = r.live ? r.y : 0;
   r.weight = (r.live && a.weight) ? A(a.weight[ys]) : A(1);
+  if (r.live && a.alpha) r.weight = r.weight * A(a.alpha[ys]);
+  if (r.live && a.sample_weight) r.weight = r.weight * A(a.sample_weight[row]);
   r.margin = (r.live && a.target_margin) ? A(a.target_margin[ys]) : A(0);
   return r;
 }
@@ -78,12 +80,24 @@ CB_FN void load_adjusted(const T* zrow, int64_t j, int64_t bound, int aligned, c
     if (j + v < bound) x[v] = adjusted(x[v], j + v, a, r, scale);
 }
 
-// loss = w_y * [(1 - eps)(lse - z'_y) + eps (lse - mean_j z'_j)] (eps = 0: w_y (lse - z'_y)).
+// loss = w_y * [(1 - eps)(lse - z'_y) + eps (lse - mean_j z'_j)] (eps = 0: w_y (lse - z'_y)); gamma > 0:
+// the softmax focal loss w_y (1 - p_y)^gamma (lse - z'_y) (cb_math.h, cb_softmax_focal; no smoothing).
 template <typename A>
-CB_FN A row_loss(const Row<A>& r, A lse, A zy, A sum_z, A eps, int64_t C) {
+CB_FN A row_loss(const Row<A>& r, A lse, A zy, A sum_z, A eps, int64_t C, A gamma = A(0)) {
   const A nll = lse - zy;
   const A smoothed = eps > A(0) ? (A(1) - eps) * nll + eps * (lse - sum_z / A(C)) : nll;
-  return r.weight * smoothed;
+  A modulator = A(1), factor = A(1);
+  cb_softmax_focal(nll, gamma, &modulator, &factor);
+  return r.weight * (modulator * smoothed);
+}
+
+// The softmax focal loss's gradient factor of a row (1 for cross-entropy): every gradient entry of the row
+// is scaled by it (cb_math.h, cb_softmax_focal).
+template <typename A>
+CB_FN A focal_factor(A lse, A zy, A gamma) {
+  A modulator = A(1), factor = A(1);
+  cb_softmax_focal(lse - zy, gamma, &modulator, &factor);
+  return factor;
 }
 
 // The target's adjusted logit, recomputed exactly as in the register pass (same operations).

@@ -21,7 +21,9 @@
 //     correct at any C.
 //
 // Every path: one fused pass computes max, sum of exp (the exponentials are kept in registers and
-// reused for the gradient), the label-smoothing sum, the loss and the gradient. Accumulation is fp32
+// reused for the gradient), the label-smoothing sum, the loss and the gradient; with gamma > 0 the softmax
+// focal loss, whose modulator and gradient factor come from the row's lse and target logit
+// (cb_softmax_focal); alpha and sample weights scale a row with its class weight. Accumulation is fp32
 // (fp64 for fp64 logits); the gradient is written in the logits' dtype and the target entry
 // p_y - (1 - eps) is formed in fp32 before rounding. A thread's 16 bytes are moved with 16-, 8- or
 // 4-byte accesses as the row's alignment allows, and element-wise (bounds-checked) in row tails and
@@ -76,8 +78,11 @@ __global__ void __launch_bounds__(kGroupBlock) softmax_group_kernel(SoftmaxCeArg
   if (!active) return;
 
   const A lse = m + cb_log(s);
+  const A gamma = A(a.gamma);
+  // the target's logit: for the loss (lane 0) and, in the focal loss, every lane's gradient factor
+  const A zy = (r.live && (lane == 0 || gamma > A(0))) ? target_logit<T>(zrow, a, r, scale) : A(0);
   if (lane == 0) {
-    const A loss = r.live ? row_loss(r, lse, target_logit<T>(zrow, a, r, scale), sum_z, eps, C) : dead_row_value(r);
+    const A loss = r.live ? row_loss(r, lse, zy, sum_z, eps, C, gamma) : dead_row_value(r);
     static_cast<A*>(a.loss_rows)[row] = loss;
   }
   if (a.grad == nullptr) return;
@@ -86,7 +91,8 @@ __global__ void __launch_bounds__(kGroupBlock) softmax_group_kernel(SoftmaxCeArg
     fill_dead_row<T>(grow, 0, C, first, stride, row_align(grow), dead_row_value(r));
     return;
   }
-  regs_store_grad<T, NV>(x, grow, first, stride, C, row_align(grow), r, A(1) / s, grad_coef(a, r, scale), eps, C);
+  regs_store_grad<T, NV>(x, grow, first, stride, C, row_align(grow), r, A(1) / s,
+                         grad_coef(a, r, scale) * focal_factor(lse, zy, gamma), eps, C);
 }
 
 // ---- medium / huge C: a block (or a cluster of blocks) per row ----------------------------------------
@@ -176,12 +182,14 @@ __global__ void __launch_bounds__(kMaxBlockThreads) softmax_block_kernel(Softmax
   }
 
   const A lse = m + cb_log(s);
-  if (rank == 0 && threadIdx.x == 0)
-    static_cast<A*>(a.loss_rows)[row] = row_loss(r, lse, target_logit<T>(zrow, a, r, scale), sum_z, eps, C);
+  const A gamma = A(a.gamma);
+  const bool writes_loss = rank == 0 && threadIdx.x == 0;
+  const A zy = (writes_loss || gamma > A(0)) ? target_logit<T>(zrow, a, r, scale) : A(0);
+  if (writes_loss) static_cast<A*>(a.loss_rows)[row] = row_loss(r, lse, zy, sum_z, eps, C, gamma);
   if (a.grad) {
     T* grow = static_cast<T*>(a.grad) + row * C;
-    regs_store_grad<T, NV>(x, grow, first, stride, end, row_align(grow), r, A(1) / s, grad_coef(a, r, scale), eps,
-                           C);
+    regs_store_grad<T, NV>(x, grow, first, stride, end, row_align(grow), r, A(1) / s,
+                           grad_coef(a, r, scale) * focal_factor(lse, zy, gamma), eps, C);
   }
   if (CLUSTER) ClusterExchange<A>::wait();
 }
@@ -240,12 +248,14 @@ __global__ void __launch_bounds__(kSplitThreads) softmax_split_grad_kernel(Softm
   const RowStats<A> t = combine_chunks(static_cast<const A*>(a.workspace) + row * chunks * 3, chunks);
   const A lse = t.m + cb_log(t.s);
   const T* zrow = static_cast<const T*>(a.logits) + row * C;
-  if (c == 0 && threadIdx.x == 0)
-    static_cast<A*>(a.loss_rows)[row] = row_loss(r, lse, target_logit<T>(zrow, a, r, scale), t.sum_z, eps, C);
+  const A gamma = A(a.gamma);
+  const bool writes_loss = c == 0 && threadIdx.x == 0;
+  const A zy = (writes_loss || gamma > A(0)) ? target_logit<T>(zrow, a, r, scale) : A(0);
+  if (writes_loss) static_cast<A*>(a.loss_rows)[row] = row_loss(r, lse, zy, t.sum_z, eps, C, gamma);
   if (a.grad == nullptr) return;
   T* grow = static_cast<T*>(a.grad) + row * C;
   split_thread_grad<T>(zrow, grow, begin + int64_t(threadIdx.x) * V, stride, end, row_align(zrow), row_align(grow), a,
-                       r, scale, t.m, A(1) / t.s, grad_coef(a, r, scale), eps);
+                       r, scale, t.m, A(1) / t.s, grad_coef(a, r, scale) * focal_factor(lse, zy, gamma), eps);
 }
 
 // ---- planning and launch -------------------------------------------------------------------------------

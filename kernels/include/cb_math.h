@@ -35,6 +35,8 @@ CB_FN float cb_log(float x) { return logf(x); }
 CB_FN double cb_log(double x) { return log(x); }
 CB_FN float cb_log1p(float x) { return log1pf(x); }
 CB_FN double cb_log1p(double x) { return log1p(x); }
+CB_FN float cb_expm1(float x) { return expm1f(x); }
+CB_FN double cb_expm1(double x) { return expm1(x); }
 CB_FN float cb_abs(float x) { return fabsf(x); }
 CB_FN double cb_abs(double x) { return fabs(x); }
 CB_FN float cb_max(float a, float b) { return a > b ? a : b; }
@@ -234,6 +236,30 @@ CB_FN void cb_focal_term(T z, T t, T gamma, T* loss, T* dloss) {
 template <typename T>
 CB_FN T cb_alpha_factor(T t, T alpha) {
   return alpha < T(0) ? T(1) : alpha * t + (T(1) - alpha) * (T(1) - t);
+}
+
+// ---- softmax focal ------------------------------------------------------------------------------
+// The softmax focal loss of a row is (1 - p_y)^gamma * nll with nll = -log p_y = lse - z'_y >= 0, and
+// its gradient is grad_factor * (p_j - [j == y]) with (L = log p_y, q = 1 - p_y)
+//   grad_factor = q^gamma - gamma p_y q^(gamma - 1) L = q^gamma (1 + gamma p_y L / expm1(L)),
+// where q = -expm1(L) and L / expm1(L) in (0, 1] are formed without cancellation, and q^gamma =
+// exp(gamma log q): no (1 - p_y)^(gamma - 1), so every gamma >= 0 is finite as p_y -> 1 (q -> 0 gives a
+// modulator and a factor of 0 for gamma > 0). gamma = 0 gives exactly 1 and 1: cross-entropy.
+template <typename T>
+CB_FN void cb_softmax_focal(T nll, T gamma, T* modulator, T* grad_factor) {
+  if (gamma == T(0)) {
+    *modulator = T(1);
+    *grad_factor = T(1);
+    return;
+  }
+  const T L = -nll;
+  const T em = cb_expm1(L);                 // p_y - 1 = -q, in [-1, 0]
+  const T m = cb_exp(gamma * cb_log(-em));  // q^gamma; exp(-inf) = 0 at q = 0
+  const T py = cb_exp(L);
+  // p_y L / expm1(L): its limit 1 at p_y = 1, and 0 where p_y underflows (a masked target: L = -inf)
+  const T term = em == T(0) ? T(1) : (py == T(0) ? T(0) : py * (L / em));
+  *modulator = m;
+  *grad_factor = m * (T(1) + gamma * term);
 }
 
 #endif  // CBBENCH_CB_MATH_H_

@@ -83,7 +83,18 @@ inline void check_fused_args(const char* op, const Tensor& logits, const Tensor&
   }
 }
 
-// A per-class vector as the kernels read it: float32, contiguous (or nullopt).
+// A per-sample weight: real (rows,) on the logits' device, or nullopt.
+inline void check_sample_weight(const char* op, const Tensor& logits, const OptTensor& sample_weight) {
+  if (!sample_weight.has_value()) return;
+  const Tensor& s = *sample_weight;
+  TORCH_CHECK(s.device() == logits.device(), op, ": sample_weight is on ", s.device(), " but logits are on ",
+              logits.device());
+  TORCH_CHECK_TYPE(s.is_floating_point(), op, ": sample_weight must be floating point, got ", s.scalar_type());
+  TORCH_CHECK(s.dim() == 1 && s.size(0) == logits.size(0), op, ": sample_weight must have shape (", logits.size(0),
+              ",), got ", s.sizes());
+}
+
+// A per-class vector (or per-sample weight) as the kernels read it: float32, contiguous (or nullopt).
 inline OptTensor float_vector(const OptTensor& v) {
   if (!v.has_value()) return v;
   if (v->scalar_type() == at::kFloat && v->is_contiguous()) return v;

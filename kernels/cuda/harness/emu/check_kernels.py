@@ -4,6 +4,8 @@ against cbbench/reference.py.
 * softmax_ce on every path (group<G>xNV for every G and NV, block, cluster at compute capability 9.0,
   split at 8.0 and beyond the cluster capacity), sigmoid cross-entropy and sigmoid focal on every path
   with class and multi-hot targets, and the in-place gradient scale;
+* the softmax focal loss (gamma 2 and 0.5, rows with p_y -> 1, per-class alpha) and sample weights on
+  every kernel;
 * f32, f64, f16, bf16 with every option: class weight, logit offset with -inf-masked classes (scattered,
   and a leading run as long as a split chunk), target margin, scale, label smoothing, gradient scale,
   forward only, ignore_index (-100 and a valid class), out-of-range targets, rows off 16-byte alignment
@@ -166,7 +168,7 @@ class Case:
 
 class SoftmaxCase(Case):
     kernel = "softmax_ce"
-    variants = ("plain", "options", "smoothing", "forward_only", "masked")
+    variants = ("plain", "options", "smoothing", "forward_only", "masked", "focal", "focal_certain")
 
     def __init__(self, dtype: torch.dtype, classes: int, variant: str, seed: int):
         super().__init__(f"softmax_ce {dtype} C={classes} {variant}", dtype, classes)
@@ -175,8 +177,8 @@ class SoftmaxCase(Case):
         self.rows, self.variant = rows, variant
         self.z = _logits(gen, rows, classes, dtype)
         self.y, self.bad = _targets(gen, rows, classes, variant)
-        self.weight = self.offset = self.margin = None
-        self.scale, self.eps, self.grad_scale = 1.0, 0.0, None
+        self.weight = self.offset = self.margin = self.alpha = self.sample_weight = None
+        self.scale, self.eps, self.grad_scale, self.gamma = 1.0, 0.0, None, 0.0
         self.z_off, self.g_off, self.y_off = 0, 0, 0
         self.ignore_index = IGNORE
         if variant == "masked" and classes >= 4:
@@ -206,16 +208,34 @@ class SoftmaxCase(Case):
             self.weight = torch.rand(classes, generator=gen) + 0.5
             self.eps = 0.05
             self.z_off = _offset(dtype, 3)
+        elif variant in ("focal", "focal_certain"):
+            # the softmax focal loss with per-class alpha and sample weights; "certain": rows whose target
+            # logit dominates (p_y -> 1, where gamma < 1 must stay finite)
+            self.weight = torch.rand(classes, generator=gen) + 0.5
+            self.alpha = torch.rand(classes, generator=gen) * 0.9 + 0.1
+            self.sample_weight = torch.rand(rows, generator=gen) * 2
+            self.gamma = 2.0 if variant == "focal" else 0.5
+            self.grad_scale = 0.7
+            self.z_off, self.g_off = _offset(dtype, 1), 8
+            if variant == "focal_certain":
+                z = self.z.double()
+                live = (self.y >= 0) & (self.y < classes)
+                boost = 40.0 if dtype in (torch.float32, torch.float64) else 12.0
+                z[live.nonzero().flatten(), self.y[live]] = z[live].abs().max(1).values + boost
+                self.z = z.to(dtype)
         self.want_loss, self.want_grad = self._reference()
 
     def _reference(self):
         z = self.z.to(torch.float64, copy=True).requires_grad_(True)  # never self.z itself (f64)
         y = torch.where(self.bad, torch.full_like(self.y, self.ignore_index), self.y)
         f64 = (lambda t: None if t is None else t.double())
-        loss = reference.softmax_cross_entropy(z, y, f64(self.weight), reduction="none",
-                                               ignore_index=self.ignore_index,
-                                               label_smoothing=self.eps, logit_offset=f64(self.offset),
-                                               target_margin=f64(self.margin), scale=self.scale)
+        options = dict(reduction="none", ignore_index=self.ignore_index, logit_offset=f64(self.offset),
+                       target_margin=f64(self.margin), scale=self.scale, sample_weight=f64(self.sample_weight))
+        if self.gamma > 0:
+            loss = reference.softmax_focal_loss(z, y, f64(self.weight), gamma=self.gamma, alpha=f64(self.alpha),
+                                                **options)
+        else:
+            loss = reference.softmax_cross_entropy(z, y, f64(self.weight), label_smoothing=self.eps, **options)
         (grad,) = torch.autograd.grad(loss.sum(), z)
         grad = grad * (1.0 if self.grad_scale is None else self.grad_scale)
         loss, grad = loss.detach().clone(), grad.clone()
@@ -233,6 +253,8 @@ class SoftmaxCase(Case):
         w = None if self.weight is None else emu.tensor(self.weight, 4)
         off = None if self.offset is None else emu.tensor(self.offset, 12)
         margin = None if self.margin is None else emu.tensor(self.margin, 8)
+        alpha = None if self.alpha is None else emu.tensor(self.alpha, 4)
+        sw = None if self.sample_weight is None else emu.tensor(self.sample_weight, 12)
         gs = None if self.grad_scale is None else emu.tensor(torch.tensor(self.grad_scale, dtype=acc))
         loss = emu.tensor(torch.full((self.rows,), -777.0, dtype=acc))
         grad = None
@@ -242,10 +264,9 @@ class SoftmaxCase(Case):
         ws = emu.tensor(torch.zeros(ws_bytes, dtype=torch.uint8)) if ws_bytes else None
         p = lambda t: None if t is None else t.data_ptr()  # noqa: E731
         rc = emu.lib.cbk_softmax_ce(device, stream, _code(self.dtype), p(z), p(y), p(w), p(off), p(margin),
-                                    self.scale, self.eps, self.ignore_index, p(gs), p(loss), p(grad), self.rows,
-                                    self.classes,
-                                    p(ws))
-        _after_launch(emu, rc, [z, y, w, off, margin, gs, loss, grad, ws])
+                                    self.scale, self.eps, self.gamma, p(alpha), p(sw), self.ignore_index, p(gs),
+                                    p(loss), p(grad), self.rows, self.classes, p(ws))
+        _after_launch(emu, rc, [z, y, w, off, margin, alpha, sw, gs, loss, grad, ws])
         return loss.clone(), None if grad is None else grad.clone()
 
     def _magnitude(self) -> torch.Tensor:
@@ -259,7 +280,7 @@ class SoftmaxCase(Case):
 
     def check(self, loss, grad) -> tuple[float, int]:
         rtol, atol = LOSS_TOL[self.dtype]
-        weight = 3.0 if self.weight is not None else 1.0
+        weight = (3.0 if self.weight is not None else 1.0) * (2.0 if self.sample_weight is not None else 1.0)
         mag = self._magnitude()
         worst = _compare("loss", loss, self.want_loss, rtol, atol + weight * mag)
         values = loss.numel()
@@ -294,6 +315,7 @@ class SigmoidCase(Case):
             self.y, self.bad = _targets(gen, rows, classes, variant)
             self.t = None
         self.weight = None if variant == "plain" else torch.rand(classes, generator=gen) * 2 + 0.2
+        self.sample_weight = torch.rand(rows, generator=gen) * 2 if variant in ("options", "multi_hot") else None
         self.grad_scale = {"options": 0.61, "multi_hot": 3.0}.get(variant)
         self.z_off = {"options": _offset(dtype, 1), "multi_hot": 8, "forward_only": _offset(dtype, 3)}.get(variant, 0)
         self.g_off = {"options": 4 % 16, "multi_hot": _offset(dtype, 1)}.get(variant, 0)
@@ -303,12 +325,14 @@ class SigmoidCase(Case):
         z = self.z.to(torch.float64, copy=True).requires_grad_(True)  # never self.z itself (f64)
         w = None if self.weight is None else self.weight.double()
         target = self.t.double() if self.multi_hot else torch.where(self.bad, torch.full_like(self.y, IGNORE), self.y)
+        sw = None if self.sample_weight is None else self.sample_weight.double()
         if self.focal:
             loss = reference.sigmoid_focal_loss(z, target, w, gamma=self.gamma,
                                                 alpha=None if self.alpha < 0 else self.alpha, reduction="none",
-                                                ignore_index=IGNORE)
+                                                ignore_index=IGNORE, sample_weight=sw)
         else:
-            loss = reference.sigmoid_cross_entropy(z, target, w, reduction="none", ignore_index=IGNORE)
+            loss = reference.sigmoid_cross_entropy(z, target, w, reduction="none", ignore_index=IGNORE,
+                                                   sample_weight=sw)
         (grad,) = torch.autograd.grad(loss.sum(), z)
         grad = grad * (1.0 if self.grad_scale is None else self.grad_scale)
         loss, grad = loss.detach().clone(), grad.clone()
@@ -325,6 +349,7 @@ class SigmoidCase(Case):
         y = None if self.y is None else emu.tensor(self.y, 8)
         t = None if self.t is None else emu.tensor(self.t, _offset(self.dtype, 1))
         w = None if self.weight is None else emu.tensor(self.weight, 4)
+        sw = None if self.sample_weight is None else emu.tensor(self.sample_weight, 8)
         gs = None if self.grad_scale is None else emu.tensor(torch.tensor(self.grad_scale, dtype=acc))
         loss = emu.tensor(torch.full((self.rows,), -777.0, dtype=acc))
         grad = None
@@ -332,9 +357,9 @@ class SigmoidCase(Case):
             grad = emu.tensor(torch.full((self.rows, self.classes), -777.0, dtype=self.dtype), self.g_off)
         p = lambda x: None if x is None else x.data_ptr()  # noqa: E731
         rc = emu.lib.cbk_sigmoid_focal(device, stream, _code(self.dtype), p(z), p(y), p(t), p(w), self.gamma,
-                                       self.alpha, IGNORE, int(self.focal), p(gs), p(loss), p(grad), self.rows,
+                                       self.alpha, p(sw), IGNORE, int(self.focal), p(gs), p(loss), p(grad), self.rows,
                                        self.classes)
-        _after_launch(emu, rc, [z, y, t, w, gs, loss, grad])
+        _after_launch(emu, rc, [z, y, t, w, sw, gs, loss, grad])
         return loss.clone(), None if grad is None else grad.clone()
 
     def check(self, loss, grad) -> tuple[float, int]:
@@ -344,7 +369,8 @@ class SigmoidCase(Case):
         values = loss.numel()
         if grad is not None:
             rtol, atol = GRAD_TOL[self.dtype]
-            coef = abs(self.grad_scale or 1.0) * (2.2 if self.weight is not None else 1.0)
+            coef = (abs(self.grad_scale or 1.0) * (2.2 if self.weight is not None else 1.0)
+                    * (2.0 if self.sample_weight is not None else 1.0))
             worst = max(worst, _compare("gradient", grad, self.want_grad, rtol, atol * coef))
             values += grad.numel()
         return worst, values
@@ -402,7 +428,7 @@ def all_cases(only: str | None) -> list[Case]:
     for name, dtype in DTYPES.items():
         for c in softmax_classes(dtype):
             # the long rows run the two variants that differ most (every option; forward only)
-            variants = SoftmaxCase.variants if c <= 20000 else ("options", "forward_only", "masked")
+            variants = SoftmaxCase.variants if c <= 20000 else ("options", "forward_only", "masked", "focal")
             for variant in variants:
                 seed += 1
                 cases.append((SoftmaxCase, (dtype, c, variant, seed)))

@@ -11,11 +11,13 @@ extern "C" {
 
 int cbk_softmax_ce(int device, void* stream, int dtype, const void* logits, const int64_t* target, const float* weight,
                    const float* logit_offset, const float* target_margin, double scale, double label_smoothing,
-                   int64_t ignore_index, const void* grad_scale, void* loss_rows, void* grad, int64_t rows,
-                   int64_t classes, void* workspace) {
+                   double gamma, const float* alpha, const float* sample_weight, int64_t ignore_index,
+                   const void* grad_scale, void* loss_rows, void* grad, int64_t rows, int64_t classes,
+                   void* workspace) {
   cbemu_set_current_device(device);
-  cb::SoftmaxCeArgs a{logits,         target,   weight, logit_offset, target_margin, scale,   label_smoothing,
-                      ignore_index,   grad_scale, loss_rows, grad,      rows,          classes, workspace};
+  cb::SoftmaxCeArgs a{logits,       target,     weight,    logit_offset, target_margin, scale,   label_smoothing,
+                      gamma,        alpha,      sample_weight, ignore_index, grad_scale, loss_rows, grad,
+                      rows,         classes,    workspace};
   return int(cb::softmax_ce(a, cb::Dtype(dtype), device, static_cast<cudaStream_t>(stream)));
 }
 
@@ -30,11 +32,11 @@ void cbk_softmax_ce_plan(int64_t classes, int dtype, int device, void* stream, c
 
 int cbk_sigmoid_focal(int device, void* stream, int dtype, const void* logits, const int64_t* class_target,
                       const void* multi_hot_target, const float* weight, double gamma, double alpha,
-                      int64_t ignore_index, int focal, const void* grad_scale, void* loss_rows, void* grad,
-                      int64_t rows, int64_t classes) {
+                      const float* sample_weight, int64_t ignore_index, int focal, const void* grad_scale,
+                      void* loss_rows, void* grad, int64_t rows, int64_t classes) {
   cbemu_set_current_device(device);
-  cb::SigmoidFocalArgs a{logits, class_target, multi_hot_target, weight, gamma, alpha, ignore_index, focal != 0,
-                         grad_scale, loss_rows, grad, rows, classes};
+  cb::SigmoidFocalArgs a{logits, class_target, multi_hot_target, weight, gamma, alpha, sample_weight, ignore_index,
+                         focal != 0, grad_scale, loss_rows, grad, rows, classes};
   return int(cb::sigmoid_focal(a, cb::Dtype(dtype), device, static_cast<cudaStream_t>(stream)));
 }
 
