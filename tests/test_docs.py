@@ -10,7 +10,7 @@ README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
-RUN_ID = re.compile(r"\brun ([A-Z]\d+)\b")
+RUN_ID = re.compile(r"\b[Rr]uns? ([A-Z]\d+)\b")
 # a measured quantity: a ratio (1.6x, x1.5), a share (12 %, 0.08 of), a time (190 s, 7.5 minutes), a speed
 MEASURED = re.compile(r"\d(?:\.\d+)?x\b|\bx\d|\d ?%|\d ?(?:s|ms|µs|us|minutes|min)\b|GB/s")
 
@@ -84,10 +84,10 @@ def test_every_measured_table_of_the_results_names_a_run_it_lists():
     text = (DOCS / "results.md").read_text()
     blocks = re.split(r"\n\s*\n", text[text.index("## Runs"):])
     unnamed = []
-    for i, block in enumerate(blocks[1:], start=1):  # the runs table itself is blocks[0]
-        if block.lstrip().startswith("|"):
+    for i, block in enumerate(blocks[1:], start=1):
+        if block.lstrip().startswith("|") and i > 1:  # blocks[0] is the heading, blocks[1] the runs table
             caption = blocks[i - 1]
-            cited = RUN_ID.findall(caption) + RUN_ID.findall(caption.replace("runs ", "run "))
+            cited = RUN_ID.findall(caption)
             if not cited or any(run not in runs for run in cited):
                 unnamed.append(block.splitlines()[0][:80])
     assert not unnamed, unnamed

@@ -7,7 +7,7 @@
 | loss speed: implementations | cbbench's kernels, eager, compile; the reference up to 256x1000 | the same | every one |
 | loss speed: timed | fwd+bwd | fwd+bwd | fwd+bwd and fwd |
 | fused heads (``HEAD_TABLE`` set) | -- | main: speed | full: speed and memory |
-| accuracy on the dataset (21 methods) | 3 seeds, half the epochs | 3 seeds | 3 seeds |
+| accuracy on the dataset (26 methods) | 3 seeds, half the epochs | 3 seeds | 3 seeds |
 | beta experiment (digits-LT, prototypes-LT) | softmax family, half the epochs | softmax family | every family |
 
 The estimates (``*_S``) are seconds on the reference machine (2 cores, quiet): they weigh the steps of
