@@ -18,7 +18,7 @@ $(STAMP): setup.py pyproject.toml $(KERNEL_SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)" "setuptools>=68" wheel "Cython>=3.0" numpy ninja
-	$(BIN)/python -m pip install -q --no-build-isolation -e ".[test,bench]"
+	$(BIN)/python -m pip install -q --no-build-isolation -e ".[test,bench,ray]"
 	$(BIN)/python -m cbbench.info
 	touch $@
 

@@ -5,7 +5,8 @@
 Without the caching allocator every tensor is its own cudaMalloc, so memcheck sees a read one element
 past a row as out of bounds. The cases cover each softmax plan (group / block / cluster / split), the
 sigmoid/focal group and block kernels with class-index and multi-hot targets, forward-only calls,
-rows that are not 16-byte aligned, tails that are not a multiple of the vector width, ignored rows,
+rows that are not 16-byte aligned, the softmax focal loss with per-class alpha and
+per-sample weights, tails that are not a multiple of the vector width, ignored rows,
 out-of-range targets (NaN rows, no out-of-bounds read), float64, and the in-place gradient scaling.
 
 The review's triggers (issue 17): masked classes (-inf logits, or -inf in logit_offset) at the first
@@ -58,31 +59,41 @@ def _check_rows(name, loss, grad, y, c):
     return ok
 
 
-def softmax_case(n, c, dtype, *, unaligned=False, need_grad=True, seed=0):
+def softmax_case(n, c, dtype, *, unaligned=False, need_grad=True, focal=False, seed=0):
+    """Softmax CE with every option (offset, margin, scale, smoothing); ``focal``: the softmax focal loss
+    with a per-class alpha and per-sample weights instead (gamma 2, no smoothing)."""
     z, y, w = _inputs(n, c, dtype, seed)
     if unaligned:
         z = _unaligned(z)
     off = torch.randn(c, device=DEV)
     margin = torch.rand(c, device=DEV)
+    eps, gamma, alpha, s = 0.1, 0.0, None, None
+    if focal:
+        eps, gamma = 0.0, 2.0
+        alpha = torch.rand(c, device=DEV) + 0.05
+        s = torch.rand(n, device=DEV) + 0.5
     # "none": per-row losses, to check each row; "weighted_mean": the device-side divisor and sum
-    loss, grad = torch.ops.cbbench.softmax_cross_entropy_fused(z, y, w, off, margin, 1.5, 0.1, -100, "none", need_grad)
+    args = (z, y, w, off, margin, 1.5, eps, gamma, alpha, s, -100)
+    loss, grad = torch.ops.cbbench.softmax_cross_entropy_fused(*args, "none", need_grad)
     grad = grad if need_grad else None  # (0,) without need_grad
-    reduced, _ = torch.ops.cbbench.softmax_cross_entropy_fused(z, y, w, off, margin, 1.5, 0.1, -100, "weighted_mean", need_grad)
+    reduced, _ = torch.ops.cbbench.softmax_cross_entropy_fused(*args, "weighted_mean", need_grad)
     torch.cuda.synchronize()
     return _check_rows("softmax", loss, grad, y, c) and reduced.dim() == 0
 
 
-def sigmoid_case(n, c, dtype, *, multi_hot=False, focal=True, unaligned=False, need_grad=True, seed=0):
+def sigmoid_case(n, c, dtype, *, multi_hot=False, focal=True, unaligned=False, need_grad=True,
+                 sample_weight=False, seed=0):
     z, y, w = _inputs(n, c, dtype, seed)
     if unaligned:
         z = _unaligned(z)
     target = (torch.rand(n, c, device=DEV) < 0.3).to(dtype) if multi_hot else y
     if multi_hot and unaligned:
         target = _unaligned(target)
-    loss, grad = torch.ops.cbbench.sigmoid_focal_fused(z, target, w, 2.0 if focal else 0.0, 0.25, -100, focal, "none",
-                                                       need_grad)
+    s = torch.rand(n, device=DEV) + 0.5 if sample_weight else None
+    args = (z, target, w, 2.0 if focal else 0.0, 0.25, s, -100, focal)
+    loss, grad = torch.ops.cbbench.sigmoid_focal_fused(*args, "none", need_grad)
     grad = grad if need_grad else None  # (0,) without need_grad
-    reduced, _ = torch.ops.cbbench.sigmoid_focal_fused(z, target, w, 2.0 if focal else 0.0, 0.25, -100, focal, "mean", need_grad)
+    reduced, _ = torch.ops.cbbench.sigmoid_focal_fused(*args, "mean", need_grad)
     torch.cuda.synchronize()
     if reduced.dim() != 0:
         return False
@@ -124,7 +135,8 @@ def softmax_masked_case(n, c, dtype, *, keep_last=False, via_offset=False, seed=
         off = off.masked_fill(masked, float("-inf"))
     else:
         z = masked_z
-    loss, grad = torch.ops.cbbench.softmax_cross_entropy_fused(z, y, w, off, None, 1.0, 0.0, -100, "none", True)
+    loss, grad = torch.ops.cbbench.softmax_cross_entropy_fused(z, y, w, off, None, 1.0, 0.0, 0.0, None, None, -100, "none",
+                                                              True)
     ref = z.double().requires_grad_(True)
     want = F.softmax_cross_entropy(ref, y, w.double(), logit_offset=off.double(), reduction="none",
                                    backend="reference")
@@ -223,6 +235,8 @@ def cases(quick: bool):
     yield "softmax split C=150001 f32", lambda: softmax_case(4, 150001, f32, unaligned=True)
     yield "sigmoid group C=80 bf16 focal", lambda: sigmoid_case(9, 80, bf16)
     yield "sigmoid block C=5000 f32 multi-hot", lambda: sigmoid_case(4, 5000, f32, multi_hot=True, unaligned=True)
+    yield "softmax focal group C=10 f32 sample-weighted", lambda: softmax_case(9, 10, f32, focal=True)
+    yield "softmax focal split C=150001 f32 sample-weighted", lambda: softmax_case(4, 150001, f32, focal=True)
     if quick:
         return
     for c in (1, 3, 37, 100, 1000):
@@ -231,6 +245,10 @@ def cases(quick: bool):
             yield f"softmax C={c} {dt} unaligned fwd-only", lambda c=c, dt=dt: softmax_case(
                 9, c, dt, unaligned=True, need_grad=False, seed=c)
             yield f"focal C={c} {dt}", lambda c=c, dt=dt: sigmoid_case(9, c, dt, seed=c)
+            yield f"focal C={c} {dt} sample-weighted", lambda c=c, dt=dt: sigmoid_case(9, c, dt, sample_weight=True,
+                                                                                      seed=c)
+            yield f"softmax focal C={c} {dt} sample-weighted", lambda c=c, dt=dt: softmax_case(9, c, dt, focal=True,
+                                                                                              seed=c)
             yield f"sigmoid C={c} {dt} multi-hot unaligned", lambda c=c, dt=dt: sigmoid_case(
                 9, c, dt, multi_hot=True, focal=False, unaligned=True, seed=c)
     for c in (8142, 16385, 131072):
@@ -242,6 +260,7 @@ def cases(quick: bool):
     for c in (10, 1203, 20000, 131072):
         yield f"softmax C={c} f64", lambda c=c: softmax_case(4, c, f64, unaligned=True, seed=c)
         yield f"focal C={c} f64 multi-hot", lambda c=c: sigmoid_case(4, c, f64, multi_hot=True, seed=c)
+        yield f"softmax focal C={c} f64 sample-weighted", lambda c=c: softmax_case(4, c, f64, focal=True, seed=c)
     for dt in (f32, f16, bf16, f64):
         yield f"scaled_grad {dt}", lambda dt=dt: scale_case(dt)
     yield "autograd through the ops", autograd_case

@@ -41,6 +41,7 @@ def test_sanitizer_cases_follow_the_kernel_contract(sanitizer_cases_on_cpu):
         assert run(), f"sanitizer case {name!r} gave a wrong result on the CPU kernels"
         ran.append(name)
     assert len(ran) >= 25 and any("f64" in name for name in ran) and any("multi-hot" in name for name in ran)
+    assert any("softmax focal" in name for name in ran) and any("sample-weighted" in name for name in ran)
     masked = [name for name in ran if "masked" in name]
     assert len(masked) >= 18 and any("offset" in name for name in masked), masked
 

@@ -25,6 +25,7 @@ from cbbench.harness.datasets import dataset_kind, load_dataset, write_fake_cifa
 from cbbench.harness.errors import (EXIT_BUSY, EXIT_DATA, EXIT_OUTPUT, EXIT_RESUME, EXIT_TERMINATED, EXIT_USAGE,
                                     DataError)
 from cbbench.harness.inputs import StreamInputs
+from cbbench.harness.methods import METHODS
 from cbbench.harness.train import train_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -483,8 +484,9 @@ def test_sigterm_keeps_finished_runs_writes_the_summary_and_exits_143(tmp_path):
     assert proc.returncode == EXIT_TERMINATED, err
     assert "Traceback" not in err and "terminated (SIGTERM) after" in err and "--resume" in err
     kept = list(out.glob("runs/*/result.json"))
-    assert f"after {len(kept)} of 63 runs" in err
-    assert f"Interrupted: {len(kept)} of 63 runs" in (out / "summary.md").read_text()
+    planned = len(METHODS) * 3  # --methods all --seeds 3 on one dataset
+    assert f"after {len(kept)} of {planned} runs" in err
+    assert f"Interrupted: {len(kept)} of {planned} runs" in (out / "summary.md").read_text()
     assert not (out / ".cbbench.lock").exists()
 
 

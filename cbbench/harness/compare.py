@@ -12,6 +12,12 @@ the whole comparison (``OUT/.cbbench.lock``, :mod:`cbbench.harness.output`): a s
 once. An interrupt (Ctrl-C / SIGINT, or SIGTERM under the command line) stops the running run, writes the
 summary of the finished ones and raises :class:`ComparisonInterrupted`, which says what was kept.
 
+The runs train in this process, one after another (``executor="serial"``, the default), or as Ray tasks on
+a cluster (``executor="ray"``, :mod:`cbbench.harness.executors`); either way their results come back here
+and are written by the code above, so the files are the same. A Ray run that fails after its retries is
+reported (``summary.md``, ``runs/<run id>/error.txt``) and :class:`~cbbench.harness.errors.RunsFailed`
+is raised once the others are written; ``resume`` then trains only the failed ones.
+
 With ``betas``, every method whose behaviour depends on the class-balanced beta (CB weights, DRW, CB
 sampling) runs once per beta: the beta experiment of Cui et al. (see :mod:`cbbench.harness.beta`).
 
@@ -22,6 +28,7 @@ writes files and shows progress bars.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import dataclasses
@@ -30,15 +37,18 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from typing import Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from .. import distributed
 from .datasets import DATASETS, load_dataset
 from .ddp import is_main, on_main
-from .errors import OutputError, ResumeConflict, UsageError
+from .errors import OutputError, ResumeConflict, RunsFailed, UsageError
+from .executors import RunFailure, make_executor
 from .fingerprint import data_fingerprint
 from .methods import METHODS, get_spec
 from .metrics import SCALAR_METRICS
@@ -129,9 +139,10 @@ def _run_id(method: str, seed: int, beta: Optional[float]) -> str:
 
 def plan_runs(dataset: str, methods: Sequence[str], seeds: Union[int, list], *, betas=None,
               imbalance: Optional[float] = None, epochs: Optional[int] = None, device: str = "cpu",
-              **overrides) -> List[PlannedRun]:
+              local_device: bool = True, **overrides) -> List[PlannedRun]:
     """Every run of the grid, configs resolved (recipe defaults filled in, every field validated).
-    Methods that use beta run once per beta of ``betas`` (when given); the others once."""
+    Methods that use beta run once per beta of ``betas`` (when given); the others once. ``local_device=False``:
+    the runs train on other machines, whose devices are not looked for here (:func:`resolve_config`)."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     if isinstance(methods, str):
@@ -162,7 +173,7 @@ def plan_runs(dataset: str, methods: Sequence[str], seeds: Union[int, list], *, 
                 opts["beta"] = beta
             for seed in seeds:
                 config = resolve_config(TrainConfig(dataset, method, seed=seed, imbalance=imbalance, epochs=epochs,
-                                                    device=device, **opts))
+                                                    device=device, **opts), local_device=local_device)
                 plan.append(PlannedRun(_run_id(method, seed, config.beta if spec.uses_beta else None), config))
     return plan
 
@@ -220,6 +231,11 @@ def _result_path(out_dir: str, run_id: str) -> str:
     return os.path.join(out_dir, RUNS_DIR, run_id, "result.json")
 
 
+def _error_path(out_dir: str, run_id: str) -> str:
+    """A failed run's report (cbbench.harness.executors): the error and traceback of its last attempt."""
+    return os.path.join(out_dir, RUNS_DIR, run_id, "error.txt")
+
+
 def finished_run_ids(out_dir: str, plan: Sequence[PlannedRun]) -> list:
     """Ids of the planned runs that have a ``result.json`` under ``out_dir``."""
     return [p.run_id for p in plan if os.path.isfile(_result_path(out_dir, p.run_id))]
@@ -256,7 +272,7 @@ def _load_finished(out_dir: str, plan: Sequence[PlannedRun], train_counts: list,
 def run_comparison(dataset: str, methods: list, seeds: Union[int, list], out_dir: Optional[str] = None, *,
                    betas: Optional[Sequence[float]] = None, resume: bool = False, reuse: Sequence[dict] = (),
                    imbalance: Optional[float] = None, epochs: Optional[int] = None, device: str = "cpu",
-                   progress: bool = True, plots: bool = True, **overrides) -> list:
+                   progress: bool = True, plots: bool = True, executor=None, **overrides) -> list:
     """Train every method with every seed (and every beta of ``betas`` for the methods that use one) on
     ``dataset``; return one result dict per run (the keys of ``result.json``, plus ``run_id``) in grid
     order. ``overrides`` are :class:`TrainConfig` fields (``beta``, ``gamma``, ``batch_size``, ``lr``,
@@ -266,24 +282,41 @@ def run_comparison(dataset: str, methods: list, seeds: Union[int, list], out_dir
     then ``summary.md``, ``runs.json`` and, with ``plots``, the PNGs. ``resume`` takes the runs already
     in ``out_dir`` instead of training them again; ``reuse`` does the same from result dicts in memory
     (e.g. an earlier comparison on the same data). Raises :class:`ComparisonInterrupted` on an interrupt.
+
+    ``executor``: ``"serial"`` (default: every run in this process), ``"ray"`` (every run a Ray task, with
+    the default options) or an executor object (:class:`cbbench.harness.executors.RayExecutor` with its
+    address, CPUs and GPUs per run, retries). With Ray, runs that fail after their retries are reported
+    and :class:`~cbbench.harness.errors.RunsFailed` is raised after everything else is written.
     """
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",")]
-    plan = plan_runs(dataset, methods, seeds, betas=betas, imbalance=imbalance, epochs=epochs, device=device,
-                     **overrides)
-    first = plan[0].config
-    data = load_dataset(dataset, data_dir=first.data_dir, imbalance=imbalance, progress=progress and is_main(),
-                        **first.dataset_options)
-    for planned in plan:
-        check_run(planned.config, data)
-    with contextlib.ExitStack() as held:
-        if out_dir is not None:  # one writer per folder, from the resume check to the last plot
-            held.enter_context(main_folder_lock(out_dir))
-        return _run_plan(plan, data, out_dir, resume=resume, reuse=reuse, progress=progress, plots=plots)
+    executor = make_executor(executor)
+    if not executor.local_device:
+        if distributed.world_size() > 1:
+            raise UsageError(f"executor {executor.name!r} does not run under torchrun: each run is one task there; "
+                             "start the comparison in one process")
+        # the grid's own errors (methods, betas, options) before connecting to a cluster; the device and
+        # accel are checked once the cluster says which devices it has
+        plan_runs(dataset, methods, seeds, betas=betas, imbalance=imbalance, epochs=epochs, device="cpu",
+                  local_device=False, **dict(overrides, accel="none"))
+    with executor.session():
+        device = executor.run_device(device)  # refuses runs the cluster cannot train, before anything is sent
+        plan = plan_runs(dataset, methods, seeds, betas=betas, imbalance=imbalance, epochs=epochs, device=device,
+                         local_device=executor.local_device, **overrides)
+        first = plan[0].config
+        data = load_dataset(dataset, data_dir=first.data_dir, imbalance=imbalance, progress=progress and is_main(),
+                            **first.dataset_options)
+        for planned in plan:
+            check_run(planned.config, data, local_device=executor.local_device)
+        with contextlib.ExitStack() as held:
+            if out_dir is not None:  # one writer per folder, from the resume check to the last plot
+                held.enter_context(main_folder_lock(out_dir))
+            return _run_plan(plan, data, out_dir, resume=resume, reuse=reuse, progress=progress, plots=plots,
+                             executor=executor)
 
 
 def _run_plan(plan: List[PlannedRun], data, out_dir: Optional[str], *, resume: bool, reuse: Sequence[dict],
-              progress: bool, plots: bool) -> list:
+              progress: bool, plots: bool, executor) -> list:
     counts = [int(c) for c in data.train_counts]
     fingerprint = data_fingerprint(data)
     done = {}
@@ -298,30 +331,60 @@ def _run_plan(plan: List[PlannedRun], data, out_dir: Optional[str], *, resume: b
                     and result.get("seed") == planned.config.seed and not _same_run(planned, result, counts) \
                     and not _same_data(result, fingerprint):
                 done[planned.run_id] = dict(result, run_id=planned.run_id)
-    if any(p.run_id not in done for p in plan):
+    todo = [planned for planned in plan if planned.run_id not in done]
+    if todo:
         check_inputs(data, plan[0].config, progress)  # every input file, before the first epoch
 
     start = time.perf_counter()
-    runs = {}
-    bar = tqdm(plan, desc=f"{data.name} comparison", disable=not progress, unit="run")
+    runs, failures = {}, []
+    bar = tqdm(total=len(plan), desc=f"{data.name} comparison", disable=not progress, unit="run")
+
+    running_now = [0]  # as the executor last said
+
+    def show(running: Optional[int] = None, refresh: bool = True) -> None:
+        if running is not None:
+            running_now[0] = running
+        # the counts in this order (tqdm sorts keyword arguments)
+        bar.set_postfix(collections.OrderedDict(running=running_now[0], finished=len(runs), failed=len(failures)),
+                        refresh=refresh)
+
+    def keep(run_id: str, result: dict) -> None:  # a finished run: written at once, whole
+        if writes is not None:
+            atomic_write(_result_path(writes, run_id), json.dumps(result, indent=1))
+            with contextlib.suppress(FileNotFoundError):  # the report of an earlier failed attempt
+                os.unlink(_error_path(writes, run_id))
+        runs[run_id] = result
+
     try:
-        for planned in bar:
+        for planned in plan:  # the kept runs, in grid order (the reused ones are written here)
             if planned.run_id in done:
                 result = done[planned.run_id]
-                if writes is not None and not os.path.isfile(_result_path(writes, planned.run_id)):
-                    atomic_write(_result_path(writes, planned.run_id), json.dumps(result, indent=1))
-            else:
-                result = dict(train_run(planned.config, data, progress=progress), run_id=planned.run_id)
-                if writes is not None:
-                    atomic_write(_result_path(writes, planned.run_id), json.dumps(result, indent=1))
-            runs[planned.run_id] = result
-            if writes is not None:
-                write_results_csv(_in_order(plan, runs), os.path.join(writes, "results.csv"))
+                if writes is None or not os.path.isfile(_result_path(writes, planned.run_id)):
+                    keep(planned.run_id, result)
+                runs[planned.run_id] = result
+                bar.update()
+        if runs and writes is not None:
+            write_results_csv(_in_order(plan, runs), os.path.join(writes, "results.csv"))
+        show(0)
+        with contextlib.closing(executor.execute(todo, data, train_run, progress=progress, running=show)) as ends:
+            for outcome in ends:
+                if outcome.failure is not None:
+                    failures.append(_failure_record(_planned(plan, outcome.run_id), outcome.failure))
+                    _report_failure(writes, outcome.failure, bar if progress else None)
+                else:
+                    keep(outcome.run_id, dict(outcome.result, run_id=outcome.run_id))
+                    if writes is not None:
+                        write_results_csv(_in_order(plan, runs), os.path.join(writes, "results.csv"))
+                show(max(0, running_now[0] - 1), refresh=False)  # this one ended; the executor says the rest
+                bar.update()
+        show(0)
+        bar.close()
     except KeyboardInterrupt as exc:
         bar.close()
         finished = _in_order(plan, runs)
-        if writes is not None and finished:  # the quick files only: a second Ctrl-C must not wait for plots
-            write_summary_md(finished, os.path.join(writes, "summary.md"), planned=len(plan))
+        if writes is not None and (finished or failures):  # the quick files only: a second Ctrl-C must not wait
+            write_summary_md(finished, os.path.join(writes, "summary.md"), planned=len(plan), failures=failures,
+                             dataset=data.name)
         raise ComparisonInterrupted(finished, len(plan), out_dir, getattr(exc, "signum", signal.SIGINT)) from None
     except OutputError as exc:
         kept = f"the {len(runs)} finished run(s) before it are in {os.path.join(out_dir, RUNS_DIR)}; " \
@@ -331,9 +394,10 @@ def _run_plan(plan: List[PlannedRun], data, out_dir: Optional[str], *, resume: b
     wall = time.perf_counter() - start
     out_dir = writes
     if out_dir is not None:
-        write_summary_md(runs, os.path.join(out_dir, "summary.md"), wall_time_s=wall)
+        write_summary_md(runs, os.path.join(out_dir, "summary.md"), wall_time_s=wall, planned=len(plan),
+                         failures=failures, dataset=data.name)
         atomic_write(os.path.join(out_dir, "runs.json"), json.dumps(runs, indent=1))
-        if plots:
+        if plots and runs:
             from .beta import has_beta_sweep
             from .plots import plot_accuracy_per_method, plot_beta_experiment, plot_per_class_accuracy
 
@@ -341,7 +405,45 @@ def _run_plan(plan: List[PlannedRun], data, out_dir: Optional[str], *, resume: b
             plot_per_class_accuracy(runs, os.path.join(out_dir, "per_class_accuracy.png"))
             if has_beta_sweep(runs):
                 plot_beta_experiment(runs, os.path.join(out_dir, "beta_experiment.png"))
+    if failures:
+        raise RunsFailed(_failed_message(failures, len(plan), len(runs), out_dir), runs, failures)
     return runs
+
+
+def _planned(plan: Sequence[PlannedRun], run_id: str) -> PlannedRun:
+    return next(p for p in plan if p.run_id == run_id)
+
+
+def _failure_record(planned: PlannedRun, failure: RunFailure) -> dict:
+    """A failed run as the summary lists it."""
+    spec = get_spec(planned.config.method)
+    return {"run_id": planned.run_id, "method": planned.config.method, "seed": planned.config.seed,
+            "beta": planned.config.beta if spec.uses_beta else None, "error": failure.error,
+            "attempts": failure.attempts}
+
+
+def _report_failure(out_dir: Optional[str], failure: RunFailure, bar) -> None:
+    """A failed run's full report to ``runs/<run id>/error.txt`` and its one line to stderr, at once."""
+    where = ""
+    if out_dir is not None:
+        path = _error_path(out_dir, failure.run_id)
+        atomic_write(path, f"{failure.run_id}: failed after {failure.attempts} attempt(s): {failure.error}\n\n"
+                           f"The last attempt's report:\n{failure.details}\n")
+        where = f" (details: {path})"
+    line = f"failed: {failure.run_id} after {failure.attempts} attempt(s): {failure.error}{where}"
+    if bar is not None:
+        bar.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
+def _failed_message(failures: list, planned: int, finished: int, out_dir: Optional[str]) -> str:
+    names = ", ".join(f["run_id"] for f in failures[:5]) + (f" and {len(failures) - 5} more" if len(failures) > 5
+                                                             else "")
+    kept = (f"the {finished} finished run(s), results.csv and summary.md are in {out_dir}, each failed run's error "
+            f"in {os.path.join(out_dir, RUNS_DIR, '<run>', 'error.txt')}; rerun the same command with --resume to "
+            "train only the failed runs") if out_dir else f"{finished} run(s) finished"
+    return f"{len(failures)} of {planned} runs failed after their retries: {names}; {kept}"
 
 
 def _in_order(plan: Sequence[PlannedRun], runs: dict) -> list:
@@ -399,12 +501,20 @@ def _fmt(stat) -> str:
 
 
 def write_summary_md(runs: list, path: str, *, wall_time_s: Optional[float] = None,
-                     planned: Optional[int] = None) -> None:
+                     planned: Optional[int] = None, failures: Sequence[dict] = (),
+                     dataset: Optional[str] = None) -> None:
     """A markdown table, mean ± sample std over seeds per method (and beta), the run settings, the
     diverged runs and, with a beta sweep, the beta experiment's reading. ``planned`` (the grid size)
-    marks an interrupted comparison."""
+    marks an interrupted comparison; ``failures`` (runs that failed on a cluster, without a result) are
+    listed, and are all there is when no run finished (then ``dataset`` names the comparison)."""
     from .beta import beta_markdown, has_beta_sweep
 
+    failed = _failed_markdown(failures)
+    if not runs:
+        lines = [f"# {dataset or 'comparison'}: long-tailed method comparison", "",
+                 f"**No run finished: {len(failures)} of {planned or len(failures)} failed.**", "", *failed]
+        atomic_write(path, "\n".join(lines) + "\n")
+        return
     first = runs[0]
     cfg = first["config"]
     counts = first["train_counts"]
@@ -413,8 +523,11 @@ def write_summary_md(runs: list, path: str, *, wall_time_s: Optional[float] = No
               ", ".join(f"x{f:g} at epoch {m}" for m, f in zip(cfg["milestones"], cfg["lr_factors"])))
     betas = sorted({r["beta"] for r in runs if r.get("beta") is not None})
     lines = [f"# {first['dataset']}: long-tailed method comparison", ""]
-    if planned is not None and planned != len(runs):
+    if planned is not None and planned != len(runs) + len(failures):
         lines += [f"**Interrupted: {len(runs)} of {planned} runs finished; the table covers those.**", ""]
+    if failures:
+        lines += [f"**Failed: {len(failures)} of {planned or len(runs) + len(failures)} runs failed (no result; "
+                  "listed below); the table covers the finished ones.**", ""]
     lines += [
         f"- imbalance factor {cfg['imbalance']:g}; training counts per class {counts} "
         f"({sum(counts)} examples); test counts {cfg['test_counts']}",
@@ -443,4 +556,18 @@ def write_summary_md(runs: list, path: str, *, wall_time_s: Optional[float] = No
             f"{run_label(r)} seed {r['seed']} in epoch {r.get('diverged_epoch')}" for r in diverged) + "."]
     if has_beta_sweep(runs):
         lines += ["", *beta_markdown(runs, heading="## The beta experiment")]
+    if failed:
+        lines += ["", *failed]
     atomic_write(path, "\n".join(lines) + "\n")
+
+
+def _failed_markdown(failures: Sequence[dict]) -> list:
+    if not failures:
+        return []
+    lines = ["## Failed runs", "", "No result (each failed after its retries; its error and traceback are in "
+             "`runs/<run>/error.txt`); `--resume` trains them again:", ""]
+    for f in failures:
+        beta = "" if f.get("beta") is None else f" (beta={f['beta']:g})"
+        lines.append(f"- `{f['run_id']}`: {f['method']}{beta} seed {f['seed']}, {f['attempts']} attempt(s): "
+                     f"{f['error']}")
+    return lines

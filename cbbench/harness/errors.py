@@ -13,6 +13,8 @@ code  meaning
 4     output: the output folder or a file in it cannot be written (read-only, no space left, quota)
 5     busy: another cbbench process holds the output folder (its lock file names the pid and host)
 6     resume: ``--resume`` found results it must not keep (other configuration or data, unreadable)
+7     failed runs: runs of a grid on a cluster failed after their retries; the others are kept, and
+      ``--resume`` trains only the failed ones again
 130   interrupted by SIGINT (Ctrl-C); a comparison keeps its finished runs and writes the summary
 143   terminated by SIGTERM; the same as SIGINT
 ====  ==========================================================================================
@@ -24,10 +26,10 @@ from __future__ import annotations
 
 import signal
 
-__all__ = ["EXIT_OK", "EXIT_USAGE", "EXIT_DATA", "EXIT_OUTPUT", "EXIT_BUSY", "EXIT_RESUME", "EXIT_INTERRUPTED",
-           "EXIT_TERMINATED", "EXIT_CODES", "CbbenchError", "UsageError", "MissingOption", "DataError",
-           "DataFileNotFound", "OutputError", "FolderBusy", "ResumeConflict", "Terminated", "as_data_error",
-           "signal_exit_code"]
+__all__ = ["EXIT_OK", "EXIT_USAGE", "EXIT_DATA", "EXIT_OUTPUT", "EXIT_BUSY", "EXIT_RESUME", "EXIT_FAILED_RUNS",
+           "EXIT_INTERRUPTED", "EXIT_TERMINATED", "EXIT_CODES", "CbbenchError", "UsageError", "MissingOption",
+           "DataError", "DataFileNotFound", "OutputError", "FolderBusy", "ResumeConflict", "RunsFailed", "Terminated",
+           "as_data_error", "signal_exit_code"]
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -35,6 +37,7 @@ EXIT_DATA = 3
 EXIT_OUTPUT = 4
 EXIT_BUSY = 5
 EXIT_RESUME = 6
+EXIT_FAILED_RUNS = 7
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
 
@@ -46,6 +49,7 @@ EXIT_CODES = {
     EXIT_OUTPUT: "output: the output folder cannot be written (read-only, no space left)",
     EXIT_BUSY: "busy: another cbbench process writes to the output folder",
     EXIT_RESUME: "resume: the output folder holds results --resume must not keep",
+    EXIT_FAILED_RUNS: "failed runs: runs on a cluster failed after their retries (the others are kept)",
     EXIT_INTERRUPTED: "interrupted (SIGINT)",
     EXIT_TERMINATED: "terminated (SIGTERM)",
 }
@@ -93,6 +97,18 @@ class ResumeConflict(CbbenchError, ValueError):
     """``--resume`` found a result in the output folder that it must not keep."""
 
     exit_code = EXIT_RESUME
+
+
+class RunsFailed(CbbenchError):
+    """Runs of a comparison failed after their retries (a task that raised, or whose worker or node died:
+    :mod:`cbbench.harness.executors`). Raised once every other run finished and was written, with the
+    summary naming the failed ones; ``runs`` are the finished results, ``failures`` the failed runs."""
+
+    exit_code = EXIT_FAILED_RUNS
+
+    def __init__(self, message: str, runs: list = (), failures: list = ()):
+        super().__init__(message)
+        self.runs, self.failures = list(runs), list(failures)
 
 
 class Terminated(KeyboardInterrupt):

@@ -154,8 +154,23 @@ def _flag(value, name) -> bool:
     return bool(value)
 
 
-def resolve_config(config: TrainConfig) -> TrainConfig:
-    """Fill recipe defaults, scale the schedule to ``epochs`` and validate every field."""
+def resolve_device_elsewhere(device) -> torch.device:
+    """``device`` checked for a run that trains in another process, on a machine chosen later (a Ray task,
+    :mod:`cbbench.harness.executors`): ``cpu`` or ``cuda`` without an index (the GPU is the one the task is
+    given), not looked for here; the process that trains resolves the config again, on its own devices."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"bad device {device!r}: {exc}") from exc
+    if dev.type not in ("cpu", "cuda") or dev.index is not None:
+        raise UsageError(f"device {device!r}: a run on another machine trains on 'cpu' or on 'cuda', the GPU it is "
+                         "given there (no index)")
+    return dev
+
+
+def resolve_config(config: TrainConfig, *, local_device: bool = True) -> TrainConfig:
+    """Fill recipe defaults, scale the schedule to ``epochs`` and validate every field. ``local_device=False``:
+    the run trains elsewhere (:func:`resolve_device_elsewhere`), so its device is not looked for here."""
     if config.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
     get_spec(config.method)
@@ -252,7 +267,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
             raise FileNotFoundError(f"{c.init_weights}: backbone weights file not found")
     if c.accel not in ACCELS:
         raise ValueError(f"accel must be one of {ACCELS}, got {c.accel!r}")
-    device = resolve_device(c.device)
+    device = resolve_device(c.device) if local_device else resolve_device_elsewhere(c.device)
     c.device = str(device)
     parallel = distributed.world_size() > 1
     if c.accel == "auto":
@@ -366,10 +381,11 @@ def _eager_step(model, loss_fn, optimizer):
     return step
 
 
-def check_run(config: TrainConfig, data: LongTailedData) -> TrainConfig:
+def check_run(config: TrainConfig, data: LongTailedData, *, local_device: bool = True) -> TrainConfig:
     """Everything :func:`train_run` would reject about ``config`` on ``data``, checked without training:
-    the resolved config (returned), the data matching it, and the method bound to its class counts."""
-    config = resolve_config(config)
+    the resolved config (returned), the data matching it, and the method bound to its class counts.
+    ``local_device``: as :func:`resolve_config`'s."""
+    config = resolve_config(config, local_device=local_device)
     if data.name != config.dataset:
         raise ValueError(f"data is {data.name!r} but config.dataset is {config.dataset!r}")
     spec = get_spec(config.method)
