@@ -12,7 +12,7 @@ OUT    ?= report
 KERNEL_SOURCES := $(wildcard kernels/include/*.h kernels/ops/*.h kernels/ops/*.cpp kernels/cpu/*.h kernels/cpu/*.pyx kernels/cpu/*.pxd kernels/cpu/*.cpp kernels/cuda/*.cu kernels/cuda/*.cuh kernels/cuda/*.h kernels/cuda/*.cpp)
 STAMP := $(VENV)/.cbbench-installed
 
-.PHONY: setup test bench weights cuda-check cuda-emu-check clean
+.PHONY: setup test bench weights install-check cuda-check cuda-emu-check clean
 
 $(STAMP): setup.py pyproject.toml $(KERNEL_SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,9 +29,16 @@ test: $(STAMP)
 	@if $(BIN)/python $(EMU)/build_emulator.py --probe; then $(MAKE) --no-print-directory cuda-emu-check; fi
 	$(BIN)/python -m pytest -q
 
-# BENCH_FLAGS: e.g. --quick, --skip-accuracy, --device cpu, --seeds 3 (see `cbbench bench --help`)
+# The main job, about two minutes on 2 CPU cores. BENCH_FLAGS: e.g. --full (the complete sweep),
+# --skip-accuracy, --device cpu, --seeds 3 (see `cbbench bench --help`)
 bench: $(STAMP)
 	$(BIN)/cbbench bench --out $(OUT) $(BENCH_FLAGS)
+
+# The install paths from built wheels in a fresh virtual environment with the pinned torch only: the
+# kernels built by pip's isolated build, and a wheel without kernels compiling them on first use
+# (scripts/install_check.sh; CI runs it after `make test`)
+install-check:
+	bash scripts/install_check.sh $(PYTHON) "$(TORCH)"
 
 weights: $(STAMP)
 	$(BIN)/cbbench weights --counts 5000,2997,1796,1077,645,387,232,139,83,50 --out $(OUT)/weights
@@ -73,4 +80,4 @@ cuda-emu-check: $(STAMP)
 	$(BIN)/python $(EMU)/check_kernels.py
 
 clean:
-	rm -rf build *.egg-info cbbench/*.so kernels/cpu/_cpu.cpp kernels/cpu/_cpu.h $(OUT)
+	rm -rf build *.egg-info cbbench/*.so cbbench/_build_info.json kernels/cpu/_cpu.cpp kernels/cpu/_cpu.h $(OUT)

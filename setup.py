@@ -1,95 +1,170 @@
-"""Build cbbench's compiled kernels (all are torch extensions: build against the torch that is installed,
-``pip install --no-build-isolation``, as the Makefile does).
+"""Build cbbench: the pure-Python package, its compiled kernels, and what a first-use build needs.
+
+The compiled modules are torch extensions (``cbbench/extensions.py`` describes the CPU ones):
 
 * ``cbbench._C`` -- the ops, defined once (kernels/ops/ops.cpp): schemas, autograd, composites.
 * ``cbbench._cpu`` -- the CPU kernels: a Cython extension (kernels/cpu/_cpu.pyx) compiled as C++ against
-  torch, whose row loops run the shared row math, registered for the CPU dispatch key; OpenMP when the
-  compiler has it.
+  torch, registered for the CPU dispatch key; OpenMP when the compiler has it.
 * ``cbbench._cuda`` -- the CUDA kernels (kernels/cuda) registered for the CUDA dispatch key; built when
   torch has CUDA and nvcc is found, or when ``CBBENCH_CUDA=1``; ``CBBENCH_CUDA=0`` turns it off.
+
+Which torch they are built against: the one this build imports -- ``pip install --no-build-isolation``
+-- or, in pip's isolated build environment (which holds only ``[build-system] requires``, never torch:
+an isolated build must not download a multi-GB CUDA wheel), the torch of the environment being installed
+into, found by asking this interpreter outside the isolation. With no torch anywhere (or
+``CBBENCH_BUILD_KERNELS=0``) none is built here: cbbench compiles them on first use (``cbbench/jit.py``)
+from the kernel sources this build ships in the package (``cbbench/_sources``, with Cython's C++ of the CPU
+module, so the first-use build needs a C++ compiler and torch, not Cython). Every build writes
+``cbbench/_build_info.json``: the torch it built against and what it built, or why not; the package checks
+it before loading a module, so a module built against another torch is never imported.
 """
+import importlib.util
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 from pathlib import Path
 
-from setuptools import Extension, setup
+from setuptools import setup
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 INCLUDE = str(ROOT / "kernels" / "include")
+BUILD_INFO = "_build_info.json"
 
 
-_SIMD_PROBE = "int main(){float s=0;\n#pragma omp simd reduction(+:s)\nfor(int i=0;i<8;++i)s+=i;return s > 0 ? 0 : 1;}\n"
-_OPENMP_PROBE = "#include <omp.h>\nint main(){return omp_get_max_threads() > 0 ? 0 : 1;}\n"
+def _load_extensions_module():
+    """cbbench/extensions.py by path: importing the package would import torch."""
+    spec = importlib.util.spec_from_file_location("cbbench_extensions", ROOT / "cbbench" / "extensions.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _compiler_accepts(flags, source) -> bool:
-    """Whether the C++ compiler builds and links ``source`` with ``flags``."""
-    cc = os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++"
-    cc = cc.split()[0]
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "probe.cpp"
-        src.write_text(source)
+extensions = _load_extensions_module()
+
+# what this build found and did, written to cbbench/_build_info.json by every build step
+RECORD = {"torch": None, "torch_git": None, "python": sys.implementation.cache_tag, "torch_found": None,
+          "modules": {}, "cpu_build": None}
+
+
+def _target_torch_site():
+    """``(site-packages folder, torch version)`` of the torch this interpreter imports outside pip's build
+    isolation (pip runs this file with the target environment's interpreter and hides that environment's
+    packages through PYTHONPATH and PYTHONNOUSERSITE), or ``(None, why not)``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE")}
+    code = ("import json, os, torch; "
+            "print(json.dumps([os.path.dirname(os.path.dirname(torch.__file__)), torch.__version__]))")
+    with tempfile.TemporaryDirectory() as cwd:  # nothing importable from the working directory
         try:
-            res = subprocess.run([cc, *flags, str(src), "-o", str(Path(tmp) / "probe")],
-                                 capture_output=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
-            return False
-        return res.returncode == 0
+            res = subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True,
+                                 timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+    if res.returncode != 0:
+        lines = res.stderr.strip().splitlines()
+        return None, lines[-1] if lines else f"exit code {res.returncode}"
+    site, version = json.loads(res.stdout.strip().splitlines()[-1])
+    return site, version
 
 
-def _compiler_has_openmp() -> bool:
-    return _compiler_accepts(["-fopenmp"], _OPENMP_PROBE)
-
-
-# The row kernels' flags: -ffp-contract=fast lets the polynomials use FMA; -fno-math-errno keeps libm calls
-# pure; -fno-trapping-math (FP exception flags only) lets GCC if-convert the selects of the simd loops,
-# which otherwise stay scalar; -fno-wrapv undoes Python's -fwrapv, under which GCC cannot assume the int
-# column index never wraps and vectorises short rows badly (C = 10 rows 2.5x slower). No -ffast-math: it
-# would break the inf/NaN handling we promise. No -std: torch's BuildExtension adds the standard its
-# headers need.
-ROW_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast", "-fno-wrapv", "-g0"]
-
-
-def op_extensions():
-    """``cbbench._C`` (the ops) and ``cbbench._cpu`` (the Cython CPU kernels), both against torch; none
-    when torch is not importable at build time (the losses then run the reference, and say so)."""
+def find_torch():
+    """The torch to build against: importable here, or the target environment's (see the module
+    docstring); ``None`` when there is none. Records where it came from."""
     try:
-        from Cython.Build import cythonize
-        from torch.utils.cpp_extension import BuildExtension, CppExtension
+        import torch
+        RECORD["torch_found"] = "importable in the build environment"
     except ImportError as exc:
-        print(f"cbbench build: NO compiled kernels ({exc}): build with torch and Cython installed and "
-              "`pip install --no-build-isolation`")
-        return [], {}
-    openmp = os.environ.get("CBBENCH_OPENMP", "1") != "0" and _compiler_has_openmp()
-    flags = list(ROW_FLAGS)
-    link = []
-    if openmp:
-        flags.append("-fopenmp")
-        link.append("-fopenmp")
-    elif _compiler_accepts(["-fopenmp-simd"], _SIMD_PROBE):
-        flags.append("-fopenmp-simd")  # no threads, but `#pragma omp simd` still vectorises the row loops
-    ops_dir = str(ROOT / "kernels" / "ops")
-    ops = CppExtension("cbbench._C", sources=[str(Path("kernels") / "ops" / "ops.cpp")], include_dirs=[ops_dir],
-                       depends=[str(ROOT / "kernels" / "ops" / "cb_ops.h")], extra_compile_args=["-O2", "-g0"])
-    cpu = CppExtension(
-        "cbbench._cpu",
-        sources=[str(Path("kernels") / "cpu" / "_cpu.pyx")],
-        include_dirs=[INCLUDE, str(ROOT / "kernels" / "cpu"), ops_dir],
-        depends=[str(p) for p in sorted((ROOT / "kernels" / "cpu").glob("*.h"))]
-        + [str(Path(INCLUDE) / "cb_math.h"), str(ROOT / "kernels" / "ops" / "cb_ops.h")],
-        define_macros=[("CB_BUILD_FLAGS", '"' + " ".join(flags) + '"')],
-        extra_compile_args=flags,
-        extra_link_args=link,
-    )
-    cpu = cythonize([cpu], language_level=3, compiler_directives={"boundscheck": False, "wraparound": False})
-    print(f"cbbench build: ops (cbbench._C) and Cython CPU kernels (cbbench._cpu), OpenMP={'on' if openmp else 'off'}, "
-          f"flags={flags}")
-    return [ops, *cpu], {"build_ext": BuildExtension}
+        site, version = _target_torch_site()
+        if site is None:
+            RECORD["torch_found"] = f"not importable in the build environment ({exc}) nor outside it ({version})"
+            return None
+        sys.path.append(site)
+        try:
+            import torch
+        except ImportError as exc2:
+            RECORD["torch_found"] = f"torch {version} in {site} does not import in the build environment ({exc2})"
+            return None
+        RECORD["torch_found"] = f"in the environment being installed into ({site}), outside pip's build isolation"
+        print(f"cbbench build: building against torch {torch.__version__} of the environment being installed "
+              f"into ({site})")
+    RECORD["torch"] = torch.__version__
+    RECORD["torch_git"] = getattr(torch.version, "git_version", None)
+    return torch
+
+
+def op_extensions(torch):
+    """``cbbench._C`` and ``cbbench._cpu`` against ``torch``; none without torch or with
+    ``CBBENCH_BUILD_KERNELS=0`` (cbbench then compiles them on first use)."""
+    if os.environ.get("CBBENCH_BUILD_KERNELS", "1") == "0":
+        why = "not built at install (CBBENCH_BUILD_KERNELS=0): compiled on first use"
+    elif torch is None:
+        why = f"not built at install: no torch to build against ({RECORD['torch_found']}): compiled on first use"
+    else:
+        try:
+            exts, line = extensions.torch_extensions(ROOT, relative_to=ROOT)
+        except RuntimeError as exc:  # the Cython module without Cython
+            why = f"not built at install ({exc}): compiled on first use"
+        else:
+            print(f"cbbench build: {line}")
+            RECORD["cpu_build"] = line
+            RECORD["modules"].update({name: "built" for name in extensions.MODULES})
+            return exts
+    print(f"cbbench build: NO compiled CPU kernels: {why}")
+    RECORD["modules"].update({name: why for name in extensions.MODULES})
+    return []
+
+
+def write_record(package_dir) -> None:
+    Path(package_dir).mkdir(parents=True, exist_ok=True)
+    (Path(package_dir) / BUILD_INFO).write_text(json.dumps(RECORD, indent=1) + "\n")
+
+
+class BuildPy(build_py):
+    """The package, plus what a first-use build needs (the kernel sources, Cython's C++ of the CPU module,
+    under cbbench/_sources) and the build record; an editable install reads the checkout instead."""
+
+    def run(self):
+        super().run()
+        if self.editable_mode:
+            return
+        package_dir = Path(self.build_lib) / "cbbench"
+        # the build folder outlives a build (pip builds a checkout in place): nothing of an earlier one
+        shutil.rmtree(package_dir / extensions.SOURCES_DIR, ignore_errors=True)
+        for name, status in RECORD["modules"].items():
+            if status != "built":
+                for stale in package_dir.glob(name.rsplit(".", 1)[1] + ".*"):
+                    stale.unlink()
+        try:
+            generated = extensions.cpu_source(ROOT)  # writes kernels/cpu/_cpu.cpp when Cython is installed
+        except RuntimeError as exc:
+            generated = None
+            print(f"cbbench build: the package ships no C++ of the CPU module ({exc}); a first-use build "
+                  "will need Cython")
+        # Cython's C++ where it was generated, else the Cython source (an installed file's modification
+        # time says nothing about which of the two is newer)
+        skip = ROOT / "kernels" / "cpu" / ("_cpu.pyx" if generated is not None and generated.suffix == ".cpp"
+                                           else "_cpu.cpp")
+        for path in (p for p in extensions.kernel_files(ROOT) if p != skip):
+            target = package_dir / extensions.SOURCES_DIR / path.relative_to(ROOT)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+        write_record(package_dir)
+
+
+def build_ext_class(base):
+    class BuildExt(base):
+        """torch's BuildExtension, then the build record beside the modules (in place for editable
+        installs and ``build_ext --inplace``). Not ``--parallel``: with ninja, torch writes every module's
+        build file into the one build folder."""
+
+        def run(self):
+            super().run()
+            write_record(Path(self.get_ext_fullpath("cbbench._C")).parent)
+    return BuildExt
 
 
 def _want_cuda():
@@ -101,9 +176,9 @@ def _want_cuda():
         from torch.utils.cpp_extension import CUDA_HOME
     except ImportError:
         if flag == "1":
-            sys.exit("CBBENCH_CUDA=1 but torch is not importable in the build environment; "
-                     "use `pip install --no-build-isolation`")
-        return False, "off (torch not importable at build time: use --no-build-isolation)"
+            sys.exit("CBBENCH_CUDA=1 but there is no torch to build against (in the build environment or the "
+                     "environment being installed into); install torch first")
+        return False, "off (no torch to build against)"
     nvcc = shutil.which("nvcc") or (CUDA_HOME and os.path.join(CUDA_HOME, "bin", "nvcc"))
     if flag == "1":
         return True, "on (CBBENCH_CUDA=1)"
@@ -178,11 +253,13 @@ def cuda_nvcc_flags(env=None) -> list:
 
 
 def cuda_extensions():
+    """``[cbbench._cuda]`` when :func:`_want_cuda` says so (the decision goes into the build record)."""
     want, why = _want_cuda()
     print(f"cbbench build: CUDA kernels {why}")
+    RECORD["modules"]["cbbench._cuda"] = "built" if want else why
     if not want:
-        return [], {}
-    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+        return []
+    from torch.utils.cpp_extension import CUDAExtension
 
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "kernels" / "cuda").glob("*.cu"))
     sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "kernels" / "cuda").glob("*.cpp"))
@@ -197,10 +274,15 @@ def cuda_extensions():
         # (C++20 for torch 2.13), the one `make cuda-check` compiles binding.cpp with.
         extra_compile_args={"cxx": ["-O3"], "nvcc": nvcc_flags},
     )
-    return [ext], {"build_ext": BuildExtension}
+    return [ext]
 
 
 if __name__ == "__main__":  # pip / setuptools run this file as __main__; tests import cuda_arch_flags
-    exts, cmdclass = op_extensions()
-    cuda_exts, cuda_cmdclass = cuda_extensions()
-    setup(ext_modules=exts + cuda_exts, cmdclass={**cmdclass, **cuda_cmdclass})
+    torch_module = find_torch()
+    exts = op_extensions(torch_module)
+    cuda_exts = cuda_extensions()
+    cmdclass = {"build_py": BuildPy}
+    if exts or cuda_exts:
+        from torch.utils.cpp_extension import BuildExtension
+        cmdclass["build_ext"] = build_ext_class(BuildExtension)
+    setup(ext_modules=exts + cuda_exts, cmdclass=cmdclass)

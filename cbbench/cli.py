@@ -4,9 +4,13 @@ Under a launcher (``torchrun --nproc_per_node=N -m cbbench train|compare ...``) 
 the default ``data_parallel=True`` run inside the launcher's process group (:mod:`cbbench.harness.ddp`);
 the others refuse to run on several processes.
 
-Exit codes (the table: :mod:`cbbench.harness.errors`): 0 success, 2 usage, 3 input data, 4 output folder
-not writable, 5 output folder busy (locked by another cbbench), 6 ``--resume`` conflict, 130 SIGINT, 143
-SIGTERM. Every error a user can cause is one line on stderr, without a traceback.
+Exit codes (the table: :mod:`cbbench.harness.errors`): 0 success, 2 usage (or the ``bench`` extra is not
+installed), 3 input data, 4 output folder not writable, 5 output folder busy (locked by another cbbench), 6
+``--resume`` conflict, 130 SIGINT, 143 SIGTERM. Every error a user can cause is one line on stderr, without a
+traceback.
+
+The command line is the harness and the benchmark suite: it needs the ``bench`` extra
+(:mod:`cbbench.extras`), and says so in one line when a package of it is missing.
 """
 from __future__ import annotations
 
@@ -37,9 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# cbbench.harness.errors.EXIT_USAGE, which cannot be imported without the extra (tests/test_install.py)
+EXIT_MISSING_EXTRA = 2
+
+
 def main(argv=None) -> int:
     """Run one sub-command; returns its exit code (the table in :mod:`cbbench.harness.errors`). Every error
     a user can cause is one line on stderr, no traceback."""
+    from . import extras
+
+    absent = extras.missing()
+    if absent:  # checked before anything imports the harness, which needs them
+        print(f"cbbench: error: {extras.install_line('the cbbench command line', absent)}", file=sys.stderr)
+        return EXIT_MISSING_EXTRA
     from .harness.errors import EXIT_DATA, EXIT_USAGE, CbbenchError, signal_exit_code
 
     parser = build_parser()
@@ -64,6 +78,12 @@ def main(argv=None) -> int:
     except CbbenchError as exc:
         print(f"{head}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ModuleNotFoundError as exc:  # a package of the extra that only this command imports (asv, ...)
+        package = extras.extra_module(exc)
+        if package is None:
+            raise
+        print(f"{head}: error: {extras.install_line(head, [package])}", file=sys.stderr)
+        return EXIT_MISSING_EXTRA
     except FileNotFoundError as exc:
         print(f"{head}: error: {exc}", file=sys.stderr)
         return EXIT_DATA

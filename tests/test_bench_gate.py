@@ -150,7 +150,7 @@ def test_gate_fails_a_planted_2x_slowdown(gate_repo):
     result = run_pair(gate_repo, "slow")
     if not result.failed:
         # On a busy shared machine a contention episode of seconds can slow the base's measurements by
-        # as much as the planted 2x (README, "The regression gate, measured"): one more attempt, shown.
+        # as much as the planted 2x (docs/results.md, "The regression gate, measured"): one more attempt, shown.
         print(f"\nTHE GATE MISSED THE PLANTED SLOWDOWN ONCE (a noisy machine?); attempt 2:\n{_explain(result)}")
         result = run_pair(gate_repo, "slow")
     first = result.first

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..harness import METHODS, compare
 from ..harness.compare import SCALAR_METRICS as METRICS
@@ -20,16 +20,28 @@ METRIC_TITLES = {"top1_error": "top-1 error %", "balanced_accuracy": "balanced a
 
 def run_accuracy(dataset: str = "digits-lt", methods: Optional[Sequence[str]] = None, seeds=1,
                  out_dir: Optional[str] = None, *, device: str = "cpu", progress: bool = True,
-                 plots: bool = True, **overrides) -> List[dict]:
+                 plots: bool = True, on_method: Optional[Callable[[str], None]] = None, **overrides) -> List[dict]:
     """Every run of ``methods`` (default: all) x ``seeds`` on ``dataset``. With ``out_dir`` the harness's files are written there; ``plots=False``
     leaves out its PNGs (``cbbench bench`` draws its own in the report) and writes only ``results.csv``,
-    ``summary.md`` and ``runs.json``, with the harness's writers."""
+    ``summary.md`` and ``runs.json``, with the harness's writers. ``on_method`` (with ``plots=False``) is
+    called after each method's runs (``cbbench bench``'s progress bar): the methods then run one
+    comparison each, in order. Other ``overrides`` go to :func:`cbbench.harness.compare.run_comparison`
+    (``betas``, ``reuse``, ``epochs``, ...)."""
     methods = list(methods) if methods else list(METHODS)
-    if plots or out_dir is None:
+    if plots or out_dir is None and on_method is None:
         return compare.run_comparison(dataset, methods, seeds, out_dir, device=device, progress=progress,
                                       **overrides)
     start = time.perf_counter()
-    runs = compare.run_comparison(dataset, methods, seeds, None, device=device, progress=progress, **overrides)
+    if on_method is None:
+        runs = compare.run_comparison(dataset, methods, seeds, None, device=device, progress=progress, **overrides)
+    else:
+        runs = []
+        for method in methods:
+            runs += compare.run_comparison(dataset, [method], seeds, None, device=device, progress=progress,
+                                           **overrides)
+            on_method(method)
+    if out_dir is None:
+        return runs
     wall = time.perf_counter() - start
     os.makedirs(out_dir, exist_ok=True)
     compare.write_results_csv(runs, os.path.join(out_dir, "results.csv"))

@@ -71,7 +71,9 @@ def parse_shape(text: str) -> Tuple[int, int]:
 
 # ----------------------------------------------------------------------------------------------
 # The case table: every shape any benchmark times, and which sets it belongs to.
-#   quick / full  the speed runner (`python -m cbbench.bench.speed`, `make bench`; full is the default)
+#   main          `make bench` (`cbbench bench`): the training-size shapes and one large shape per loss
+#   full          `cbbench bench --full` and the speed runner (`python -m cbbench.bench.speed`) by default
+#   quick         `cbbench bench --quick` and `python -m cbbench.bench.speed --quick`: a smoke run
 #   asv           the asv speed suite (benchmarks/bench_speed.py)
 #   memory        the asv memory suite (benchmarks/bench_memory.py)
 #   micro         the pytest-benchmark micro-benchmarks (benchmarks/micro)
@@ -79,7 +81,7 @@ def parse_shape(text: str) -> Tuple[int, int]:
 # sized for a 2-core machine and include the training-size shapes (N 8-256, C 10-1000) where per-call
 # overhead, not the kernel, decides.
 # ----------------------------------------------------------------------------------------------
-SETS = ("quick", "full", "asv", "memory", "micro")
+SETS = ("quick", "main", "full", "asv", "memory", "micro")
 
 
 @dataclass(frozen=True)
@@ -104,23 +106,23 @@ def _rows(device: str, loss: str, entries) -> List[TableRow]:
 
 CASE_TABLE: Tuple[TableRow, ...] = tuple(
     _rows("cpu", "softmax", [
-        ("8x10", "float32", "quick full asv micro"),
+        ("8x10", "float32", "quick main full asv micro"),
         ("128x10", "float32", "quick full asv micro"),
-        ("128x100", "float32", "quick full asv micro"),
-        ("256x1000", "float32", "quick full asv micro"),
-        ("8192x1000", "float32", "quick full asv memory micro"),
+        ("128x100", "float32", "quick main full asv micro"),
+        ("256x1000", "float32", "quick main full asv micro"),
+        ("8192x1000", "float32", "quick main full asv memory micro"),
         ("65536x10", "float32", "full"),
         ("1024x8142", "float32", "full"),
         ("8192x1000", "bfloat16", "full"),
     ])
     + _rows("cpu", "sigmoid", [
         ("128x100", "float32", "full asv"),
-        ("8192x1000", "float32", "quick full asv memory micro"),
+        ("8192x1000", "float32", "quick main full asv memory micro"),
         ("16384x80", "float32", "full"),
     ])
     + _rows("cpu", "focal", [
         ("128x100", "float32", "full asv"),
-        ("8192x1000", "float32", "quick full asv memory micro"),
+        ("8192x1000", "float32", "quick main full asv memory micro"),
         ("16384x80", "float32", "full"),
         ("2048x1203", "float32", "full"),
     ])
@@ -129,21 +131,21 @@ CASE_TABLE: Tuple[TableRow, ...] = tuple(
         ("8192x1000", "float32", "full asv memory micro"),
     ])
     + _rows("cuda", "softmax", [
-        ("256x1000", "float32", "quick full asv micro"),
-        ("65536x1000", "float32", "quick full asv memory micro"),
+        ("256x1000", "float32", "quick main full asv micro"),
+        ("65536x1000", "float32", "quick main full asv memory micro"),
         ("16384x8142", "float32", "full asv"),
         ("4096x131072", "float32", "full asv"),
-        ("65536x1000", "bfloat16", "quick full asv"),
+        ("65536x1000", "bfloat16", "quick main full asv"),
         ("65536x1000", "float16", "full"),
     ])
     + _rows("cuda", "sigmoid", [
-        ("1048576x80", "float32", "quick full asv memory micro"),
+        ("1048576x80", "float32", "quick main full asv memory micro"),
         ("16384x1203", "bfloat16", "full asv"),
     ])
     + _rows("cuda", "focal", [
-        ("1048576x80", "float32", "quick full asv memory micro"),
+        ("1048576x80", "float32", "quick main full asv memory micro"),
         ("16384x1203", "float32", "full"),
-        ("16384x1203", "bfloat16", "quick full asv"),
+        ("16384x1203", "bfloat16", "quick main full asv"),
     ])
     + _rows("cuda", "softmax_focal", [
         ("65536x1000", "float32", "full asv memory micro"),
@@ -155,7 +157,7 @@ DEVICES = ("cpu", "cuda")
 
 def suite(device: str, quick: bool = False, losses=LOSSES, *, set_name: Optional[str] = None) -> List[Case]:
     """The cases of ``device`` ("cpu" or "cuda") in one set of :data:`CASE_TABLE`: ``set_name``, or
-    "quick" / "full" (the speed runner's) by ``quick``; in the table's order, for ``losses``."""
+    "quick" / "full" by ``quick``; in the table's order, for ``losses``."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     name = set_name or ("quick" if quick else "full")
@@ -211,9 +213,10 @@ def make_inputs(case: Case, seed: int = 0) -> Inputs:
 # ----------------------------------------------------------------------------------------------
 # Fused classifier heads (cbbench/bench/linear.py, benchmarks/bench_linear.py): hidden (N, H), C classes,
 # "NxHxC". "full" holds the shapes of the issue's targets (N 8192, H 1024, C 32000 and iNaturalist's
-# C 8142), "quick" the same comparisons at a size a test run affords, "asv" the asv tracks.
+# C 8142), "quick" the same comparisons at a size a test run affords, "main" the one `make bench` times
+# (the default of `cbbench bench`), "asv" the asv tracks.
 # ----------------------------------------------------------------------------------------------
-HEAD_SETS = ("quick", "full", "asv")
+HEAD_SETS = ("quick", "main", "full", "asv")
 HEAD_TABLE: Tuple[Tuple[str, str, str, str, str], ...] = (
     # loss, NxHxC, dtype, device, sets
     ("softmax", "8192x1024x32000", "float32", "cpu", "full"),
@@ -224,8 +227,10 @@ HEAD_TABLE: Tuple[Tuple[str, str, str, str, str], ...] = (
     ("softmax", "2048x512x8142", "float32", "cpu", "quick asv"),
     ("focal", "2048x512x8142", "float32", "cpu", "quick asv"),
     ("softmax", "1024x256x32000", "float32", "cpu", "quick"),
-    ("softmax", "16384x4096x131072", "bfloat16", "cuda", "quick full asv"),
-    ("softmax", "8192x1024x32000", "float32", "cuda", "quick full asv"),
+    ("softmax", "1024x256x8142", "float32", "cpu", "main"),
+    ("focal", "1024x256x8142", "float32", "cpu", "main"),
+    ("softmax", "16384x4096x131072", "bfloat16", "cuda", "quick main full asv"),
+    ("softmax", "8192x1024x32000", "float32", "cuda", "quick main full asv"),
     ("focal", "8192x1024x32000", "bfloat16", "cuda", "full asv"),
 )
 

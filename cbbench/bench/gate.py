@@ -10,7 +10,7 @@ than the factor *and*, where it has samples (the speed and import times), signif
 (Mann-Whitney U, p < 0.002); values without samples (memory, error) by the factor alone. A timed
 benchmark the first run flags is measured again, alone, up to :data:`CONFIRM` times, and passes only
 if a re-run measures it within the factor: on a busy shared machine a single run can flag an unchanged
-commit by more than 15 % (README, "The regression gate, measured"), while a real regression stays past
+commit by more than 15 % (docs/results.md, "The regression gate, measured"), while a real regression stays past
 the factor (a re-run that finds it "not significant" but still slower by the factor does not clear
 it). A value without samples fails on the first flag (it is deterministic or nearly so).
 

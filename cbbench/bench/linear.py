@@ -16,6 +16,9 @@ every implementation that can, after checking its loss and its three gradients a
   head's default rows per chunk and kernel block (torch's chunked path holds two (rows, C) buffers --
   157 MiB at 682 rows of 32000 classes -- where cbbench holds one);
 * ``torch`` -- torch's ``F.linear_cross_entropy`` without options (``linear`` + ``F.cross_entropy``);
+* ``eager`` -- ``F.linear`` + the loss as written in plain PyTorch (the speed runner's eager peer,
+  :data:`cbbench.bench.providers.EAGER`; for softmax the same computation as ``torch``);
+* ``compile`` -- ``torch.compile`` of ``eager`` (a fresh compilation per case);
 * ``liger`` / ``cce`` -- Liger-Kernel's fused linear CE and cut-cross-entropy, on CUDA where installed
   (CCE has no class weights: it is checked against, and does the work of, the unweighted CE).
 
@@ -88,6 +91,8 @@ IMPLS: Dict[str, HeadImpl] = {impl.name: impl for impl in (
     HeadImpl("torch_chunked", "torch F.linear_cross_entropy, chunked", SOFTMAX_ONLY),
     HeadImpl("torch_chunked_eqmem", "torch F.linear_cross_entropy, chunked, cbbench's chunk memory", SOFTMAX_ONLY),
     HeadImpl("torch", "torch F.linear_cross_entropy (linear + cross_entropy)", SOFTMAX_ONLY),
+    HeadImpl("eager", "F.linear + the loss in plain PyTorch", ("softmax", "sigmoid", "focal")),
+    HeadImpl("compile", "torch.compile of F.linear + the loss in plain PyTorch", ("softmax", "sigmoid", "focal")),
     HeadImpl("liger", "Liger-Kernel fused linear CE", SOFTMAX_ONLY, ("cuda",), "liger_kernel"),
     HeadImpl("cce", "cut-cross-entropy (unweighted)", SOFTMAX_ONLY, ("cuda",), "cut_cross_entropy", weighted=False),
 )}
@@ -126,6 +131,13 @@ def loss_fn(impl: str, case: HeadCase) -> Callable[[HeadInputs], torch.Tensor]:
             options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=rows, chunking_method=None)
         return lambda x: F.linear_cross_entropy(x.hidden, x.linear_weight, x.target, linear_bias=x.linear_bias,
                                                 weight=x.weight, options=options)
+    if impl in ("eager", "compile"):
+        from .providers import EAGER, compiled
+
+        eager = EAGER[case.loss]
+        fn = (lambda h, w, b, y, cw: eager(F.linear(h, w, b), y, cw))  # noqa: E731
+        fn = compiled(fn) if impl == "compile" else fn
+        return lambda x: fn(x.hidden, x.linear_weight, x.linear_bias, x.target, x.weight)
     if impl == "liger":
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
         module = {}

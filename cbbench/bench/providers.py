@@ -102,7 +102,8 @@ def balanced_loss_module(loss: str, counts, beta: float = CB_BETA, gamma: float 
                 samples_per_class=[int(n) for n in counts], class_balanced=True)
 
 
-def _compile(fn: LossFn) -> LossFn:
+def compiled(fn):
+    """``torch.compile(fn)`` for one case's shapes (also used by the fused-head runner)."""
     # A fresh Dynamo state per case: the cache of one code object is shared by every shape, and past
     # the recompile limit Dynamo silently falls back to eager, which would be reported as "compile".
     torch._dynamo.reset()
@@ -171,7 +172,7 @@ class Provider:
         if self.name == "eager":
             return EAGER[case.loss]
         if self.name == "compile":
-            return _compile(EAGER[case.loss])
+            return compiled(EAGER[case.loss])
         if self.name == "balanced_loss":
             module = balanced_loss_module(case.loss, long_tail_counts(case.c).tolist())
             return lambda z, y, w: module(z, y)

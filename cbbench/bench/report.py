@@ -152,10 +152,13 @@ def _rel(path, out_dir) -> str:
 def write_report(out_dir, *, speed: Sequence[dict] = (), accuracy_runs: Sequence[dict] = (),
                  weights_pngs: Sequence = (), notes: Sequence[str] = (), phases: Optional[Dict[str, float]] = None,
                  command: str = "make bench", beta_runs: Sequence[dict] = (),
-                 held_vectors: Sequence = (), measured_lines: Sequence[str] = ()) -> Path:
+                 held_vectors: Sequence = (), heads: Sequence[dict] = (),
+                 measured_lines: Sequence[str] = ()) -> Path:
     """Write PNGs and ``summary.md`` into ``out_dir`` from speed results (as returned by
-    :func:`cbbench.bench.speed.run_speed`, one per device), harness runs, the weights figures and the
-    implementations on the held test vectors (:func:`cbbench.bench.conformance.evaluate`)."""
+    :func:`cbbench.bench.speed.run_speed`, one per device), the fused heads' results (``cbbench bench``'s
+    heads phase, one per device: ``{"env", "threads", "clock", "rows"}`` of :mod:`cbbench.bench.linear`),
+    harness runs, the weights figures and the implementations on the held test vectors
+    (:func:`cbbench.bench.conformance.evaluate`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md: List[str] = ["# cbbench benchmark report", "",
@@ -184,6 +187,21 @@ def write_report(out_dir, *, speed: Sequence[dict] = (), accuracy_runs: Sequence
         png = plot_speed(result, out / f"speed_{device.replace(':', '')}.png")
         if png:
             md += [f"![speed vs bandwidth floor on {device}]({_rel(png, out)})", ""]
+
+    for result in heads:
+        from .linear import table as heads_table
+
+        env = result["env"]
+        memory = any(r.get("extra_mib") is not None for r in result["rows"])
+        md += [f"### Fused classifier heads on {env['device']}", "",
+               f"One forward+backward of linear + loss (loss and the gradients of hidden, weight and bias), each "
+               f"implementation first checked against `F.linear` + the reference loss; median of "
+               f"{result['repeats']} rounds, implementations in turn, {result['threads']} torch thread(s), "
+               f"{result['clock']} clock; *fused is x faster* = the median over rounds of that implementation's "
+               f"time / the fused head's (`cbbench/bench/linear.py`). 1-min load average before/after: "
+               f"{env.get('load_average_1min_before')}/{env.get('load_average_1min_after')}."
+               + ("" if memory else " Memory not measured in this run (`cbbench bench --full` measures it)."), "",
+               heads_table(result["rows"]), ""]
 
     if held_vectors:
         md += ["### Peers on the held test vectors", "",

@@ -42,9 +42,11 @@ def _copy_inputs(inputs: Inputs) -> Inputs:
 
 
 def run_case(case: Case, impls: Sequence[str], policy: TimingPolicy, copy_gbps: float,
-             log: Callable[[str], None] = lambda s: None) -> List[dict]:
+             log: Callable[[str], None] = lambda s: None, modes: Sequence[str] = MODES,
+             skip: Callable[[Case, str], Optional[str]] = lambda case, impl: None) -> List[dict]:
     """Rows for one case: each implementation checked against the reference, its operators counted
-    (forward and backward, :mod:`.opcount`), then timed.
+    (forward and backward, :mod:`.opcount`), then timed in each of ``modes`` (``fwd_bwd``, ``fwd``);
+    an implementation for which ``skip(case, impl)`` gives a reason is a skipped row with that reason.
 
     The reference values are computed once per quantity from the pristine inputs; a provider that writes
     into its inputs (``Provider.mutates_input``, e.g. Liger) is checked and timed on a copy of its own, so
@@ -58,7 +60,7 @@ def run_case(case: Case, impls: Sequence[str], policy: TimingPolicy, copy_gbps: 
                "device": case.device, "impl": impl, "status": "ok", "note": ""}
         for mode in MODES:
             row[f"floor_bytes_{mode}"] = bandwidth.floor_bytes(case, mode)
-        reason = provider.unavailable(case)
+        reason = skip(case, impl) or provider.unavailable(case)
         if reason is not None:
             row.update(status="skipped", note=reason)
             rows.append(row)
@@ -79,7 +81,7 @@ def run_case(case: Case, impls: Sequence[str], policy: TimingPolicy, copy_gbps: 
                 ops = count_ops(lambda: fn(own.logits, own.target, own.weight), own.logits)
                 row["ops_fwd"], row["ops_bwd"] = ops.n_forward, ops.n_backward
                 row["ops"] = {"fwd": ops.forward, "bwd": ops.backward}
-            for mode in MODES:
+            for mode in modes:
                 m = measure(provider.timed_step(fn, own, mode, case.device), case.device, policy)
                 row.update({f"{mode}_{key}": value for key, value in m.summary().items() if key != "clock"})
                 row[f"{mode}_ms"] = row.pop(f"{mode}_median_ms")
@@ -101,10 +103,8 @@ def run_case(case: Case, impls: Sequence[str], policy: TimingPolicy, copy_gbps: 
 
 
 def _progress_line(case: Case, row: dict) -> str:
-    if "fwd_bwd_ms" in row:
-        timing = f"fwd+bwd {row['fwd_bwd_ms']:9.3f} ms  fwd {row['fwd_ms']:9.3f} ms"
-    else:
-        timing = ""
+    timing = "  ".join(f"{label} {row[key]:9.3f} ms" for label, key in (("fwd+bwd", "fwd_bwd_ms"), ("fwd", "fwd_ms"))
+                       if key in row)
     if "ops_fwd" in row:
         timing += f"  ops {row['ops_fwd']}/{row['ops_bwd']}"
     note = "" if row["status"] == "ok" else f"  [{row['status']}: {row['note']}]"
@@ -136,9 +136,14 @@ def _check_threads(threads: Optional[int]) -> Optional[int]:
 def run_speed(device: str = "cpu", *, quick: bool = False, losses: Iterable[str] = LOSSES,
               impls: Iterable[str] = IMPLEMENTATIONS, cases: Optional[List[Case]] = None,
               policy: Optional[TimingPolicy] = None, threads: Optional[int] = None,
-              log: Callable[[str], None] = lambda s: None) -> dict:
-    """Run the speed comparison; returns ``{"env", "copy_gbps", "policy", "rows"}``. ``threads`` sets
-    ``torch.set_num_threads`` for the run (restored afterwards; default: torch's own setting)."""
+              log: Callable[[str], None] = lambda s: None, modes: Sequence[str] = MODES,
+              on_case: Callable[[Case], None] = lambda case: None,
+              skip: Callable[[Case, str], Optional[str]] = lambda case, impl: None) -> dict:
+    """Run the speed comparison; returns ``{"env", "copy_gbps", "policy", "modes", "rows"}``. ``cases``
+    default to the "quick" or "full" set of the case table; ``modes`` are the timed modes (fwd+bwd, fwd);
+    ``on_case`` is called after each case; ``skip(case, impl)`` gives the reason an implementation is left
+    out of a case, or ``None``. ``threads`` sets ``torch.set_num_threads`` for the run (restored
+    afterwards; default: torch's own setting)."""
     device_type = torch.device(device).type
     impls = [i for i in impls]
     for impl in impls:
@@ -147,17 +152,21 @@ def run_speed(device: str = "cpu", *, quick: bool = False, losses: Iterable[str]
     if device_type == "cuda" and not (torch.version.cuda and torch.cuda.is_available()):
         raise RuntimeError("--device cuda: no CUDA device is available to torch")
     _check_threads(threads)
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise ValueError(f"modes must be some of {MODES}, got {list(modes)!r}")
+    args = (device, device_type, quick, losses, impls, cases, policy, log, tuple(modes), on_case, skip)
     if threads is None:
-        return _run_speed(device, device_type, quick, losses, impls, cases, policy, log)
+        return _run_speed(*args)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _run_speed(device, device_type, quick, losses, impls, cases, policy, log)
+        return _run_speed(*args)
     finally:
         torch.set_num_threads(before)
 
 
-def _run_speed(device, device_type, quick, losses, impls, cases, policy, log) -> dict:
+def _run_speed(device, device_type, quick, losses, impls, cases, policy, log, modes, on_case, skip) -> dict:
     policy = policy or (QUICK if quick else FULL)
     cases = cases if cases is not None else suite(device_type, quick=quick, losses=tuple(losses))
     env = environment(device)
@@ -166,12 +175,13 @@ def _run_speed(device, device_type, quick, losses, impls, cases, policy, log) ->
     log(f"{env['device_name']}: device copy bandwidth {copy_gbps:.1f} GB/s")
     rows: List[dict] = []
     for case in cases:
-        rows.extend(run_case(case, impls, policy, copy_gbps, log))
+        rows.extend(run_case(case, impls, policy, copy_gbps, log, modes, skip))
+        on_case(case)
     add_peer_ratios(rows)
     env["load_average_1min_after"] = load_average()
     env["torch_threads"] = torch.get_num_threads()
     return {"env": env, "copy_gbps": copy_gbps, "wall_s": time.perf_counter() - began,
-            "policy": dataclasses.asdict(policy), "rows": rows}
+            "policy": dataclasses.asdict(policy), "modes": list(modes), "rows": rows}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,8 +218,10 @@ def format_table(result: dict, markdown: bool = False) -> str:
                   for i in range(len(head))]
         out = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
         out += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines]
+    ran = {r["impl"] for r in result["rows"] if r["status"] != "skipped"}
     for impl, reason in skipped.items():
-        out.append(("" if not markdown else "\n") + f"not run: {impl} ({reason})")
+        where = "not run at every shape" if impl in ran else "not run"
+        out.append(("" if not markdown else "\n") + f"{where}: {impl} ({reason})")
     return "\n".join(out)
 
 

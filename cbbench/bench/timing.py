@@ -35,6 +35,8 @@ class TimingPolicy:
 
 
 FULL = TimingPolicy()
+# `make bench` (cbbench bench's main job): fewer samples than FULL, enough for a median of 7 or more
+MAIN = TimingPolicy(warmup=2, min_repeat=7, max_repeat=1000, budget_s=0.2)
 QUICK = TimingPolicy(warmup=2, min_repeat=5, max_repeat=500, budget_s=0.25)
 
 

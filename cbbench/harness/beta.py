@@ -185,10 +185,10 @@ def _by_dataset(runs: Sequence[dict]) -> dict:
 def run_beta_experiments(out_dir: str, datasets: Sequence[str] = BENCH_DATASETS, seeds=3, *,
                          betas: Sequence[float] = BENCH_BETAS, device: str = "cpu", quick: bool = False,
                          epochs: Optional[int] = None, reuse: Sequence[dict] = (), progress: bool = False,
-                         data_dir: Optional[str] = None) -> list:
-    """The beta experiment (every method of :data:`BETA_FAMILIES`, CB methods at every beta, and
-    :data:`SCALE_METHOD`) on each dataset, written to ``out_dir/<dataset>/`` as ``cbbench compare`` would
-    (without PNGs). ``quick``
+                         data_dir: Optional[str] = None, losses: Sequence[str] = tuple(BETA_FAMILIES)) -> list:
+    """The beta experiment (the methods of the ``losses`` families of :data:`BETA_FAMILIES`, CB methods at
+    every beta, and :data:`SCALE_METHOD`) on each dataset, written to ``out_dir/<dataset>/`` as ``cbbench
+    compare`` would (without PNGs). ``quick``
     halves each recipe's epochs (as ``cbbench bench --quick``), ``epochs`` sets them; runs found in
     ``reuse`` with the same configuration are not trained again. Returns the runs of all datasets."""
     from .train import RECIPES
@@ -202,7 +202,8 @@ def run_beta_experiments(out_dir: str, datasets: Sequence[str] = BENCH_DATASETS,
             overrides["epochs"] = max(1, RECIPES[dataset]["epochs"] // 2)
         if data_dir is not None:
             overrides["data_dir"] = data_dir
-        runs += run_comparison(dataset, [*BETA_METHODS, SCALE_METHOD], seeds, os.path.join(out_dir, dataset), betas=betas,
+        methods = [m for loss in losses for m in BETA_FAMILIES[loss]] + [SCALE_METHOD]
+        runs += run_comparison(dataset, methods, seeds, os.path.join(out_dir, dataset), betas=betas,
                                reuse=[r for r in reuse if r.get("dataset") == dataset], device=device,
                                progress=progress, plots=False, **overrides)
     return runs

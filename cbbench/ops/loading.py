@@ -2,34 +2,29 @@
 
 ``cbbench._C`` defines the ops (kernels/ops/ops.cpp); ``cbbench._cpu`` and ``cbbench._cuda`` register their
 device kernels. They are imported once, when this module is imported (never lazily inside a call: a first
-call traced by ``torch.compile(fullgraph=True)`` cannot import). A module that is missing or fails to
-import is recorded with the reason, never raised: importing cbbench works without any compiled kernel
-(the losses then run the reference), and importing ``cbbench._cuda`` loads a library without initialising
-CUDA.
+call traced by ``torch.compile(fullgraph=True)`` cannot import), by :func:`cbbench.jit.import_extension`:
+the install-time build when it matches this torch, else (CPU modules) a first-use build. A module that is
+missing or fails to import is recorded with the reason, never raised (and warned about, loudly, once):
+importing cbbench works without any compiled kernel (the losses then run the reference), and importing
+``cbbench._cuda`` loads a library without initialising CUDA.
 """
 from __future__ import annotations
 
-import importlib
 import os
 from typing import Dict, Optional, Tuple
 
 import torch
+
+from ..jit import import_extension
 
 BACKENDS = ("auto", "reference", "cpu", "cuda")
 OPS_MODULE = "cbbench._C"
 KERNEL_MODULES = {"cpu": "cbbench._cpu", "cuda": "cbbench._cuda"}
 
 
-def _import(name: str) -> Tuple[Optional[object], Optional[str]]:
-    try:
-        return importlib.import_module(name), None
-    except ImportError as exc:  # not built, or built against another torch
-        return None, f"{type(exc).__name__}: {exc}"
-
-
-_ops: Tuple[Optional[object], Optional[str]] = _import(OPS_MODULE)
+_ops: Tuple[Optional[object], Optional[str]] = import_extension(OPS_MODULE)
 _loaded: Dict[str, Tuple[Optional[object], Optional[str]]] = {
-    device: _import(name) for device, name in KERNEL_MODULES.items()}
+    device: import_extension(name) for device, name in KERNEL_MODULES.items()}
 
 
 # CPU kernels and the op library both imported: "auto" takes the op for CPU tensors (fixed at import).
