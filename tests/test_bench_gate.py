@@ -9,7 +9,8 @@ folder, commits there, from HEAD ("base"):
   0.5 g + 0.5 g = g exactly: the benchmark's reference check passes). Dropping the first result instead
   doubled only the forward: after the CPU kernels got faster (issue 28) that measured 1.4x in process at
   256x1000, too close to the factor and the noise of a shared machine (the gate missed it in 3 of 4
-  attempts); this plant measured 1.8x;
+  attempts); this plant measured 1.8x in process and 4.7-6.3x in the gate's asv runs (its backward also
+  scales the gradient by 0.5 and adds two of them);
 * ``weights-ignored``: the same function replaces its class weights by uniform ones (class-balanced
   softmax becomes plain softmax: an accuracy drop on the long-tailed data; the weighted kernel path
   stays as it was. Dropping the weight (``None``) instead got the unchanged speed benchmark flagged
