@@ -207,3 +207,20 @@ def test_torch_compile_fullgraph_with_contract_kernels(contract_cpu):
     la.backward()
     lb.backward()
     torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.skipif(ops.kernel_module("cpu") is None, reason="CPU kernels not built")
+def test_loss_divisor_refuses_arguments_its_kernels_would_read_past():
+    """cbbench::loss_divisor checks its arguments once for every device (kernels/ops/cb_ops.h,
+    check_divisor_args): the CUDA kernel (kernels/cuda/divisor.cu) reads within these sizes."""
+    div = torch.ops.cbbench.loss_divisor
+    y, w, s = torch.tensor([0, 2, -100]), torch.rand(3), torch.rand(3)
+    assert div(y, w, s, 3, -100, "weighted_mean", True).item() == pytest.approx(float(w[0] * s[0] + w[2] * s[1]))
+    with pytest.raises(RuntimeError, match="weight must have 4 elements, got 3"):
+        div(y, w, None, 4, -100, "weighted_mean", True)
+    with pytest.raises(RuntimeError, match="sample_weight must have 3 elements, got 2"):
+        div(y, None, s[:2], 3, -100, "weighted_mean", True)
+    with pytest.raises(TypeError, match="class targets must be int64"):
+        div(y.int(), w, None, 3, -100, "mean", True)
+    with pytest.raises(RuntimeError, match=r"multi-hot target must be \(rows, 3\)"):
+        div(torch.rand(3, 4), w, None, 3, -100, "mean", True)

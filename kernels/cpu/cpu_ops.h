@@ -192,20 +192,12 @@ inline Tensor loss_divisor(const Tensor& target, const OptTensor& weight, const 
                            int64_t num_classes, int64_t ignore_index, c10::string_view reduction, bool floor) {
   const Reduction red = cbops::parse_reduction(reduction);
   const OptTensor w = cbops::float_vector(weight), sw = cbops::float_vector(sample_weight);
-  const int64_t rows = target.dim() > 0 ? target.size(0) : 0;
-  TORCH_CHECK(!sw.has_value() || sw->numel() == rows, "cbbench::loss_divisor: sample_weight must have ", rows,
-              " elements, got ", sw.has_value() ? sw->numel() : 0);
-  TORCH_CHECK(!w.has_value() || w->numel() == num_classes, "cbbench::loss_divisor: weight must have ", num_classes,
-              " elements, got ", w.has_value() ? w->numel() : 0);
+  cbops::check_divisor_args(target, w, sw, num_classes);
   double local = 1.0;
   if (target.is_floating_point()) {
-    TORCH_CHECK(target.dim() == 2 && target.size(1) == num_classes, "cbbench::loss_divisor: a multi-hot target "
-                "must be (rows, ", num_classes, "), got ", target.sizes());
     const Tensor t = target.to(at::kDouble).contiguous();
     local = cb_multi_hot_local_divisor(t.data_ptr<double>(), t.size(0), num_classes, ptr(w), ptr(sw), int(red));
   } else {
-    TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, "cbbench::loss_divisor: class targets must be int64, got ",
-                     target.scalar_type());
     const Tensor y = target.contiguous();
     const int64_t* yp = y.data_ptr<int64_t>();
     int64_t bad = -1;

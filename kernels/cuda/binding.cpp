@@ -200,6 +200,7 @@ Tensor loss_divisor(const Tensor& target, const OptTensor& weight_in, const OptT
                     int64_t num_classes, int64_t ignore_index, c10::string_view reduction, bool floor) {
   const Reduction red = cbops::parse_reduction(reduction);
   const OptTensor weight = cbops::float_vector(weight_in), sample_weight = cbops::float_vector(sample_weight_in);
+  cbops::check_divisor_args(target, weight, sample_weight, num_classes);  // the kernel reads within these sizes
   const Tensor out = at::empty({}, target.options().dtype(at::kDouble));
   if (red == Reduction::sum || red == Reduction::none) return out.fill_(1.0);
   launch_divisor(target, weight, sample_weight, ignore_index, red, num_classes, floor, out, Tensor());

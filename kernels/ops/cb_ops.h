@@ -94,6 +94,27 @@ inline void check_sample_weight(const char* op, const Tensor& logits, const OptT
               ",), got ", s.sizes());
 }
 
+// The arguments of cbbench::loss_divisor, checked alike on every device (w, sw: after float_vector): class
+// targets int64, a multi-hot target (rows, num_classes), the weights' devices and lengths.
+inline void check_divisor_args(const Tensor& target, const OptTensor& w, const OptTensor& sw, int64_t num_classes) {
+  const int64_t rows = target.dim() > 0 ? target.size(0) : 0;
+  for (const OptTensor* v : {&w, &sw}) {
+    TORCH_CHECK(!v->has_value() || (*v)->device() == target.device(), "cbbench::loss_divisor: ",
+                v == &w ? "weight" : "sample_weight", " is on ", (*v)->device(), " but target is on ", target.device());
+  }
+  TORCH_CHECK(!sw.has_value() || sw->numel() == rows, "cbbench::loss_divisor: sample_weight must have ", rows,
+              " elements, got ", sw.has_value() ? sw->numel() : 0);
+  TORCH_CHECK(!w.has_value() || w->numel() == num_classes, "cbbench::loss_divisor: weight must have ", num_classes,
+              " elements, got ", w.has_value() ? w->numel() : 0);
+  if (target.is_floating_point()) {
+    TORCH_CHECK(target.dim() == 2 && target.size(1) == num_classes, "cbbench::loss_divisor: a multi-hot target "
+                "must be (rows, ", num_classes, "), got ", target.sizes());
+  } else {
+    TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, "cbbench::loss_divisor: class targets must be int64, got ",
+                     target.scalar_type());
+  }
+}
+
 // A per-class vector (or per-sample weight) as the kernels read it: float32, contiguous (or nullopt).
 inline OptTensor float_vector(const OptTensor& v) {
   if (!v.has_value()) return v;
