@@ -103,9 +103,14 @@ static inline __m512 exp_avx512(__m512 x) {  // cb_exp_simd(float), the scaling 
   return _mm512_scalef_ps(y, n);
 }
 
+// The lane of the 16 columns [j, j + 16) that holds column y (no lane when y is outside them).
+static inline __mmask16 target_lane_avx512(int j, int y) {
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  return _mm512_cmpeq_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(j)), _mm512_set1_epi32(y));
+}
+
 static inline void softmax_max_sum_avx512(const float* z, int nm, int y, float my, bool smooth, float* max_io,
                                           float* sum_io) {
-  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512 vmy = _mm512_set1_ps(my);
   __m512 m0 = _mm512_set1_ps(*max_io), m1 = m0, m2 = m0, m3 = m0;
   int j = 0;
@@ -115,8 +120,7 @@ static inline void softmax_max_sum_avx512(const float* z, int nm, int y, float m
     __m512 a = _mm512_loadu_ps(z + j), b = _mm512_loadu_ps(z + j + 16), c = _mm512_loadu_ps(z + j + 32),
            d = _mm512_loadu_ps(z + j + 48);
     if (yb >= j && yb < j + 64) {
-      const __m512i col = _mm512_add_epi32(lane, _mm512_set1_epi32(yb));
-      const __mmask16 k = _mm512_cmpeq_epi32_mask(col, _mm512_set1_epi32(y));
+      const __mmask16 k = target_lane_avx512(yb, y);
       if (yb == j) a = _mm512_mask_sub_ps(a, k, a, vmy);
       else if (yb == j + 16) b = _mm512_mask_sub_ps(b, k, b, vmy);
       else if (yb == j + 32) c = _mm512_mask_sub_ps(c, k, c, vmy);
@@ -130,7 +134,7 @@ static inline void softmax_max_sum_avx512(const float* z, int nm, int y, float m
   for (; j < nm; j += 16) {
     __m512 a = _mm512_loadu_ps(z + j);
     if (yb == j) {
-      const __mmask16 k = _mm512_cmpeq_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(j)), _mm512_set1_epi32(y));
+      const __mmask16 k = target_lane_avx512(j, y);
       a = _mm512_mask_sub_ps(a, k, a, vmy);
     }
     m0 = _mm512_max_ps(a, m0);
@@ -152,7 +156,6 @@ static inline void softmax_max_sum_avx512(const float* z, int nm, int y, float m
 // sum of exp(scale (v_j - max)) over [0, nm); with out, the terms are stored there
 static inline float softmax_exp_sum_avx512(const float* z, int nm, int y, float my, float mv, float scale,
                                            float* out) {
-  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512 vmy = _mm512_set1_ps(my), vmv = _mm512_set1_ps(mv), vscale = _mm512_set1_ps(scale);
   __m512 s0 = _mm512_setzero_ps(), s1 = s0;
   const int yb = y - y % 16;
@@ -160,7 +163,7 @@ static inline float softmax_exp_sum_avx512(const float* z, int nm, int y, float 
   for (; j + 32 <= nm; j += 32) {
     __m512 a = _mm512_loadu_ps(z + j), b = _mm512_loadu_ps(z + j + 16);
     if (yb == j || yb == j + 16) {
-      const __mmask16 k = _mm512_cmpeq_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(yb)), _mm512_set1_epi32(y));
+      const __mmask16 k = target_lane_avx512(yb, y);
       if (yb == j) a = _mm512_mask_sub_ps(a, k, a, vmy);
       else b = _mm512_mask_sub_ps(b, k, b, vmy);
     }
@@ -176,7 +179,7 @@ static inline float softmax_exp_sum_avx512(const float* z, int nm, int y, float 
   for (; j < nm; j += 16) {
     __m512 a = _mm512_loadu_ps(z + j);
     if (yb == j) {
-      const __mmask16 k = _mm512_cmpeq_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(j)), _mm512_set1_epi32(y));
+      const __mmask16 k = target_lane_avx512(j, y);
       a = _mm512_mask_sub_ps(a, k, a, vmy);
     }
     const __m512 ea = exp_avx512(_mm512_mul_ps(vscale, _mm512_sub_ps(a, vmv)));
@@ -316,14 +319,13 @@ static inline __m512 log1p_avx512(__m512 x, __m512 u, __m512 inv_u) {
 template <bool FOCAL>
 static inline float sigmoid_index_span_avx512(const float* z, int nm, int y, float gamma, bool alpha_on, float a0,
                                               float a1, float gw, float* out) {
-  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps(), va0 = _mm512_set1_ps(a0),
                va1 = _mm512_set1_ps(a1), vgw = _mm512_set1_ps(gw);
   const __m512i sign = _mm512_set1_epi32(int(0x80000000u));
   __m512 acc = zero;
   for (int j = 0; j < nm; j += 16) {
     const __m512 x = _mm512_loadu_ps(z + j);
-    const __mmask16 pos = _mm512_cmpeq_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(j)), _mm512_set1_epi32(y));
+    const __mmask16 pos = target_lane_avx512(j, y);
     const __m512 e = exp_avx512(_mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(x), sign)));  // exp(-|x|)
     const __m512 u = _mm512_add_ps(one, e);
     const __m512 r = _mm512_div_ps(one, u);
