@@ -28,6 +28,8 @@ BLOCK = r"softmax_ce \(torch.float32, 1203, 'options'"
 CLUSTER = r"softmax_ce \(torch.float32, 16385, 'options'"
 GROUP = r"softmax_ce \(torch.float32, (11|65), 'plain'"
 DIVISOR = r"loss_divisor \(torch.float(32|64), (7|4099), '(negative|weighted)'"
+# calls that compute their divisor inside the loss launch (group and block softmax, group sigmoid)
+FUSED = r"softmax_ce \(torch.float32, (11|1203), 'options'|sigmoid \(torch.float32, 13, 'options'"
 TAILS = r"softmax_ce \(torch.float32, (11|1203), 'options'|sigmoid \(torch.float32, 13, 'options'"
 
 PLANTS = {
@@ -47,10 +49,18 @@ PLANTS = {
     "wrong_cluster_rank": ("softmax_ce.cu", "s += *cluster.map_shared_rank(slot, rank);",
                            "s += *cluster.map_shared_rank(slot, 0);", CLUSTER),
     # (e) the divisor's floor drops a negative weight sum (PyTorch keeps it) ...
-    "divisor_floor": ("divisor.cu", "return d != 0.0 ? d : 1.0;", "return d > 0.0 ? d : 1.0;", DIVISOR),
-    # ... or a thread's rows are counted twice (a stride of half the block)
-    "divisor_stride": ("divisor.cu", "for (int64_t i = threadIdx.x; i < a.rows; i += kThreads) {",
-                       "for (int64_t i = threadIdx.x; i < a.rows; i += kThreads / 2) {", DIVISOR),
+    "divisor_floor": ("cb_divisor.cuh", "return d != 0.0 ? d : 1.0;", "return d > 0.0 ? d : 1.0;",
+                      DIVISOR + "|" + FUSED),
+    # ... or a lane's rows are counted twice (a stride of half the lanes)
+    "divisor_stride": ("cb_divisor.cuh", "for (int64_t i = v; i < n; i += kDivisorLanes)",
+                       "for (int64_t i = v; i < n; i += kDivisorLanes / 2)", DIVISOR + "|" + FUSED),
+    # (f) the fused divisor's words are reset by the second-to-last block, not the last: the next launch
+    # would find them dirty (and a one-block grid never resets them)
+    "fused_reset_early": ("cb_divisor.cuh", "gridDim.x * gridDim.y * gridDim.z - 1u)",
+                          "gridDim.x * gridDim.y * gridDim.z - 2u)", FUSED),
+    # ... or the divisor's block never writes the gradient scale the waiting blocks read
+    "fused_scale_unwritten": ("cb_divisor.cuh", "    if (a.grad_scale != nullptr) *static_cast<L*>(a.grad_scale) = L(1) / dv;\n",
+                              "", FUSED),
 }
 
 

@@ -391,6 +391,56 @@ def test_cuda_graph_capture_and_replay_forward_backward(c):
         assert torch.equal(static_z.grad, eager_z.grad)
 
 
+def test_divisor_is_computed_inside_the_loss_launch():
+    """A "weighted_mean" call launches no divisor kernel of its own (kernels/cuda/cb_divisor.cuh): the loss
+    kernel computes it, with more blocks than the GPU holds at once (the others wait on the first block to
+    start, which cannot deadlock), again and again on the same words (each launch resets them), and on a
+    second stream."""
+    n, c = 1 << 20, 10  # group4x1: 32 rows per block, 32768 blocks
+    z, y, w = _logits(n, c, torch.float32, 21), _targets(n, c, 21), _weights(c, 21)
+    want = _reference(F.softmax_cross_entropy, z, y, w.double(), reduction="weighted_mean", backend="reference")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        got = _run(F.softmax_cross_entropy, z, y, w, reduction="weighted_mean", backend="cuda")
+        torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert not [k for k in kernels if "divisor" in k], kernels
+    assert len([k for k in kernels if "softmax" in k]) == 1, kernels
+    _assert_matches(got, want, torch.float32)
+    for _ in range(3):
+        assert torch.equal(_run(F.softmax_cross_entropy, z, y, w, reduction="weighted_mean", backend="cuda")[1],
+                           got[1])
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        other = _run(F.sigmoid_focal_loss, z, y, w, reduction="weighted_mean", backend="cuda")
+    torch.cuda.current_stream().wait_stream(side)
+    _assert_matches(other, _reference(F.sigmoid_focal_loss, z, y, w.double(), reduction="weighted_mean",
+                                      backend="reference"), torch.float32)
+
+
+def test_two_graphs_captured_on_one_stream_replay_in_any_order():
+    """Each captured call zeroes its own divisor words inside the graph, so graphs captured one after the other
+    on torch's shared capture stream replay correctly in either order, and eager calls between them too."""
+    z, y, w = _logits(256, 1000, torch.float32, 5), _targets(256, 1000, 5), _weights(1000, 5)
+    F.softmax_cross_entropy(z.clone().requires_grad_(True), y, w, backend="cuda").backward()  # loads the kernel
+    graphs, grads, zs = [], [], []
+    for k in range(2):
+        static_z = (z * (k + 1)).requires_grad_(True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            loss = F.softmax_cross_entropy(static_z, y, w, reduction="weighted_mean", backend="cuda")
+            grads.append(torch.autograd.grad(loss, static_z)[0])
+        graphs.append(graph)
+        zs.append(static_z.detach())
+    for k in (1, 0, 1):
+        graphs[k].replay()
+        torch.cuda.synchronize()
+        want = _reference(F.softmax_cross_entropy, zs[k], y, w.double(), reduction="weighted_mean",
+                          backend="reference")
+        torch.testing.assert_close(grads[k].double(), want[1], rtol=1e-4, atol=1e-9)
+        _run(F.softmax_cross_entropy, z, y, w, reduction="weighted_mean", backend="cuda")
+
+
 def test_sum_reduction_in_a_captured_graph_matches_eager():
     """"sum" passes no grad_scale (the kernels use 1): nothing is cached or allocated for it."""
     z, y = _logits(32, 10, torch.float32, 8), _targets(32, 10, 8, ignore=False)

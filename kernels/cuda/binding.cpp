@@ -1,8 +1,8 @@
 // The CUDA kernels of the cbbench ops (schemas and autograd: kernels/ops/ops.cpp), registered for the
 // CUDA dispatch key by the module cbbench._cuda: the current stream, the outputs, and the reduction --
-// the divisor is computed on the device before the rows, in one launch (divisor.cu; their gradients are
-// written already divided by it, read by the kernels through grad_scale: no host synchronisation), and
-// the row losses are summed after them (a fixed-order device reduction). The kernels themselves are torch-free (cb_kernels.h).
+// the divisor is computed on the device inside the loss kernel's own launch (cb_divisor.cuh; the
+// gradients are written already divided by it, read by the kernels through grad_scale: no host
+// synchronisation), and the row losses are summed after them (a fixed-order device reduction). The kernels themselves are torch-free (cb_kernels.h).
 // Built only on machines with torch's CUDA build; `make cuda-check` compiles it against any torch.
 #include <torch/extension.h>
 
@@ -10,8 +10,12 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <map>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "cb_kernels.h"
 #include "cb_ops.h"
@@ -41,24 +45,24 @@ void check_cuda(const Tensor& logits, const char* op) {
 const float* ptr(const OptTensor& t) { return t.has_value() ? t->data_ptr<float>() : nullptr; }
 
 // The multi-hot "mean" divisor's local part, the number of positives: the sum of the whole target, one
-// ATen reduction (divisor.cu finishes it; summing rows x classes in its single block would be slow).
+// ATen reduction (the divisor's block finishes it; summing rows x classes in one block would be slow).
 Tensor positives(const Tensor& target) { return target.sum(at::kDouble); }
 
-// The reduction's divisor by divisor.cu in one launch: written to `divisor` / `grad_scale` (0-dim tensors
+// The divisor's arguments (cb_kernels.h, DivisorArgs) for outputs `divisor` / `grad_scale` (0-dim tensors
 // of the loss dtype, either may be undefined). `floor`: finished (cbbench/shapes.py, finish_divisor).
-void launch_divisor(const Tensor& target, const OptTensor& weight, const OptTensor& sample_weight,
-                    int64_t ignore_index, Reduction red, int64_t classes, bool floor, const Tensor& divisor,
-                    const Tensor& grad_scale) {
+// `keep` holds what the arguments point into until the launch is enqueued (the caching allocator reuses
+// it in stream order after that).
+cb::DivisorArgs divisor_args(const Tensor& target, const OptTensor& weight, const OptTensor& sample_weight,
+                             int64_t ignore_index, Reduction red, int64_t classes, bool floor, const Tensor& divisor,
+                             const Tensor& grad_scale, std::vector<Tensor>& keep) {
   const bool multi_hot = target.is_floating_point();
-  // kept alive until the launch is enqueued (the caching allocator reuses them in stream order after)
-  Tensor local, index;
   cb::DivisorArgs a{};
   if (multi_hot && red == Reduction::mean) {
-    local = positives(target);
-    a.local = local.data_ptr<double>();
+    keep.push_back(positives(target));
+    a.local = keep.back().data_ptr<double>();
   } else if (!multi_hot) {
-    index = target.contiguous();
-    a.target = index.data_ptr<int64_t>();
+    keep.push_back(target.contiguous());
+    a.target = keep.back().data_ptr<int64_t>();
   }
   a.weight = ptr(weight);
   a.sample_weight = ptr(sample_weight);
@@ -70,6 +74,39 @@ void launch_divisor(const Tensor& target, const OptTensor& weight, const OptTens
   a.floor = floor;
   a.divisor = divisor.defined() ? divisor.data_ptr() : nullptr;
   a.grad_scale = grad_scale.defined() ? grad_scale.data_ptr() : nullptr;
+  return a;
+}
+
+// Three zeroed words of device memory for the loss kernels' fused divisor (cb_kernels.h, FusedDivisor),
+// which every launch that uses them leaves zero again. Outside a CUDA graph capture: one set per device
+// and stream, zeroed once when first used (launches on one stream run one at a time, so they never
+// share them at the same time); the map is never destroyed, so no tensor outlives the CUDA context at
+// exit. Inside a capture nothing may run outside the graph, so the call takes a fresh set whose zeroing
+// is captured with it (a memset node the graph replays each time, in the graph's memory pool).
+unsigned* divisor_sync(const Tensor& like, cudaStream_t stream, std::vector<Tensor>& keep) {
+  const auto zeros = [&] { return at::zeros({3}, like.options().dtype(at::kInt)); };
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+  if (status != cudaStreamCaptureStatusNone) {
+    keep.push_back(zeros());
+    return reinterpret_cast<unsigned*>(keep.back().data_ptr<int>());
+  }
+  static std::mutex mutex;
+  static auto* words = new std::map<std::pair<int, cudaStream_t>, Tensor>();
+  const std::pair<int, cudaStream_t> key(like.get_device(), stream);
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto it = words->find(key);
+  if (it == words->end()) it = words->emplace(key, zeros()).first;
+  return reinterpret_cast<unsigned*>(it->second.data_ptr<int>());
+}
+
+// The reduction's divisor by its own launch (the `loss_divisor` op).
+void launch_divisor(const Tensor& target, const OptTensor& weight, const OptTensor& sample_weight,
+                    int64_t ignore_index, Reduction red, int64_t classes, bool floor, const Tensor& divisor,
+                    const Tensor& grad_scale) {
+  std::vector<Tensor> keep;
+  const cb::DivisorArgs a =
+      divisor_args(target, weight, sample_weight, ignore_index, red, classes, floor, divisor, grad_scale, keep);
   const Tensor& out = divisor.defined() ? divisor : grad_scale;
   const c10::cuda::CUDAGuard guard(out.device());
   C10_CUDA_CHECK(cb::loss_divisor(a, out.scalar_type() == at::kDouble,
@@ -81,8 +118,12 @@ struct Outputs {
   Tensor grad;       // (rows, classes) logits' dtype, or undefined
   Tensor divisor;    // 0-dim loss dtype, or undefined (sum / none)
   Tensor grad_scale; // its reciprocal, read by the kernels, or undefined (1)
+  cb::FusedDivisor fused{};   // the divisor, computed inside the loss kernel's launch
+  std::vector<Tensor> keep;   // what `fused` points into
 };
 
+// The outputs, and for "mean" / "weighted_mean" the divisor that the loss kernel computes in its own
+// launch (no launch of its own; a multi-hot "mean" sums its target first, one ATen reduction).
 Outputs make_outputs(const Tensor& logits, const Tensor& target, const OptTensor& weight,
                      const OptTensor& sample_weight, int64_t ignore_index, Reduction red, bool need_grad) {
   Outputs o;
@@ -93,7 +134,11 @@ Outputs make_outputs(const Tensor& logits, const Tensor& target, const OptTensor
     const Tensor both = at::empty({2}, logits.options().dtype(loss_type));  // [divisor, 1 / divisor]
     o.divisor = both.select(0, 0);
     o.grad_scale = both.select(0, 1);
-    launch_divisor(target, weight, sample_weight, ignore_index, red, logits.size(1), true, o.divisor, o.grad_scale);
+    o.fused.on = true;
+    o.fused.args = divisor_args(target, weight, sample_weight, ignore_index, red, logits.size(1), true, o.divisor,
+                                o.grad_scale, o.keep);
+    if (need_grad)
+      o.fused.sync = divisor_sync(logits, c10::cuda::getCurrentCUDAStream(logits.get_device()).stream(), o.keep);
   }
   return o;
 }
@@ -107,6 +152,7 @@ void set_common(Args& a, const Tensor& logits, const Outputs& o) {
   a.grad = o.grad.defined() ? o.grad.data_ptr() : nullptr;
   a.rows = logits.size(0);
   a.classes = logits.size(1);
+  a.fused = o.fused;
 }
 
 // (loss, grad): the row losses reduced (summed in a fixed order, divided by the divisor), and the

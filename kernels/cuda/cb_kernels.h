@@ -19,6 +19,42 @@ inline std::size_t dtype_size(Dtype t) {
   return t == Dtype::f64 ? 8 : (t == Dtype::f32 ? 4 : 2);
 }
 
+// The divisor of a "mean" / "weighted_mean" reduction and its reciprocal (the kernels' grad_scale),
+// computed by one block (cb_divisor.cuh; the rules of kernels/cpu/cb_cpu_loss.h): inside a loss kernel's
+// launch (FusedDivisor) or in a launch of its own (loss_divisor). Exactly one source:
+// `local` (a float64 local divisor already on the device, e.g. a multi-hot target's sum), else
+// `multi_hot` (sum_i s_i times the mean column weight), else the class-index `target`.
+struct DivisorArgs {
+  const int64_t* target;       // (rows,) class indices (class-index source)
+  const float* weight;         // (classes,) or nullptr
+  const float* sample_weight;  // (rows,) or nullptr
+  const double* local;         // 0-dim float64 on the device, or nullptr
+  int64_t ignore_index;
+  int64_t rows;
+  int64_t classes;
+  bool multi_hot;
+  bool weighted;               // "weighted_mean" (else "mean"): the sum of the applied weights, and its floor rule
+  bool floor;                  // finish the divisor ("mean" at least 1, a "weighted_mean" of 0 -> 1)
+  void* divisor;               // 0-dim out in the loss dtype, or nullptr
+  void* grad_scale;            // 0-dim out in the loss dtype (1 / divisor), or nullptr
+};
+
+// The divisor computed inside a loss kernel's launch instead of a launch of its own (on = true): the
+// block that takes the first ticket of `sync[0]` computes it (the same block code as loss_divisor, so
+// the same bits) and writes args.divisor / args.grad_scale, then releases `sync[1]`; every block that
+// writes a gradient waits for that release before its rows (a grid-wide dependency on a block that is
+// already running, so it cannot deadlock however many blocks are resident); the last block to pass
+// resets the three words. `sync`: 3 words of device memory, zero before the launch and zero again after
+// it, used by one launch at a time (the binding keeps one per device and stream). Without a gradient
+// (forward only) and on the split path's first kernel nobody in the launch reads the scale: block 0
+// computes it and `sync` is not touched (may be nullptr). args.grad_scale must be the loss arguments'
+// grad_scale (the kernels read it after the wait).
+struct FusedDivisor {
+  bool on;
+  DivisorArgs args;
+  unsigned* sync;
+};
+
 struct SoftmaxCeArgs {
   const void* logits;          // (rows, classes), contiguous
   const int64_t* target;       // (rows,)
@@ -37,6 +73,7 @@ struct SoftmaxCeArgs {
   int64_t rows;
   int64_t classes;
   void* workspace;             // softmax_ce_workspace_bytes(...) bytes of device memory, or nullptr if 0
+  FusedDivisor fused;          // the reduction's divisor in this launch (writes grad_scale), or off
 };
 
 struct SigmoidFocalArgs {
@@ -54,6 +91,7 @@ struct SigmoidFocalArgs {
   void* grad;
   int64_t rows;
   int64_t classes;
+  FusedDivisor fused;          // as in SoftmaxCeArgs
 };
 
 // How softmax_ce lays a row of `classes` elements on the current device (also names the path
@@ -71,24 +109,7 @@ std::size_t softmax_ce_workspace_bytes(int64_t rows, int64_t classes, Dtype dtyp
 cudaError_t softmax_ce(const SoftmaxCeArgs& args, Dtype dtype, int device, cudaStream_t stream);
 cudaError_t sigmoid_focal(const SigmoidFocalArgs& args, Dtype dtype, int device, cudaStream_t stream);
 
-// The divisor of a "mean" / "weighted_mean" reduction and its reciprocal (the kernels' grad_scale), in
-// one launch of one block (divisor.cu; the rules of kernels/cpu/cb_cpu_loss.h). Exactly one source:
-// `local` (a float64 local divisor already on the device, e.g. a multi-hot target's sum), else
-// `multi_hot` (sum_i s_i times the mean column weight), else the class-index `target`.
-struct DivisorArgs {
-  const int64_t* target;       // (rows,) class indices (class-index source)
-  const float* weight;         // (classes,) or nullptr
-  const float* sample_weight;  // (rows,) or nullptr
-  const double* local;         // 0-dim float64 on the device, or nullptr
-  int64_t ignore_index;
-  int64_t rows;
-  int64_t classes;
-  bool multi_hot;
-  bool weighted;               // "weighted_mean" (else "mean"): the sum of the applied weights, and its floor rule
-  bool floor;                  // finish the divisor ("mean" at least 1, a "weighted_mean" of 0 -> 1)
-  void* divisor;               // 0-dim out in the loss dtype, or nullptr
-  void* grad_scale;            // 0-dim out in the loss dtype (1 / divisor), or nullptr
-};
+// The divisor alone (DivisorArgs): one launch of one block (the `loss_divisor` op; the loss ops fuse it).
 cudaError_t loss_divisor(const DivisorArgs& args, bool loss_is_double, cudaStream_t stream);
 
 // grad[i] *= *grad_output, in place, skipped entirely (one tiny launch) when *grad_output == 1.

@@ -4,7 +4,8 @@
 // Unlike softmax, every gradient entry depends only on its own logit (and the row's class weight), so
 // each element is loaded, turned into its loss term and gradient, and the gradient stored right away:
 // the logits are read once and the gradient written once at any C without holding the row. Only the
-// per-row loss needs a reduction (fixed-order shuffle / shared-memory tree: deterministic).
+// per-row loss needs a reduction (fixed-order shuffle / shared-memory tree: deterministic). With a.fused on,
+// the launch also computes the reduction's divisor and grad_scale (cb_divisor.cuh).
 //   * C up to 4096 fp32 (1024 vectors): G = 4..32 lanes of a warp per row, picked so a lane handles at
 //     most ~4 vectors per row when C is small, several rows per 128-thread block;
 //   * larger C: a 256-thread block per row.
@@ -13,6 +14,7 @@
 // the host by kernels/cuda/harness/device_math_check.cu). The transcendental cost per element (exp, log1p, one more exp for
 // the modulator) is what makes focal the compute-heaviest of the three losses.
 #include "cb_cuda.cuh"
+#include "cb_divisor.cuh"
 #include "cb_kernels.h"
 #include "cb_sigmoid_rows.cuh"
 
@@ -25,6 +27,7 @@ template <typename T, int G, bool MULTI_HOT>
 __global__ void __launch_bounds__(kGroupBlock) sigmoid_group_kernel(SigmoidFocalArgs a) {
   using A = acc_t<T>;
   constexpr int V = Vec<T>::size;
+  fused_divisor<A>(a.fused, a.grad != nullptr);  // before any exit (cb_divisor.cuh)
   const int lane = threadIdx.x % G;
   const int64_t row = int64_t(blockIdx.x) * (kGroupBlock / G) + threadIdx.x / G;
   const bool active = row < a.rows;
@@ -44,6 +47,7 @@ __global__ void __launch_bounds__(kRowBlock) sigmoid_block_kernel(SigmoidFocalAr
   using A = acc_t<T>;
   constexpr int V = Vec<T>::size;
   __shared__ A scratch[33];
+  fused_divisor<A>(a.fused, a.grad != nullptr);  // before any exit (cb_divisor.cuh)
   const int64_t row = blockIdx.x;
   const Row<A> r = read_row<MULTI_HOT, A>(a, row);  // uniform over the block
   const int64_t first = int64_t(threadIdx.x) * V, stride = int64_t(kRowBlock) * V;

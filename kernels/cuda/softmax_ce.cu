@@ -29,7 +29,8 @@
 // 4-byte accesses as the row's alignment allows, and element-wise (bounds-checked) in row tails and
 // 2-byte aligned fp16/bf16 rows, with the same element -> thread mapping in every case, so results are
 // bitwise reproducible and never depend on data addresses. Reductions are fixed-order
-// trees (no atomics). grad_scale is read on the device: no host synchronisation, graph capturable.
+// trees (no atomics). grad_scale is read on the device: no host synchronisation, graph capturable. With
+// a.fused on, the launch also computes the reduction's divisor and grad_scale (cb_divisor.cuh).
 // Indices are int64. A target outside [0, C) that is not ignore_index gives a NaN loss and gradient
 // for its row and is never used as an address.
 #include <cooperative_groups.h>
@@ -41,6 +42,7 @@
 #include <tuple>
 
 #include "cb_cuda.cuh"
+#include "cb_divisor.cuh"
 #include "cb_kernels.h"
 #include "cb_softmax_rows.cuh"
 
@@ -56,6 +58,7 @@ template <typename T, int G, int NV>
 __global__ void __launch_bounds__(kGroupBlock) softmax_group_kernel(SoftmaxCeArgs a) {
   using A = acc_t<T>;
   constexpr int V = Vec<T>::size;
+  fused_divisor<A>(a.fused, a.grad != nullptr);  // before any exit (cb_divisor.cuh)
   const int lane = threadIdx.x % G;
   const int64_t row = int64_t(blockIdx.x) * (kGroupBlock / G) + threadIdx.x / G;
   const bool active = row < a.rows;
@@ -147,6 +150,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads) softmax_block_kernel(Softmax
   constexpr int NV = BlockNV<T>::value;
   __shared__ A scratch[33];
   __shared__ A xfer[3];  // this CTA's max, sum of exp, sum of z' for the other CTAs of the cluster
+  fused_divisor<A>(a.fused, a.grad != nullptr);  // before any exit (cb_divisor.cuh)
 
   const int64_t row = CLUSTER ? int64_t(blockIdx.x) / cluster_size : int64_t(blockIdx.x);
   const int rank = CLUSTER ? int(blockIdx.x % cluster_size) : 0;
@@ -201,6 +205,8 @@ __global__ void __launch_bounds__(kSplitThreads) softmax_split_stats_kernel(Soft
   using A = acc_t<T>;
   constexpr int V = Vec<T>::size;
   __shared__ A scratch[33];
+  // the divisor for the second kernel, which reads grad_scale after this launch: no wait here
+  fused_divisor<A>(a.fused, false);
   const int64_t row = int64_t(blockIdx.x) / chunks;
   const int c = int(blockIdx.x % chunks);
   const int64_t C = a.classes;

@@ -17,8 +17,10 @@ against cbbench/reference.py.
 * under several fiber orders (forward, reverse, seeded random) on a compute capability 9.0 device and
   once on an 8.0 device (no clusters); the outputs of one case must be bitwise identical under every
   order, and across devices wherever the path is the same (no result may depend on thread timing);
-* the reduction's divisor and gradient scale (divisor.cu, one launch) for every reduction and target
-  kind against the formula of cbbench/shapes.py;
+* the reduction's divisor and gradient scale for every reduction and target kind against the formula of
+  cbbench/shapes.py: in a launch of its own (divisor.cu) and inside the loss kernels' launch (cb_divisor.cuh:
+  weighted, unweighted, sample-weighted, multi-hot and forward-only calls on every path), where the call
+  must be the loss launch alone (two on the split path) and leave its sync words zero;
 * the launch planner's device queries: a stream being captured takes the split path and makes no query,
   a cluster that cannot be resident falls back to split, launches per call are counted.
 
@@ -59,6 +61,9 @@ LOSS_TOL = {torch.float64: (1e-10, 1e-12), torch.float32: (2e-5, 2e-5), torch.fl
             torch.bfloat16: (2e-5, 2e-5)}
 GRAD_TOL = {torch.float64: (1e-10, 1e-14), torch.float32: (2e-5, 2e-7), torch.float16: (2 ** -10, 2e-7),
             torch.bfloat16: (2 ** -7, 2e-7)}
+# One step of the dtype's subnormal range: the rounding of a gradient entry that small (fp16 below 6.1e-5,
+# reached by the small gradients of a reduction divided by its divisor) is absolute, not relative.
+GRAD_SUBNORMAL = {torch.float64: 0.0, torch.float32: 0.0, torch.float16: 2.0 ** -24, torch.bfloat16: 0.0}
 # (device, compute capability, fiber order): the configurations every case runs under.
 CONFIGS = {"cc9-forward": (0, "forward"), "cc9-reverse": (0, "reverse"), "cc9-random": (0, "random"),
            "cc8-forward": (1, "forward")}
@@ -158,6 +163,60 @@ def _digest(*tensors: torch.Tensor | None) -> str:
     return h.hexdigest()
 
 
+def expected_divisor(reduction: str, dtype: torch.dtype, classes: int, ignore_index: int, y=None, w=None, s=None,
+                     t=None, floor: bool = True) -> torch.Tensor:
+    """The divisor of cbbench/shapes.py (local_divisor, finish_divisor) in float64, rounded to the loss dtype
+    once: class-index targets ``y`` (out-of-range ones clamped for the weight gather, as the kernels do) or a
+    multi-hot target ``t``, class weight ``w``, sample weight ``s``."""
+    if t is not None:
+        local = shapes.local_divisor(reduction, multi_hot_target=t.double(), column_weight=w, num_rows=t.shape[0],
+                                     sample_weight=s)
+    else:
+        row_weight = None
+        if w is not None:
+            row_weight = w.double()[y.clamp(0, classes - 1)]
+        if s is not None:
+            row_weight = s.double() if row_weight is None else row_weight * s.double()
+        local = shapes.local_divisor(reduction, valid=y != ignore_index, row_weight=row_weight)
+    d = shapes.finish_divisor(reduction, local) if floor else local
+    return d.to(dtype)
+
+
+class Fused:
+    """A loss call that computes its reduction's divisor inside its own launch (cb_kernels.h, FusedDivisor):
+    the kernel writes the divisor and grad_scale (both start as NaN), every block that writes a gradient
+    waits for them, and the three sync words must be zero again after the launch."""
+
+    CODE = {"mean": 1, "weighted_mean": 2}
+
+    def __init__(self, reduction: str, want: torch.Tensor):
+        self.reduction, self.want = reduction, want
+        self.scale = 1.0 / float(want)  # what the reference's gradient is multiplied by
+
+    def buffers(self, emu: Emulator, acc: torch.dtype):
+        self.gs = emu.tensor(torch.full((), math.nan, dtype=acc))
+        self.div = emu.tensor(torch.full((), math.nan, dtype=acc), 8)
+        self.sync = emu.tensor(torch.zeros(3, dtype=torch.int32), 4)
+        return self.gs, self.div, self.sync
+
+    def after(self, has_grad: bool) -> None:
+        if has_grad and self.sync.any():
+            raise Failure(f"the fused divisor's sync words are {self.sync.tolist()} after the launch (want 0 0 0: "
+                          "the last block resets them for the next launch)")
+        if not has_grad and self.sync.any():
+            raise Failure("a launch without a gradient touched the sync words")
+        self.got = (self.div.clone(), self.gs.clone())
+
+    def check(self) -> int:
+        dtype = self.want.dtype
+        eps = 2.0 ** -52 if dtype == torch.float64 else 2.0 ** -23
+        div, gs = self.got
+        _compare("fused divisor", div.reshape(1), self.want.reshape(1), 2 * eps, 0.0)
+        _compare("fused gradient scale", gs.reshape(1), (torch.ones((), dtype=dtype) / self.want).reshape(1),
+                 4 * eps, 0.0)
+        return 2
+
+
 # ---- cases -------------------------------------------------------------------------------------------------
 class Case:
     """One kernel call: its inputs (CPU tensors), the reference's outputs, and how to run it."""
@@ -225,6 +284,15 @@ class SoftmaxCase(Case):
                 boost = 40.0 if dtype in (torch.float32, torch.float64) else 12.0
                 z[live.nonzero().flatten(), self.y[live]] = z[live].abs().max(1).values + boost
                 self.z = z.to(dtype)
+        # the reduction's divisor computed in the loss launch: weighted with ignored and out-of-range rows,
+        # with sample weights, unweighted, and forward only (block 0, no wait)
+        self.fused = None
+        reduction = {"options": "weighted_mean", "focal": "weighted_mean", "smoothing": "mean",
+                     "forward_only": "weighted_mean"}.get(variant)
+        if reduction is not None:
+            self.fused = Fused(reduction, expected_divisor(reduction, _acc(dtype), classes, self.ignore_index, self.y,
+                                                           self.weight, self.sample_weight))
+            self.grad_scale = self.fused.scale
         self.want_loss, self.want_grad = self._reference()
 
     def _reference(self):
@@ -257,7 +325,11 @@ class SoftmaxCase(Case):
         margin = None if self.margin is None else emu.tensor(self.margin, 8)
         alpha = None if self.alpha is None else emu.tensor(self.alpha, 4)
         sw = None if self.sample_weight is None else emu.tensor(self.sample_weight, 12)
-        gs = None if self.grad_scale is None else emu.tensor(torch.tensor(self.grad_scale, dtype=acc))
+        gs = div = sync = None
+        if self.fused is not None:
+            gs, div, sync = self.fused.buffers(emu, acc)
+        elif self.grad_scale is not None:
+            gs = emu.tensor(torch.tensor(self.grad_scale, dtype=acc))
         loss = emu.tensor(torch.full((self.rows,), -777.0, dtype=acc))
         grad = None
         if self.variant != "forward_only":
@@ -265,10 +337,13 @@ class SoftmaxCase(Case):
         ws_bytes = emu.workspace_bytes(self.rows, self.classes, self.dtype, device)
         ws = emu.tensor(torch.zeros(ws_bytes, dtype=torch.uint8)) if ws_bytes else None
         p = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+        fused = 0 if self.fused is None else Fused.CODE[self.fused.reduction]
         rc = emu.lib.cbk_softmax_ce(device, stream, _code(self.dtype), p(z), p(y), p(w), p(off), p(margin),
                                     self.scale, self.eps, self.gamma, p(alpha), p(sw), self.ignore_index, p(gs),
-                                    p(loss), p(grad), self.rows, self.classes, p(ws))
-        _after_launch(emu, rc, [z, y, w, off, margin, alpha, sw, gs, loss, grad, ws])
+                                    p(loss), p(grad), self.rows, self.classes, p(ws), fused, p(div), p(sync))
+        _after_launch(emu, rc, [z, y, w, off, margin, alpha, sw, gs, loss, grad, ws, div, sync])
+        if self.fused is not None:
+            self.fused.after(grad is not None)
         return loss.clone(), None if grad is None else grad.clone()
 
     def _magnitude(self) -> torch.Tensor:
@@ -289,8 +364,11 @@ class SoftmaxCase(Case):
         if grad is not None:
             rtol, atol = GRAD_TOL[self.dtype]
             coef = max(abs(self.grad_scale or 1.0) * self.scale * weight, 1e-30)
-            worst = max(worst, _compare("gradient", grad, self.want_grad, rtol + mag.unsqueeze(1), atol * coef))
+            worst = max(worst, _compare("gradient", grad, self.want_grad, rtol + mag.unsqueeze(1),
+                                        atol * coef + GRAD_SUBNORMAL[self.dtype]))
             values += grad.numel()
+        if self.fused is not None:
+            values += self.fused.check()
         return worst, values
 
 
@@ -321,6 +399,14 @@ class SigmoidCase(Case):
         self.grad_scale = {"options": 0.61, "multi_hot": 3.0}.get(variant)
         self.z_off = {"options": _offset(dtype, 1), "multi_hot": 8, "forward_only": _offset(dtype, 3)}.get(variant, 0)
         self.g_off = {"options": 4 % 16, "multi_hot": _offset(dtype, 1)}.get(variant, 0)
+        # the divisor in the loss launch: class targets weighted (with sample weights), multi-hot weighted
+        # (mean column weight), and unweighted forward only
+        self.fused = None
+        reduction = {"options": "weighted_mean", "multi_hot": "weighted_mean", "forward_only": "mean"}.get(variant)
+        if reduction is not None:
+            self.fused = Fused(reduction, expected_divisor(reduction, _acc(dtype), classes, IGNORE, self.y,
+                                                           self.weight, self.sample_weight, self.t))
+            self.grad_scale = self.fused.scale
         self.want_loss, self.want_grad = self._reference()
 
     def _reference(self):
@@ -352,16 +438,23 @@ class SigmoidCase(Case):
         t = None if self.t is None else emu.tensor(self.t, _offset(self.dtype, 1))
         w = None if self.weight is None else emu.tensor(self.weight, 4)
         sw = None if self.sample_weight is None else emu.tensor(self.sample_weight, 8)
-        gs = None if self.grad_scale is None else emu.tensor(torch.tensor(self.grad_scale, dtype=acc))
+        gs = div = sync = None
+        if self.fused is not None:
+            gs, div, sync = self.fused.buffers(emu, acc)
+        elif self.grad_scale is not None:
+            gs = emu.tensor(torch.tensor(self.grad_scale, dtype=acc))
         loss = emu.tensor(torch.full((self.rows,), -777.0, dtype=acc))
         grad = None
         if self.variant != "forward_only":
             grad = emu.tensor(torch.full((self.rows, self.classes), -777.0, dtype=self.dtype), self.g_off)
         p = lambda x: None if x is None else x.data_ptr()  # noqa: E731
+        fused = 0 if self.fused is None else Fused.CODE[self.fused.reduction]
         rc = emu.lib.cbk_sigmoid_focal(device, stream, _code(self.dtype), p(z), p(y), p(t), p(w), self.gamma,
                                        self.alpha, p(sw), IGNORE, int(self.focal), p(gs), p(loss), p(grad), self.rows,
-                                       self.classes)
-        _after_launch(emu, rc, [z, y, t, w, sw, gs, loss, grad])
+                                       self.classes, fused, None, p(div), p(sync))
+        _after_launch(emu, rc, [z, y, t, w, sw, gs, loss, grad, div, sync])
+        if self.fused is not None:
+            self.fused.after(grad is not None)
         return loss.clone(), None if grad is None else grad.clone()
 
     def check(self, loss, grad) -> tuple[float, int]:
@@ -373,8 +466,11 @@ class SigmoidCase(Case):
             rtol, atol = GRAD_TOL[self.dtype]
             coef = (abs(self.grad_scale or 1.0) * (2.2 if self.weight is not None else 1.0)
                     * (2.0 if self.sample_weight is not None else 1.0))
-            worst = max(worst, _compare("gradient", grad, self.want_grad, rtol, atol * coef))
+            worst = max(worst, _compare("gradient", grad, self.want_grad, rtol,
+                                        atol * coef + GRAD_SUBNORMAL[self.dtype]))
             values += grad.numel()
+        if self.fused is not None:
+            values += self.fused.check()
         return worst, values
 
 
@@ -440,18 +536,7 @@ class DivisorCase(Case):
         self.s = s.float() if ("sample" in variant) else None
         self.t = (torch.rand(rows, self.c, generator=gen) < 0.2).double() if self.multi_hot else None
         reduction = "weighted_mean" if self.weighted else "mean"
-        if self.multi_hot:
-            local = shapes.local_divisor(reduction, multi_hot_target=self.t, column_weight=self.w, num_rows=rows,
-                                         sample_weight=self.s)
-        else:
-            row_weight = None
-            if self.w is not None:
-                row_weight = self.w.double()[y.clamp(0, self.c - 1)]
-            if self.s is not None:
-                row_weight = self.s.double() if row_weight is None else row_weight * self.s.double()
-            local = shapes.local_divisor(reduction, valid=y != IGNORE, row_weight=row_weight)
-        d = shapes.finish_divisor(reduction, local) if self.floor else local
-        self.want = d.to(dtype)
+        self.want = expected_divisor(reduction, dtype, self.c, IGNORE, y, self.w, self.s, self.t, self.floor)
         self.want_scale = torch.ones((), dtype=dtype) / self.want
 
     def path(self, emu: Emulator, device: int) -> str:
@@ -482,6 +567,11 @@ class DivisorCase(Case):
 
 def _ptr(t):
     return None if t is None else t.data_ptr()
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    """The loss dtype of logits of ``dtype`` (the kernels' accumulation type)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _code(dtype):
@@ -598,6 +688,10 @@ def run(emu: Emulator, cases: list[Case], configs: list[str], out=print) -> int:
             try:
                 loss, grad = case.run(emu, device)
                 g["launches"].add(emu.launches())
+                want_launches = 2 if path.startswith("split") else 1
+                if getattr(case, "fused", None) is not None and emu.launches() != want_launches:
+                    raise Failure(f"{emu.launches()} launches for a call with its divisor, want {want_launches}: "
+                                  "the loss kernel and nothing else")
                 worst, values = case.check(loss, grad)
                 g["worst"] = max(g["worst"], worst)
                 g["values"] += values

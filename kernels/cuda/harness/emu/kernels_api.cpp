@@ -7,17 +7,36 @@
 #include "cb_kernels.h"
 #include "cb_sigmoid_rows.cuh"
 
+namespace {
+// The loss kernels' fused divisor (cb_kernels.h, FusedDivisor): fused 0 = off, 1 = "mean", 2 =
+// "weighted_mean"; it writes `divisor` and the loss call's grad_scale.
+cb::FusedDivisor fused_divisor(int fused, const int64_t* target, const float* weight, const float* sample_weight,
+                               const double* local, int64_t ignore_index, int64_t rows, int64_t classes,
+                               bool multi_hot, void* divisor, const void* grad_scale, unsigned* sync) {
+  cb::FusedDivisor f{};
+  if (fused == 0) return f;
+  f.on = true;
+  f.args = cb::DivisorArgs{target,  weight,   sample_weight, local,        ignore_index,
+                           rows,    classes,  multi_hot,     fused == 2,   true,
+                           divisor, const_cast<void*>(grad_scale)};
+  f.sync = sync;
+  return f;
+}
+}  // namespace
+
 extern "C" {
 
 int cbk_softmax_ce(int device, void* stream, int dtype, const void* logits, const int64_t* target, const float* weight,
                    const float* logit_offset, const float* target_margin, double scale, double label_smoothing,
                    double gamma, const float* alpha, const float* sample_weight, int64_t ignore_index,
                    const void* grad_scale, void* loss_rows, void* grad, int64_t rows, int64_t classes,
-                   void* workspace) {
+                   void* workspace, int fused, void* divisor, unsigned* sync) {
   cbemu_set_current_device(device);
   cb::SoftmaxCeArgs a{logits,       target,     weight,    logit_offset, target_margin, scale,   label_smoothing,
                       gamma,        alpha,      sample_weight, ignore_index, grad_scale, loss_rows, grad,
                       rows,         classes,    workspace};
+  a.fused = fused_divisor(fused, target, weight, sample_weight, nullptr, ignore_index, rows, classes, false, divisor,
+                          grad_scale, sync);
   return int(cb::softmax_ce(a, cb::Dtype(dtype), device, static_cast<cudaStream_t>(stream)));
 }
 
@@ -33,10 +52,13 @@ void cbk_softmax_ce_plan(int64_t classes, int dtype, int device, void* stream, c
 int cbk_sigmoid_focal(int device, void* stream, int dtype, const void* logits, const int64_t* class_target,
                       const void* multi_hot_target, const float* weight, double gamma, double alpha,
                       const float* sample_weight, int64_t ignore_index, int focal, const void* grad_scale,
-                      void* loss_rows, void* grad, int64_t rows, int64_t classes) {
+                      void* loss_rows, void* grad, int64_t rows, int64_t classes, int fused, const double* local,
+                      void* divisor, unsigned* sync) {
   cbemu_set_current_device(device);
   cb::SigmoidFocalArgs a{logits, class_target, multi_hot_target, weight, gamma, alpha, sample_weight, ignore_index,
                          focal != 0, grad_scale, loss_rows, grad, rows, classes};
+  a.fused = fused_divisor(fused, class_target, weight, sample_weight, local, ignore_index, rows, classes,
+                          multi_hot_target != nullptr, divisor, grad_scale, sync);
   return int(cb::sigmoid_focal(a, cb::Dtype(dtype), device, static_cast<cudaStream_t>(stream)));
 }
 

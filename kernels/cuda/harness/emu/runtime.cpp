@@ -26,6 +26,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdarg>
 #include <cstdio>
@@ -226,6 +227,8 @@ struct Block {
   std::size_t shared_bytes = 0;
   std::mt19937_64 rng;
   uint64_t waited_phase = 0;  // barrier phases whose completion a thread of this block has waited for
+  long long spins = 0;        // consecutive spin_wait calls (reset at a barrier)
+  std::chrono::steady_clock::time_point spin_since;
 };
 
 thread_local Block* running = nullptr;
@@ -648,6 +651,7 @@ std::string validate(const LaunchSpec& s, int device) {
 // ---- device-side entry points -------------------------------------------------------------------------------
 void syncthreads() {
   Block& b = this_block();
+  b.spins = 0;
   Fiber& f = b.fibers[size_t(b.current)];
   f.state = kWaiting;
   f.wait = kSync;
@@ -656,6 +660,16 @@ void syncthreads() {
 }
 
 void trap() { fail_here("__trap() executed"); }
+
+void spin_wait(unsigned /*ns*/) {
+  Block& b = this_block();
+  if (b.launch->failed) fail_here("abandoned while spinning on another block: the launch failed");
+  const auto now = std::chrono::steady_clock::now();
+  if (b.spins++ == 0) b.spin_since = now;
+  if (now - b.spin_since > std::chrono::seconds(60))
+    fail_here("spun for 60 s on memory no other block released (a grid-wide dependency that never resolves)");
+  std::this_thread::yield();
+}
 
 uint64_t shuffle(int mode, unsigned mask, uint64_t bits, int size, int b, int c) {
   return warp_op(false, mode, mask, bits, size, b, c);

@@ -49,7 +49,14 @@ inline void __syncthreads() { cbemu::syncthreads(); }
 [[noreturn]] inline void __trap() { cbemu::trap(); }
 // Block-local memory is sequentially consistent between synchronisation points here: no fence needed.
 inline void __threadfence_block() {}
-inline void __threadfence() {}
+// Blocks run on different OS threads: a grid-wide publication (cb_divisor.cuh) needs a real fence.
+inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+// Device-memory atomics on 32-bit words, sequentially consistent across the OS threads running blocks.
+inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+inline unsigned atomicExch(unsigned* p, unsigned v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
+// The back-off of a spin-wait on another block: fails the launch when that block can no longer release
+// it (another block failed) or after a time limit (see spin_wait).
+inline void __nanosleep(unsigned ns) { cbemu::spin_wait(ns); }
 // The read-only data path reads the same bytes.
 template <typename T>
 inline T __ldg(const T* p) { return *p; }

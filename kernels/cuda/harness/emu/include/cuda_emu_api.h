@@ -44,6 +44,9 @@ enum VoteMode { kVoteBallot = 0, kVoteAny = 1, kVoteAll = 2, kSyncWarp = 3 };
 
 void syncthreads();
 [[noreturn]] void trap();
+// One back-off step of a thread spinning on memory another block writes (__nanosleep): yields the OS
+// thread; fails the launch when the launch has already failed elsewhere or the spin has lasted 60 s.
+void spin_wait(unsigned ns);
 // One warp-synchronous exchange (the PTX shfl.sync semantics: b = lane / offset / lane mask, c = the
 // clamp and segment mask the CUDA headers encode from `width`). The value travels as raw bits.
 uint64_t shuffle(int mode, unsigned mask, uint64_t bits, int size, int b, int c);
