@@ -310,7 +310,7 @@ def _op_takes(backend: str, logits, *tensors):
     for t in tensors:
         if t is not None and type(t) is not Tensor:
             return None
-    return ops.eager_module() if ops.uses_kernels(backend, logits) else None
+    return ops.eager_module_for(backend, logits)
 
 
 # The errors the op raises for arguments the checks refuse (or convert): after one of them the call is

@@ -37,10 +37,11 @@ from __future__ import annotations
 import torch
 
 from . import fake, loading
-from .loading import (BACKENDS, kernel_module, kernel_status, ops_available, resolve_backend, uses_kernels)
+from .loading import (BACKENDS, eager_module_for, kernel_module, kernel_status, ops_available, resolve_backend,
+                      uses_kernels)
 
-__all__ = ["BACKENDS", "kernel_module", "kernel_status", "ops_available", "resolve_backend", "uses_kernels",
-           "softmax_cross_entropy", "sigmoid_focal", "eager_module"]
+__all__ = ["BACKENDS", "eager_module_for", "kernel_module", "kernel_status", "ops_available", "resolve_backend",
+           "uses_kernels", "softmax_cross_entropy", "sigmoid_focal", "eager_module"]
 
 if ops_available():
     fake.register()

@@ -74,6 +74,16 @@ def uses_kernels(backend: str, logits: torch.Tensor) -> bool:
     return resolve_backend(backend, logits.device) != "reference"
 
 
+def eager_module_for(backend: str, logits: torch.Tensor):
+    """``cbbench._C`` when a call on ``logits`` outside a ``torch.compile`` trace (the caller knows) takes the
+    kernels, else ``None``: :func:`uses_kernels` with the common case -- ``"auto"``, CPU tensors, no
+    ``CBBENCH_BACKEND`` -- read in one step (a small loss call is a few microseconds)."""
+    module = _ops[0]
+    if backend == "auto" and _cpu_ready and logits.is_cpu and not module.backend_override():
+        return module
+    return module if uses_kernels(backend, logits) else None
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
     """Map a requested backend (and ``CBBENCH_BACKEND`` for ``"auto"``) to ``reference``/``cpu``/``cuda``."""
     if backend not in BACKENDS:

@@ -298,15 +298,17 @@ struct LossFunction {
     const Tensor& go = grads[0];
     if (!go.defined()) return out;
     auto* saved = static_cast<Saved<Args>*>(ctx->saved_data["saved"].toCapsule().get());
-    const Tensor logits = ctx->get_saved_variables()[0];
     const Reduction red = parse_reduction(saved->args.reduction);
+    // the saved logits are unpacked only where they are used: the first backward needs none
     if (at::GradMode::is_enabled()) {
+      const Tensor logits = ctx->get_saved_variables()[0];
       const Tensor value = composite(logits, saved->args, red);
       out[0] = torch::autograd::grad({value}, {logits}, {go}, /*retain_graph=*/true, /*create_graph=*/true)[0];
       return out;
     }
     Tensor grad = std::move(saved->grad);  // undefined after the first backward
     if (!grad.defined()) {
+      const Tensor logits = ctx->get_saved_variables()[0];
       at::AutoDispatchBelowADInplaceOrView below;
       grad = std::get<1>(fused(logits, saved->args, true));
     }
