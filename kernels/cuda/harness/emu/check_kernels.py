@@ -136,8 +136,8 @@ def _compare(name: str, got: torch.Tensor, want: torch.Tensor, rtol, atol) -> fl
     atol = torch.as_tensor(atol, dtype=torch.float64).expand_as(want)
     nan_w, nan_g = torch.isnan(want), torch.isnan(got)
     if not torch.equal(nan_w, nan_g):
-        i = int((nan_w != nan_g).nonzero()[0][0])
-        raise Failure(f"{name}: entry {i} is {got.flatten()[i].item()} where the reference has "
+        i = int((nan_w != nan_g).flatten().nonzero()[0])
+        raise Failure(f"{name}: flat entry {i} is {got.flatten()[i].item()} where the reference has "
                       f"{want.flatten()[i].item()}")
     inf_w = torch.isinf(want)
     if not torch.equal(got[inf_w], want[inf_w]) or torch.isinf(got[~inf_w]).any():

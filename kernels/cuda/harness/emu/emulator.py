@@ -22,6 +22,7 @@ _SIGNATURES = {
     "cbemu_set_current_device": (None, [_c.c_int]),
     "cbemu_set_capturing_stream": (None, [_P]),
     "cbemu_set_workers": (None, [_c.c_int]),
+    "cbemu_set_winner_delay": (None, [_c.c_int]),
     "cbemu_launch_count": (_c.c_longlong, []),
     "cbemu_failure_count": (_c.c_longlong, []),
     "cbemu_capture_violations": (_c.c_longlong, []),

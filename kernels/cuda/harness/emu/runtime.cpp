@@ -75,6 +75,7 @@ std::atomic<int> current_device{0};
 std::atomic<int> fiber_order{0};
 std::atomic<unsigned long long> order_seed{1};
 std::atomic<int> worker_threads{0};
+std::atomic<int> winner_delay_us{2000};
 std::atomic<void*> capturing_stream{nullptr};
 std::atomic<long long> n_launches{0}, n_failures{0}, n_capture_violations{0};
 std::mutex failure_mutex;
@@ -661,6 +662,13 @@ void syncthreads() {
 
 void trap() { fail_here("__trap() executed"); }
 
+void atomic_winner() {
+  const int us = winner_delay_us.load();
+  const dim3 g = this_block().launch->spec.grid;
+  if (us > 0 && static_cast<long long>(g.x) * g.y * g.z > 1)  // alone in its grid, nobody can run ahead
+    std::this_thread::sleep_for(std::chrono::microseconds(us));
+}
+
 void spin_wait(unsigned /*ns*/) {
   Block& b = this_block();
   if (b.launch->failed) fail_here("abandoned while spinning on another block: the launch failed");
@@ -936,6 +944,7 @@ void cbemu_set_current_device(int device) {
 
 void cbemu_set_capturing_stream(void* stream) { capturing_stream = stream; }
 void cbemu_set_workers(int workers) { worker_threads = workers; }
+void cbemu_set_winner_delay(int microseconds) { winner_delay_us = microseconds; }
 long long cbemu_launch_count() { return n_launches.load(); }
 long long cbemu_failure_count() { return n_failures.load(); }
 long long cbemu_capture_violations() { return n_capture_violations.load(); }

@@ -52,7 +52,11 @@ inline void __threadfence_block() {}
 // Blocks run on different OS threads: a grid-wide publication (cb_divisor.cuh) needs a real fence.
 inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 // Device-memory atomics on 32-bit words, sequentially consistent across the OS threads running blocks.
-inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+inline unsigned atomicAdd(unsigned* p, unsigned v) {
+  const unsigned old = __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
+  if (old == 0) cbemu::atomic_winner();  // the first to draw: delayed, so missing waits on it show
+  return old;
+}
 inline unsigned atomicExch(unsigned* p, unsigned v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
 // The back-off of a spin-wait on another block: fails the launch when that block can no longer release
 // it (another block failed) or after a time limit (see spin_wait).

@@ -47,6 +47,10 @@ void syncthreads();
 // One back-off step of a thread spinning on memory another block writes (__nanosleep): yields the OS
 // thread; fails the launch when the launch has already failed elsewhere or the spin has lasted 60 s.
 void spin_wait(unsigned ns);
+// Called by the thread whose atomicAdd drew a counter's first value (it returned 0): sleeps for the
+// configured delay (cbemu_set_winner_delay), so that blocks which do not wait for what the winner then
+// publishes run ahead of it and read what it has not written yet.
+void atomic_winner();
 // One warp-synchronous exchange (the PTX shfl.sync semantics: b = lane / offset / lane mask, c = the
 // clamp and segment mask the CUDA headers encode from `width`). The value travels as raw bits.
 uint64_t shuffle(int mode, unsigned mask, uint64_t bits, int size, int b, int c);
@@ -123,6 +127,8 @@ void cbemu_set_current_device(int device);
 void cbemu_set_capturing_stream(void* stream);
 // OS threads running independent blocks (0: the machine's hardware threads).
 void cbemu_set_workers(int workers);
+// Microseconds the winner of a counter's first atomicAdd sleeps (default 2000, in grids of more than one block; 0: none).
+void cbemu_set_winner_delay(int microseconds);
 // Launches run so far, failed launches, device queries made while a stream was capturing.
 long long cbemu_launch_count();
 long long cbemu_failure_count();
