@@ -27,9 +27,11 @@ pytestmark = [pytest.mark.slow,
 BLOCK = r"softmax_ce \(torch.float32, 1203, 'options'"
 CLUSTER = r"softmax_ce \(torch.float32, 16385, 'options'"
 GROUP = r"softmax_ce \(torch.float32, (11|65), 'plain'"
-DIVISOR = r"loss_divisor \(torch.float(32|64), (7|4099), '(negative|weighted)'"
-# calls that compute their divisor inside the loss launch (group and block softmax, group sigmoid)
-FUSED = r"softmax_ce \(torch.float32, (11|1203), 'options'|sigmoid \(torch.float32, 13, 'options'"
+DIVISOR = r"loss_divisor \(torch.float(32|64), (7|4099|100003), '(negative|weighted)'"
+# calls that compute their divisor inside the loss launch (group and block softmax, group sigmoid, and 9007
+# rows: 9 chunks by as many blocks)
+FUSED = (r"softmax_ce \(torch.float32, (11|1203), 'options'|sigmoid \(torch.float32, 13, 'options'"
+         r"|softmax_ce \(torch.float32, 11, 'many_rows'")
 TAILS = r"softmax_ce \(torch.float32, (11|1203), 'options'|sigmoid \(torch.float32, 13, 'options'"
 
 PLANTS = {
@@ -56,14 +58,17 @@ PLANTS = {
                        "for (int64_t i = v; i < n; i += kDivisorLanes / 2)", DIVISOR + "|" + FUSED),
     # (f) the fused divisor's words are reset by the second-to-last block, not the last: the next launch
     # would find them dirty (and a one-block grid never resets them)
-    "fused_reset_early": ("cb_divisor.cuh", "gridDim.x * gridDim.y * gridDim.z - 1u)",
-                          "gridDim.x * gridDim.y * gridDim.z - 2u)", FUSED),
+    "fused_reset_early": ("cb_divisor.cuh", "atomicAdd(&f.sync[3], 1u) == blocks - 1u)",
+                          "atomicAdd(&f.sync[3], 1u) == blocks - 2u)", FUSED),
+    # ... or a chunk starts one row short of where it should (rows summed twice, the last ones never)
+    "divisor_chunk_offset": ("cb_divisor.cuh", "const int64_t first = k * kDivisorChunkRows;",
+                             "const int64_t first = k * (kDivisorChunkRows - 1);", DIVISOR + "|" + FUSED),
     # ... or the divisor's block never writes the gradient scale the waiting blocks read
     "fused_scale_unwritten": ("cb_divisor.cuh", "    if (a.grad_scale != nullptr) *static_cast<L*>(a.grad_scale) = L(1) / dv;\n",
                               "", FUSED),
     # ... or the blocks that write a gradient do not wait for the divisor's block (they read the NaN the
-    # check puts in the scale; the emulator delays the ticket's winner so they run ahead of it)
-    "fused_no_wait": ("cb_divisor.cuh", "    while (*reinterpret_cast<volatile unsigned*>(&f.sync[1]) == 0u) __nanosleep(64);\n",
+    # check puts in the scale; the emulator delays the first claim so that they run ahead of it)
+    "fused_no_wait": ("cb_divisor.cuh", "    while (*reinterpret_cast<volatile unsigned*>(&f.sync[2]) == 0u) __nanosleep(64);\n",
                       "", FUSED),
 }
 

@@ -409,6 +409,16 @@ def test_divisor_is_computed_inside_the_loss_launch():
     for _ in range(3):
         assert torch.equal(_run(F.softmax_cross_entropy, z, y, w, reduction="weighted_mean", backend="cuda")[1],
                            got[1])
+    # a multi-hot "mean" sums its whole target inside the launch too: one ATen reduction (the loss sum), not two
+    t = (torch.rand(4096, 80, generator=_gen(22), device=DEV) < 0.1).float()
+    zt = _logits(4096, 80, torch.float32, 22)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        got_t = _run(F.sigmoid_focal_loss, zt, t, None, reduction="mean", backend="cuda")
+        torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert len([k for k in kernels if "reduce_kernel" in k]) == 1, kernels
+    _assert_matches(got_t, _reference(F.sigmoid_focal_loss, zt, t.double(), None, reduction="mean",
+                                      backend="reference"), torch.float32)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):

@@ -44,10 +44,6 @@ void check_cuda(const Tensor& logits, const char* op) {
 
 const float* ptr(const OptTensor& t) { return t.has_value() ? t->data_ptr<float>() : nullptr; }
 
-// The multi-hot "mean" divisor's local part, the number of positives: the sum of the whole target, one
-// ATen reduction (the divisor's block finishes it; summing rows x classes in one block would be slow).
-Tensor positives(const Tensor& target) { return target.sum(at::kDouble); }
-
 // The divisor's arguments (cb_kernels.h, DivisorArgs) for outputs `divisor` / `grad_scale` (0-dim tensors
 // of the loss dtype, either may be undefined). `floor`: finished (cbbench/shapes.py, finish_divisor).
 // `keep` holds what the arguments point into until the launch is enqueued (the caching allocator reuses
@@ -58,8 +54,12 @@ cb::DivisorArgs divisor_args(const Tensor& target, const OptTensor& weight, cons
   const bool multi_hot = target.is_floating_point();
   cb::DivisorArgs a{};
   if (multi_hot && red == Reduction::mean) {
-    keep.push_back(positives(target));
-    a.local = keep.back().data_ptr<double>();
+    // the number of positives: the whole target summed by the divisor's chunks (in one of the kernels' dtypes)
+    const at::ScalarType t = target.scalar_type();
+    const bool kernel_type = t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+    keep.push_back((kernel_type ? target : target.to(at::kFloat)).contiguous());
+    a.positives = keep.back().data_ptr();
+    a.positives_dtype = kernel_dtype(keep.back());
   } else if (!multi_hot) {
     keep.push_back(target.contiguous());
     a.target = keep.back().data_ptr<int64_t>();
@@ -77,14 +77,15 @@ cb::DivisorArgs divisor_args(const Tensor& target, const OptTensor& weight, cons
   return a;
 }
 
-// Three zeroed words of device memory for the loss kernels' fused divisor (cb_kernels.h, FusedDivisor),
-// which every launch that uses them leaves zero again. Outside a CUDA graph capture: one set per device
-// and stream, zeroed once when first used (launches on one stream run one at a time, so they never
-// share them at the same time); the map is never destroyed, so no tensor outlives the CUDA context at
-// exit. Inside a capture nothing may run outside the graph, so the call takes a fresh set whose zeroing
-// is captured with it (a memset node the graph replays each time, in the graph's memory pool).
+// Zeroed sync words (cb::kDivisorSyncWords) for the divisor computed in a kernel's launch (cb_kernels.h,
+// FusedDivisor), which every launch that uses them leaves zero again. Outside a CUDA graph capture: one set
+// per device and stream, zeroed once when first used (launches on one stream run one at a time, so they
+// never share them at the same time; one small tensor per stream ever used); the map is never destroyed,
+// so no tensor outlives the CUDA context at exit. Inside a capture nothing may run outside the graph, so
+// the call takes a fresh set whose zeroing is captured with it (a memset node the graph replays each time,
+// in the graph's memory pool).
 unsigned* divisor_sync(const Tensor& like, cudaStream_t stream, std::vector<Tensor>& keep) {
-  const auto zeros = [&] { return at::zeros({3}, like.options().dtype(at::kInt)); };
+  const auto zeros = [&] { return at::zeros({cb::kDivisorSyncWords}, like.options().dtype(at::kInt)); };
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
   if (status != cudaStreamCaptureStatusNone) {
@@ -100,16 +101,31 @@ unsigned* divisor_sync(const Tensor& like, cudaStream_t stream, std::vector<Tens
   return reinterpret_cast<unsigned*>(it->second.data_ptr<int>());
 }
 
+// The divisor of a kernel's launch: its arguments, the chunks' partials (from the caching allocator: no
+// zeroing needed) and the sync words of the current stream. `keep` holds what it points into.
+cb::FusedDivisor fused_divisor(const Tensor& target, const OptTensor& weight, const OptTensor& sample_weight,
+                               int64_t ignore_index, Reduction red, int64_t classes, bool floor, const Tensor& divisor,
+                               const Tensor& grad_scale, const Tensor& like, std::vector<Tensor>& keep) {
+  cb::FusedDivisor f{};
+  f.on = true;
+  f.args = divisor_args(target, weight, sample_weight, ignore_index, red, classes, floor, divisor, grad_scale, keep);
+  f.chunks = cb::divisor_chunks(f.args);
+  keep.push_back(at::empty({f.chunks}, like.options().dtype(at::kDouble)));
+  f.partials = keep.back().data_ptr<double>();
+  f.sync = divisor_sync(like, c10::cuda::getCurrentCUDAStream(like.get_device()).stream(), keep);
+  return f;
+}
+
 // The reduction's divisor by its own launch (the `loss_divisor` op).
 void launch_divisor(const Tensor& target, const OptTensor& weight, const OptTensor& sample_weight,
                     int64_t ignore_index, Reduction red, int64_t classes, bool floor, const Tensor& divisor,
                     const Tensor& grad_scale) {
-  std::vector<Tensor> keep;
-  const cb::DivisorArgs a =
-      divisor_args(target, weight, sample_weight, ignore_index, red, classes, floor, divisor, grad_scale, keep);
   const Tensor& out = divisor.defined() ? divisor : grad_scale;
   const c10::cuda::CUDAGuard guard(out.device());
-  C10_CUDA_CHECK(cb::loss_divisor(a, out.scalar_type() == at::kDouble,
+  std::vector<Tensor> keep;
+  const cb::FusedDivisor f = fused_divisor(target, weight, sample_weight, ignore_index, red, classes, floor, divisor,
+                                           grad_scale, out, keep);
+  C10_CUDA_CHECK(cb::loss_divisor(f, out.scalar_type() == at::kDouble,
                                   c10::cuda::getCurrentCUDAStream(out.get_device()).stream()));
 }
 
@@ -123,7 +139,7 @@ struct Outputs {
 };
 
 // The outputs, and for "mean" / "weighted_mean" the divisor that the loss kernel computes in its own
-// launch (no launch of its own; a multi-hot "mean" sums its target first, one ATen reduction).
+// launch (no launch of its own).
 Outputs make_outputs(const Tensor& logits, const Tensor& target, const OptTensor& weight,
                      const OptTensor& sample_weight, int64_t ignore_index, Reduction red, bool need_grad) {
   Outputs o;
@@ -134,11 +150,8 @@ Outputs make_outputs(const Tensor& logits, const Tensor& target, const OptTensor
     const Tensor both = at::empty({2}, logits.options().dtype(loss_type));  // [divisor, 1 / divisor]
     o.divisor = both.select(0, 0);
     o.grad_scale = both.select(0, 1);
-    o.fused.on = true;
-    o.fused.args = divisor_args(target, weight, sample_weight, ignore_index, red, logits.size(1), true, o.divisor,
-                                o.grad_scale, o.keep);
-    if (need_grad)
-      o.fused.sync = divisor_sync(logits, c10::cuda::getCurrentCUDAStream(logits.get_device()).stream(), o.keep);
+    o.fused = fused_divisor(target, weight, sample_weight, ignore_index, red, logits.size(1), true, o.divisor,
+                            o.grad_scale, logits, o.keep);
   }
   return o;
 }

@@ -20,15 +20,16 @@ inline std::size_t dtype_size(Dtype t) {
 }
 
 // The divisor of a "mean" / "weighted_mean" reduction and its reciprocal (the kernels' grad_scale),
-// computed by one block (cb_divisor.cuh; the rules of kernels/cpu/cb_cpu_loss.h): inside a loss kernel's
-// launch (FusedDivisor) or in a launch of its own (loss_divisor). Exactly one source:
-// `local` (a float64 local divisor already on the device, e.g. a multi-hot target's sum), else
-// `multi_hot` (sum_i s_i times the mean column weight), else the class-index `target`.
+// computed on the device (cb_divisor.cuh; the rules of kernels/cpu/cb_cpu_loss.h): inside a loss kernel's
+// launch, or in a launch of its own (loss_divisor). Exactly one source: `positives` (a multi-hot target
+// summed whole: the multi-hot "mean"), else `multi_hot` (sum_i s_i times the mean column weight), else the
+// class-index `target`.
 struct DivisorArgs {
   const int64_t* target;       // (rows,) class indices (class-index source)
   const float* weight;         // (classes,) or nullptr
   const float* sample_weight;  // (rows,) or nullptr
-  const double* local;         // 0-dim float64 on the device, or nullptr
+  const void* positives;       // (rows, classes) multi-hot target in positives_dtype, or nullptr
+  Dtype positives_dtype;
   int64_t ignore_index;
   int64_t rows;
   int64_t classes;
@@ -39,20 +40,27 @@ struct DivisorArgs {
   void* grad_scale;            // 0-dim out in the loss dtype (1 / divisor), or nullptr
 };
 
-// The divisor computed inside a loss kernel's launch instead of a launch of its own (on = true): the
-// block that takes the first ticket of `sync[0]` computes it (the same block code as loss_divisor, so
-// the same bits) and writes args.divisor / args.grad_scale, then releases `sync[1]`; every block that
-// writes a gradient waits for that release before its rows (a grid-wide dependency on a block that is
-// already running, so it cannot deadlock however many blocks are resident); the last block to pass
-// resets the three words. `sync`: 3 words of device memory, zero before the launch and zero again after
-// it, used by one launch at a time (the binding keeps one per device and stream). Without a gradient
-// (forward only) and on the split path's first kernel nobody in the launch reads the scale: block 0
-// computes it and `sync` is not touched (may be nullptr). args.grad_scale must be the loss arguments'
-// grad_scale (the kernels read it after the wait).
+// The divisor computed in a kernel's launch (on = true): in a loss kernel's, instead of a launch of its own,
+// or alone in one block (loss_divisor). The rows are summed in `chunks` chunks of kDivisorChunkRows
+// (divisor_chunks(args)), claimed by the blocks as they start, whose partials go to `partials` (chunks
+// doubles of device memory, any content); the block that publishes the last one finishes the divisor, writes
+// args.divisor / args.grad_scale and releases a flag, for which every block that writes a gradient waits
+// (cb_divisor.cuh). `sync`: kDivisorSyncWords words of device memory, zero before the launch and zero again
+// after it, used by one launch at a time (the binding keeps one set per device and stream).
+// args.grad_scale must be the loss arguments' grad_scale (the kernels read it after the wait).
+constexpr int64_t kDivisorChunkRows = 1024;  // items per chunk: rows, or target entries for `positives`
+constexpr int kDivisorSyncWords = 4;
+inline int64_t divisor_chunks(const DivisorArgs& a) {
+  const int64_t items = a.positives != nullptr ? a.rows * a.classes : a.rows;
+  return items <= kDivisorChunkRows ? 1 : (items + kDivisorChunkRows - 1) / kDivisorChunkRows;
+}
+
 struct FusedDivisor {
   bool on;
   DivisorArgs args;
-  unsigned* sync;
+  int64_t chunks;    // divisor_chunks(args)
+  double* partials;  // (chunks,)
+  unsigned* sync;    // (kDivisorSyncWords,)
 };
 
 struct SoftmaxCeArgs {
@@ -109,8 +117,8 @@ std::size_t softmax_ce_workspace_bytes(int64_t rows, int64_t classes, Dtype dtyp
 cudaError_t softmax_ce(const SoftmaxCeArgs& args, Dtype dtype, int device, cudaStream_t stream);
 cudaError_t sigmoid_focal(const SigmoidFocalArgs& args, Dtype dtype, int device, cudaStream_t stream);
 
-// The divisor alone (DivisorArgs): one launch of one block (the `loss_divisor` op; the loss ops fuse it).
-cudaError_t loss_divisor(const DivisorArgs& args, bool loss_is_double, cudaStream_t stream);
+// The divisor alone: one launch of one block (the `loss_divisor` op; the loss ops fuse it). f.on must be set.
+cudaError_t loss_divisor(const FusedDivisor& f, bool loss_is_double, cudaStream_t stream);
 
 // grad[i] *= *grad_output, in place, skipped entirely (one tiny launch) when *grad_output == 1.
 // grad_output is float (loss of f32/f16/bf16 logits) or double (f64 logits), on the device.

@@ -68,6 +68,7 @@ GRAD_SUBNORMAL = {torch.float64: 0.0, torch.float32: 0.0, torch.float16: 2.0 ** 
 CONFIGS = {"cc9-forward": (0, "forward"), "cc9-reverse": (0, "reverse"), "cc9-random": (0, "random"),
            "cc8-forward": (1, "forward")}
 IGNORE = -100
+SYNC_WORDS = 4  # cb_kernels.h, kDivisorSyncWords
 ACC_EPS = {torch.float64: 2.0 ** -52, torch.float32: 2.0 ** -23, torch.float16: 2.0 ** -23, torch.bfloat16: 2.0 ** -23}
 
 
@@ -119,7 +120,7 @@ def _targets(gen: torch.Generator, rows: int, classes: int, variant: str) -> tup
     """(targets, mask of rows whose target is out of range)."""
     y = torch.randint(0, classes, (rows,), generator=gen)
     bad = torch.zeros(rows, dtype=torch.bool)
-    if variant in ("options", "forward_only") and rows >= 4:
+    if variant in ("options", "forward_only") and rows >= 4:  # (many_rows ignores rows of its own)
         y[torch.randperm(rows, generator=gen)[: max(1, rows // 10)]] = IGNORE
         y[rows - 1] = classes  # out of range above
         y[rows - 2] = -5       # and below (not the ignore index)
@@ -184,8 +185,8 @@ def expected_divisor(reduction: str, dtype: torch.dtype, classes: int, ignore_in
 
 class Fused:
     """A loss call that computes its reduction's divisor inside its own launch (cb_kernels.h, FusedDivisor):
-    the kernel writes the divisor and grad_scale (both start as NaN), every block that writes a gradient
-    waits for them, and the three sync words must be zero again after the launch."""
+    the kernel writes the divisor and grad_scale (both start as NaN, and so do the chunks' partials), every
+    block that writes a gradient waits for them, and the sync words must be zero again after the launch."""
 
     CODE = {"mean": 1, "weighted_mean": 2}
 
@@ -193,18 +194,19 @@ class Fused:
         self.reduction, self.want = reduction, want
         self.scale = 1.0 / float(want)  # what the reference's gradient is multiplied by
 
-    def buffers(self, emu: Emulator, acc: torch.dtype):
+    def buffers(self, emu: Emulator, acc: torch.dtype, items: int):
+        """``items``: the rows, or the target's entries for a multi-hot "mean" (summed whole)."""
+        chunks = emu.lib.cbk_divisor_chunks(items)
         self.gs = emu.tensor(torch.full((), math.nan, dtype=acc))
         self.div = emu.tensor(torch.full((), math.nan, dtype=acc), 8)
-        self.sync = emu.tensor(torch.zeros(3, dtype=torch.int32), 4)
-        return self.gs, self.div, self.sync
+        self.partials = emu.tensor(torch.full((chunks,), math.nan, dtype=torch.float64))
+        self.sync = emu.tensor(torch.zeros(SYNC_WORDS, dtype=torch.int32), 4)
+        return self.gs, self.div, self.partials, self.sync
 
-    def after(self, has_grad: bool) -> None:
-        if has_grad and self.sync.any():
-            raise Failure(f"the fused divisor's sync words are {self.sync.tolist()} after the launch (want 0 0 0: "
-                          "the last block resets them for the next launch)")
-        if not has_grad and self.sync.any():
-            raise Failure("a launch without a gradient touched the sync words")
+    def after(self) -> None:
+        if self.sync.any():
+            raise Failure(f"the divisor's sync words are {self.sync.tolist()} after the launch (want zeros: the "
+                          "last block resets them for the next launch)")
         self.got = (self.div.clone(), self.gs.clone())
 
     def check(self) -> int:
@@ -229,12 +231,14 @@ class Case:
 
 class SoftmaxCase(Case):
     kernel = "softmax_ce"
-    variants = ("plain", "options", "smoothing", "forward_only", "masked", "focal", "focal_certain")
+    # many_rows (short rows only, see all_cases): 9007 rows, so the divisor is summed in 9 chunks by as many
+    # blocks and the loss kernel's blocks wait for the one that publishes the last
+    variants = ("plain", "options", "smoothing", "forward_only", "masked", "focal", "focal_certain", "many_rows")
 
     def __init__(self, dtype: torch.dtype, classes: int, variant: str, seed: int):
         super().__init__(f"softmax_ce {dtype} C={classes} {variant}", dtype, classes)
         gen = torch.Generator().manual_seed(seed)
-        rows = _rows_for(classes, 2, 67)
+        rows = 9007 if variant == "many_rows" else _rows_for(classes, 2, 67)
         self.rows, self.variant = rows, variant
         self.z = _logits(gen, rows, classes, dtype)
         self.y, self.bad = _targets(gen, rows, classes, variant)
@@ -261,6 +265,10 @@ class SoftmaxCase(Case):
             self.margin = torch.rand(classes, generator=gen) * 0.5
             self.scale, self.grad_scale = 1.7, 0.37
             self.z_off, self.g_off, self.y_off = _offset(dtype, 1), _offset(dtype, 3), 8
+        elif variant == "many_rows":
+            self.weight = torch.rand(classes, generator=gen) + 0.5
+            self.sample_weight = torch.rand(rows, generator=gen) * 2
+            self.y[torch.randperm(rows, generator=gen)[: rows // 9]] = IGNORE
         elif variant == "smoothing":
             self.weight = torch.rand(classes, generator=gen) + 0.5
             self.eps, self.grad_scale = 0.1, 2.5
@@ -288,7 +296,7 @@ class SoftmaxCase(Case):
         # with sample weights, unweighted, and forward only (block 0, no wait)
         self.fused = None
         reduction = {"options": "weighted_mean", "focal": "weighted_mean", "smoothing": "mean",
-                     "forward_only": "weighted_mean"}.get(variant)
+                     "forward_only": "weighted_mean", "many_rows": "weighted_mean"}.get(variant)
         if reduction is not None:
             self.fused = Fused(reduction, expected_divisor(reduction, _acc(dtype), classes, self.ignore_index, self.y,
                                                            self.weight, self.sample_weight))
@@ -325,9 +333,9 @@ class SoftmaxCase(Case):
         margin = None if self.margin is None else emu.tensor(self.margin, 8)
         alpha = None if self.alpha is None else emu.tensor(self.alpha, 4)
         sw = None if self.sample_weight is None else emu.tensor(self.sample_weight, 12)
-        gs = div = sync = None
+        gs = div = partials = sync = None
         if self.fused is not None:
-            gs, div, sync = self.fused.buffers(emu, acc)
+            gs, div, partials, sync = self.fused.buffers(emu, acc, self.rows)
         elif self.grad_scale is not None:
             gs = emu.tensor(torch.tensor(self.grad_scale, dtype=acc))
         loss = emu.tensor(torch.full((self.rows,), -777.0, dtype=acc))
@@ -340,10 +348,11 @@ class SoftmaxCase(Case):
         fused = 0 if self.fused is None else Fused.CODE[self.fused.reduction]
         rc = emu.lib.cbk_softmax_ce(device, stream, _code(self.dtype), p(z), p(y), p(w), p(off), p(margin),
                                     self.scale, self.eps, self.gamma, p(alpha), p(sw), self.ignore_index, p(gs),
-                                    p(loss), p(grad), self.rows, self.classes, p(ws), fused, p(div), p(sync))
-        _after_launch(emu, rc, [z, y, w, off, margin, alpha, sw, gs, loss, grad, ws, div, sync])
+                                    p(loss), p(grad), self.rows, self.classes, p(ws), fused, p(div), p(partials),
+                                    p(sync))
+        _after_launch(emu, rc, [z, y, w, off, margin, alpha, sw, gs, loss, grad, ws, div, partials, sync])
         if self.fused is not None:
-            self.fused.after(grad is not None)
+            self.fused.after()
         return loss.clone(), None if grad is None else grad.clone()
 
     def _magnitude(self) -> torch.Tensor:
@@ -400,9 +409,11 @@ class SigmoidCase(Case):
         self.z_off = {"options": _offset(dtype, 1), "multi_hot": 8, "forward_only": _offset(dtype, 3)}.get(variant, 0)
         self.g_off = {"options": 4 % 16, "multi_hot": _offset(dtype, 1)}.get(variant, 0)
         # the divisor in the loss launch: class targets weighted (with sample weights), multi-hot weighted
-        # (mean column weight), and unweighted forward only
+        # (mean column weight; sigmoid) and unweighted (the target summed whole; focal), and unweighted
+        # forward only
         self.fused = None
-        reduction = {"options": "weighted_mean", "multi_hot": "weighted_mean", "forward_only": "mean"}.get(variant)
+        reduction = {"options": "weighted_mean", "multi_hot": "mean" if self.focal else "weighted_mean",
+                     "forward_only": "mean"}.get(variant)
         if reduction is not None:
             self.fused = Fused(reduction, expected_divisor(reduction, _acc(dtype), classes, IGNORE, self.y,
                                                            self.weight, self.sample_weight, self.t))
@@ -438,9 +449,10 @@ class SigmoidCase(Case):
         t = None if self.t is None else emu.tensor(self.t, _offset(self.dtype, 1))
         w = None if self.weight is None else emu.tensor(self.weight, 4)
         sw = None if self.sample_weight is None else emu.tensor(self.sample_weight, 8)
-        gs = div = sync = None
+        gs = div = partials = sync = None
         if self.fused is not None:
-            gs, div, sync = self.fused.buffers(emu, acc)
+            positives = self.multi_hot and self.fused.reduction == "mean"
+            gs, div, partials, sync = self.fused.buffers(emu, acc, self.rows * (self.classes if positives else 1))
         elif self.grad_scale is not None:
             gs = emu.tensor(torch.tensor(self.grad_scale, dtype=acc))
         loss = emu.tensor(torch.full((self.rows,), -777.0, dtype=acc))
@@ -451,10 +463,10 @@ class SigmoidCase(Case):
         fused = 0 if self.fused is None else Fused.CODE[self.fused.reduction]
         rc = emu.lib.cbk_sigmoid_focal(device, stream, _code(self.dtype), p(z), p(y), p(t), p(w), self.gamma,
                                        self.alpha, p(sw), IGNORE, int(self.focal), p(gs), p(loss), p(grad), self.rows,
-                                       self.classes, fused, None, p(div), p(sync))
-        _after_launch(emu, rc, [z, y, t, w, sw, gs, loss, grad, div, sync])
+                                       self.classes, fused, p(div), p(partials), p(sync))
+        _after_launch(emu, rc, [z, y, t, w, sw, gs, loss, grad, div, partials, sync])
         if self.fused is not None:
-            self.fused.after(grad is not None)
+            self.fused.after()
         return loss.clone(), None if grad is None else grad.clone()
 
     def check(self, loss, grad) -> tuple[float, int]:
@@ -543,19 +555,25 @@ class DivisorCase(Case):
         return "one block"
 
     def run(self, emu: Emulator, device: int, stream: int | None = None):
-        local = None
-        if self.variant == "multi-hot mean":  # the caller's sum of the target, finished by the kernel
-            local = emu.tensor(self.t.sum().reshape(()))
-        # no rows: a null pointer, as torch hands over for an empty tensor (the kernel reads none)
+        # no rows: null pointers, as torch hands over for empty tensors (the kernel reads none)
+        positives = None
+        if self.variant == "multi-hot mean" and self.rows > 0:  # the target summed whole
+            positives = emu.tensor(self.t, 8)
         y = None if self.multi_hot or self.rows == 0 else emu.tensor(self.y, 8 * (self.rows % 2))
         w = None if self.w is None else emu.tensor(self.w, 4)
         s = None if self.s is None or self.rows == 0 else emu.tensor(self.s, 12)
         out = emu.tensor(torch.full((2,), float("nan"), dtype=self.dtype))
+        chunks = emu.lib.cbk_divisor_chunks(self.rows * (self.c if positives is not None else 1))
+        partials = emu.tensor(torch.full((chunks,), float("nan"), dtype=torch.float64))
+        sync = emu.tensor(torch.zeros(SYNC_WORDS, dtype=torch.int32))
         size = out.element_size()
-        rc = emu.lib.cbk_loss_divisor(device, stream, _ptr(y), _ptr(w), _ptr(s), _ptr(local), IGNORE, self.rows,
-                                      self.c, int(self.multi_hot), int(self.weighted), int(self.floor),
-                                      out.data_ptr(), out.data_ptr() + size, int(self.dtype == torch.float64))
-        _after_launch(emu, rc, [y, w, s, local, out])
+        rc = emu.lib.cbk_loss_divisor(device, stream, _ptr(y), _ptr(w), _ptr(s), _ptr(positives),
+                                      _code(torch.float64), IGNORE, self.rows, self.c, int(self.multi_hot),
+                                      int(self.weighted), int(self.floor), out.data_ptr(), out.data_ptr() + size,
+                                      int(self.dtype == torch.float64), partials.data_ptr(), sync.data_ptr())
+        _after_launch(emu, rc, [y, w, s, positives, out, partials, sync])
+        if sync.any():
+            raise Failure(f"the divisor's sync words are {sync.tolist()} after the launch (want zeros)")
         return out.clone(), None
 
     def check(self, out, _grad) -> tuple[float, int]:
@@ -594,7 +612,9 @@ def all_cases(only: str | None) -> list[Case]:
     for name, dtype in DTYPES.items():
         for c in softmax_classes(dtype):
             # the long rows run the two variants that differ most (every option; forward only)
-            variants = SoftmaxCase.variants if c <= 20000 else ("options", "forward_only", "masked", "focal")
+            variants = SoftmaxCase.variants[:-1] if c <= 20000 else ("options", "forward_only", "masked", "focal")
+            if c <= 16:
+                variants += ("many_rows",)
             for variant in variants:
                 seed += 1
                 cases.append((SoftmaxCase, (dtype, c, variant, seed)))
@@ -608,7 +628,7 @@ def all_cases(only: str | None) -> list[Case]:
                 seed += 1
                 cases.append((ScaleCase, (dtype, n, variant, seed)))
         if dtype in (torch.float32, torch.float64):  # the loss dtypes
-            for n in (0, 1, 7, 300, 4099):
+            for n in (0, 1, 7, 300, 4099, 100003):  # 100003: 98 chunks, all summed by the one block
                 for variant in DivisorCase.variants:
                     seed += 1
                     cases.append((DivisorCase, (dtype, n, variant, seed)))
@@ -625,9 +645,23 @@ def all_cases(only: str | None) -> list[Case]:
 
 
 # ---- the planner's device queries ----------------------------------------------------------------------------
-def check_planner(emu: Emulator, out) -> list[str]:
-    """Capture-safe queries, the fallback when a cluster cannot be resident, launches per call."""
+def check_planner(emu: Emulator, out, workers: int = 0) -> list[str]:
+    """Capture-safe queries, the fallback when a cluster cannot be resident, launches per call; and the
+    divisor summed inside the launch when only one block runs at a time (one OS thread: the blocks that
+    started first must not wait for blocks that cannot start)."""
     errors = []
+    emu.lib.cbemu_set_workers(1)
+    emu.reset()
+    lone = SoftmaxCase(torch.float32, 11, "many_rows", seed=990)
+    try:
+        lone.check(*lone.run(emu, 0))
+        out(f"divisor   one block resident at a time: {lone.rows} rows, {emu.lib.cbk_divisor_chunks(lone.rows)} "
+            "chunks, no deadlock, results checked: ok")
+    except Failure as e:
+        errors.append(f"divisor with one resident block: {e}")
+    finally:
+        emu.lib.cbemu_set_workers(workers)
+        emu.free_all()
     f32 = torch.float32
     capturing = 0x5EED
     emu.set_device(2, 9, 0)
@@ -747,7 +781,7 @@ def main(argv=None) -> int:
         return 2
     built = time.perf_counter()
     total = run(emu, cases, configs)
-    planner_errors = [] if args.only else check_planner(emu, print)
+    planner_errors = [] if args.only else check_planner(emu, print, args.workers)
     for e in planner_errors:
         print("  " + e)
     elapsed = time.perf_counter() - start

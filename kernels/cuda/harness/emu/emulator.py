@@ -34,15 +34,16 @@ _SIGNATURES = {
     "cbemu_install_fault_handler": (None, []),
     "cbemu_set_context": (None, [_c.c_char_p]),
     "cbk_softmax_ce": (_c.c_int, [_c.c_int, _P, _c.c_int, _P, _P, _P, _P, _P, _D, _D, _D, _P, _P, _I64, _P, _P, _P,
-                                  _I64, _I64, _P, _c.c_int, _P, _P]),
+                                  _I64, _I64, _P, _c.c_int, _P, _P, _P]),
     "cbk_softmax_ce_workspace_bytes": (_c.c_size_t, [_I64, _I64, _c.c_int, _c.c_int]),
     "cbk_softmax_ce_plan": (None, [_I64, _c.c_int, _c.c_int, _P, _c.c_char_p, _c.c_size_t]),
     "cbk_sigmoid_focal": (_c.c_int, [_c.c_int, _P, _c.c_int, _P, _P, _P, _P, _D, _D, _P, _I64, _c.c_int, _P, _P,
                                      _P, _I64, _I64, _c.c_int, _P, _P, _P]),
     "cbk_sigmoid_focal_plan": (None, [_I64, _c.c_int, _c.c_char_p, _c.c_size_t]),
     "cbk_scale_in_place": (_c.c_int, [_c.c_int, _P, _c.c_int, _P, _I64, _P, _c.c_int]),
-    "cbk_loss_divisor": (_c.c_int, [_c.c_int, _P, _P, _P, _P, _P, _I64, _I64, _I64, _c.c_int, _c.c_int, _c.c_int,
-                                    _P, _P, _c.c_int]),
+    "cbk_loss_divisor": (_c.c_int, [_c.c_int, _P, _P, _P, _P, _P, _c.c_int, _I64, _I64, _I64, _c.c_int, _c.c_int,
+                                    _c.c_int, _P, _P, _c.c_int, _P, _P]),
+    "cbk_divisor_chunks": (_I64, [_I64]),
 }
 
 

@@ -8,17 +8,22 @@
 #include "cb_sigmoid_rows.cuh"
 
 namespace {
-// The loss kernels' fused divisor (cb_kernels.h, FusedDivisor): fused 0 = off, 1 = "mean", 2 =
-// "weighted_mean"; it writes `divisor` and the loss call's grad_scale.
+// The divisor computed in a kernel's launch (cb_kernels.h, FusedDivisor): fused 0 = off, 1 = "mean", 2 =
+// "weighted_mean"; it writes `divisor` and the call's grad_scale, with `partials` (cbk_divisor_chunks
+// doubles) and `sync` (kDivisorSyncWords zeroed words). `positives` (dtype code `positives_dtype`): a
+// multi-hot "mean"'s target, summed whole.
 cb::FusedDivisor fused_divisor(int fused, const int64_t* target, const float* weight, const float* sample_weight,
-                               const double* local, int64_t ignore_index, int64_t rows, int64_t classes,
-                               bool multi_hot, void* divisor, const void* grad_scale, unsigned* sync) {
+                               const void* positives, int positives_dtype, int64_t ignore_index, int64_t rows,
+                               int64_t classes, bool multi_hot, int floor, void* divisor, const void* grad_scale,
+                               double* partials, unsigned* sync) {
   cb::FusedDivisor f{};
   if (fused == 0) return f;
   f.on = true;
-  f.args = cb::DivisorArgs{target,  weight,   sample_weight, local,        ignore_index,
-                           rows,    classes,  multi_hot,     fused == 2,   true,
-                           divisor, const_cast<void*>(grad_scale)};
+  f.args = cb::DivisorArgs{target, weight,     sample_weight, positives, cb::Dtype(positives_dtype),
+                           ignore_index, rows, classes,       multi_hot, fused == 2,
+                           floor != 0,   divisor, const_cast<void*>(grad_scale)};
+  f.chunks = cb::divisor_chunks(f.args);
+  f.partials = partials;
   f.sync = sync;
   return f;
 }
@@ -30,13 +35,13 @@ int cbk_softmax_ce(int device, void* stream, int dtype, const void* logits, cons
                    const float* logit_offset, const float* target_margin, double scale, double label_smoothing,
                    double gamma, const float* alpha, const float* sample_weight, int64_t ignore_index,
                    const void* grad_scale, void* loss_rows, void* grad, int64_t rows, int64_t classes,
-                   void* workspace, int fused, void* divisor, unsigned* sync) {
+                   void* workspace, int fused, void* divisor, double* partials, unsigned* sync) {
   cbemu_set_current_device(device);
   cb::SoftmaxCeArgs a{logits,       target,     weight,    logit_offset, target_margin, scale,   label_smoothing,
                       gamma,        alpha,      sample_weight, ignore_index, grad_scale, loss_rows, grad,
                       rows,         classes,    workspace};
-  a.fused = fused_divisor(fused, target, weight, sample_weight, nullptr, ignore_index, rows, classes, false, divisor,
-                          grad_scale, sync);
+  a.fused = fused_divisor(fused, target, weight, sample_weight, nullptr, 0, ignore_index, rows, classes, false, 1,
+                          divisor, grad_scale, partials, sync);
   return int(cb::softmax_ce(a, cb::Dtype(dtype), device, static_cast<cudaStream_t>(stream)));
 }
 
@@ -52,13 +57,15 @@ void cbk_softmax_ce_plan(int64_t classes, int dtype, int device, void* stream, c
 int cbk_sigmoid_focal(int device, void* stream, int dtype, const void* logits, const int64_t* class_target,
                       const void* multi_hot_target, const float* weight, double gamma, double alpha,
                       const float* sample_weight, int64_t ignore_index, int focal, const void* grad_scale,
-                      void* loss_rows, void* grad, int64_t rows, int64_t classes, int fused, const double* local,
-                      void* divisor, unsigned* sync) {
+                      void* loss_rows, void* grad, int64_t rows, int64_t classes, int fused, void* divisor,
+                      double* partials, unsigned* sync) {
   cbemu_set_current_device(device);
   cb::SigmoidFocalArgs a{logits, class_target, multi_hot_target, weight, gamma, alpha, sample_weight, ignore_index,
                          focal != 0, grad_scale, loss_rows, grad, rows, classes};
-  a.fused = fused_divisor(fused, class_target, weight, sample_weight, local, ignore_index, rows, classes,
-                          multi_hot_target != nullptr, divisor, grad_scale, sync);
+  // a multi-hot "mean" sums its target (in the logits' dtype) for the divisor
+  const void* positives = (multi_hot_target != nullptr && fused == 1) ? multi_hot_target : nullptr;
+  a.fused = fused_divisor(fused, class_target, weight, sample_weight, positives, dtype, ignore_index, rows, classes,
+                          multi_hot_target != nullptr, 1, divisor, grad_scale, partials, sync);
   return int(cb::sigmoid_focal(a, cb::Dtype(dtype), device, static_cast<cudaStream_t>(stream)));
 }
 
@@ -76,12 +83,21 @@ void cbk_sigmoid_focal_plan(int64_t classes, int dtype, char* out, std::size_t l
 }
 
 int cbk_loss_divisor(int device, void* stream, const int64_t* target, const float* weight, const float* sample_weight,
-                     const double* local, int64_t ignore_index, int64_t rows, int64_t classes, int multi_hot,
-                     int weighted, int floor, void* divisor, void* grad_scale, int loss_is_double) {
+                     const void* positives, int positives_dtype, int64_t ignore_index, int64_t rows, int64_t classes,
+                     int multi_hot, int weighted, int floor, void* divisor, void* grad_scale, int loss_is_double,
+                     double* partials, unsigned* sync) {
   cbemu_set_current_device(device);
-  cb::DivisorArgs a{target, weight, sample_weight, local, ignore_index, rows, classes, multi_hot != 0, weighted != 0,
-                    floor != 0, divisor, grad_scale};
-  return int(cb::loss_divisor(a, loss_is_double != 0, static_cast<cudaStream_t>(stream)));
+  const cb::FusedDivisor f = fused_divisor(weighted != 0 ? 2 : 1, target, weight, sample_weight, positives,
+                                           positives_dtype, ignore_index, rows, classes, multi_hot != 0, floor,
+                                           divisor, grad_scale, partials, sync);
+  return int(cb::loss_divisor(f, loss_is_double != 0, static_cast<cudaStream_t>(stream)));
+}
+
+// How many partials the divisor of `items` rows (target entries for a multi-hot "mean") has.
+int64_t cbk_divisor_chunks(int64_t items) {
+  cb::DivisorArgs a{};
+  a.rows = items;
+  return cb::divisor_chunks(a);
 }
 
 int cbk_scale_in_place(int device, void* stream, int dtype, void* grad, int64_t numel, const void* grad_output,

@@ -140,6 +140,7 @@ struct Launch {
   int order = 0;
   unsigned long long seed = 1;
   std::atomic<bool> failed{false};
+  std::atomic<bool> winner_delayed{false};  // atomic_winner has slept once in this launch
   std::mutex mutex;
   std::string message;
   void fail(const std::string& m) {
@@ -664,8 +665,10 @@ void trap() { fail_here("__trap() executed"); }
 
 void atomic_winner() {
   const int us = winner_delay_us.load();
-  const dim3 g = this_block().launch->spec.grid;
-  if (us > 0 && static_cast<long long>(g.x) * g.y * g.z > 1)  // alone in its grid, nobody can run ahead
+  Launch& l = *this_block().launch;
+  const dim3 g = l.spec.grid;
+  // once per launch (the first counter's first value: the ticket), and never alone in its grid
+  if (us > 0 && static_cast<long long>(g.x) * g.y * g.z > 1 && !l.winner_delayed.exchange(true))
     std::this_thread::sleep_for(std::chrono::microseconds(us));
 }
 

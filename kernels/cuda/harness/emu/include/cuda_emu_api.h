@@ -47,8 +47,8 @@ void syncthreads();
 // One back-off step of a thread spinning on memory another block writes (__nanosleep): yields the OS
 // thread; fails the launch when the launch has already failed elsewhere or the spin has lasted 60 s.
 void spin_wait(unsigned ns);
-// Called by the thread whose atomicAdd drew a counter's first value (it returned 0): sleeps for the
-// configured delay (cbemu_set_winner_delay), so that blocks which do not wait for what the winner then
+// Called by the thread whose atomicAdd drew a counter's first value (it returned 0): the first such
+// thread of a launch sleeps for the configured delay (cbemu_set_winner_delay), so that blocks which do not wait for what the winner then
 // publishes run ahead of it and read what it has not written yet.
 void atomic_winner();
 // One warp-synchronous exchange (the PTX shfl.sync semantics: b = lane / offset / lane mask, c = the
