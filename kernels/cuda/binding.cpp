@@ -2,7 +2,8 @@
 // CUDA dispatch key by the module cbbench._cuda: the current stream, the outputs, and the reduction --
 // the divisor is computed on the device inside the loss kernel's own launch (cb_divisor.cuh; the
 // gradients are written already divided by it, read by the kernels through grad_scale: no host
-// synchronisation), and the row losses are summed after them (a fixed-order device reduction). The kernels themselves are torch-free (cb_kernels.h).
+// synchronisation), and the row losses are summed after them (a fixed-order device reduction). The
+// kernels themselves are torch-free (cb_kernels.h).
 // Built only on machines with torch's CUDA build; `make cuda-check` compiles it against any torch.
 #include <torch/extension.h>
 
