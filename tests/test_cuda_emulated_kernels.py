@@ -68,7 +68,7 @@ PLANTS = {
                               "", FUSED),
     # ... or the blocks that write a gradient do not wait for the divisor's block (they read the NaN the
     # check puts in the scale; the emulator delays the first claim so that they run ahead of it)
-    "fused_no_wait": ("cb_divisor.cuh", "    while (*reinterpret_cast<volatile unsigned*>(&f.sync[2]) == 0u) __nanosleep(64);\n",
+    "fused_no_wait": ("cb_divisor.cuh", "    while (*reinterpret_cast<volatile unsigned*>(&f.sync[2]) == 0u) backoff();\n",
                       "", FUSED),
 }
 

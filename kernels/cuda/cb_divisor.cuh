@@ -117,6 +117,13 @@ __device__ __forceinline__ void finish_block(const FusedDivisor& f, double* part
   }
 }
 
+// A spinning thread's pause (sm_70+; older architectures spin without one).
+__device__ __forceinline__ void backoff() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+  __nanosleep(64);
+#endif
+}
+
 // A loss kernel's prologue (and the whole of divisor.cu's kernel), called by every thread of every block
 // before any early exit. `wait`: this launch reads grad_scale (it writes a gradient), so its blocks wait
 // for the divisor before their rows.
@@ -153,7 +160,7 @@ __device__ __forceinline__ void fused_divisor(const FusedDivisor& f, bool wait) 
     __syncthreads();  // before thread 0 draws again
   }
   if (wait && threadIdx.x == 0) {
-    while (*reinterpret_cast<volatile unsigned*>(&f.sync[2]) == 0u) __nanosleep(64);
+    while (*reinterpret_cast<volatile unsigned*>(&f.sync[2]) == 0u) backoff();
     __threadfence();  // ... and read after it
   }
   // The last block through resets the words: every block has made its last claim, every chunk is published
