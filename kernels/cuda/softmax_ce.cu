@@ -29,8 +29,9 @@
 // 4-byte accesses as the row's alignment allows, and element-wise (bounds-checked) in row tails and
 // 2-byte aligned fp16/bf16 rows, with the same element -> thread mapping in every case, so results are
 // bitwise reproducible and never depend on data addresses. Reductions are fixed-order
-// trees (no atomics). grad_scale is read on the device: no host synchronisation, graph capturable. With
-// a.fused on, the launch also computes the reduction's divisor and grad_scale (cb_divisor.cuh).
+// trees (no atomic sums). grad_scale is read on the device: no host synchronisation, graph capturable. With
+// a.fused on, the launch also computes the reduction's divisor and grad_scale (cb_divisor.cuh: atomics
+// only hand out its chunks and order the blocks; its sums are fixed-order too).
 // Indices are int64. A target outside [0, C) that is not ignore_index gives a NaN loss and gradient
 // for its row and is never used as an address.
 #include <cooperative_groups.h>
