@@ -40,8 +40,8 @@ from . import fake, loading
 from .loading import (BACKENDS, eager_module_for, kernel_module, kernel_status, ops_available, resolve_backend,
                       uses_kernels)
 
-__all__ = ["BACKENDS", "eager_module_for", "kernel_module", "kernel_status", "ops_available", "resolve_backend",
-           "uses_kernels", "softmax_cross_entropy", "sigmoid_focal", "eager_module"]
+__all__ = ["BACKENDS", "kernel_module", "kernel_status", "ops_available", "resolve_backend", "uses_kernels",
+           "softmax_cross_entropy", "sigmoid_focal", "eager_module"]
 
 if ops_available():
     fake.register()

@@ -75,9 +75,10 @@ def uses_kernels(backend: str, logits: torch.Tensor) -> bool:
 
 
 def eager_module_for(backend: str, logits: torch.Tensor):
-    """``cbbench._C`` when a call on ``logits`` outside a ``torch.compile`` trace (the caller knows) takes the
-    kernels, else ``None``: :func:`uses_kernels` with the common case -- ``"auto"``, CPU tensors, no
-    ``CBBENCH_BACKEND`` -- read in one step (a small loss call is a few microseconds)."""
+    """``cbbench._C`` when a call on ``logits`` (a tensor) outside a ``torch.compile`` trace -- both checked by
+    the caller, ``cbbench.functional._op_takes``; not public -- takes the kernels, else ``None``:
+    :func:`uses_kernels` with the common case -- ``"auto"``, CPU tensors, no ``CBBENCH_BACKEND`` -- read in
+    one step (a small loss call is a few microseconds)."""
     module = _ops[0]
     if backend == "auto" and _cpu_ready and logits.is_cpu and not module.backend_override():
         return module
